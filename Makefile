@@ -1,0 +1,39 @@
+# MuFleet's single entry point. Every target bootstraps what it needs on a fresh machine:
+# the virtual environment, the pinned packages and the generated gRPC stubs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GAME ?= cartpole
+RUN_DIR ?= runs/$(GAME)
+PROTO_SRC := $(wildcard protos/*.proto)
+PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
+
+.PHONY: venv protos test test-fast bench run clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+protos: $(PROTO_OUT)
+
+protos/%_pb2.py: protos/%.proto $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $<
+
+test: venv protos
+	$(PY) -m pytest -q tests
+
+test-fast: venv protos
+	$(PY) -m pytest -q -m "not integration and not e2e" tests
+
+bench: venv protos
+	$(PY) -m benchmarks
+
+run: venv protos
+	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR)
+
+clean:
+	rm -f protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py

@@ -1,0 +1,1 @@
+"""MuFleet's benchmarks: speed and memory numbers, printed as tables (`make bench`)."""

@@ -1,0 +1,257 @@
+"""The vectorized game interface every MuFleet game implements.
+
+A game object is stateless; a `State` holds B games in NumPy arrays whose first dimension
+is the batch. Every method works on the whole batch at once, with no Python loop over games.
+
+Conventions shared by all games:
+  * Players are numbered 0 (moves first) and 1; one-player games always report 0.
+  * Boards in `positions` hold 0 for empty, 1 for player 0's pieces and 2 for player 1's.
+  * Observations are float32, channels-last for boards ([B, rows, cols, planes]) and from the
+    view of the player to move; every value is exactly representable in
+    `spec.observation_dtype`, which is how the replay server stores them.
+  * Rewards of two-player games are from the view of the player who just moved:
+    +1 if that move ends the game in their win, -1 in their loss, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class GameSpec:
+    """What a consumer of a game must know about it.
+
+    Attributes:
+      name: registry name, e.g. "cartpole".
+      observation_shape: shape of one game's observation (without the batch dimension).
+      observation_dtype: NumPy dtype name that holds every observation value exactly
+        (e.g. "uint8" for 0/1 board planes, "float32" for cartpole's physics).
+      num_actions: size A of the action space; actions are ints in [0, A).
+      num_players: 1 or 2.
+      discount: per-move discount of the game's return, in (0, 1].
+      max_moves: moves after which a game is truncated (cartpole: 500).
+    """
+
+    name: str
+    observation_shape: tuple[int, ...]
+    observation_dtype: str
+    num_actions: int
+    num_players: int
+    discount: float
+    max_moves: int
+
+    def __post_init__(self) -> None:
+        require(self.name, f"GameSpec.name must be non-empty, got {self.name!r}")
+        require(all(d > 0 for d in self.observation_shape),
+                f"GameSpec.observation_shape must be positive, got {self.observation_shape}")
+        require(np.dtype(self.observation_dtype).name == self.observation_dtype,
+                f"GameSpec.observation_dtype must be a NumPy dtype name, got {self.observation_dtype!r}")
+        require(self.num_actions >= 2, f"GameSpec.num_actions must be >= 2, got {self.num_actions}")
+        require(self.num_players in (1, 2), f"GameSpec.num_players must be 1 or 2, got {self.num_players}")
+        require(0.0 < self.discount <= 1.0, f"GameSpec.discount must be in (0, 1], got {self.discount}")
+        require(self.max_moves >= 1, f"GameSpec.max_moves must be >= 1, got {self.max_moves}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MuZeroSettings:
+    """A game's default MuZero hyperparameters; every service reads its defaults from here.
+
+    Network:
+      network: "fc" (vector observations) or "resnet" (boards, channels-last).
+      hidden_size: size of the hidden state vector ("fc") or channels ("resnet").
+      fc_layers: widths of the hidden layers of each "fc" head and trunk.
+      res_blocks: residual blocks in each "resnet" trunk.
+      support_size: value and reward are categorical over the integers [-S, S]
+        after MuZero's transform h(x); S = support_size.
+    Search:
+      num_simulations: simulations per move.
+      search: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct" (MuZero's PUCT).
+      pb_c_base, pb_c_init: PUCT exploration constants.
+      root_dirichlet_alpha, root_exploration_fraction: root noise for "puct".
+      max_considered_actions: Gumbel-top-k size m at the root for "gumbel".
+      gumbel_scale: scale of the Gumbel noise (1.0 in training, 0.0 is deterministic).
+      value_scale, maxvisit_init: the completed-Q transform sigma(q) = (maxvisit_init + max N) * value_scale * q.
+      temperature: visit-count temperature for action choice in self-play (first moves).
+      temperature_moves: moves played with `temperature`; later moves are greedy.
+    Learning targets and training:
+      discount: discount used in targets and search; equals the game spec's discount.
+      num_unroll_steps: K, dynamics steps unrolled in training.
+      td_steps: n of the n-step value target.
+      value_prefix: EfficientZero's value-prefix reward targets instead of per-step rewards.
+      batch_size: training batch size (positions).
+      learning_rate, lr_decay_steps, lr_decay_rate: exponential learning-rate schedule.
+      weight_decay: L2 coefficient.
+      optimizer: "adam" or "sgd" (momentum 0.9).
+      replay_capacity: positions kept by the replay server; oldest games go first.
+      min_replay_positions: no sampling below this many stored positions.
+      samples_per_insert: target ratio of sampled to inserted positions (0 = no limit).
+      priority_alpha, priority_beta: prioritized replay exponent and importance-weight exponent.
+      export_interval: trainer steps between exported model versions.
+      games_per_batch: B, games one agent process plays at once.
+    """
+
+    network: Literal["fc", "resnet"]
+    hidden_size: int
+    fc_layers: tuple[int, ...] = (64,)
+    res_blocks: int = 1
+    support_size: int = 10
+    num_simulations: int = 16
+    search: Literal["gumbel", "puct"] = "gumbel"
+    pb_c_base: float = 19652.0
+    pb_c_init: float = 1.25
+    root_dirichlet_alpha: float = 0.25
+    root_exploration_fraction: float = 0.25
+    max_considered_actions: int = 16
+    gumbel_scale: float = 1.0
+    value_scale: float = 0.1
+    maxvisit_init: float = 50.0
+    temperature: float = 1.0
+    temperature_moves: int = 1_000_000
+    discount: float = 0.997
+    num_unroll_steps: int = 5
+    td_steps: int = 10
+    value_prefix: bool = False
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    lr_decay_steps: int = 10_000
+    lr_decay_rate: float = 0.5
+    weight_decay: float = 1e-4
+    optimizer: Literal["adam", "sgd"] = "adam"
+    replay_capacity: int = 200_000
+    min_replay_positions: int = 2_000
+    samples_per_insert: float = 0.0
+    priority_alpha: float = 1.0
+    priority_beta: float = 1.0
+    export_interval: int = 100
+    games_per_batch: int = 256
+
+    def __post_init__(self) -> None:
+        require(self.network in ("fc", "resnet"),
+                f"MuZeroSettings.network must be 'fc' or 'resnet', got {self.network!r}")
+        require(self.search in ("gumbel", "puct"),
+                f"MuZeroSettings.search must be 'gumbel' or 'puct', got {self.search!r}")
+        require(self.optimizer in ("adam", "sgd"),
+                f"MuZeroSettings.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        for name in ("hidden_size", "support_size", "num_simulations", "max_considered_actions",
+                     "num_unroll_steps", "td_steps", "batch_size", "lr_decay_steps",
+                     "replay_capacity", "export_interval", "games_per_batch"):
+            value = getattr(self, name)
+            require(value >= 1, f"MuZeroSettings.{name} must be >= 1, got {value}")
+        require(all(w >= 1 for w in self.fc_layers),
+                f"MuZeroSettings.fc_layers must be positive widths, got {self.fc_layers}")
+        require(self.res_blocks >= 0, f"MuZeroSettings.res_blocks must be >= 0, got {self.res_blocks}")
+        require(0.0 < self.discount <= 1.0, f"MuZeroSettings.discount must be in (0, 1], got {self.discount}")
+        require(self.learning_rate > 0, f"MuZeroSettings.learning_rate must be > 0, got {self.learning_rate}")
+        require(0.0 < self.lr_decay_rate <= 1.0,
+                f"MuZeroSettings.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}")
+        require(self.weight_decay >= 0, f"MuZeroSettings.weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.min_replay_positions >= 0,
+                f"MuZeroSettings.min_replay_positions must be >= 0, got {self.min_replay_positions}")
+        require(self.samples_per_insert >= 0,
+                f"MuZeroSettings.samples_per_insert must be >= 0, got {self.samples_per_insert}")
+        require(self.priority_alpha >= 0, f"MuZeroSettings.priority_alpha must be >= 0, got {self.priority_alpha}")
+        require(0 <= self.priority_beta <= 1,
+                f"MuZeroSettings.priority_beta must be in [0, 1], got {self.priority_beta}")
+        require(0 <= self.root_exploration_fraction <= 1,
+                f"MuZeroSettings.root_exploration_fraction must be in [0, 1], got {self.root_exploration_fraction}")
+        require(self.temperature >= 0, f"MuZeroSettings.temperature must be >= 0, got {self.temperature}")
+        require(self.temperature_moves >= 0,
+                f"MuZeroSettings.temperature_moves must be >= 0, got {self.temperature_moves}")
+
+    def replace(self, **changes: Any) -> "MuZeroSettings":
+        """A copy with `changes` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+
+class State:
+    """B games. Subclasses are frozen dataclasses whose array fields all lead with [B].
+
+    `rng` (a NumPy Generator) drives resets and chance events such as 2048's tile spawns; it
+    is shared by the batch, not per game, and is carried along by `take` and `put`.
+    """
+
+    rng: np.random.Generator
+
+    @property
+    def batch_size(self) -> int:
+        return len(getattr(self, self._array_fields()[0]))
+
+    @classmethod
+    def _array_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "rng"]  # type: ignore[arg-type]
+
+    def take(self, indices: np.ndarray) -> "State":
+        """The games at `indices` (int [k]) as a new state of k games."""
+        arrays = {name: getattr(self, name)[indices] for name in self._array_fields()}
+        return dataclasses.replace(self, **arrays)  # type: ignore[type-var]
+
+    def put(self, indices: np.ndarray, games: "State") -> "State":
+        """A copy of this state with the games at `indices` (int [k]) replaced by `games` (k games)."""
+        arrays = {}
+        for name in self._array_fields():
+            array = getattr(self, name).copy()
+            array[indices] = getattr(games, name)
+            arrays[name] = array
+        return dataclasses.replace(self, **arrays)  # type: ignore[type-var]
+
+
+class Game(abc.ABC):
+    """A vectorized game. Subclasses set `spec` and `settings` and implement the methods.
+
+    Shapes: B = number of games in a state, A = spec.num_actions.
+    """
+
+    spec: ClassVar[GameSpec]
+    settings: ClassVar[MuZeroSettings]
+
+    @abc.abstractmethod
+    def reset(self, n: int, seed: int | np.random.Generator | None = None) -> State:
+        """n new games. `seed` fixes the random stream (starting positions, chance events)."""
+
+    @abc.abstractmethod
+    def step(self, state: State, actions: np.ndarray) -> tuple[State, np.ndarray, np.ndarray, np.ndarray]:
+        """Plays one action per game.
+
+        Args:
+          state: B games, none of them ended.
+          actions: int [B], each legal in its game.
+        Returns:
+          (new state, reward float32 [B], terminated bool [B], truncated bool [B]).
+          `truncated` is set only where the move limit ends a game its rules did not end.
+        """
+
+    @abc.abstractmethod
+    def observation(self, state: State) -> np.ndarray:
+        """float32 [B, *spec.observation_shape], from the view of the player to move."""
+
+    @abc.abstractmethod
+    def legal_actions(self, state: State) -> np.ndarray:
+        """bool [B, A]. Every game that has not ended has at least one legal action."""
+
+    @abc.abstractmethod
+    def to_play(self, state: State) -> np.ndarray:
+        """int32 [B]: 0 or 1, the player to move (always 0 in one-player games)."""
+
+    @abc.abstractmethod
+    def state_from_positions(self, positions: np.ndarray, to_play: np.ndarray | None = None,
+                             seed: int | np.random.Generator | None = None) -> State:
+        """B games set up at `positions` (the format `positions` returns).
+
+        `to_play` (int [B]) is needed only where the board does not tell whose turn it is.
+        """
+
+    @abc.abstractmethod
+    def positions(self, state: State) -> np.ndarray:
+        """The positions of B games: board int8 [B, rows, cols] with 0 empty, 1 and 2 the
+        players' pieces; 2048 tile exponents int8 [B, 4, 4]; cartpole float64 [B, 4]."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raises ValueError(message) unless `condition`; used by every config's validation."""
+    if not condition:
+        raise ValueError(message)

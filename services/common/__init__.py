@@ -1,0 +1,1 @@
+"""What every MuFleet service shares: tensors, channels, servers, health, metrics, logs, processes."""

@@ -1,0 +1,78 @@
+"""Client channels: retries of idempotent calls through gRPC's service config, large messages,
+and a readiness check through the standard health service."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_DEADLINE_S = 10.0
+
+
+def retry_service_config(idempotent: dict[str, Iterable[str]], max_attempts: int = 5,
+                         initial_backoff_s: float = 0.1, max_backoff_s: float = 2.0) -> str:
+    """gRPC service config JSON that retries UNAVAILABLE with exponential backoff.
+
+    Args:
+      idempotent: full service name -> method names that are safe to retry
+        (an empty list means every method of that service).
+    """
+    names = []
+    for service, methods in idempotent.items():
+        methods = list(methods)
+        names += [{"service": service, "method": m} for m in methods] or [{"service": service}]
+    return json.dumps({"methodConfig": [{
+        "name": names,
+        "retryPolicy": {
+            "maxAttempts": max_attempts,
+            "initialBackoff": f"{initial_backoff_s}s",
+            "maxBackoff": f"{max_backoff_s}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }]})
+
+
+def make_channel(address: str, idempotent: dict[str, Iterable[str]] | None = None) -> grpc.Channel:
+    """An insecure channel to `address` ("host:port") that retries the `idempotent` methods."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    if idempotent:
+        options.append(("grpc.service_config", retry_service_config(idempotent)))
+    return grpc.insecure_channel(address, options=options)
+
+
+def is_serving(channel: grpc.Channel, service: str = "", timeout_s: float = 1.0) -> bool:
+    """Whether the health service on `channel` reports `service` ("" = the server) SERVING."""
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    except grpc.RpcError:
+        return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def wait_until_serving(address: str, service: str = "", timeout_s: float = 60.0) -> None:
+    """Blocks until `address` reports SERVING; TimeoutError naming the address otherwise."""
+    deadline = time.monotonic() + timeout_s
+    with make_channel(address) as channel:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{address} did not report SERVING within {timeout_s:.0f}s")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=min(remaining, 1.0))
+            except grpc.FutureTimeoutError:
+                continue
+            if is_serving(channel, service, timeout_s=min(remaining, 1.0)):
+                return
+            time.sleep(0.05)  # the server is up but still loading; ask again shortly
