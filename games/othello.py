@@ -1,0 +1,181 @@
+"""Othello (Reversi) on an 8x8 board, vectorized over B games with 64-bit bitboards.
+
+Standard start: player 0 (black) has d5 and e4, player 1 (white) d4 and e5; in `positions`
+(row 0 at the top) that is [3, 4] = [4, 3] = 1 and [3, 3] = [4, 4] = 2. Player 0 moves first.
+
+Actions: a in [0, 64) places a disc on cell (a // 8, a % 8); it is legal when the cell is empty
+and the disc brackets, in at least one of the 8 directions, a contiguous line of opponent discs
+ending in one of the mover's discs; every such line is flipped. Action 64 is pass, legal only
+when the mover has no other legal move.
+
+End: the game ends (terminated) right after the move that leaves neither player a legal move
+(board full, one colour wiped out, or blocked). So pass is only ever played when the opponent
+does have a move, two passes in a row never happen, and no extra state is needed. The winner
+has more discs; the reward of the ending move is +1 if its player has more discs than the
+opponent, -1 if fewer, 0 for a draw, and 0 for every other move (view of the player who moved).
+
+A game has at most 60 placements, each preceded by at most one pass, so max_moves = 120 is
+never reached before the rules end the game. `state_from_positions` counts pieces - 4 moves.
+
+Observation: float32 [B, 8, 8, 2], plane 0 the mover's discs, plane 1 the opponent's.
+
+Bitboards: bit r * 8 + c of a uint64 is cell (r, c); `discs[:, p]` holds player p's discs.
+Legal moves and flips are ray casts along the 8 directions, 6 steps each (the longest line of
+opponent discs a move can bracket), all with whole-batch uint64 shifts and masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from games.base import Game, GameSpec, MuZeroSettings, State, require
+from games.boards import (as_rng, check_actions, check_board, check_to_play, reject_illegal,
+                          truncated_at)
+
+SIZE = 8
+PASS = SIZE * SIZE
+NUM_ACTIONS = PASS + 1
+MAX_MOVES = 120
+
+_U64 = np.uint64
+_COL = [_U64(sum(1 << (r * SIZE + c) for r in range(SIZE))) for c in range(SIZE)]
+_NOT_COL0 = ~_COL[0]
+_NOT_COL7 = ~_COL[SIZE - 1]
+_DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# Per direction: (shift, left?, mask applied after the shift to drop discs that wrapped a row).
+_SHIFTS = tuple((_U64(abs(dr * SIZE + dc)), dr * SIZE + dc > 0,
+                 _NOT_COL0 if dc == 1 else _NOT_COL7 if dc == -1 else ~_U64(0))
+                for dr, dc in _DIRECTIONS)
+
+
+def _shift(x: np.ndarray, shift) -> np.ndarray:
+    amount, left, mask = shift
+    return ((x << amount) if left else (x >> amount)) & mask
+
+
+def legal_moves(mover: np.ndarray, opponent: np.ndarray) -> np.ndarray:
+    """uint64 [B]: the cells where `mover` can place a disc."""
+    empty = ~(mover | opponent)
+    legal = np.zeros_like(mover)
+    for shift in _SHIFTS:
+        run = _shift(mover, shift) & opponent
+        for _ in range(5):
+            run |= _shift(run, shift) & opponent
+        legal |= _shift(run, shift) & empty
+    return legal
+
+
+def flips(mover: np.ndarray, opponent: np.ndarray, move: np.ndarray) -> np.ndarray:
+    """uint64 [B]: the opponent discs that placing `move` (one bit, or 0 for none) flips."""
+    flipped = np.zeros_like(mover)
+    zero = _U64(0)
+    for shift in _SHIFTS:
+        run = _shift(move, shift) & opponent
+        for _ in range(5):
+            run |= _shift(run, shift) & opponent
+        bracketed = (_shift(run, shift) & mover) != zero
+        flipped |= np.where(bracketed, run, zero)
+    return flipped
+
+
+def unpack(bits: np.ndarray) -> np.ndarray:
+    """bool [B, 64] from uint64 [B] (cell i = bit i)."""
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little").astype(bool)
+
+
+def pack(cells: np.ndarray) -> np.ndarray:
+    """uint64 [B] from bool [B, 64]."""
+    as_bytes = np.packbits(cells.reshape(-1, SIZE * SIZE), axis=1, bitorder="little")
+    return np.ascontiguousarray(as_bytes).view("<u8").reshape(-1).astype(np.uint64)
+
+
+@dataclasses.dataclass(frozen=True)
+class OthelloState(State):
+    discs: np.ndarray  # uint64 [B, 2]: discs[:, p] = player p's bitboard
+    to_play: np.ndarray  # int8 [B]
+    moves: np.ndarray  # int32 [B]: moves played, passes included
+    rng: np.random.Generator
+
+
+class Othello(Game):
+    spec = GameSpec(name="othello", observation_shape=(SIZE, SIZE, 2), observation_dtype="uint8",
+                    num_actions=NUM_ACTIONS, num_players=2, discount=1.0, max_moves=MAX_MOVES)
+    settings = MuZeroSettings(
+        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=1,
+        num_simulations=32, search="gumbel", max_considered_actions=16,
+        discount=1.0, num_unroll_steps=5, td_steps=MAX_MOVES,
+        batch_size=256, learning_rate=3e-3, lr_decay_steps=30_000, weight_decay=1e-4,
+        replay_capacity=300_000, min_replay_positions=10_000,
+        export_interval=100, games_per_batch=256)
+
+    def reset(self, n: int, seed: int | np.random.Generator | None = None) -> OthelloState:
+        require(n >= 0, f"n must be >= 0, got {n}")
+        black = _U64((1 << (3 * SIZE + 4)) | (1 << (4 * SIZE + 3)))
+        white = _U64((1 << (3 * SIZE + 3)) | (1 << (4 * SIZE + 4)))
+        discs = np.tile(np.array([black, white], np.uint64), (n, 1))
+        return OthelloState(discs=discs, to_play=np.zeros(n, np.int8), moves=np.zeros(n, np.int32),
+                            rng=as_rng(seed))
+
+    def _sides(self, state: OthelloState) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.arange(state.batch_size)
+        player = state.to_play.astype(np.int64)
+        return state.discs[rows, player], state.discs[rows, 1 - player]
+
+    def step(self, state: OthelloState, actions: np.ndarray):
+        b = state.batch_size
+        actions = check_actions(actions, b, NUM_ACTIONS)
+        mover, opponent = self._sides(state)
+        legal = legal_moves(mover, opponent)
+        is_pass = actions == PASS
+        move = np.where(is_pass, _U64(0), _U64(1) << np.minimum(actions, PASS - 1).astype(np.uint64))
+        zero = _U64(0)
+        reject_illegal(actions, np.where(is_pass, legal == zero, (legal & move) != zero))
+
+        flipped = flips(mover, opponent, move)
+        mover = mover | move | flipped
+        opponent = opponent & ~flipped
+        # The game ends when neither side can move; the next player passes when only they can't.
+        ended = (legal_moves(opponent, mover) == zero) & (legal_moves(mover, opponent) == zero)
+        margin = np.bitwise_count(mover).astype(np.int64) - np.bitwise_count(opponent).astype(np.int64)
+        reward = np.where(ended, np.sign(margin), 0).astype(np.float32)
+
+        rows = np.arange(b)
+        player = state.to_play.astype(np.int64)
+        discs = np.empty_like(state.discs)
+        discs[rows, player] = mover
+        discs[rows, 1 - player] = opponent
+        moves = state.moves + 1
+        new = dataclasses.replace(state, discs=discs, to_play=(1 - state.to_play).astype(np.int8), moves=moves)
+        return new, reward, ended, truncated_at(moves, MAX_MOVES, ended)
+
+    def observation(self, state: OthelloState) -> np.ndarray:
+        mover, opponent = self._sides(state)
+        planes = np.stack([unpack(mover), unpack(opponent)], axis=-1)  # [B, 64, 2]
+        return planes.reshape(-1, SIZE, SIZE, 2).astype(np.float32)
+
+    def legal_actions(self, state: OthelloState) -> np.ndarray:
+        legal = legal_moves(*self._sides(state))
+        return np.concatenate([unpack(legal), (legal == _U64(0))[:, None]], axis=1)
+
+    def to_play(self, state: OthelloState) -> np.ndarray:
+        return state.to_play.astype(np.int32)
+
+    def positions(self, state: OthelloState) -> np.ndarray:
+        board = unpack(state.discs[:, 0]).astype(np.int8) + 2 * unpack(state.discs[:, 1]).astype(np.int8)
+        return board.reshape(-1, SIZE, SIZE)
+
+    def state_from_positions(self, positions: np.ndarray, to_play: np.ndarray | None = None,
+                             seed: int | np.random.Generator | None = None) -> OthelloState:
+        """`to_play` defaults to the parity of (discs - 4): right for games without passes."""
+        board = check_board(positions, (SIZE, SIZE))
+        count = (board != 0).sum(axis=(1, 2))
+        if to_play is None:
+            to_play = (count - 4) % 2
+        to_play = check_to_play(to_play, len(board))
+        flat = board.reshape(len(board), -1)
+        discs = np.stack([pack(flat == 1), pack(flat == 2)], axis=1)
+        return OthelloState(discs=discs, to_play=to_play, moves=np.maximum(count - 4, 0).astype(np.int32),
+                            rng=as_rng(seed))
