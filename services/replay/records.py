@@ -1,0 +1,245 @@
+"""Game records: `GameRecord` messages <-> validated NumPy arrays, and the replay's errors.
+
+`decode_record` checks everything a stored record must satisfy and names the offending field
+("games[3].policies: ..."), so a request is validated whole before anything is written.
+`make_game_record` builds the message from NumPy arrays on the client side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from games.base import GameSpec
+from protos import replay_pb2
+from services.common.tensors import TensorError, from_tensor, to_tensor
+
+
+class ReplayError(Exception):
+    """A request that cannot be served.
+
+    Attributes:
+      code: name of the gRPC status code ("INVALID_ARGUMENT", "NOT_FOUND", "DEADLINE_EXCEEDED",
+        "UNAVAILABLE").
+      message: what was wrong, starting with the request field, e.g. "games[0].actions: ...".
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> ReplayError:
+    return ReplayError("INVALID_ARGUMENT", message)
+
+
+def not_found(message: str) -> ReplayError:
+    return ReplayError("NOT_FOUND", message)
+
+
+@dataclasses.dataclass(frozen=True)
+class GameArrays:
+    """One record as NumPy arrays (see protos/replay.proto's `GameRecord`). T = length, A = actions.
+
+    Attributes:
+      observations: [T, *observation_shape] in the game's observation dtype.
+      actions: int32 [T]. rewards: float32 [T]. to_play: int32 [T].
+      root_values: float32 [T]. policies: float32 [T, A]. legal_actions: bool [T, A].
+      num_sampleable: explicit, in [1, T] once stored (0 in a message means T).
+    """
+
+    id: str
+    episode_id: str
+    first_move: int
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    to_play: np.ndarray
+    root_values: np.ndarray
+    policies: np.ndarray
+    legal_actions: np.ndarray
+    model_version: int
+    num_sampleable: int
+    terminated: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+    def player0_return(self) -> float:
+        """Sum of the sampleable positions' rewards from the view of player 0."""
+        n = self.num_sampleable
+        signs = np.where(self.to_play[:n] == 0, 1.0, -1.0)
+        return float(np.sum(signs * self.rewards[:n], dtype=np.float64))
+
+
+ARRAY_FIELDS = ("observations", "actions", "rewards", "to_play", "root_values", "policies",
+                "legal_actions")
+
+
+def _tensor(record: replay_pb2.GameRecord, name: str, where: str) -> np.ndarray:
+    if not record.HasField(name):
+        raise invalid(f"{where}.{name}: missing")
+    try:
+        return from_tensor(getattr(record, name), f"{where}.{name}")
+    except TensorError as error:
+        raise invalid(str(error)) from error
+
+
+def as_floats(array: np.ndarray, field: str) -> np.ndarray:
+    """float32 of a numeric array whose values are finite; INVALID_ARGUMENT otherwise."""
+    if array.dtype.kind not in "iuf":
+        raise invalid(f"{field}: dtype {array.dtype} is not numeric")
+    converted = array.astype(np.float32)
+    if not np.all(np.isfinite(converted)):
+        raise invalid(f"{field}: values must be finite (as float32)")
+    return converted
+
+
+def as_ints(array: np.ndarray, field: str, low: int, high: int) -> np.ndarray:
+    """int32 of an integer array whose values lie in [low, high); INVALID_ARGUMENT otherwise."""
+    if array.dtype.kind not in "iu":
+        raise invalid(f"{field}: dtype {array.dtype} is not an integer dtype")
+    if array.size and (array.min() < low or array.max() >= high):
+        bad = array[(array < low) | (array >= high)][0]
+        raise invalid(f"{field}: values must be in [{low}, {high}), got {bad}")
+    return array.astype(np.int32)
+
+
+def _shape(array: np.ndarray, expected: tuple[int, ...], field: str, described: str) -> None:
+    if array.shape != expected:
+        raise invalid(f"{field}: shape {list(array.shape)}, expected {described} = {list(expected)}")
+
+
+def decode_record(record: replay_pb2.GameRecord, spec: GameSpec, where: str = "game",
+                  capacity: int | None = None) -> GameArrays:
+    """The validated arrays of `record` for a game of `spec`; ReplayError naming the field
+    (prefixed with `where`, e.g. "games[2]") if anything is wrong."""
+    if not record.id:
+        raise invalid(f"{where}.id: must be non-empty")
+    if record.first_move < 0:
+        raise invalid(f"{where}.first_move: must be >= 0, got {record.first_move}")
+    if record.model_version < 0:
+        raise invalid(f"{where}.model_version: must be >= 0, got {record.model_version}")
+    A = spec.num_actions
+    obs_shape = tuple(spec.observation_shape)
+    raw = {name: _tensor(record, name, where) for name in ARRAY_FIELDS}
+
+    observations = raw["observations"]
+    if observations.ndim != 1 + len(obs_shape) or observations.shape[1:] != obs_shape:
+        raise invalid(f"{where}.observations: shape {list(observations.shape)}, expected "
+                      f"[T, {', '.join(map(str, obs_shape))}] for {spec.name}")
+    T = observations.shape[0]
+    if T < 1:
+        raise invalid(f"{where}.observations: a record needs at least 1 position, got T = 0")
+    if capacity is not None and T > capacity:
+        raise invalid(f"{where}.observations: T = {T} positions exceed the server's capacity "
+                      f"{capacity}; send long games as chunks")
+    observations = _convert_observations(observations, np.dtype(spec.observation_dtype),
+                                         f"{where}.observations")
+    for name in ("actions", "rewards", "to_play", "root_values"):
+        _shape(raw[name], (T,), f"{where}.{name}", "[T]")
+    for name in ("policies", "legal_actions"):
+        _shape(raw[name], (T, A), f"{where}.{name}", "[T, num_actions]")
+
+    actions = as_ints(raw["actions"], f"{where}.actions", 0, A)
+    to_play = as_ints(raw["to_play"], f"{where}.to_play", 0, spec.num_players)
+    rewards = as_floats(raw["rewards"], f"{where}.rewards")
+    root_values = as_floats(raw["root_values"], f"{where}.root_values")
+    policies = as_floats(raw["policies"], f"{where}.policies")
+    if np.any(policies < 0):
+        raise invalid(f"{where}.policies: values must be >= 0")
+    legal = raw["legal_actions"]
+    if legal.dtype != np.bool_:
+        if legal.dtype.kind not in "iu" or np.any((legal != 0) & (legal != 1)):
+            raise invalid(f"{where}.legal_actions: must be bool (or integer 0/1), got {legal.dtype}")
+        legal = legal.astype(bool)
+    illegal = ~legal[np.arange(T), actions]
+    if np.any(illegal):
+        t = int(np.flatnonzero(illegal)[0])
+        raise invalid(f"{where}.actions: action {actions[t]} at position {t} is not legal there "
+                      f"(legal_actions[{t}] is false)")
+    num_sampleable = record.num_sampleable
+    if not 0 <= num_sampleable <= T:
+        raise invalid(f"{where}.num_sampleable: must be in [0, T = {T}] (0 means T), got {num_sampleable}")
+    return GameArrays(
+        id=record.id, episode_id=record.episode_id or record.id, first_move=record.first_move,
+        observations=observations, actions=actions, rewards=rewards, to_play=to_play,
+        root_values=root_values, policies=policies, legal_actions=np.ascontiguousarray(legal),
+        model_version=record.model_version, num_sampleable=num_sampleable or T,
+        terminated=record.terminated)
+
+
+def _convert_observations(array: np.ndarray, dtype: np.dtype, field: str) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise invalid(f"{field}: dtype {array.dtype} is not numeric")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise invalid(f"{field}: values must be finite")
+    if array.dtype == dtype:
+        return array
+    with np.errstate(invalid="ignore", over="ignore"):
+        converted = array.astype(dtype)
+        exact = np.array_equal(converted.astype(array.dtype), array)
+    if not exact:
+        raise invalid(f"{field}: {array.dtype} values do not convert exactly to the game's "
+                      f"observation dtype {dtype}")
+    return converted
+
+
+def make_game_record(id: str, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                     root_values: np.ndarray, policies: np.ndarray,
+                     to_play: np.ndarray | None = None, legal_actions: np.ndarray | None = None,
+                     model_version: int = 0, episode_id: str = "", first_move: int = 0,
+                     num_sampleable: int = 0, terminated: bool = True) -> replay_pb2.GameRecord:
+    """A `GameRecord` from NumPy arrays (T positions); see protos/replay.proto.
+
+    Arrays are sent in the documented dtypes (int32 actions/to_play, float32 rewards, values and
+    policies, bool legal_actions); observations are sent as given (e.g. float32 from the game).
+    `to_play` defaults to zeros (one-player), `legal_actions` to all actions legal.
+    """
+    actions = np.asarray(actions)
+    T = len(actions)
+    policies = np.asarray(policies, np.float32)
+    to_play = np.zeros(T, np.int32) if to_play is None else np.asarray(to_play)
+    if legal_actions is None:
+        legal_actions = np.ones((T, policies.shape[-1] if policies.ndim == 2 else 1), bool)
+    return replay_pb2.GameRecord(
+        id=id, episode_id=episode_id, first_move=first_move,
+        observations=to_tensor(np.asarray(observations)),
+        actions=to_tensor(_int32(actions)), rewards=to_tensor(np.asarray(rewards, np.float32)),
+        to_play=to_tensor(_int32(to_play)),
+        root_values=to_tensor(np.asarray(root_values, np.float32)), policies=to_tensor(policies),
+        legal_actions=to_tensor(np.asarray(legal_actions)), model_version=model_version,
+        num_sampleable=num_sampleable, terminated=terminated)
+
+
+def _int32(array: np.ndarray) -> np.ndarray:
+    return array.astype(np.int32, copy=False) if array.dtype.kind in "iu" else array
+
+
+def record_to_proto(game: GameArrays) -> replay_pb2.GameRecord:
+    """The message of a stored record (num_sampleable explicit)."""
+    return make_game_record(
+        game.id, game.observations, game.actions, game.rewards, game.root_values, game.policies,
+        to_play=game.to_play, legal_actions=game.legal_actions, model_version=game.model_version,
+        episode_id=game.episode_id, first_move=game.first_move,
+        num_sampleable=game.num_sampleable, terminated=game.terminated)
+
+
+def record_from_proto(record: replay_pb2.GameRecord) -> GameArrays:
+    """The arrays of a message as they are on the wire (no validation: for records that come
+    from the server, e.g. SampleGames). Observations keep their wire dtype."""
+    arrays = {name: from_tensor(getattr(record, name), name) for name in ARRAY_FIELDS}
+    return GameArrays(id=record.id, episode_id=record.episode_id, first_move=record.first_move,
+                      model_version=record.model_version,
+                      num_sampleable=record.num_sampleable or len(arrays["actions"]),
+                      terminated=record.terminated, **arrays)
+
+
+def decode_many(records: Sequence[replay_pb2.GameRecord], spec: GameSpec,
+                capacity: int | None = None) -> list[GameArrays]:
+    """`decode_record` of every record of an AddGames request (`games[i]` in messages)."""
+    return [decode_record(r, spec, f"games[{i}]", capacity) for i, r in enumerate(records)]

@@ -1,0 +1,230 @@
+"""The replay servicer: gRPC `mufleet.Replay` over a `ReplayBuffer`.
+
+Every call is validated whole before anything changes (INVALID_ARGUMENT / NOT_FOUND naming the
+field). A SampleBatch that the rate limiter holds back waits on the buffer's condition variable
+until shortly before the call's deadline and then fails with DEADLINE_EXCEEDED, its message
+naming the limiter's state, so the client sees why rather than a bare deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Callable, TypeVar
+
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from protos import replay_pb2, replay_pb2_grpc
+from services.common.logs import EventLogger
+from services.common.metrics import LATENCY_BUCKETS_S
+from services.common.server import ServiceServer
+from services.common.tensors import TensorError, from_tensor, to_tensor
+from services.replay.buffer import Batch, ReplayBuffer, Stats
+from services.replay.records import ReplayError, decode_many, invalid, record_to_proto
+
+SERVICE_NAME = "mufleet.Replay"
+
+T = TypeVar("T")
+
+
+class ReplayMetrics:
+    """The service's Prometheus metrics, in `registry` (a fresh one per servicer in unit tests)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.games = Gauge("mufleet_replay_games", "Records stored.", registry=registry)
+        self.positions = Gauge("mufleet_replay_positions", "Sampleable positions stored.",
+                               registry=registry)
+        self.stored_positions = Gauge(
+            "mufleet_replay_stored_positions",
+            "Positions stored, look-ahead context included (what --capacity bounds).", registry=registry)
+        self.games_added = Counter("mufleet_replay_games_added_total", "Records stored by AddGames.",
+                                   registry=registry)
+        self.positions_added = Counter("mufleet_replay_positions_added_total",
+                                       "Sampleable positions stored by AddGames.", registry=registry)
+        self.duplicates = Counter("mufleet_replay_duplicates_total",
+                                  "Records not stored again because their id was already stored.",
+                                  registry=registry)
+        self.samples = Counter("mufleet_replay_samples_total", "Positions sampled.", registry=registry)
+        self.sample_batches = Counter("mufleet_replay_sample_batches_total", "SampleBatch calls served.",
+                                      registry=registry)
+        self.evicted_games = Counter("mufleet_replay_evicted_games_total",
+                                     "Records evicted to stay within --capacity.", registry=registry)
+        self.rate_limited = Counter("mufleet_replay_rate_limited_total",
+                                    "SampleBatch calls that had to wait for the rate limiter.",
+                                    registry=registry)
+        self.priority_updates = Counter("mufleet_replay_priority_updates_total",
+                                        "Positions whose priority UpdatePriorities set.", registry=registry)
+        self.target_updates = Counter("mufleet_replay_target_updates_total",
+                                      "Positions whose targets UpdateTargets replaced.", registry=registry)
+        self.request_seconds = Histogram(
+            "mufleet_replay_request_seconds", "Time to serve one call, by method (errors and "
+            "rate-limiter waits included).", ["method"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.errors = Counter("mufleet_replay_errors_total",
+                              "Calls that failed, by method and gRPC status code.", ["method", "code"],
+                              registry=registry)
+
+
+def _array(request, name: str):
+    if not request.HasField(name):
+        raise invalid(f"{name}: missing")
+    try:
+        return from_tensor(getattr(request, name), name)
+    except TensorError as error:
+        raise invalid(str(error)) from error
+
+
+def batch_to_proto(batch: Batch) -> replay_pb2.SampleBatchResponse:
+    response = replay_pb2.SampleBatchResponse(
+        observation=to_tensor(batch.observation), actions=to_tensor(batch.actions),
+        target_value=to_tensor(batch.target_value), target_reward=to_tensor(batch.target_reward),
+        target_policy=to_tensor(batch.target_policy), mask=to_tensor(batch.mask),
+        policy_mask=to_tensor(batch.policy_mask),
+        importance_weight=to_tensor(batch.importance_weight),
+        record_keys=to_tensor(batch.record_keys), positions=to_tensor(batch.positions),
+        model_version=to_tensor(batch.model_version), value_prefix=batch.value_prefix,
+        num_unroll_steps=batch.num_unroll_steps, td_steps=batch.td_steps, discount=batch.discount)
+    if batch.unroll_observations is not None:
+        response.unroll_observations.CopyFrom(to_tensor(batch.unroll_observations))
+    return response
+
+
+def stats_to_proto(stats: Stats) -> replay_pb2.ReplayStats:
+    return replay_pb2.ReplayStats(**{
+        field: getattr(stats, field) for field in stats.__dataclass_fields__})
+
+
+def sample_timeout(time_remaining: float | None) -> float | None:
+    """How long a SampleBatch may wait for the rate limiter: the call's time left, less a margin
+    (a tenth, at most 250 ms) so that our DEADLINE_EXCEEDED, with its message, arrives first."""
+    if time_remaining is None:
+        return None
+    return max(0.0, time_remaining - min(0.25, 0.1 * time_remaining))
+
+
+class ReplayServicer(replay_pb2_grpc.ReplayServicer):
+    """Serves `mufleet.Replay` over `buffer`.
+
+    Args:
+      buffer: the store; the servicer does not close it.
+      log: where events go (request_rejected, internal_error); adds are counted in metrics,
+        not logged one by one.
+      metrics: a fresh `ReplayMetrics` per process by default.
+    """
+
+    def __init__(self, buffer: ReplayBuffer, log: EventLogger,
+                 metrics: ReplayMetrics | None = None) -> None:
+        self.buffer = buffer
+        self.log = log
+        self.metrics = metrics or ReplayMetrics()
+        self._rate_limited_seen = buffer.rate_limited_total
+        self._rate_limited_lock = threading.Lock()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.games.set(self.buffer.num_games)
+        self.metrics.positions.set(self.buffer.num_positions)
+        self.metrics.stored_positions.set(self.buffer.stored_positions)
+
+    def _serve(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
+        """Runs `body`, timing it; a ReplayError (or a crash: INTERNAL) aborts the call."""
+        started = time.perf_counter()
+        try:
+            return body()
+        except ReplayError as error:
+            code, message = grpc.StatusCode[error.code], error.message
+        except Exception as error:  # a bug: report it, keep serving
+            code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {error!r}"
+            self.log.error("internal_error", method=method, error=repr(error),
+                           traceback=traceback.format_exc())
+        finally:
+            self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+        self.metrics.errors.labels(method, code.name).inc()
+        self.log.warning("request_rejected", method=method, code=code.name, message=message)
+        context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")
+
+    # --- RPCs ------------------------------------------------------------------------------
+
+    def AddGames(self, request: replay_pb2.AddGamesRequest, context) -> replay_pb2.AddGamesResponse:
+        def body() -> replay_pb2.AddGamesResponse:
+            games = decode_many(request.games, self.buffer.spec, self.buffer.config.capacity)
+            result = self.buffer.add_games(games)
+            self.metrics.games_added.inc(result.added)
+            self.metrics.duplicates.inc(result.duplicates)
+            self.metrics.evicted_games.inc(result.evicted)
+            self.metrics.positions_added.inc(result.positions_added)
+            self._update_gauges()
+            return replay_pb2.AddGamesResponse(added=result.added, duplicates=result.duplicates,
+                                               keys=result.keys, evicted=result.evicted,
+                                               positions_added=result.positions_added)
+        return self._serve("AddGames", context, body)
+
+    def SampleBatch(self, request: replay_pb2.SampleBatchRequest, context) -> replay_pb2.SampleBatchResponse:
+        def body() -> replay_pb2.SampleBatchResponse:
+            try:
+                batch = self.buffer.sample(
+                    request.batch_size, request.num_unroll_steps, request.td_steps, request.discount,
+                    request.include_unroll_observations, sample_timeout(context.time_remaining()))
+            finally:
+                self._count_rate_limited()
+            self.metrics.samples.inc(len(batch.record_keys))
+            self.metrics.sample_batches.inc()
+            return batch_to_proto(batch)
+        return self._serve("SampleBatch", context, body)
+
+    def _count_rate_limited(self) -> None:
+        with self._rate_limited_lock:
+            total = self.buffer.rate_limited_total
+            if total > self._rate_limited_seen:
+                self.metrics.rate_limited.inc(total - self._rate_limited_seen)
+                self._rate_limited_seen = total
+
+    def UpdatePriorities(self, request: replay_pb2.UpdatePrioritiesRequest,
+                         context) -> replay_pb2.UpdatePrioritiesResponse:
+        def body() -> replay_pb2.UpdatePrioritiesResponse:
+            updated, skipped = self.buffer.update_priorities(
+                _array(request, "record_keys"), _array(request, "positions"),
+                _array(request, "priorities"))
+            self.metrics.priority_updates.inc(updated)
+            return replay_pb2.UpdatePrioritiesResponse(updated=updated, skipped=skipped)
+        return self._serve("UpdatePriorities", context, body)
+
+    def UpdateTargets(self, request: replay_pb2.UpdateTargetsRequest,
+                      context) -> replay_pb2.UpdateTargetsResponse:
+        def body() -> replay_pb2.UpdateTargetsResponse:
+            updated = self.buffer.update_targets(
+                request.game_id, _array(request, "positions"), _array(request, "root_values"),
+                _array(request, "policies"), request.model_version)
+            self.metrics.target_updates.inc(updated)
+            return replay_pb2.UpdateTargetsResponse(updated=updated)
+        return self._serve("UpdateTargets", context, body)
+
+    def SampleGames(self, request: replay_pb2.SampleGamesRequest,
+                    context) -> replay_pb2.SampleGamesResponse:
+        def body() -> replay_pb2.SampleGamesResponse:
+            stored = self.buffer.sample_games(request.num_games, request.newest_first)
+            return replay_pb2.SampleGamesResponse(games=[
+                replay_pb2.StoredGame(key=s.key, record=record_to_proto(s.game),
+                                      targets_model_version=s.targets_model_version)
+                for s in stored])
+        return self._serve("SampleGames", context, body)
+
+    def GetStats(self, request: replay_pb2.GetStatsRequest, context) -> replay_pb2.ReplayStats:
+        return self._serve("GetStats", context, lambda: stats_to_proto(self.buffer.stats()))
+
+
+class ReplayServer(ServiceServer):
+    """A `ServiceServer` that, on stop, first releases the samplers waiting on the rate limiter
+    (so in-flight calls end at once, UNAVAILABLE), then finishes in-flight calls, then closes
+    the buffer (pending priorities written, WAL checkpointed)."""
+
+    def __init__(self, buffer: ReplayBuffer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer = buffer
+
+    def stop(self, grace_s: float | None = None) -> None:
+        self.buffer.release_waiters()
+        super().stop(grace_s)
+        self.buffer.close()

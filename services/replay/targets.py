@@ -1,0 +1,75 @@
+"""MuZero training targets for a batch of sampled positions, vectorized over the batch.
+
+The buffer gathers, for each sampled position t (of a record of T positions), a window of W >=
+K + n + 1 consecutive positions t, t+1, ... of the same record (entries at or past the record's
+end hold anything: they are never read unmasked). Everything below is array arithmetic over
+[B, K+1] and [B, K+1, n]; there is no Python loop over samples.
+
+For u = t + k, k = 0..K (docs/replay.md, "Targets"):
+
+  value    z_u = sum_{i<m} g^i s(u,u+i) r_{u+i} + [u+m < T] g^m s(u,u+m) v_{u+m}
+           with s(a,b) = +1 if to_play[a] == to_play[b] else -1, and
+           m = min(n, T-u)   for a terminated record (the bootstrap is dropped past the end),
+           m = min(n, T-1-u) for one that is not (a chunk or a game cut at max_moves: the
+                             bootstrap moves back to the last stored position, T-1);
+           z_u = 0 past the end (u >= T).
+  reward   index 0 is 0; index k >= 1 is r_{u-1} (0 if u-1 >= T); with value_prefix, the
+           cumulative sum of those over 1..k.
+  mask     1 where u < T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def value_targets(rewards_w: np.ndarray, values_w: np.ndarray, to_play_w: np.ndarray,
+                  remaining: np.ndarray, terminated: np.ndarray, num_unroll_steps: int,
+                  td_steps: int, discount: float) -> np.ndarray:
+    """float32 [B, K+1]: the n-step value targets at u = t + k.
+
+    Args:
+      rewards_w, values_w, to_play_w: [B, W] windows from t, W >= K + n + 1.
+      remaining: int [B], T - t (>= 1): positions of the record from t on.
+      terminated: bool [B], whether each record ends by the game's rules.
+    """
+    K, n = num_unroll_steps, td_steps
+    k = np.arange(K + 1)
+    rem_u = remaining[:, None].astype(np.int64) - k[None, :]  # positions left from u: T - u
+    inside = rem_u > 0
+    m = np.minimum(n, np.where(terminated[:, None], rem_u, rem_u - 1))
+    np.clip(m, 0, n, out=m)  # [B, K+1]: reward terms before the bootstrap
+    powers = discount ** np.arange(n + 1, dtype=np.float64)
+    own = to_play_w[:, :K + 1]  # the player to move at u
+    rewards = sliding_window_view(rewards_w[:, :K + n], n, axis=1)  # [B, K+1, n]: r_{u+i}
+    # coefficient of r_{u+i}: s(u, u+i) g^i for i < m, else 0
+    coefficients = np.where(np.arange(n) < m[:, :, None], powers[:n], 0.0)
+    if np.any(to_play_w):  # two players: the other player's rewards count negatively
+        players = sliding_window_view(to_play_w[:, :K + n], n, axis=1)
+        coefficients[players != own[:, :, None]] *= -1
+    z = (coefficients * rewards).sum(axis=-1)
+    bootstrap_at = k[None, :] + m  # window index of u + m, <= K + n
+    rows = np.arange(len(remaining))[:, None]
+    v = values_w[rows, bootstrap_at].astype(np.float64)
+    v[to_play_w[rows, bootstrap_at] != own] *= -1
+    z += np.where(inside & (m < rem_u), powers[m] * v, 0.0)  # no bootstrap at or past the end
+    z[~inside] = 0.0
+    return z.astype(np.float32)
+
+
+def reward_targets(rewards_w: np.ndarray, remaining: np.ndarray, num_unroll_steps: int,
+                   value_prefix: bool) -> np.ndarray:
+    """float32 [B, K+1]: 0, then r_{t+k-1} (0 past the end), or their running sums."""
+    K = num_unroll_steps
+    B = len(remaining)
+    real = np.arange(K)[None, :] < remaining[:, None]
+    rewards = np.where(real, rewards_w[:, :K], 0.0).astype(np.float32)
+    if value_prefix:
+        rewards = np.cumsum(rewards, axis=1, dtype=np.float32)
+    return np.concatenate([np.zeros((B, 1), np.float32), rewards], axis=1)
+
+
+def unroll_mask(remaining: np.ndarray, num_unroll_steps: int) -> np.ndarray:
+    """float32 [B, K+1]: 1 where u = t + k < T."""
+    return (np.arange(num_unroll_steps + 1)[None, :] < remaining[:, None]).astype(np.float32)

@@ -1,0 +1,41 @@
+"""Helpers of the replay tests: small specs and records built from NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from games.base import GameSpec
+from protos import replay_pb2
+from services.replay.records import GameArrays, decode_record, make_game_record
+
+# A one-player game with vector observations (like cartpole) and a two-player board game
+# (like tic-tac-toe), built here so the tests do not depend on other games' modules.
+ONE_PLAYER = GameSpec(name="line", observation_shape=(4,), observation_dtype="float32",
+                      num_actions=2, num_players=1, discount=0.9, max_moves=500)
+TWO_PLAYER = GameSpec(name="board", observation_shape=(3, 3, 2), observation_dtype="uint8",
+                      num_actions=9, num_players=2, discount=1.0, max_moves=9)
+
+
+def record(spec: GameSpec, id: str, T: int, rewards=None, values=None, to_play=None,
+           policies=None, seed: int = 0, **fields) -> replay_pb2.GameRecord:
+    """A GameRecord of T positions for `spec`; arrays not given are random but valid."""
+    rng = np.random.default_rng(seed)
+    A = spec.num_actions
+    if spec.observation_dtype == "uint8":
+        observations = rng.integers(0, 2, (T, *spec.observation_shape)).astype(np.float32)
+    else:
+        observations = rng.normal(size=(T, *spec.observation_shape)).astype(np.float32)
+    if policies is None:
+        policies = rng.dirichlet(np.ones(A), size=T).astype(np.float32)
+    return make_game_record(
+        id, observations, rng.integers(0, A, T),
+        rng.normal(size=T) if rewards is None else np.asarray(rewards, np.float32),
+        rng.normal(size=T) if values is None else np.asarray(values, np.float32),
+        policies,
+        to_play=(np.arange(T) % spec.num_players) if to_play is None else np.asarray(to_play),
+        legal_actions=np.ones((T, A), bool), **fields)
+
+
+def arrays(spec: GameSpec, message: replay_pb2.GameRecord) -> GameArrays:
+    return decode_record(message, spec)
+
