@@ -1,14 +1,15 @@
 """NumPy <-> wire tensors, as raw bytes both ways (no per-element conversion).
 
 Two wire formats:
-  * `mufleet.Tensor` (protos/tensor.proto) for MuFleet's own services;
-  * TensorFlow's `TensorProto` with `tensor_content` for TensorFlow Serving's API.
+  * `mufleet.Tensor` (protos/tensor.proto) for MuFleet's own services: here, free of TensorFlow;
+  * TensorFlow's `TensorProto` with `tensor_content` for TensorFlow Serving's API: in
+    `services.common.tf_tensors`, which imports TensorFlow. `to_tensor_proto` and
+    `from_tensor_proto` are still importable from this module; they load it on first use.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from protos import tensor_pb2 as mufleet_tensor_pb2
 
@@ -24,19 +25,6 @@ _TO_WIRE = {
     np.dtype(np.bool_): mufleet_tensor_pb2.BOOL,
 }
 _FROM_WIRE = {wire: dtype for dtype, wire in _TO_WIRE.items()}
-
-_TO_TF = {
-    np.dtype(np.float32): types_pb2.DT_FLOAT,
-    np.dtype(np.float64): types_pb2.DT_DOUBLE,
-    np.dtype(np.float16): types_pb2.DT_HALF,
-    np.dtype(np.int8): types_pb2.DT_INT8,
-    np.dtype(np.int16): types_pb2.DT_INT16,
-    np.dtype(np.int32): types_pb2.DT_INT32,
-    np.dtype(np.int64): types_pb2.DT_INT64,
-    np.dtype(np.uint8): types_pb2.DT_UINT8,
-    np.dtype(np.bool_): types_pb2.DT_BOOL,
-}
-_FROM_TF = {wire: dtype for dtype, wire in _TO_TF.items()}
 
 
 class TensorError(ValueError):
@@ -67,39 +55,13 @@ def from_tensor(tensor: mufleet_tensor_pb2.Tensor, name: str = "tensor") -> np.n
     return _decode(tensor.content, dtype, tuple(tensor.shape), name)
 
 
-def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-    """A NumPy array as TensorFlow's `TensorProto`, with its bytes in `tensor_content`."""
-    array = _little_endian(array)
-    if array.dtype not in _TO_TF:
-        raise TensorError(f"dtype {array.dtype} has no TensorFlow encoding")
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
-    return tensor_pb2.TensorProto(dtype=_TO_TF[array.dtype], tensor_shape=shape,
-                                  tensor_content=np.ascontiguousarray(array).tobytes())
+def __getattr__(name: str):
+    # The TensorFlow half, loaded on first use so that importing this module stays fast.
+    if name in ("to_tensor_proto", "from_tensor_proto"):
+        from services.common import tf_tensors
 
-
-def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
-    """TensorFlow's `TensorProto` as NumPy. Reads `tensor_content`, or the typed value
-    fields that other TensorFlow Serving clients may send."""
-    dtype = _FROM_TF.get(proto.dtype)
-    if dtype is None:
-        raise TensorError(f"{name}: unsupported dtype {types_pb2.DataType.Name(proto.dtype)}")
-    shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if proto.tensor_content or int(np.prod(shape, dtype=np.int64)) == 0:
-        return _decode(proto.tensor_content, dtype, shape, name)
-    values = {
-        np.dtype(np.float32): proto.float_val, np.dtype(np.float64): proto.double_val,
-        np.dtype(np.int64): proto.int64_val, np.dtype(np.bool_): proto.bool_val,
-        np.dtype(np.float16): proto.half_val,
-    }.get(dtype, proto.int_val)
-    array = np.asarray(values, dtype=dtype)
-    if dtype == np.float16:
-        array = np.asarray(values, np.uint16).view(np.float16)
-    if array.size == 1:
-        return np.full(shape, array[0], dtype)
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        raise TensorError(f"{name}: {array.size} values for shape {list(shape)}")
-    return array.reshape(shape)
+        return getattr(tf_tensors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _decode(content: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:

@@ -1,0 +1,224 @@
+"""The environment servicer: gRPC `mufleet.Environment` over a `SessionStore`.
+
+One server hosts any registered game: `EnvironmentConfig.game` is its default (what an empty
+`game` field means, loaded at start-up) and every other game of `games.names()` is loaded on its
+first Open or GetSpec. Calls on different sessions run in parallel on the server's threads; calls
+on one session take turns on its lock. A reaper thread closes sessions left idle for
+`session_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Callable, TypeVar
+
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+import games
+from games.base import Game
+from protos import environment_pb2, environment_pb2_grpc
+from services.common.logs import EventLogger
+from services.common.metrics import LATENCY_BUCKETS_S
+from services.common.tensors import TensorError, from_tensor
+from services.environment.config import EnvironmentConfig
+from services.environment.sessions import SessionError, SessionStore, invalid
+from services.environment.wire import spec_to_proto, time_step_to_proto
+
+SERVICE_NAME = "mufleet.Environment"
+
+T = TypeVar("T")
+
+
+class EnvironmentMetrics:
+    """The service's Prometheus metrics, in `registry` (a fresh one per servicer in unit tests)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.steps = Counter(
+            "mufleet_environment_steps_total",
+            "Game steps played: B per Step call.", ["game"], registry=registry)
+        self.step_requests = Counter(
+            "mufleet_environment_step_requests_total",
+            "Step calls served.", ["game"], registry=registry)
+        self.episodes = Counter(
+            "mufleet_environment_episodes_total",
+            "Games that ended (terminated or truncated).", ["game"], registry=registry)
+        self.sessions = Gauge(
+            "mufleet_environment_sessions", "Open sessions.", registry=registry)
+        self.games = Gauge(
+            "mufleet_environment_games", "Games held by the open sessions.", registry=registry)
+        self.sessions_opened = Counter(
+            "mufleet_environment_sessions_opened_total",
+            "Sessions opened.", ["game"], registry=registry)
+        self.sessions_expired = Counter(
+            "mufleet_environment_sessions_expired_total",
+            "Sessions closed by the reaper after --session-timeout-s without calls.",
+            ["game"], registry=registry)
+        self.request_seconds = Histogram(
+            "mufleet_environment_request_seconds",
+            "Time to serve one call, by method (errors included).", ["method"],
+            buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.errors = Counter(
+            "mufleet_environment_errors_total",
+            "Calls that failed, by method and gRPC status code.", ["method", "code"],
+            registry=registry)
+
+
+class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
+    """Serves `mufleet.Environment`.
+
+    Args:
+      config: what to host and the limits.
+      log: where events go (session_opened, session_closed, session_expired, request_rejected).
+      metrics: a fresh `EnvironmentMetrics` per process by default.
+      clock: monotonic seconds, for the session store.
+    """
+
+    def __init__(self, config: EnvironmentConfig, log: EventLogger,
+                 metrics: EnvironmentMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.log = log
+        self.metrics = metrics or EnvironmentMetrics()
+        self.store = SessionStore(config.max_sessions, config.max_games_per_session, clock)
+        self._games: dict[str, Game] = {}
+        self._games_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        self._game(config.game)  # the default game must load: fail at start-up, not on a call
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start_reaper(self) -> None:
+        """Starts the thread that closes idle sessions."""
+        self._reaper = threading.Thread(target=self._reap_forever, name="session-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(self.config.reap_interval_s):
+            self.reap()
+
+    def reap(self) -> int:
+        """Closes the sessions idle for `session_timeout_s`; returns how many."""
+        reaped = self.store.reap(self.config.session_timeout_s)
+        for session, idle_s in reaped:
+            self.metrics.sessions_expired.labels(session.game_name).inc()
+            self.log.info("session_expired", session_id=session.id, game=session.game_name,
+                          num_games=session.num_games, idle_s=round(idle_s, 3),
+                          session_timeout_s=self.config.session_timeout_s)
+        if reaped:
+            self._update_gauges()
+        return len(reaped)
+
+    def stop(self) -> None:
+        """Stops the reaper and closes every session (after the gRPC server has stopped)."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join()
+        closed = self.store.close_all()
+        self._update_gauges()
+        if closed:
+            self.log.info("sessions_closed_at_stop", sessions=len(closed))
+
+    def _update_gauges(self) -> None:
+        self.metrics.sessions.set(len(self.store))
+        self.metrics.games.set(self.store.num_games())
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _game(self, name: str) -> tuple[str, Game]:
+        """(name, game) for a request's `game` field; "" is the default game."""
+        name = name or self.config.game
+        with self._games_lock:
+            game = self._games.get(name)
+            if game is not None:
+                return name, game
+            if name not in games.names():
+                raise invalid(f"game: unknown game {name!r}; this server hosts "
+                              f"{', '.join(games.names())} (default {self.config.game!r})")
+            try:
+                game = games.make(name)
+            except Exception as error:  # registered, but its module does not load
+                raise SessionError("UNIMPLEMENTED", f"game: {name!r} is registered but cannot be "
+                                                    f"loaded on this server: {error!r}") from error
+            self._games[name] = game
+            return name, game
+
+    def _serve(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
+        """Runs `body`, timing it; a SessionError (or a crash: INTERNAL) aborts the call."""
+        started = time.perf_counter()
+        try:
+            return body()
+        except SessionError as error:
+            code, message = grpc.StatusCode[error.code], error.message
+        except Exception as error:  # a bug (in a game, say): report it, keep serving
+            code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {error!r}"
+            self.log.error("internal_error", method=method, error=repr(error),
+                           traceback=traceback.format_exc())
+        finally:
+            self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+        self.metrics.errors.labels(method, code.name).inc()
+        self.log.warning("request_rejected", method=method, code=code.name, message=message)
+        context.abort(code, message)
+        raise AssertionError("unreachable: context.abort raises")
+
+    # --- RPCs ------------------------------------------------------------------------------
+
+    def GetSpec(self, request: environment_pb2.GetSpecRequest, context) -> environment_pb2.GameSpec:
+        return self._serve("GetSpec", context, lambda: spec_to_proto(self._game(request.game)[1].spec))
+
+    def Open(self, request: environment_pb2.OpenRequest, context) -> environment_pb2.OpenResponse:
+        def body() -> environment_pb2.OpenResponse:
+            name, game = self._game(request.game)
+            session = self.store.open(name, game, request.num_games, request.seed)
+            time_step = session.time_step()
+            self.metrics.sessions_opened.labels(name).inc()
+            self._update_gauges()
+            self.log.info("session_opened", session_id=session.id, game=name,
+                          num_games=session.num_games, seed=session.seed, peer=context.peer())
+            return environment_pb2.OpenResponse(session_id=session.id, spec=spec_to_proto(game.spec),
+                                                time_step=time_step_to_proto(time_step))
+        return self._serve("Open", context, body)
+
+    def Reset(self, request: environment_pb2.ResetRequest, context) -> environment_pb2.TimeStep:
+        def body() -> environment_pb2.TimeStep:
+            with self.store.use(request.session_id, context.time_remaining()) as session:
+                time_step = session.reset(list(request.game_indices))
+            return time_step_to_proto(time_step)
+        return self._serve("Reset", context, body)
+
+    def Step(self, request: environment_pb2.StepRequest, context) -> environment_pb2.TimeStep:
+        def body() -> environment_pb2.TimeStep:
+            if not request.HasField("actions"):
+                raise invalid("actions: missing; send an int32 tensor of shape [num_games]")
+            try:
+                actions = from_tensor(request.actions, "actions")
+            except TensorError as error:
+                raise invalid(str(error)) from error
+            with self.store.use(request.session_id, context.time_remaining()) as session:
+                time_step, num_ended = session.step(actions, request.auto_reset)
+            self.metrics.step_requests.labels(session.game_name).inc()
+            self.metrics.steps.labels(session.game_name).inc(session.num_games)
+            if num_ended:
+                self.metrics.episodes.labels(session.game_name).inc(num_ended)
+            return time_step_to_proto(time_step)
+        return self._serve("Step", context, body)
+
+    def Observe(self, request: environment_pb2.ObserveRequest, context) -> environment_pb2.TimeStep:
+        def body() -> environment_pb2.TimeStep:
+            with self.store.use(request.session_id, context.time_remaining()) as session:
+                time_step = session.time_step()
+            return time_step_to_proto(time_step)
+        return self._serve("Observe", context, body)
+
+    def Close(self, request: environment_pb2.CloseRequest, context) -> environment_pb2.CloseResponse:
+        def body() -> environment_pb2.CloseResponse:
+            session = self.store.close(request.session_id)
+            if session is not None:
+                self._update_gauges()
+                self.log.info("session_closed", session_id=session.id, game=session.game_name,
+                              num_games=session.num_games, num_steps=session.num_steps)
+            return environment_pb2.CloseResponse()
+        return self._serve("Close", context, body)
