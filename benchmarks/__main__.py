@@ -12,7 +12,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["environment", "network", "replay"]
+BENCHMARKS = ["environment", "replay", "network", "search", "agent", "trainer"]
 
 
 def main() -> None:

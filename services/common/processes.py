@@ -99,6 +99,17 @@ class ServiceProcess:
         assert self.ready is not None, "wait_ready() first"
         return f"127.0.0.1:{self.ready['grpc_port']}"
 
+    def wait(self, timeout_s: float) -> int:
+        """Waits for the process to exit by itself; returns its exit code (TimeoutError if not)."""
+        assert self._process is not None
+        try:
+            code = self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.module} still running after {timeout_s:.0f}s:\n" + self.tail()) from None
+        if self._reader:
+            self._reader.join(5)
+        return code
+
     def tail(self, n: int = 40) -> str:
         return "\n".join(list(self.lines)[-n:])
 

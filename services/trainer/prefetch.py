@@ -1,0 +1,314 @@
+"""Batches in, priorities out: the trainer's threads that talk to the replay server.
+
+`Prefetcher` is an iterator of decoded NumPy batches that a thread fills from SampleBatch calls
+(a bounded queue, so at most `capacity` batches wait). While the replay cannot give a batch it
+waits and asks again, with one log line per failed call:
+
+  * DEADLINE_EXCEEDED: the replay's rate limiter held the call (too few positions yet, or the
+    trainer is ahead of samples_per_insert); the server's message says which. Ask again at once
+    (the call itself was the wait).
+  * UNAVAILABLE (and other transient codes): the replay is down or restarting; ask again after
+    an exponential backoff (0.5 s doubling to 10 s).
+  * INVALID_ARGUMENT and other codes that a retry cannot fix, or a batch whose shapes do not fit
+    the game: fatal; the iterator raises `ReplayFailed`.
+
+`PrioritySender` sends UpdatePriorities on its own thread so training never waits for it; when
+its queue is full the oldest update is dropped (priorities are a hint: a lost update leaves the
+previous priority).
+
+Neither imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import grpc
+import numpy as np
+
+from games.base import GameSpec
+from services.common.logs import EventLogger
+
+# Codes after which asking again may succeed; anything else is a bug or a misconfiguration.
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
+                             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+HOST_KEYS = ("record_keys", "positions", "model_version")
+_DTYPES = {"observation": np.float32, "actions": np.int32, "target_value": np.float32,
+           "target_reward": np.float32, "target_policy": np.float32, "mask": np.float32,
+           "policy_mask": np.float32, "importance_weight": np.float32, "record_keys": np.int64,
+           "positions": np.int32, "model_version": np.int64}
+
+
+class ReplayFailed(RuntimeError):
+    """The replay answered in a way that retrying cannot fix."""
+
+
+def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str, np.ndarray]:
+    """The arrays of a batch (a replay `Batch` or a mapping) as a dict in the trainer's dtypes.
+
+    Checks every shape against the game and K; ValueError naming the entry otherwise. Entries
+    record_keys, positions and model_version are optional (absent in hand-made batches).
+    """
+    get = (lambda name: batch.get(name)) if isinstance(batch, Mapping) else (
+        lambda name: getattr(batch, name, None))
+    K, A = num_unroll_steps, spec.num_actions
+    first = get("observation")
+    if first is None:
+        raise ValueError("batch: observation is missing")
+    B = int(np.shape(first)[0])
+    shapes = {"observation": (B, *spec.observation_shape), "actions": (B, K),
+              "target_value": (B, K + 1), "target_reward": (B, K + 1), "target_policy": (B, K + 1, A),
+              "mask": (B, K + 1), "policy_mask": (B, K + 1), "importance_weight": (B,),
+              "record_keys": (B,), "positions": (B,), "model_version": (B,)}
+    arrays = {}
+    for name, shape in shapes.items():
+        value = get(name)
+        if value is None:
+            if name in HOST_KEYS:
+                continue
+            raise ValueError(f"batch: {name} is missing")
+        array = np.asarray(value)
+        if array.shape != shape:
+            raise ValueError(f"batch: {name} has shape {list(array.shape)}, expected {list(shape)} "
+                             f"(game {spec.name}, K={K})")
+        arrays[name] = array.astype(_DTYPES[name], copy=False)
+    if B == 0:
+        raise ValueError("batch: empty (B = 0)")
+    return arrays
+
+
+@dataclasses.dataclass
+class _Fatal:
+    error: BaseException
+
+
+class Prefetcher:
+    """An iterator of prepared batches, filled by a thread from `sample(timeout_s)`.
+
+    Args:
+      sample: draws one batch, e.g. `lambda t: client.sample_batch(B, K, timeout_s=t)`; raises
+        grpc.RpcError on failure.
+      prepare: turns what `sample` returns into the dict the trainer takes (`prepare_batch`).
+      log: where `waiting_for_replay`, `replay_unavailable` and `replay_ready` go.
+      metrics: a TrainerMetrics (prefetched_batches, replay_waits) or None.
+      capacity: batches the queue holds.
+      sample_timeout_s: deadline of each sample call.
+      backoff_s: (first, max) wait after a transient failure; doubles each time.
+      stop: an Event that ends the iterator (StopIteration) when set; `close()` sets it too.
+
+    `next()` raises StopIteration once stopped and `ReplayFailed` after a fatal error.
+    """
+
+    def __init__(self, sample: Callable[[float], Any], prepare: Callable[[Any], dict[str, np.ndarray]],
+                 log: EventLogger, metrics: Any = None, capacity: int = 4,
+                 sample_timeout_s: float = 10.0, backoff_s: tuple[float, float] = (0.5, 10.0),
+                 stop: threading.Event | None = None) -> None:
+        self._sample = sample
+        self._prepare = prepare
+        self.log = log
+        self.metrics = metrics
+        self.sample_timeout_s = sample_timeout_s
+        self.backoff_s = backoff_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._stop = stop if stop is not None else threading.Event()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trainer-prefetch", daemon=True)
+        self.batches_fetched = 0
+        self.waits = 0
+
+    def start(self) -> "Prefetcher":
+        self._thread.start()
+        return self
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        while True:
+            if self._stop.is_set() or self._closed.is_set():
+                raise StopIteration
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise ReplayFailed("the prefetch thread has ended") from None
+                continue
+            self._set_gauge()
+            if isinstance(item, _Fatal):
+                raise ReplayFailed(str(item.error)) from item.error
+            return item
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stops the thread (it exits after the call in flight; it is a daemon thread)."""
+        self._closed.set()
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout_s)
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._closed.is_set()
+
+    def _wait(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stopping() and (left := end - time.monotonic()) > 0:
+            self._closed.wait(min(left, 0.1))
+
+    def _set_gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.prefetched_batches.set(self._queue.qsize())
+
+    def _put(self, item: Any) -> None:
+        while not self._stopping():
+            try:
+                self._queue.put(item, timeout=0.1)
+                self._set_gauge()
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        backoff = self.backoff_s[0]
+        waiting_since: float | None = None
+        while not self._stopping():
+            called = time.monotonic()
+            try:
+                batch = self._sample(self.sample_timeout_s)
+            except grpc.RpcError as error:
+                if self._stopping():
+                    return
+                code = error.code() if callable(getattr(error, "code", None)) else None
+                details = error.details() if callable(getattr(error, "details", None)) else str(error)
+                waiting_since = waiting_since or called
+                self.waits += 1
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._count_wait("rate_limited")
+                    self.log.info("waiting_for_replay", reason="rate_limited", message=details,
+                                  waited_s=round(time.monotonic() - waiting_since, 1))
+                    continue
+                if code in TRANSIENT_CODES:
+                    self._count_wait("unavailable")
+                    self.log.warning("replay_unavailable", code=code.name, message=details,
+                                     retry_in_s=backoff,
+                                     waited_s=round(time.monotonic() - waiting_since, 1))
+                    self._wait(backoff)
+                    backoff = min(2 * backoff, self.backoff_s[1])
+                    continue
+                self.log.error("replay_failed", code=getattr(code, "name", str(code)), message=details)
+                self._put(_Fatal(error))
+                return
+            except BaseException as error:  # a bug in `sample`: surface it in the train loop
+                self.log.error("replay_failed", code=None, message=repr(error))
+                self._put(_Fatal(error))
+                return
+            if waiting_since is not None:
+                self.log.info("replay_ready", waited_s=round(time.monotonic() - waiting_since, 1))
+                waiting_since = None
+            backoff = self.backoff_s[0]
+            try:
+                arrays = self._prepare(batch)
+            except (ValueError, TypeError) as error:
+                self.log.error("bad_batch", message=str(error))
+                self._put(_Fatal(error))
+                return
+            self.batches_fetched += 1
+            self._put(arrays)
+
+    def _count_wait(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.replay_waits.labels(reason).inc()
+
+
+class PrioritySender:
+    """Sends new priorities on a thread; calling it never blocks.
+
+    Args:
+      update: `update(record_keys, positions, priorities, timeout_s)`, e.g.
+        ReplayClient.update_priorities; may raise grpc.RpcError.
+      log: where failures go (one line per failure, at most one every 30 s).
+      metrics: a TrainerMetrics (priority_updates, priority_updates_dropped) or None.
+      capacity: updates waiting before the oldest is dropped.
+      timeout_s: deadline of each call.
+    """
+
+    def __init__(self, update: Callable[..., Any], log: EventLogger, metrics: Any = None,
+                 capacity: int = 64, timeout_s: float = 5.0) -> None:
+        self._update = update
+        self.log = log
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="trainer-priorities", daemon=True)
+        self._thread.start()
+        self._last_failure_log = -1e9
+        self.sent = 0
+        self.dropped = 0
+
+    def __call__(self, record_keys: np.ndarray, positions: np.ndarray, priorities: np.ndarray) -> None:
+        priorities = np.nan_to_num(np.abs(np.asarray(priorities, np.float32)), nan=0.0,
+                                   posinf=0.0, neginf=0.0)
+        item = (np.asarray(record_keys, np.int64), np.asarray(positions, np.int32), priorities)
+        with self._lock:
+            while True:
+                try:
+                    self._queue.put_nowait(item)
+                    return
+                except queue.Full:
+                    try:
+                        old = self._queue.get_nowait()
+                    except queue.Empty:
+                        continue
+                    if old is not None:
+                        self._drop(len(old[0]))
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        if self.metrics is not None:
+            self.metrics.priority_updates_dropped.inc(n)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            keys, positions, priorities = item
+            try:
+                self._update(keys, positions, priorities, timeout_s=self.timeout_s)
+            except grpc.RpcError as error:
+                self._drop(len(keys))
+                now = time.monotonic()
+                if now - self._last_failure_log >= 30.0:
+                    self._last_failure_log = now
+                    code = error.code() if callable(getattr(error, "code", None)) else None
+                    self.log.warning("priority_update_failed", code=getattr(code, "name", None),
+                                     message=error.details() if callable(getattr(error, "details", None))
+                                     else str(error), dropped_total=self.dropped)
+                continue
+            except Exception as error:  # never let the sender die silently
+                self._drop(len(keys))
+                self.log.error("priority_update_failed", code=None, message=repr(error))
+                continue
+            self.sent += len(keys)
+            if self.metrics is not None:
+                self.metrics.priority_updates.inc(len(keys))
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Sends what is queued (within `timeout_s`) and stops; True if everything was sent."""
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
