@@ -62,17 +62,21 @@ def is_serving(channel: grpc.Channel, service: str = "", timeout_s: float = 1.0)
 
 
 def wait_until_serving(address: str, service: str = "", timeout_s: float = 60.0) -> None:
-    """Blocks until `address` reports SERVING; TimeoutError naming the address otherwise."""
+    """Blocks until `address` reports `service` SERVING; TimeoutError naming the address otherwise."""
     deadline = time.monotonic() + timeout_s
+    request = health_pb2.HealthCheckRequest(service=service)
     with make_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{address} did not report SERVING within {timeout_s:.0f}s")
+                raise TimeoutError(f"{address} did not report {service or 'the server'} SERVING "
+                                   f"within {timeout_s:.0f}s")
             try:
-                grpc.channel_ready_future(channel).result(timeout=min(remaining, 1.0))
-            except grpc.FutureTimeoutError:
-                continue
-            if is_serving(channel, service, timeout_s=min(remaining, 1.0)):
-                return
-            time.sleep(0.05)  # the server is up but still loading; ask again shortly
+                # wait_for_ready: a server that is not listening yet is waited for, not failed.
+                response = stub.Check(request, timeout=min(remaining, 2.0), wait_for_ready=True)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)  # up but not serving yet (e.g. loading a model): ask again shortly

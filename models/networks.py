@@ -1,0 +1,417 @@
+"""MuZero's three networks (representation h, dynamics g, prediction f) in Keras 3 / TF2.
+
+    network = MuZeroNetwork(game.spec, game.settings, seed=0)
+    out = network.initial_inference(observation)           # float32 [B, *observation_shape]
+    out = network.recurrent_inference(out.hidden_state, action)   # action int32 [B]
+    out.hidden_state, out.value_logits, out.reward_logits, out.policy_logits, out.value, out.reward
+
+Two variants, picked by `MuZeroSettings.network`:
+
+"fc" (vector observations such as cartpole's; any observation is flattened):
+  representation  obs -> MLP(fc_layers) -> Dense(hidden_size) -> min-max normalize
+  dynamics        [hidden, one_hot(action)] -> MLP(fc_layers) -> Dense(hidden_size) -> normalize
+                  reward head: next hidden -> MLP(fc_layers) -> Dense(2S+1)
+  prediction      hidden -> MLP(fc_layers) -> Dense(A) policy logits
+                  hidden -> MLP(fc_layers) -> Dense(2S+1) value logits
+  hidden_shape = (hidden_size,)
+
+"resnet" (channels-last boards [H, W, C]; a [H, W] observation gets one channel):
+  representation  conv3x3(hidden_size) + BN + ReLU, res_blocks residual blocks, normalize
+  dynamics        [hidden, action planes] -> conv3x3(hidden_size) + BN + ReLU + skip from the
+                  hidden state, res_blocks residual blocks, normalize
+                  reward head: conv1x1(2) + BN + ReLU -> flatten -> MLP(fc_layers) -> Dense(2S+1)
+  prediction      policy head: conv1x1(2) + BN + ReLU -> flatten -> MLP(fc_layers) -> Dense(A)
+                  value head:  conv1x1(2) + BN + ReLU -> flatten -> MLP(fc_layers) -> Dense(2S+1)
+  hidden_shape = (H, W, hidden_size): boards are small (at most 8x8), so no downsampling.
+
+Action encoding for "resnet" (`action_encoding="auto"`), an injective map of an action to
+planes of the board's size that are stacked onto the hidden state:
+  "cells"     when A == H*W or A == H*W + 1 (tic-tac-toe, Othello with its pass action): one
+              plane with 1 at the played cell, all zeros for the pass action A-1 = H*W. The
+              convolutions see *where* the move is, as in MuZero's Go and chess networks.
+  "broadcast" otherwise (Connect Four's 7 columns, 2048's 4 directions): A constant planes,
+              the action's plane all ones and the others zeros. Cheap for small A, and it makes
+              no assumption about what an action means on the board.
+
+The hidden state is min-max normalized per example to [0, 1] over all its elements, as in
+MuZero: (s - min) / max(max - min, 1e-5).
+
+Value and reward heads output logits over the support [-S, S] (models/support.py); the decoded
+scalars `value` and `reward` are h^-1 of the expected support value. `initial_inference` has no
+reward: `reward` is 0 and `reward_logits` put (all but) all mass on the support's 0, so a
+reward loss at k = 0 is ~0 and carries no gradient; a trainer should simply skip it.
+
+The final layers of the value and reward heads start at zero, so an untrained network predicts
+value 0 and reward 0 and a uniform distribution over its support.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from games.base import GameSpec, MuZeroSettings, require
+from models.support import support_to_scalar, support_width
+
+NORMALIZE_EPSILON = 1e-5
+
+
+class NetworkOutput(NamedTuple):
+    """What one inference step returns (all float32, leading batch dimension B).
+
+    hidden_state: [B, *hidden_shape], min-max normalized to [0, 1] per example.
+    value_logits: [B, 2S+1] logits over the support (train with cross-entropy against
+      `support.scalar_to_support(target)`).
+    reward_logits: [B, 2S+1]; from `initial_inference` a constant peaked at 0.
+    policy_logits: [B, A].
+    value: [B], decoded from value_logits.
+    reward: [B], decoded from reward_logits (0 from `initial_inference`).
+    """
+
+    hidden_state: tf.Tensor
+    value_logits: tf.Tensor
+    reward_logits: tf.Tensor
+    policy_logits: tf.Tensor
+    value: tf.Tensor
+    reward: tf.Tensor
+
+
+def min_max_normalize(hidden: tf.Tensor) -> tf.Tensor:
+    """Scales each example of `hidden` [B, ...] to [0, 1] over all its non-batch elements."""
+    axes = list(range(1, len(hidden.shape)))
+    low = tf.reduce_min(hidden, axis=axes, keepdims=True)
+    high = tf.reduce_max(hidden, axis=axes, keepdims=True)
+    return (hidden - low) / tf.maximum(high - low, NORMALIZE_EPSILON)
+
+
+class _Initializers:
+    """Kernel initializers that are reproducible when a seed is given."""
+
+    def __init__(self, seed: int | None) -> None:
+        self._seeds: Iterator[int] | None = itertools.count(seed * 1000) if seed is not None else None
+
+    def kernel(self) -> keras.initializers.Initializer:
+        return keras.initializers.GlorotUniform(seed=next(self._seeds) if self._seeds else None)
+
+    def conv(self) -> keras.initializers.Initializer:
+        return keras.initializers.HeNormal(seed=next(self._seeds) if self._seeds else None)
+
+
+class _Mlp(keras.layers.Layer):
+    """Dense-ReLU layers of `widths`, then a linear Dense(output)."""
+
+    def __init__(self, widths: Sequence[int], output: int, init: _Initializers,
+                 zero_output: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # Sublayers are attributes, not a list: TensorFlow checkpoints do not follow Keras 3's
+        # tracked lists, so listed layers would silently be left out of tf.train.Checkpoint.
+        self.depth = len(widths)
+        for i, width in enumerate(widths):
+            setattr(self, f"dense_{i}", keras.layers.Dense(width, activation="relu",
+                                                           kernel_initializer=init.kernel()))
+        self.out = keras.layers.Dense(output, kernel_initializer="zeros" if zero_output else init.kernel())
+
+    def call(self, x, training=False):
+        for i in range(self.depth):
+            x = getattr(self, f"dense_{i}")(x)
+        return self.out(x)
+
+
+def _mlp(widths: Sequence[int], output: int, init: _Initializers, name: str,
+         zero_output: bool = False) -> _Mlp:
+    return _Mlp(widths, output, init, zero_output, name=name)
+
+
+class _ResidualBlock(keras.layers.Layer):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the input, then ReLU (MuZero's block)."""
+
+    def __init__(self, channels: int, init: _Initializers, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.conv1 = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False,
+                                         kernel_initializer=init.conv())
+        self.bn1 = keras.layers.BatchNormalization()
+        self.conv2 = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False,
+                                         kernel_initializer=init.conv())
+        self.bn2 = keras.layers.BatchNormalization()
+
+    def call(self, x, training=False):
+        y = tf.nn.relu(self.bn1(self.conv1(x), training=training))
+        y = self.bn2(self.conv2(y), training=training)
+        return tf.nn.relu(x + y)
+
+
+class _ConvHead(keras.layers.Layer):
+    """conv1x1(channels)-BN-ReLU, flatten, MLP: the policy, value and reward heads of "resnet"."""
+
+    def __init__(self, channels: int, widths: Sequence[int], output: int, init: _Initializers,
+                 zero_output: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(channels, 1, use_bias=False, kernel_initializer=init.conv())
+        self.bn = keras.layers.BatchNormalization()
+        self.flatten = keras.layers.Flatten()
+        self.mlp = _mlp(widths, output, init, f"{self.name}_mlp", zero_output)
+
+    def call(self, x, training=False):
+        y = tf.nn.relu(self.bn(self.conv(x), training=training))
+        return self.mlp(self.flatten(y), training=training)
+
+
+# --- "fc" -------------------------------------------------------------------------------------
+
+class FcRepresentation(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
+        super().__init__(name="representation")
+        self.flatten = keras.layers.Flatten()
+        self.mlp = _mlp(settings.fc_layers, settings.hidden_size, init, "representation_mlp")
+
+    def call(self, observation, training=False):
+        return min_max_normalize(self.mlp(self.flatten(observation), training=training))
+
+
+class FcDynamics(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
+        super().__init__(name="dynamics")
+        self.num_actions = num_actions
+        self.state_mlp = _mlp(settings.fc_layers, settings.hidden_size, init, "dynamics_state")
+        self.reward_mlp = _mlp(settings.fc_layers, support_width(settings.support_size), init,
+                               "dynamics_reward", zero_output=True)
+
+    def call(self, inputs, training=False):
+        hidden, action = inputs
+        x = tf.concat([hidden, tf.one_hot(action, self.num_actions, dtype=hidden.dtype)], axis=-1)
+        next_hidden = min_max_normalize(self.state_mlp(x, training=training))
+        return next_hidden, self.reward_mlp(next_hidden, training=training)
+
+
+class FcPrediction(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
+        super().__init__(name="prediction")
+        self.policy_mlp = _mlp(settings.fc_layers, num_actions, init, "prediction_policy")
+        self.value_mlp = _mlp(settings.fc_layers, support_width(settings.support_size), init,
+                              "prediction_value", zero_output=True)
+
+    def call(self, hidden, training=False):
+        return self.policy_mlp(hidden, training=training), self.value_mlp(hidden, training=training)
+
+
+# --- "resnet" ---------------------------------------------------------------------------------
+
+HEAD_CHANNELS = 2
+
+
+class ResnetRepresentation(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
+        super().__init__(name="representation")
+        self.stem = keras.layers.Conv2D(settings.hidden_size, 3, padding="same", use_bias=False,
+                                        kernel_initializer=init.conv())
+        self.stem_bn = keras.layers.BatchNormalization()
+        self.num_blocks = settings.res_blocks
+        for i in range(settings.res_blocks):  # attributes, not a list (see _Mlp)
+            setattr(self, f"block_{i}", _ResidualBlock(settings.hidden_size, init, name=f"representation_block_{i}"))
+
+    def call(self, observation, training=False):
+        x = tf.nn.relu(self.stem_bn(self.stem(observation), training=training))
+        for i in range(self.num_blocks):
+            x = getattr(self, f"block_{i}")(x, training=training)
+        return min_max_normalize(x)
+
+
+class ResnetDynamics(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, board: tuple[int, int], num_actions: int,
+                 action_encoding: str, init: _Initializers) -> None:
+        super().__init__(name="dynamics")
+        self.board = board
+        self.num_actions = num_actions
+        self.action_encoding = action_encoding
+        self.stem = keras.layers.Conv2D(settings.hidden_size, 3, padding="same", use_bias=False,
+                                        kernel_initializer=init.conv())
+        self.stem_bn = keras.layers.BatchNormalization()
+        self.num_blocks = settings.res_blocks
+        for i in range(settings.res_blocks):  # attributes, not a list (see _Mlp)
+            setattr(self, f"block_{i}", _ResidualBlock(settings.hidden_size, init, name=f"dynamics_block_{i}"))
+        self.reward_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers,
+                                     support_width(settings.support_size), init, zero_output=True,
+                                     name="dynamics_reward")
+
+    def action_planes(self, action: tf.Tensor) -> tf.Tensor:
+        """int [B] -> float32 [B, H, W, P] (see the module docstring)."""
+        rows, cols = self.board
+        if self.action_encoding == "cells":
+            # Pass (index rows*cols) one-hots past the board's end: an all-zero plane.
+            cells = tf.one_hot(action, rows * cols + 1, dtype=tf.float32)[:, :rows * cols]
+            return tf.reshape(cells, [-1, rows, cols, 1])
+        one_hot = tf.one_hot(action, self.num_actions, dtype=tf.float32)
+        return tf.tile(one_hot[:, None, None, :], [1, rows, cols, 1])
+
+    def call(self, inputs, training=False):
+        hidden, action = inputs
+        x = tf.concat([hidden, self.action_planes(action)], axis=-1)
+        x = tf.nn.relu(self.stem_bn(self.stem(x), training=training) + hidden)
+        for i in range(self.num_blocks):
+            x = getattr(self, f"block_{i}")(x, training=training)
+        next_hidden = min_max_normalize(x)
+        return next_hidden, self.reward_head(next_hidden, training=training)
+
+
+class ResnetPrediction(keras.layers.Layer):
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
+        super().__init__(name="prediction")
+        self.policy_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers, num_actions, init,
+                                     name="prediction_policy")
+        self.value_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers,
+                                    support_width(settings.support_size), init, zero_output=True,
+                                    name="prediction_value")
+
+    def call(self, hidden, training=False):
+        return self.policy_head(hidden, training=training), self.value_head(hidden, training=training)
+
+
+# --- the network ------------------------------------------------------------------------------
+
+def board_shape(observation_shape: Sequence[int]) -> tuple[int, int, int]:
+    """The channels-last board [H, W, C] a "resnet" sees for an observation shape."""
+    shape = tuple(observation_shape)
+    require(len(shape) in (2, 3),
+            f"network 'resnet' needs a board observation [H, W] or [H, W, C], got shape {list(shape)}")
+    return shape if len(shape) == 3 else (*shape, 1)  # type: ignore[return-value]
+
+
+def choose_action_encoding(board: tuple[int, int], num_actions: int) -> str:
+    """"cells" when actions are board cells (optionally plus a pass), else "broadcast"."""
+    return "cells" if num_actions in (board[0] * board[1], board[0] * board[1] + 1) else "broadcast"
+
+
+class MuZeroNetwork(tf.Module):
+    """Representation, dynamics and prediction networks of one game, built from its settings.
+
+    Args:
+      spec: the game's spec (observation shape, number of actions).
+      settings: the game's MuZeroSettings (network, hidden_size, fc_layers, res_blocks,
+        support_size).
+      seed: makes the initial weights reproducible (None: random).
+      action_encoding: "auto", "cells" or "broadcast" (only for "resnet"; see module docstring).
+
+    Attributes:
+      observation_shape, hidden_shape, num_actions, support_size.
+      representation, dynamics, prediction: the three networks (Keras layers).
+
+    The network is a `tf.Module`: `tf.train.Checkpoint(network=network)` saves and restores
+    all its variables (including batch-norm statistics), and `models.export.export_version`
+    writes it as a SavedModel.
+    """
+
+    def __init__(self, spec: GameSpec, settings: MuZeroSettings, seed: int | None = None,
+                 action_encoding: str = "auto") -> None:
+        super().__init__(name="muzero_network")
+        self.spec = spec
+        self.settings = settings
+        self.observation_shape = tuple(spec.observation_shape)
+        self.num_actions = spec.num_actions
+        self.support_size = settings.support_size
+        init = _Initializers(seed)
+        if settings.network == "fc":
+            require(action_encoding in ("auto",),
+                    f"action_encoding applies to 'resnet' only, got {action_encoding!r} for 'fc'")
+            self.action_encoding = "one_hot"
+            self.hidden_shape: tuple[int, ...] = (settings.hidden_size,)
+            self.representation = FcRepresentation(settings, init)
+            self.dynamics = FcDynamics(settings, spec.num_actions, init)
+            self.prediction = FcPrediction(settings, spec.num_actions, init)
+            self._board_shape: tuple[int, ...] | None = None
+        else:
+            board = board_shape(spec.observation_shape)
+            require(action_encoding in ("auto", "cells", "broadcast"),
+                    f"action_encoding must be 'auto', 'cells' or 'broadcast', got {action_encoding!r}")
+            if action_encoding == "auto":
+                action_encoding = choose_action_encoding(board[:2], spec.num_actions)
+            require(action_encoding != "cells"
+                    or spec.num_actions in (board[0] * board[1], board[0] * board[1] + 1),
+                    f"action_encoding 'cells' needs H*W or H*W+1 actions, got {spec.num_actions} "
+                    f"for a {board[0]}x{board[1]} board")
+            self.action_encoding = action_encoding
+            self._board_shape = board
+            self.hidden_shape = (board[0], board[1], settings.hidden_size)
+            self.representation = ResnetRepresentation(settings, init)
+            self.dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding, init)
+            self.prediction = ResnetPrediction(settings, spec.num_actions, init)
+        self._build()
+
+    def _build(self) -> None:
+        """Creates every variable with one dummy call."""
+        observation = np.zeros((1, *self.observation_shape), np.float32)
+        out = self.initial_inference(observation)
+        self.recurrent_inference(out.hidden_state, np.zeros((1,), np.int32))
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _observation_input(self, observation: tf.Tensor) -> tf.Tensor:
+        observation = tf.convert_to_tensor(observation, tf.float32)
+        if self._board_shape is not None and len(self.observation_shape) == 2:
+            observation = observation[..., None]
+        return observation
+
+    def initial_inference(self, observation, training: bool = False) -> NetworkOutput:
+        """observation float32 [B, *observation_shape] -> NetworkOutput (reward 0)."""
+        hidden = self.representation(self._observation_input(observation), training=training)
+        policy_logits, value_logits = self.prediction(hidden, training=training)
+        batch = tf.shape(hidden)[0]
+        reward_logits = tf.tile(self._zero_reward_logits()[None, :], [batch, 1])
+        return NetworkOutput(hidden_state=hidden, value_logits=value_logits,
+                             reward_logits=reward_logits, policy_logits=policy_logits,
+                             value=support_to_scalar(value_logits, self.support_size),
+                             reward=tf.zeros([batch], tf.float32))
+
+    def recurrent_inference(self, hidden_state, action, training: bool = False) -> NetworkOutput:
+        """hidden_state float32 [B, *hidden_shape], action int [B] in [0, A) -> NetworkOutput."""
+        hidden_state = tf.convert_to_tensor(hidden_state, tf.float32)
+        action = tf.cast(tf.convert_to_tensor(action), tf.int32)
+        next_hidden, reward_logits = self.dynamics((hidden_state, action), training=training)
+        policy_logits, value_logits = self.prediction(next_hidden, training=training)
+        return NetworkOutput(hidden_state=next_hidden, value_logits=value_logits,
+                             reward_logits=reward_logits, policy_logits=policy_logits,
+                             value=support_to_scalar(value_logits, self.support_size),
+                             reward=support_to_scalar(reward_logits, self.support_size))
+
+    def _zero_reward_logits(self) -> tf.Tensor:
+        """Logits with (all but) all probability on the support's 0: log of a one-hot, clipped."""
+        width = support_width(self.support_size)
+        return tf.one_hot(self.support_size, width, on_value=0.0, off_value=-1e4, dtype=tf.float32)
+
+    # -- variables ----------------------------------------------------------------------------
+
+    @property
+    def trainable_variables(self) -> list:
+        """Every trainable variable of the three networks (for tape.gradient and optimizers)."""
+        return [*self.representation.trainable_weights, *self.dynamics.trainable_weights,
+                *self.prediction.trainable_weights]
+
+    @property
+    def variables(self) -> list:
+        """All variables, including batch-norm statistics, in a fixed order."""
+        return [*self.representation.weights, *self.dynamics.weights, *self.prediction.weights]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of all variables (the order of `variables`)."""
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def set_weights(self, weights: Sequence[np.ndarray]) -> None:
+        """Assigns `weights` (as from `get_weights`); ValueError naming a mismatch."""
+        variables = self.variables
+        require(len(weights) == len(variables),
+                f"set_weights: expected {len(variables)} arrays, got {len(weights)}")
+        for variable, value in zip(variables, weights):
+            value = np.asarray(value)
+            require(tuple(variable.shape) == value.shape,
+                    f"set_weights: {variable.path} has shape {tuple(variable.shape)}, got {value.shape}")
+            variable.assign(value.astype(variable.dtype))
+
+    def summary(self) -> str:
+        """One line: variant, shapes and parameter count."""
+        params = sum(int(np.prod(v.shape)) for v in self.trainable_variables)
+        return (f"{self.settings.network} network: observation {list(self.observation_shape)}, "
+                f"hidden {list(self.hidden_shape)}, {self.num_actions} actions, support "
+                f"{support_width(self.support_size)}, {params} parameters")

@@ -1,0 +1,458 @@
+"""The network server without batching: TensorFlow Serving's API over real exported SavedModels,
+bad input, metadata and status, the HTTP port, and version management (new versions under
+load, half-copied directories, pinned and evicted versions).
+
+One server process serves the whole module; the version tests run in file order and each
+publishes higher version numbers than the ones before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from models.export import load_version
+from services.common.channels import make_channel
+from services.network.client import NetworkClient
+from services.network.wire import fill_tensor_proto
+from tests.network.network_helpers import metric, publish, scrape, wait_for
+
+pytestmark = pytest.mark.integration
+
+A = 2  # cartpole's actions
+HIDDEN = 64  # cartpole's hidden state
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, saved_models):
+    root = tmp_path_factory.mktemp("served")
+    publish(saved_models / "cartpole" / "1", root / "muzero", 1)
+    publish(saved_models / "cartpole" / "2", root / "muzero", 2)
+    publish(saved_models / "board" / "1", root / "board", 1)
+    (root / "models.config").write_text(f"""
+model_config_list {{
+  config {{
+    name: "muzero"
+    base_path: "{root / 'muzero'}"
+    model_platform: "tensorflow"
+    model_version_policy {{ latest {{ num_versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+  }}
+  config {{
+    name: "board"
+    base_path: "{root / 'board'}"
+    model_platform: "tensorflow"
+  }}
+}}
+""")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(network_server, base):
+    return network_server(["--model_config_file", str(base / "models.config"),
+                           "--monitoring_config_file", "models/monitoring.config",
+                           "--file_system_poll_wait_seconds", "0.05"])
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with NetworkClient(server.grpc_address, timeout_s=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    """A channel without retries: every error comes back as the server sent it."""
+    with make_channel(server.grpc_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def reference(saved_models):
+    """The same SavedModels, loaded in the test process."""
+    return {("cartpole", 1): load_version(saved_models / "cartpole", 1),
+            ("cartpole", 2): load_version(saved_models / "cartpole", 2),
+            ("board", 1): load_version(saved_models / "board", 1)}
+
+
+def observations(batch, shape=(4,), seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, *shape)).astype(np.float32)
+
+
+def assert_outputs_equal(got: dict, want: dict):
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def request(signature="initial_inference", model="muzero", **inputs) -> predict_pb2.PredictRequest:
+    message = predict_pb2.PredictRequest()
+    message.model_spec.name = model
+    message.model_spec.signature_name = signature
+    for name, array in inputs.items():
+        fill_tensor_proto(message.inputs[name], array)
+    return message
+
+
+def test_ready_event_and_health(server, channel):
+    assert server.ready["loaded"] == {"muzero": [1, 2], "board": [1]}
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_outputs_equal_a_direct_call_of_the_saved_model(client, reference, batch):
+    obs = observations(batch, seed=batch)
+    root = client.initial_inference(obs)
+    assert root.version == 2  # unpinned: the newest
+    want = reference[("cartpole", 2)].initial_inference(obs)
+    assert_outputs_equal(dict(hidden_state=root.hidden_state, value=root.value, reward=root.reward,
+                              policy_logits=root.policy_logits), want)
+    action = np.arange(batch, dtype=np.int32) % A
+    step = client.recurrent_inference(root.hidden_state, action, version=1)
+    assert step.version == 1
+    want = reference[("cartpole", 1)].recurrent_inference(root.hidden_state, action)
+    assert_outputs_equal(dict(hidden_state=step.hidden_state, value=step.value, reward=step.reward,
+                              policy_logits=step.policy_logits), want)
+    assert np.abs(step.value).max() > 0 and np.abs(step.reward).max() > 0
+
+
+def test_futures_run_concurrently_and_answer_like_calls(client, reference):
+    obs = [observations(4, seed=20 + i) for i in range(3)]
+    pending = [client.predict_future("initial_inference", {"observation": o}, version=1) for o in obs]
+    for o, future in zip(obs, pending):
+        root = future.result()
+        assert root.version == 1 and future.done()
+        np.testing.assert_allclose(root.value, reference[("cartpole", 1)].initial_inference(o)["value"],
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(grpc.RpcError) as error:
+        client.predict_future("initial_inference", {"observation": obs[0]}, version=99).result()
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_second_model_with_a_resnet(server, reference):
+    with NetworkClient(server.grpc_address, model_name="board", timeout_s=30) as board:
+        obs = observations(3, (6, 7, 2), seed=4)
+        outputs, version = board.predict("initial_inference", {"observation": obs})
+        assert version == 1
+        assert_outputs_equal(outputs, reference[("board", 1)].initial_inference(obs))
+        action = np.array([0, 6, 3], np.int32)
+        outputs, _ = board.predict("recurrent_inference", {"hidden_state": outputs["hidden_state"], "action": action})
+        assert_outputs_equal(outputs, reference[("board", 1)].recurrent_inference(
+            reference[("board", 1)].initial_inference(obs)["hidden_state"], action))
+
+
+def test_output_filter_and_version_label(stub, reference):
+    obs = observations(2)
+    message = request(observation=obs)
+    message.model_spec.version_label = "stable"
+    message.output_filter.extend(["value", "policy_logits"])
+    response = stub.Predict(message, timeout=30)
+    assert sorted(response.outputs) == ["policy_logits", "value"]
+    assert response.model_spec.version.value == 1 and response.model_spec.name == "muzero"
+    assert response.model_spec.signature_name == "initial_inference"
+    assert response.outputs["value"].tensor_content  # raw bytes on the wire
+    want = reference[("cartpole", 1)].initial_inference(obs)
+    np.testing.assert_allclose(np.frombuffer(response.outputs["value"].tensor_content, np.float32),
+                               want["value"], rtol=1e-5)
+
+
+def test_typed_value_fields_are_accepted(stub, reference):
+    """Clients that send float_val / int_val (e.g. tf.make_tensor_proto of a list) work too."""
+    message = request("initial_inference")
+    tensor = message.inputs["observation"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.tensor_shape.dim.add().size = 4
+    tensor.float_val.extend([0.1, -0.2, 0.3, 0.0])
+    response = stub.Predict(message, timeout=30)
+    want = reference[("cartpole", 2)].initial_inference(np.array([[0.1, -0.2, 0.3, 0.0]], np.float32))
+    np.testing.assert_allclose(np.frombuffer(response.outputs["value"].tensor_content, np.float32),
+                               want["value"], rtol=1e-5)
+
+
+def test_metadata(client, stub):
+    signatures = client.signatures()
+    assert signatures == {
+        "initial_inference": {
+            "inputs": {"observation": ("DT_FLOAT", (-1, 4))},
+            "outputs": {"hidden_state": ("DT_FLOAT", (-1, HIDDEN)), "value": ("DT_FLOAT", (-1,)),
+                        "reward": ("DT_FLOAT", (-1,)), "policy_logits": ("DT_FLOAT", (-1, A))}},
+        "recurrent_inference": {
+            "inputs": {"hidden_state": ("DT_FLOAT", (-1, HIDDEN)), "action": ("DT_INT32", (-1,))},
+            "outputs": {"hidden_state": ("DT_FLOAT", (-1, HIDDEN)), "value": ("DT_FLOAT", (-1,)),
+                        "reward": ("DT_FLOAT", (-1,)), "policy_logits": ("DT_FLOAT", (-1, A))}}}
+    message = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    message.model_spec.name = "muzero"
+    message.model_spec.version.value = 1
+    response = stub.GetModelMetadata(message, timeout=30)
+    assert response.model_spec.version.value == 1
+    assert response.metadata["signature_def"].type_url.endswith("tensorflow.serving.SignatureDefMap")
+    for field, code, text in ((["signature_def", "nope"], grpc.StatusCode.INVALID_ARGUMENT, "metadata_field"),
+                              ([], grpc.StatusCode.INVALID_ARGUMENT, "metadata_field")):
+        bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=field)
+        bad.model_spec.name = "muzero"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetModelMetadata(bad, timeout=30)
+        assert error.value.code() == code and text in error.value.details()
+    bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    bad.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetModelMetadata(bad, timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "'nope'" in error.value.details()
+
+
+def test_model_status(client, channel):
+    assert client.model_status() == {1: "AVAILABLE", 2: "AVAILABLE"}
+    assert client.model_status(version=1) == {1: "AVAILABLE"}
+    assert client.latest_version() == 2 and client.wait_until_available(version=1) == 2
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    for name, version, text in (("muzero", 99, "version 99"), ("nope", None, "'nope'")):
+        message = get_model_status_pb2.GetModelStatusRequest()
+        message.model_spec.name = name
+        if version is not None:
+            message.model_spec.version.value = version
+        with pytest.raises(grpc.RpcError) as error:
+            models.GetModelStatus(message, timeout=30)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND and text in error.value.details()
+
+
+def _set_version(message, version):
+    message.model_spec.version.value = version
+    return message
+
+
+def _bad_bytes():
+    message = request(observation=observations(2))
+    message.inputs["observation"].tensor_content = b"\0" * 12
+    return message
+
+
+def _string_tensor():
+    message = request()
+    tensor = message.inputs["observation"]
+    tensor.dtype = types_pb2.DT_STRING
+    tensor.tensor_shape.dim.add().size = 1
+    tensor.string_val.append(b"x")
+    return message
+
+
+def _filtered(names):
+    message = request(observation=observations(2))
+    message.output_filter.extend(names)
+    return message
+
+
+def _label(label):
+    message = request(observation=observations(2))
+    message.model_spec.version_label = label
+    return message
+
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+HIDDEN_2 = np.zeros((2, HIDDEN), np.float32)
+BAD_REQUESTS = {
+    "unknown model": (lambda: request(model="nope", observation=observations(2)), NOT_FOUND, "model_spec.name: unknown model 'nope'"),
+    "no model name": (lambda: request(model="", observation=observations(2)), INVALID, "model_spec.name"),
+    "unknown version": (lambda: _set_version(request(observation=observations(2)), 99), NOT_FOUND, "version 99"),
+    "unknown label": (lambda: _label("canary"), NOT_FOUND, "label 'canary'"),
+    "unknown signature": (lambda: request("nope", observation=observations(2)), INVALID, "signature 'nope' not found"),
+    "no signature": (lambda: request("", observation=observations(2)), INVALID, "signature 'serving_default' not found"),
+    "missing input": (lambda: request("recurrent_inference", hidden_state=HIDDEN_2), INVALID, "missing input 'action'"),
+    "extra input": (lambda: request(observation=observations(2), extra=np.zeros(2, np.float32)), INVALID, "unexpected input 'extra'"),
+    "wrong dtype": (lambda: request(observation=observations(2).astype(np.float64)), INVALID, "inputs['observation']: expected dtype float32, got float64"),
+    "wrong action dtype": (lambda: request("recurrent_inference", hidden_state=HIDDEN_2, action=np.zeros(2, np.int64)), INVALID, "inputs['action']: expected dtype int32, got int64"),
+    "unsupported dtype": (_string_tensor, INVALID, "inputs['observation']: expected dtype float32"),
+    "wrong shape": (lambda: request(observation=np.zeros((2, 5), np.float32)), INVALID, "inputs['observation']: expected shape float32 [-1, 4], got [2, 5]"),
+    "wrong rank": (lambda: request(observation=np.zeros((8,), np.float32)), INVALID, "inputs['observation']: expected shape"),
+    "wrong hidden shape": (lambda: request("recurrent_inference", hidden_state=np.zeros((2, 3), np.float32), action=np.zeros(2, np.int32)), INVALID, "inputs['hidden_state']: expected shape"),
+    "batch sizes disagree": (lambda: request("recurrent_inference", hidden_state=HIDDEN_2, action=np.zeros(3, np.int32)), INVALID, "batch sizes disagree"),
+    "bytes disagree with shape": (_bad_bytes, INVALID, "inputs['observation']: 12 bytes"),
+    "empty batch": (lambda: request(observation=np.zeros((0, 4), np.float32)), INVALID, "inputs['observation']: the batch dimension"),
+    "action too large": (lambda: request("recurrent_inference", hidden_state=HIDDEN_2, action=np.array([0, 2], np.int32)), INVALID, "inputs['action']: values must be in [0, 2), got 2"),
+    "negative action": (lambda: request("recurrent_inference", hidden_state=HIDDEN_2, action=np.array([-1, 0], np.int32)), INVALID, "inputs['action']: values must be in [0, 2), got -1"),
+    "unknown output": (lambda: _filtered(["value", "nope"]), INVALID, "output_filter: unknown output 'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_clear_error_and_change_nothing(server, stub, client, case):
+    make, code, text = BAD_REQUESTS[case]
+    errors_before = metric(server, "mufleet_network_request_errors_total", code=code.name)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(make(), timeout=30)
+    assert error.value.code() == code, error.value.details()
+    assert text in error.value.details()
+    assert metric(server, "mufleet_network_request_errors_total", code=code.name) == errors_before + 1
+    assert client.initial_inference(observations(1)).version == 2  # still serving
+
+
+def test_other_apis_are_unimplemented(stub, channel):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Classify(classification_pb2.ClassificationRequest(), timeout=30)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Classify" in error.value.details()
+    models = model_service_pb2_grpc.ModelServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as error:
+        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=30)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _get(server, path):
+    url = f"http://127.0.0.1:{server.ready['metrics_port']}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_http_status_metadata_and_metrics(server):
+    code, body = _get(server, "/v1/models/muzero")
+    assert code == 200
+    assert json.loads(body) == {"model_version_status": [
+        {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in ("2", "1")]}
+    code, body = _get(server, "/v1/models/muzero/versions/1")
+    assert code == 200 and [s["version"] for s in json.loads(body)["model_version_status"]] == ["1"]
+    code, body = _get(server, "/v1/models/muzero/labels/stable")
+    assert code == 200 and [s["version"] for s in json.loads(body)["model_version_status"]] == ["1"]
+    code, body = _get(server, "/v1/models/muzero/metadata")
+    assert code == 200
+    metadata = json.loads(body)
+    assert metadata["model_spec"]["version"] == "2"
+    assert sorted(metadata["metadata"]["signature_def"]["signatureDef"]) == ["initial_inference", "recurrent_inference"]
+    assert _get(server, "/v1/models/nope")[0] == 404
+    assert _get(server, "/v1/models/muzero/versions/77")[0] == 404
+    for path in ("/metrics", "/monitoring/prometheus/metrics"):
+        code, body = _get(server, path)
+        assert code == 200 and 'mufleet_network_requests_total{signature="initial_inference"}' in body
+    samples = scrape(server)
+    assert samples[("mufleet_network_loaded_versions", (("model", "muzero"),))] == 2
+    assert samples[("mufleet_network_latest_version", (("model", "muzero"),))] == 2
+    assert samples[("mufleet_network_batch_size_count", ())] > 0
+
+
+# --- versions (in file order) -------------------------------------------------------------------
+
+def test_half_copied_version_directories_are_never_served(server, base, saved_models, client, reference):
+    source = saved_models / "cartpole" / "1"
+    muzero = base / "muzero"
+    (muzero / "5").mkdir()  # variables only, no saved_model.pb
+    shutil.copytree(source / "variables", muzero / "5" / "variables")
+    (muzero / "6").mkdir()  # saved_model.pb, but the variables are still being copied
+    shutil.copy(source / "saved_model.pb", muzero / "6")
+    (muzero / "7").mkdir()  # a truncated saved_model.pb
+    (muzero / "7" / "saved_model.pb").write_bytes((source / "saved_model.pb").read_bytes()[:2000])
+    shutil.copytree(source / "variables", muzero / "7" / "variables")
+    staged = base / "staged-8"  # truncated variables data (staged: a complete copy must never show)
+    shutil.copytree(source, staged)
+    data = next((staged / "variables").glob("variables.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    os.rename(staged, muzero / "8")
+
+    def all_failed():
+        statuses = client.model_status()
+        return all(statuses.get(v) == "END" for v in (5, 6, 7, 8))
+
+    wait_for(all_failed, "the half-copied versions to fail to load")
+    message = get_model_status_pb2.GetModelStatusRequest()
+    message.model_spec.name = "muzero"
+    message.model_spec.version.value = 6
+    status = model_service_pb2_grpc.ModelServiceStub(client.channel).GetModelStatus(message, timeout=30)
+    assert status.model_version_status[0].status.error_message  # the load error, for operators
+    assert client.available_versions() == [1, 2]
+    assert client.initial_inference(observations(2)).version == 2
+    assert server.poll() is None  # the server survived
+
+    shutil.copytree(source / "variables", muzero / "6" / "variables")  # the copy completes
+    wait_for(lambda: client.latest_version() == 6, "version 6 to load once complete")
+    obs = observations(3, seed=6)
+    root = client.initial_inference(obs)
+    assert root.version == 6
+    np.testing.assert_allclose(root.value, reference[("cartpole", 1)].initial_inference(obs)["value"], rtol=1e-5)
+    assert client.available_versions() == [2, 6]  # newest 2 loadable: 8, 7, 5 are broken
+    for version in (5, 7, 8):
+        shutil.rmtree(muzero / str(version))
+
+
+def test_new_version_while_clients_run(client, base, saved_models, reference):
+    """Agents keep playing while a new version arrives: no failed request, versions never go
+    backwards, and a search pinned to a version is answered by that version throughout."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: dict[int, list[int]] = {i: [] for i in range(4)}
+    pinned_ok: list[bool] = []
+
+    def agent(index: int) -> None:
+        rng = np.random.default_rng(index)
+        try:
+            while not stop.is_set() or len(seen[index]) < 3:
+                root = client.initial_inference(rng.uniform(-1, 1, (16, 4)).astype(np.float32))
+                seen[index].append(root.version)
+                hidden = root.hidden_state
+                for _ in range(2 if index % 2 else 0):  # half the agents run pinned searches
+                    step = client.recurrent_inference(hidden, rng.integers(0, A, 16), version=root.version)
+                    pinned_ok.append(step.version == root.version)
+                    hidden = step.hidden_state
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=agent, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: all(len(s) >= 3 for s in seen.values()) or errors, "the agents to start")
+        publish(saved_models / "cartpole" / "2", base / "muzero", 10)
+        wait_for(lambda: all(10 in s for s in seen.values()) or errors, "every agent to get version 10")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert not errors, errors
+    for versions in seen.values():
+        assert versions == sorted(versions), versions  # never backwards
+        assert versions[0] == 6 and versions[-1] == 10
+    assert pinned_ok and all(pinned_ok)
+    obs = observations(2, seed=10)
+    np.testing.assert_allclose(client.initial_inference(obs).value,
+                               reference[("cartpole", 2)].initial_inference(obs)["value"], rtol=1e-5)
+
+
+def test_pinned_versions_in_and_out_of_the_window(client, stub):
+    assert client.available_versions() == [6, 10]
+    assert client.initial_inference(observations(2), version=6).version == 6
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Predict(_set_version(request(observation=observations(2)), 2), timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "version 2 of model 'muzero' is not loaded (loaded: 6, 10)" in error.value.details()
+    assert client.model_status()[2] == "END"  # evicted
+
+
+def test_newest_version_stays_when_its_directory_vanishes(server, client, base):
+    polls = metric(server, "mufleet_network_version_polls_total", model="muzero")
+    os.rename(base / "muzero" / "10", base / "muzero" / ".deleting-10")
+    wait_for(lambda: metric(server, "mufleet_network_version_polls_total", model="muzero") >= polls + 3,
+             "three more polls")
+    assert client.latest_version() == 10
+    assert client.initial_inference(observations(1)).version == 10
