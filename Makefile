@@ -8,7 +8,7 @@ RUN_DIR ?= runs/$(GAME)
 PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 
-.PHONY: venv protos test test-fast bench run clean
+.PHONY: venv protos test test-fast bench bench-learn run clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ test-fast: venv protos
 
 bench: venv protos
 	$(PY) -m benchmarks
+
+# Learning benchmark: 20 minutes of wall clock per seed (see docs/learning.md).
+SEEDS ?= 0
+BUDGET_MIN ?= 20
+bench-learn: venv protos
+	$(PY) -m benchmarks.learn --game $(GAME) --seeds $(SEEDS) --budget-min $(BUDGET_MIN)
 
 run: venv protos
 	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR)

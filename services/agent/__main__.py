@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stop after this many moves of the batch (0 = until SIGTERM)")
     parser.add_argument("--evaluate", type=int, default=0, metavar="M",
                         help="evaluation mode: play M games greedily, print the result, exit")
+    parser.add_argument("--opponent", choices=["random", "minimax"], default="random",
+                        help="evaluation mode, two-player games: the opponent (minimax: tictactoe only)")
     parser.add_argument("--version", type=int, default=None,
                         help="evaluation mode: the model version to play (default: the newest)")
     parser.add_argument("--metrics-port", type=int, default=9103)
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace, simulations: int, log) -> int:
     from services.agent.evaluate import evaluate
+    from services.agent.opponents import OPPONENTS
     from services.environment.client import EnvironmentClient
     from services.network.client import NetworkClient
 
@@ -97,7 +100,7 @@ def _evaluate(args: argparse.Namespace, simulations: int, log) -> int:
             NetworkClient(args.network, model_name=args.model_name, timeout_s=args.request_timeout_s) as network:
         network.wait_until_available(args.version)
         result = evaluate(args.game, environment, network, args.evaluate, simulations,
-                          version=args.version, seed=args.seed, groups=1)
+                          version=args.version, seed=args.seed, groups=1, opponent=OPPONENTS[args.opponent])
     summary = result.summary()
     log.info("evaluated", **summary)
     print(json.dumps(summary))

@@ -1,7 +1,7 @@
 """Evaluation: greedy play of M games with the latest or a given model version.
 
 One-player games report the mean return. Two-player games are played against an opponent
-(a uniformly random player), the agent taking the first player's side in half of the games
+(a uniformly random player, or tic-tac-toe's exact minimax player), the agent taking the first player's side in half of the games
 and the second's in the other half, and report wins, draws and losses from the agent's view.
 """
 
@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 import games
+from services.agent.opponents import random_opponent
 from services.agent.pipeline import PipelinedSearch
 from services.agent.search import SearchConfig
 from services.environment.client import EnvironmentClient
@@ -40,12 +41,6 @@ class EvaluationResult:
             out.update(wins=int(np.sum(self.returns > 0)), draws=int(np.sum(self.returns == 0)),
                        losses=int(np.sum(self.returns < 0)))
         return out
-
-
-def random_opponent(legal_actions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random legal action per game: bool [B, A] -> int32 [B]."""
-    scores = rng.random(legal_actions.shape) * legal_actions
-    return np.argmax(scores, axis=1).astype(np.int32)
 
 
 def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkClient, num_games: int,
@@ -79,7 +74,7 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
             actions = result.greedy_actions
             if two_player:
                 actions = np.where(step.to_play == agent_side, actions,
-                                   opponent(step.legal_actions, rng)).astype(np.int32)
+                                   opponent(step.observation, step.legal_actions, rng)).astype(np.int32)
             mover = step.to_play
             step = environment.step(session, actions, auto_reset=True)
             live = ~done

@@ -41,7 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--free-ports", action="store_true",
                         help="let every service pick a free port instead of the fixed defaults")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the dashboard")
-    parser.add_argument("--reanalyse", action="store_true", help="also start a reanalyse worker")
     return parser.parse_args(argv)
 
 
@@ -50,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     config = FleetConfig(game=args.game, run_dir=args.run_dir or Path("runs") / args.game,
                          num_agents=args.agents, games_per_batch=args.games_per_batch,
                          simulations=args.simulations, train_steps=args.train_steps,
-                         fixed_ports=not args.free_ports, monitor=not args.no_monitor,
-                         reanalyse=args.reanalyse)
+                         fixed_ports=not args.free_ports, monitor=not args.no_monitor)
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     # The console shows the status line; the launcher's own events go to a file beside the logs.
     log = get_logger("launcher", stream=open(Path(config.run_dir) / "launcher.log", "a"))

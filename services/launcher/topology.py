@@ -19,7 +19,6 @@ DEFAULT_PORTS = {
     "network": (50002, 9102),
     "agent": (None, 9103),
     "trainer": (None, 9104),
-    "reanalyse": (None, 9105),
     "monitor": (5000, None),
 }
 
@@ -39,7 +38,6 @@ class FleetConfig:
       fixed_ports: True uses DEFAULT_PORTS (dashboard at http://127.0.0.1:5000); False lets every
         service pick a free port (tests, several fleets on one machine).
       monitor: start the monitoring dashboard.
-      reanalyse: start a reanalyse worker.
       extra_args: per service name, flags appended to its command line.
     """
 
@@ -51,7 +49,6 @@ class FleetConfig:
     train_steps: int = 0
     fixed_ports: bool = True
     monitor: bool = True
-    reanalyse: bool = False
     extra_args: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
@@ -130,10 +127,6 @@ def build_topology(config: FleetConfig) -> list[ServiceSpec]:
                           ["--game", config.game, "--environment", "{environment}",
                            "--network", "{network}", "--replay", "{replay}", *batch, *sims],
                           index=i, kind="worker"))
-    if config.reanalyse:
-        specs.append(spec("reanalyse", "services.reanalyse", "reanalyse",
-                          ["--game", config.game, "--network", "{network}", "--replay", "{replay}",
-                           *sims], kind="worker"))
     if config.monitor:
         names = [s.name for s in specs]
         specs.append(spec("monitor", "monitor", "monitor",

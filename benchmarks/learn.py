@@ -1,0 +1,165 @@
+"""Learning that works: runs the local fleet for a wall-clock budget and evaluates greedy play.
+
+    python -m benchmarks.learn --game cartpole --seeds 0 1 2 --budget-min 20
+    make bench-learn GAME=tictactoe SEEDS="0 1 2"
+
+Every `--eval-interval-s` the newest model version plays greedily (no noise, temperature 0)
+in a separate environment session: cartpole 100 episodes (target: mean return >= 475);
+tictactoe 200 games against an exact minimax player, 100 as X and 100 as O (target: no
+losses). A seed's run stops at its target or at the budget. Each run writes
+docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) and a PNG
+curve; docs/learning/<game>.json summarizes the seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+import games  # noqa: E402
+from services.agent.evaluate import evaluate  # noqa: E402
+from services.agent.opponents import random_opponent, tictactoe_minimax  # noqa: E402
+from services.common.logs import get_logger  # noqa: E402
+from services.environment.client import EnvironmentClient  # noqa: E402
+from services.launcher.local import LocalFleet, sum_samples  # noqa: E402
+from services.launcher.topology import FleetConfig, build_topology  # noqa: E402
+from services.network.client import NetworkClient  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "learning"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What "learned" means for a game: evaluation games, opponent, and the pass test."""
+
+    games: int
+    opponent: object
+    description: str
+
+    def reached(self, summary: dict) -> bool:
+        raise NotImplementedError
+
+
+class ReturnTarget(Target):
+    def reached(self, summary: dict) -> bool:
+        return summary["mean_return"] >= 475.0
+
+
+class NoLossTarget(Target):
+    def reached(self, summary: dict) -> bool:
+        return summary["losses"] == 0
+
+
+TARGETS = {
+    "cartpole": ReturnTarget(100, random_opponent, "mean greedy return >= 475 over 100 episodes"),
+    "tictactoe": NoLossTarget(200, tictactoe_minimax, "no losses in 200 games against minimax (100 as X, 100 as O)"),
+}
+
+
+def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
+             console: Console, agents: int) -> dict:
+    target = TARGETS[game]
+    run_dir = run_root / f"{game}-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = FleetConfig(game=game, run_dir=run_dir, num_agents=agents, fixed_ports=False, monitor=False,
+                         extra_args=(("trainer", ("--seed", str(seed))),
+                                     *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents))))
+    fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
+                       log=get_logger("bench-learn", stream=open(run_root / f"{game}-seed{seed}.log", "w")))
+    evaluations = []
+    reached_at = None
+    started = time.monotonic()
+    simulations = games.make(game).settings.num_simulations
+    try:
+        fleet.start()
+        with EnvironmentClient(fleet.grpc_addresses["environment"], timeout_s=120) as environment, \
+                NetworkClient(fleet.grpc_addresses["network"], timeout_s=120) as network, \
+                console.status(f"{game} seed {seed}") as status:
+            next_eval = started + eval_interval_s
+            while time.monotonic() - started < budget_s:
+                status.update(f"{game} seed {seed}: {time.monotonic() - started:.0f}s, step "
+                              f"{sum_samples(fleet.scrape('trainer'), 'mufleet_trainer_steps_total'):.0f}")
+                if fleet.exited():
+                    raise RuntimeError(f"a service stopped: {fleet.exited()}")
+                if time.monotonic() < next_eval:
+                    time.sleep(1.0)
+                    continue
+                version = network.latest_version()
+                step = sum_samples(fleet.scrape("trainer"), "mufleet_trainer_steps_total")
+                result = evaluate(game, environment, network, target.games, simulations, version=version,
+                                  seed=seed, opponent=target.opponent)
+                summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
+                           **result.summary()}
+                evaluations.append(summary)
+                console.print(f"{game} seed {seed}: {summary}")
+                if target.reached(summary):
+                    reached_at = summary["elapsed_s"]
+                    break
+                next_eval = time.monotonic() + eval_interval_s
+    finally:
+        fleet.stop()
+    settings = dataclasses.asdict(games.make(game).settings)
+    report = {"game": game, "seed": seed, "target": target.description, "budget_s": budget_s,
+              "reached": reached_at is not None, "time_to_target_s": reached_at, "agents": agents,
+              "settings": settings, "evaluations": evaluations}
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / f"{game}-seed{seed}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, DOCS / f"{game}-seed{seed}.png")
+    return report
+
+
+def _plot(report: dict, path: Path) -> None:
+    evaluations = report["evaluations"]
+    minutes = [e["elapsed_s"] / 60 for e in evaluations]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    if report["game"] == "cartpole":
+        axis.plot(minutes, [e["mean_return"] for e in evaluations], marker="o", label="mean greedy return")
+        axis.axhline(475, color="grey", linestyle="--", label="target 475")
+        axis.set_ylabel("return (100 episodes)")
+    else:
+        for key in ("wins", "draws", "losses"):
+            axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
+        axis.set_ylabel("games of 200 vs minimax")
+    axis.set_xlabel("wall-clock minutes")
+    axis.set_title(f"{report['game']} seed {report['seed']}: {report['target']}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", choices=sorted(TARGETS), default="cartpole")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--budget-min", type=float, default=20.0)
+    parser.add_argument("--eval-interval-s", type=float, default=60.0)
+    parser.add_argument("--agents", type=int, default=1)
+    parser.add_argument("--run-root", type=Path, default=Path("runs") / "bench-learn")
+    args = parser.parse_args(argv)
+    console = Console()
+    args.run_root.mkdir(parents=True, exist_ok=True)
+    reports = [run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
+                        args.agents) for seed in args.seeds]
+    summary = {"game": args.game, "target": TARGETS[args.game].description, "budget_min": args.budget_min,
+               "seeds": {r["seed"]: {"reached": r["reached"], "time_to_target_s": r["time_to_target_s"],
+                                     "last": r["evaluations"][-1] if r["evaluations"] else None}
+                         for r in reports}}
+    (DOCS / f"{args.game}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
