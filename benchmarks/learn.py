@@ -34,7 +34,8 @@ from services.common.logs import get_logger  # noqa: E402
 from services.environment.client import EnvironmentClient  # noqa: E402
 from services.launcher.local import LocalFleet, sum_samples  # noqa: E402
 from services.launcher.topology import FleetConfig, build_topology  # noqa: E402
-from services.network.client import NetworkClient  # noqa: E402
+from models.export import list_versions, load_version  # noqa: E402
+from services.agent.local_network import LocalNetwork  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "learning"
 
@@ -84,7 +85,6 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     try:
         fleet.start()
         with EnvironmentClient(fleet.grpc_addresses["environment"], timeout_s=120) as environment, \
-                NetworkClient(fleet.grpc_addresses["network"], timeout_s=120) as network, \
                 console.status(f"{game} seed {seed}") as status:
             next_eval = started + eval_interval_s
             while time.monotonic() - started < budget_s:
@@ -95,9 +95,11 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 if time.monotonic() < next_eval:
                     time.sleep(1.0)
                     continue
-                version = network.latest_version()
+                # The newest exported version, loaded here: it stays the same for the whole
+                # evaluation, however many versions the trainer exports meanwhile.
+                model = _load_newest(run_dir / "models" / "muzero")
                 step = sum_samples(fleet.scrape("trainer"), "mufleet_trainer_steps_total")
-                result = evaluate(game, environment, network, target.games, simulations, version=version,
+                result = evaluate(game, environment, LocalNetwork(model), target.games, simulations,
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
                            **result.summary()}
@@ -117,6 +119,17 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     (DOCS / f"{game}-seed{seed}.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, DOCS / f"{game}-seed{seed}.png")
     return report
+
+
+def _load_newest(models: Path, attempts: int = 5):
+    """Loads the newest version; retries if the trainer prunes it while it is being read."""
+    for attempt in range(attempts):
+        try:
+            return load_version(models, list_versions(models)[-1])
+        except Exception:  # noqa: BLE001 - a version pruned mid-read raises TensorFlow errors too
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -1,0 +1,45 @@
+"""One loaded model version behind the network client's interface, without a server.
+
+Used where a whole evaluation must use exactly one version however long it takes (the network
+server keeps only the newest few versions loaded while the trainer exports new ones).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from models.export import LoadedModel
+from services.network.client import Inference
+
+
+class _Done:
+    """A finished call, shaped like `services.network.client.InferenceFuture`."""
+
+    def __init__(self, inference: Inference) -> None:
+        self._inference = inference
+
+    def result(self) -> Inference:
+        return self._inference
+
+
+class LocalNetwork:
+    """`predict_future` of `NetworkClient`, answered in process by `model`."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        if model.version is None:
+            raise ValueError("LocalNetwork needs a model loaded from a version directory")
+        self.model = model
+
+    def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                       timeout_s: float | None = None) -> _Done:
+        if version is not None and version != self.model.version:
+            raise ValueError(f"version {version} asked of a LocalNetwork holding version {self.model.version}")
+        outputs = self.model.run(signature, inputs)
+        return _Done(Inference(hidden_state=outputs["hidden_state"], value=outputs["value"],
+                               reward=outputs["reward"], policy_logits=outputs["policy_logits"],
+                               version=int(self.model.version)))
+
+    def wait_until_available(self, version: int | None = None, timeout_s: float = 0.0) -> int:
+        return int(self.model.version)
