@@ -8,7 +8,7 @@ RUN_DIR ?= runs/$(GAME)
 PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 
-.PHONY: venv protos test test-fast bench bench-learn run clean
+.PHONY: system-packages venv protos test test-fast bench bench-learn run up clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,15 @@ protos: $(PROTO_OUT)
 protos/%_pb2.py: protos/%.proto $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $<
 
-test: venv protos
+# Debian packages the browser and deploy tests use: headless Chromium, Prometheus (with
+# promtool) and docker-compose (which checks docker-compose.yml without a Docker engine).
+system-packages:
+	@if ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null \
+	    || ! command -v docker-compose >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium prometheus docker-compose >/dev/null; fi
+
+test: system-packages venv protos
 	$(PY) -m pytest -q tests
 
 test-fast: venv protos
@@ -40,6 +48,10 @@ bench-learn: venv protos
 
 run: venv protos
 	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR)
+
+# The same fleet in containers (needs a Docker engine); see docs/docker.md.
+up:
+	GAME=$(GAME) docker-compose up --build
 
 clean:
 	rm -f protos/*_pb2.py protos/*_pb2.pyi protos/*_pb2_grpc.py

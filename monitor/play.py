@@ -1,0 +1,201 @@
+"""The play page's engine: a person against the fleet's current model.
+
+The position lives in the browser; every request carries the board (the `positions` format of
+the game: 0 empty, 1 the first player's piece, 2 the second's), the person's move and which
+side the model plays. The server rebuilds the game with `state_from_positions`, checks the move
+against the rules, plays it, and answers with the model's move: the agent's own batched search
+(`services.agent.pipeline.PipelinedSearch`, B = 1, the game's MuZero settings, greedy) through
+the network service, exactly as an agent would search.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+import games
+from games.boards import line_windows
+from monitor.config import MonitorConfig
+from monitor.metrics import MonitorMetrics
+
+PLAYABLE = ("tictactoe", "connect4")
+
+
+class PlayError(Exception):
+    """A request the play page refuses: `status` 400 (bad move or position) or 503 (no model)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Player:
+    def __init__(self, config: MonitorConfig, metrics: MonitorMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.game_name = config.game
+        self.game = games.make(config.game)
+        self.playable = config.game in PLAYABLE
+        self.simulations = config.play_simulations or self.game.settings.num_simulations
+        self._network = None
+        self._lock = threading.Lock()
+        if self.playable:
+            self.rows, self.cols, k = self.game.ROWS, self.game.COLS, self.game.K
+            self._windows = line_windows(self.rows, self.cols, k)
+
+    def info(self) -> dict[str, Any]:
+        """What the page needs to draw the game (or to say why it cannot)."""
+        if not self.playable:
+            return {"game": self.game_name, "playable": False,
+                    "message": f"The play page plays {' and '.join(PLAYABLE)}; this fleet trains "
+                               f"{self.game_name}. Start a fleet with --game tictactoe or --game connect4 "
+                               f"to play against its model."}
+        return {"game": self.game_name, "playable": True, "rows": self.rows, "cols": self.cols,
+                "num_actions": self.game.spec.num_actions,
+                "moves_by": "column" if self.game_name == "connect4" else "cell",
+                "simulations": self.simulations, "network": self.config.network}
+
+    # -- the network ------------------------------------------------------------------------------
+
+    def network(self):
+        with self._lock:
+            if self._network is None:
+                if not self.config.network:
+                    raise PlayError(503, "no network service configured (--network)")
+                from services.network.client import NetworkClient  # loads TensorFlow's protos
+
+                self._network = NetworkClient(self.config.network, model_name=self.config.model_name,
+                                              timeout_s=self.config.play_timeout_s)
+            return self._network
+
+    def close(self) -> None:
+        with self._lock:
+            if self._network is not None:
+                self._network.close()
+                self._network = None
+
+    # -- one request --------------------------------------------------------------------------------
+
+    def play(self, board: Any, move: Any, model_player: Any) -> dict[str, Any]:
+        """Plays the person's `move` (None: none, e.g. the model opens) on `board`, then the
+        model's answer if it is the model's turn. PlayError for anything the rules refuse."""
+        if not self.playable:
+            raise PlayError(400, self.info()["message"])
+        if model_player not in (0, 1):
+            raise PlayError(400, f"model_player must be 0 (the model moves first) or 1, got {model_player!r}")
+        state = self._state(board)
+        if self._over(state):
+            raise PlayError(400, "the game is over: start a new game")
+        moves: list[dict[str, Any]] = []
+        to_play = int(self.game.to_play(state)[0])
+        if move is not None:
+            if to_play == model_player:
+                raise PlayError(400, "it is the model's turn, not yours (send no move to let it play)")
+            action = self._check_move(state, move)
+            state, outcome = self._step(state, action)
+            moves.append({"player": "human", "action": action})
+            self.metrics.play_moves.labels("human").inc()
+            if outcome:
+                return self._answer(state, moves, outcome, None)
+            to_play = int(self.game.to_play(state)[0])
+        elif to_play != model_player:
+            raise PlayError(400, "it is your turn: send a move")
+        model = self._model_move(state)
+        state, outcome = self._step(state, model["action"])
+        moves.append({"player": "model", "action": model["action"]})
+        self.metrics.play_moves.labels("model").inc()
+        return self._answer(state, moves, outcome, model)
+
+    def _state(self, board: Any):
+        try:
+            positions = np.asarray(board)
+            if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
+                raise ValueError(f"board: expected a {self.rows}x{self.cols} grid of 0, 1 and 2")
+            return self.game.state_from_positions(positions[None].astype(np.int64))
+        except (ValueError, TypeError) as error:
+            raise PlayError(400, f"bad position: {error}") from None
+
+    def _over(self, state) -> bool:
+        flat = self.game.positions(state)[0].reshape(-1)
+        lines = flat[self._windows]
+        won = ((lines == lines[:, :1]) & (lines[:, :1] != 0)).all(axis=1).any()
+        return bool(won) or not self.game.legal_actions(state)[0].any()
+
+    def _check_move(self, state, move: Any) -> int:
+        A = self.game.spec.num_actions
+        if isinstance(move, bool) or not isinstance(move, (int, np.integer)) or not 0 <= move < A:
+            raise PlayError(400, f"move must be an integer in [0, {A}), got {move!r}")
+        move = int(move)
+        if not self.game.legal_actions(state)[0, move]:
+            if self.game_name == "connect4":
+                raise PlayError(400, f"illegal move: column {move + 1} is full")
+            r, c = divmod(move, self.cols)
+            raise PlayError(400, f"illegal move: the cell at row {r + 1}, column {c + 1} is taken")
+        return move
+
+    def _step(self, state, action: int):
+        state, reward, terminated, truncated = self.game.step(state, np.array([action], np.int32))
+        if not (terminated[0] or truncated[0]):
+            return state, None
+        # Rewards are from the view of the player who just moved.
+        return state, {"mover_result": int(np.sign(reward[0]))}
+
+    def _model_move(self, state) -> dict[str, Any]:
+        import grpc
+
+        from services.agent.pipeline import PipelinedSearch
+        from services.agent.search import SearchConfig
+
+        settings = self.game.settings.replace(num_simulations=self.simulations)
+        network = self.network()
+        search = PipelinedSearch(network, SearchConfig.from_settings(settings), batch_size=1,
+                                 num_actions=self.game.spec.num_actions, groups=1, two_player=True,
+                                 timeout_s=self.config.play_timeout_s)
+        legal = self.game.legal_actions(state)
+        started = time.perf_counter()
+        try:
+            found = search.search(self.game.observation(state), legal, np.random.default_rng(),
+                                  training=False, temperature=0.0)
+        except grpc.RpcError as error:
+            self.metrics.play_errors.labels("unavailable").inc()
+            code = error.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise PlayError(503, f"the network at {self.config.network} serves no model version yet "
+                                     f"({error.details()}); wait for the trainer's first export") from None
+            raise PlayError(503, f"network unreachable at {self.config.network} ({code.name}: "
+                                 f"{error.details()}); your move was not played") from None
+        seconds = time.perf_counter() - started
+        self.metrics.play_search_seconds.observe(seconds)
+        action = int(found.greedy_actions[0])
+        policy = found.policies[0]
+        if not legal[0, action]:  # the search masks illegal moves at the root; never trust blindly
+            action = int(np.argmax(np.where(legal[0], policy, -1.0)))
+        return {"action": action, "value": float(found.root_values[0]),
+                "policy": [round(float(p), 4) for p in policy], "version": int(found.versions[0]),
+                "simulations": self.simulations, "seconds": round(seconds, 4)}
+
+    def _answer(self, state, moves: list[dict[str, Any]], outcome: dict[str, Any] | None,
+                model: dict[str, Any] | None) -> dict[str, Any]:
+        board = self.game.positions(state)[0]
+        over = outcome is not None
+        winner, message = None, None
+        if over:
+            mover, other = moves[-1]["player"], {"human": "model", "model": "human"}[moves[-1]["player"]]
+            winner = {1: mover, -1: other, 0: "draw"}[outcome["mover_result"]]
+            message = {"human": "You win!", "model": "The model wins.", "draw": "Draw."}[winner]
+        return {
+            "game": self.game_name,
+            "board": board.astype(int).tolist(),
+            "to_play": int(self.game.to_play(state)[0]),
+            "legal": self.game.legal_actions(state)[0].astype(bool).tolist() if not over else
+            [False] * self.game.spec.num_actions,
+            "moves": moves,
+            "model": model,
+            "game_over": over,
+            "winner": winner,
+            "message": message,
+        }

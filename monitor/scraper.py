@@ -1,0 +1,682 @@
+"""The monitor's view of the fleet: periodic probes of every service, kept as a bounded history.
+
+Every `scrape_interval_s` one round probes, concurrently and each with a deadline:
+  * every metrics endpoint (HTTP GET, Prometheus text), at every address its host resolves to
+    (docker compose's DNS name of a scaled service resolves to one address per replica);
+  * the standard gRPC health check of the environment, replay and network servers (the network
+    also answers through `GetModelStatus`, which is all TensorFlow Serving has);
+  * the replay's `GetStats`.
+A separate thread asks the network for its model versions (`GetModelStatus`; its client loads
+TensorFlow, seconds, so it stays off the scrape round).
+
+Rates are counter deltas between two rounds of the same instance (a counter that went down
+means the service restarted: its new value is the delta). Each round appends one point of
+every series (`SERIES`) to a bounded history; the trainer's losses are kept by training step.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.config import GRPC_ROLES, MetricsTarget, MonitorConfig
+from monitor.metrics import MonitorMetrics
+from services.common.logs import EventLogger
+
+LOSS_KINDS = ("total", "value", "reward", "policy")
+# TensorFlow Serving's request counter (prometheus_client's parser adds `_total` to counters).
+TF_SERVING_REQUESTS = (":tensorflow:serving:request_count_total", ":tensorflow:serving:request_count")
+
+
+# ---------------------------------------------------------------------------------------------
+# One probe's results.
+
+class Samples:
+    """The samples of one Prometheus text page: name -> [(labels, value)]."""
+
+    def __init__(self, by_name: dict[str, list[tuple[dict[str, str], float]]] | None = None) -> None:
+        self.by_name = by_name or {}
+
+    @classmethod
+    def parse(cls, text: str) -> "Samples":
+        by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                by_name.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+        return cls(by_name)
+
+    def _values(self, name: str, labels: dict[str, str] | None) -> list[float]:
+        return [v for l, v in self.by_name.get(name, ())
+                if not labels or all(l.get(k) == want for k, want in labels.items())]
+
+    def has(self, name: str) -> bool:
+        return name in self.by_name
+
+    def sum(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """Sum over the label sets (matching `labels`), None if the metric is absent."""
+        values = self._values(name, labels)
+        return math.fsum(values) if values else None
+
+    def max(self, name: str) -> float | None:
+        values = self._values(name, None)
+        return max(values) if values else None
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        return {l.get(label, ""): v for l, v in self.by_name.get(name, ())}
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_name.values())
+
+
+@dataclasses.dataclass
+class InstanceScrape:
+    """One metrics endpoint at one address, as its latest probe found it."""
+
+    instance: str     # "agent-0", or "agent@172.18.0.5:9103" for one replica of a scaled service
+    target: str       # the --metrics name
+    role: str
+    address: str
+    path: str
+    time: float
+    ok: bool
+    error: str | None = None
+    samples: Samples = dataclasses.field(default_factory=Samples)
+
+
+@dataclasses.dataclass
+class Health:
+    """The gRPC side of one service: "SERVING", "NOT_SERVING", "UNREACHABLE", "UNKNOWN"."""
+
+    address: str
+    status: str
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class Round:
+    """Everything one scrape round saw."""
+
+    time: float
+    instances: dict[str, InstanceScrape]
+    health: dict[str, Health]
+    replay_stats: dict[str, Any] | None
+    replay_error: str | None
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Series: one value per round.
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    key: str
+    label: str
+    unit: str
+    compute: Callable[["_Deltas"], float | None]
+
+
+class _Deltas:
+    """Helpers over the previous and the current round, summed over the instances of a role."""
+
+    def __init__(self, prev: Round | None, cur: Round) -> None:
+        self.prev, self.cur = prev, cur
+
+    def _instances(self, role: str) -> list[InstanceScrape]:
+        return [s for s in self.cur.instances.values() if s.role == role and s.ok]
+
+    def _pairs(self, role: str):
+        for cur in self._instances(role):
+            prev = self.prev.instances.get(cur.instance) if self.prev else None
+            if prev is not None and prev.ok and cur.time > prev.time:
+                yield prev, cur
+
+    @staticmethod
+    def _delta(prev: float, cur: float) -> float:
+        return cur - prev if cur >= prev else cur  # a counter that went down: the service restarted
+
+    def rate(self, role: str, *names: str) -> float | None:
+        """Sum over instances of d(counter)/dt; the first of `names` an instance has is used."""
+        total, seen = 0.0, False
+        for prev, cur in self._pairs(role):
+            for name in names:
+                a, b = prev.samples.sum(name), cur.samples.sum(name)
+                if a is not None and b is not None:
+                    total += self._delta(a, b) / (cur.time - prev.time)
+                    seen = True
+                    break
+        return total if seen else None
+
+    def interval_mean(self, role: str, base: str, scale: float = 1.0) -> float | None:
+        """Mean of a histogram's observations between the two rounds (d sum / d count)."""
+        sums = counts = 0.0
+        for prev, cur in self._pairs(role):
+            values = [s.samples.sum(base + suffix) for s in (prev, cur) for suffix in ("_sum", "_count")]
+            if None in values:
+                continue
+            psum, pcount, csum, ccount = values
+            if ccount < pcount:
+                psum = pcount = 0.0
+            sums += csum - psum
+            counts += ccount - pcount
+        return sums / counts * scale if counts > 0 else None
+
+    def gauge(self, role: str, name: str, how: str = "sum") -> float | None:
+        values = [v for s in self._instances(role) if (v := s.samples.sum(name)) is not None]
+        if not values:
+            return None
+        return {"sum": math.fsum, "max": max, "min": min,
+                "mean": lambda v: math.fsum(v) / len(v)}[how](values)
+
+    def stat(self, field: str) -> float | None:
+        stats = self.cur.replay_stats
+        return float(stats[field]) if stats and field in stats else None
+
+
+def _replay_size(d: _Deltas, field: str, metric: str) -> float | None:
+    value = d.stat(field)
+    return value if value is not None else d.gauge("replay", metric)
+
+
+def _replay_recent(d: _Deltas, field: str) -> float | None:
+    stats = d.cur.replay_stats
+    return float(stats[field]) if stats and stats.get("recent_games", 0) > 0 else None
+
+
+def _version(value: float | None) -> float | None:
+    return value if value is not None and value >= 0 else None
+
+
+SERIES: tuple[Series, ...] = (
+    # Throughput.
+    Series("agent_simulations_per_s", "simulations/s (all agents)", "1/s",
+           lambda d: d.rate("agent", "mufleet_agent_simulations_total")),
+    Series("agent_moves_per_s", "moves/s (all agents)", "1/s", lambda d: d.rate("agent", "mufleet_agent_moves_total")),
+    Series("agent_games_per_s", "games finished/s", "1/s",
+           lambda d: d.rate("agent", "mufleet_agent_games_finished_total")),
+    Series("environment_steps_per_s", "environment steps/s", "1/s",
+           lambda d: d.rate("environment", "mufleet_environment_steps_total")),
+    Series("trainer_steps_per_s", "trainer steps/s", "1/s", lambda d: d.rate("trainer", "mufleet_trainer_steps_total")),
+    # TensorFlow Serving's own counter is the fallback when the network is the real thing.
+    Series("network_requests_per_s", "network requests/s", "1/s",
+           lambda d: d.rate("network", "mufleet_network_requests_total", *TF_SERVING_REQUESTS)),
+    Series("network_batch_size", "rows per model run", "rows",
+           lambda d: d.interval_mean("network", "mufleet_network_batch_size")),
+    Series("network_latency_ms", "network Predict latency (server)", "ms",
+           lambda d: d.interval_mean("network", "mufleet_network_request_seconds", 1e3)),
+    Series("agent_request_latency_ms", "network request latency (agents)", "ms",
+           lambda d: d.interval_mean("agent", "mufleet_agent_network_request_seconds", 1e3)),
+    Series("agent_move_ms", "time of one move of B games", "ms",
+           lambda d: d.interval_mean("agent", "mufleet_agent_move_seconds", 1e3)),
+    # Learning.
+    Series("agent_recent_return", "mean return, last 100 games (agents)", "",
+           lambda d: d.gauge("agent", "mufleet_agent_recent_mean_return", "mean")),
+    Series("agent_recent_length", "mean length, last 100 games (agents)", "moves",
+           lambda d: d.gauge("agent", "mufleet_agent_recent_mean_length", "mean")),
+    Series("replay_recent_return", "mean return, last 100 stored games", "",
+           lambda d: _replay_recent(d, "recent_mean_return")),
+    Series("replay_recent_length", "mean length, last 100 stored games", "moves",
+           lambda d: _replay_recent(d, "recent_mean_length")),
+    Series("trainer_step", "trainer step", "steps", lambda d: d.gauge("trainer", "mufleet_trainer_steps_total", "max")),
+    Series("trainer_learning_rate", "learning rate", "",
+           lambda d: d.gauge("trainer", "mufleet_trainer_learning_rate", "max")),
+    # Replay.
+    Series("replay_positions", "sampleable positions", "positions",
+           lambda d: _replay_size(d, "positions", "mufleet_replay_positions")),
+    Series("replay_games", "stored games", "games", lambda d: _replay_size(d, "games", "mufleet_replay_games")),
+    Series("replay_inserts_per_s", "positions inserted/s", "1/s",
+           lambda d: d.rate("replay", "mufleet_replay_positions_added_total")),
+    Series("replay_samples_per_s", "positions sampled/s", "1/s", lambda d: d.rate("replay", "mufleet_replay_samples_total")),
+    # Model versions.
+    Series("trainer_exported_version", "trainer: newest exported", "version",
+           lambda d: _version(d.gauge("trainer", "mufleet_trainer_exported_version", "max"))),
+    Series("network_latest_version", "network: newest served", "version",
+           lambda d: _version(d.gauge("network", "mufleet_network_latest_version", "max"))),
+    Series("agent_model_version", "agents: newest used", "version",
+           lambda d: _version(d.gauge("agent", "mufleet_agent_model_version", "max"))),
+    Series("agent_oldest_model_version", "agents: oldest used", "version",
+           lambda d: _version(d.gauge("agent", "mufleet_agent_model_version", "min"))),
+)
+SERIES_BY_KEY = {s.key: s for s in SERIES}
+
+
+# ---------------------------------------------------------------------------------------------
+# The scraper.
+
+class Scraper:
+    """Probes the fleet every `config.scrape_interval_s` on a background thread.
+
+    `scrape_once()` runs one round synchronously (tests, and the first page before the thread's
+    first round). Read the results with `fleet()`, `series()`, `latest()`.
+    """
+
+    def __init__(self, config: MonitorConfig, log: EventLogger, metrics: MonitorMetrics) -> None:
+        self.config = config
+        self.log = log
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._round_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._prev: Round | None = None
+        self._cur: Round | None = None
+        self._points: deque[tuple[float, dict[str, float | None]]] = deque(maxlen=config.history)
+        self._losses: deque[tuple[float, dict[str, float | None]]] = deque(maxlen=config.history)
+        self._last_rates: dict[str, dict[str, float | None]] = {}
+        self._network_versions: dict[int, str] | None = None
+        self._network_versions_error: str | None = "not asked yet"
+        self._channels: dict[str, grpc.Channel] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
+        self._threads: list[threading.Thread] = []
+        self._failing: set[str] = set()  # targets whose failure was logged (log changes only)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, loop in (("scraper", self._loop), ("model-probe", self._model_loop)):
+            thread = threading.Thread(target=loop, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.config.scrape_timeout_s + 5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for channel in self._channels.values():
+            channel.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.scrape_once()
+            except Exception as error:  # a bug in one round must not end the dashboard
+                self.log.error("scrape_failed", error=repr(error))
+            self._stop.wait(max(0.0, self.config.scrape_interval_s - (time.monotonic() - started)))
+
+    def _model_loop(self) -> None:
+        if not self.config.network:
+            return
+        client = None
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    from services.network.client import NetworkClient  # loads TensorFlow's protos
+
+                    client = NetworkClient(self.config.network, model_name=self.config.model_name,
+                                           channel=self.channel(self.config.network))
+                statuses = client.model_status(timeout_s=self.config.scrape_timeout_s)
+                versions, error = dict(statuses), None
+            except grpc.RpcError as rpc_error:
+                versions = {} if rpc_error.code() == grpc.StatusCode.NOT_FOUND else None
+                error = _rpc_message(rpc_error)
+            except Exception as other:  # noqa: BLE001 - shown on the page, never fatal
+                versions, error = None, repr(other)
+            with self._lock:
+                self._network_versions, self._network_versions_error = versions, error
+            self._stop.wait(self.config.scrape_interval_s)
+
+    # -- probes -------------------------------------------------------------------------------
+
+    def channel(self, address: str) -> grpc.Channel:
+        """A probe channel that reconnects quickly once a service is back."""
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = grpc.insecure_channel(address, options=[
+                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2000), ("grpc.enable_retries", 0)])
+            return self._channels[address]
+
+    def _resolve(self, target: MetricsTarget) -> list[tuple[str, str]]:
+        """(instance name, address) for every address the target's host resolves to."""
+        host, _, port = target.address.rpartition(":")
+        addresses: list[str] = []
+        # IPv4 first: "localhost" must not become two instances (127.0.0.1 and ::1); docker's DNS
+        # answers a scaled service's name with one A record per replica.
+        for family in (socket.AF_INET, socket.AF_UNSPEC):
+            try:
+                infos = socket.getaddrinfo(host.strip("[]"), int(port), family=family, type=socket.SOCK_STREAM)
+            except OSError:
+                continue
+            addresses = sorted({info[4][0] for info in infos})
+            if addresses:
+                break
+        if len(addresses) <= 1:
+            return [(target.name, target.address)]
+        return [(f"{target.name}@{a}:{port}", f"[{a}]:{port}" if ":" in a else f"{a}:{port}")
+                for a in addresses]
+
+    def _scrape(self, target: MetricsTarget, instance: str, address: str) -> InstanceScrape:
+        url = f"http://{address}{target.path}"
+        started = time.time()
+        try:
+            with urllib.request.urlopen(url, timeout=self.config.scrape_timeout_s) as response:
+                text = response.read().decode("utf-8", "replace")
+            samples = Samples.parse(text)
+            return InstanceScrape(instance, target.name, target.role, address, target.path, started, True,
+                                  samples=samples)
+        except urllib.error.HTTPError as error:
+            message = f"HTTP {error.code} from {url}"
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            reason = getattr(reason, "strerror", None) or str(reason)
+            message = f"{target.name} metrics unreachable at {address}{target.path} ({reason.lower()})"
+        return InstanceScrape(instance, target.name, target.role, address, target.path, started, False,
+                              error=message)
+
+    def _health(self, role: str, address: str) -> Health:
+        stub = health_pb2_grpc.HealthStub(self.channel(address))
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=self.config.scrape_timeout_s)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # TensorFlow Serving has no health service: its model status (below) tells.
+                return Health(address, "UNKNOWN", None)
+            return Health(address, "UNREACHABLE", f"{role} unreachable at {address} ({_rpc_message(error)})")
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        error = None if status == "SERVING" else f"{role} at {address} reports {status}"
+        return Health(address, status, error)
+
+    def _replay_stats(self) -> dict[str, Any]:
+        from google.protobuf import json_format
+
+        from protos import replay_pb2, replay_pb2_grpc
+
+        stub = replay_pb2_grpc.ReplayStub(self.channel(self.config.replay))
+        stats = stub.GetStats(replay_pb2.GetStatsRequest(), timeout=self.config.scrape_timeout_s)
+        out = json_format.MessageToDict(stats, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+        out["games_per_model_version"] = {int(k): int(v) for k, v in stats.games_per_model_version.items()}
+        for key, value in list(out.items()):
+            if isinstance(value, str) and key != "game":
+                out[key] = int(value)  # int64 fields come back as strings
+        return out
+
+    def scrape_once(self) -> Round:
+        """Probes everything once, appends a point to the history and returns the round."""
+        with self._round_lock:
+            started = time.monotonic()
+            config = self.config
+            jobs: dict[concurrent.futures.Future, tuple[str, str]] = {}
+            for target in config.metrics:
+                for instance, address in self._resolve(target):
+                    jobs[self._pool.submit(self._scrape, target, instance, address)] = ("metrics", instance)
+            for role in GRPC_ROLES:
+                if address := config.grpc_address(role):
+                    jobs[self._pool.submit(self._health, role, address)] = ("health", role)
+            if config.replay:
+                jobs[self._pool.submit(self._replay_stats)] = ("stats", "replay")
+            instances: dict[str, InstanceScrape] = {}
+            health: dict[str, Health] = {}
+            stats, stats_error = None, None
+            for future in concurrent.futures.as_completed(jobs):
+                kind, name = jobs[future]
+                if kind == "metrics":
+                    scrape = future.result()
+                    instances[name] = scrape
+                    self._count(name, scrape.ok, scrape.error)
+                elif kind == "health":
+                    health[name] = future.result()
+                    self._count(f"{name}:grpc", health[name].status != "UNREACHABLE", health[name].error)
+                else:
+                    try:
+                        stats = future.result()
+                    except grpc.RpcError as error:
+                        stats_error = f"replay unreachable at {config.replay} ({_rpc_message(error)})"
+                    self._count("replay:stats", stats is not None, stats_error)
+            order = [name for kind, name in jobs.values() if kind == "metrics"]
+            ordered = {name: instances[name] for name in order}
+            current = Round(time.time(), ordered, health, stats, stats_error)
+            with self._lock:
+                self._prev, self._cur = self._cur, current
+                self._append_point(self._prev, current)
+            self.metrics.scrape_seconds.observe(time.monotonic() - started)
+            self.metrics.history_points.set(len(self._points))
+            return current
+
+    def _count(self, target: str, ok: bool, error: str | None) -> None:
+        self.metrics.scrapes.labels(target).inc()
+        self.metrics.target_up.labels(target).set(1 if ok else 0)
+        if not ok:
+            self.metrics.scrape_errors.labels(target).inc()
+            if target not in self._failing:
+                self._failing.add(target)
+                self.log.warning("target_down", target=target, error=error)
+        elif target in self._failing:
+            self._failing.discard(target)
+            self.log.info("target_up", target=target)
+
+    def _append_point(self, prev: Round | None, cur: Round) -> None:
+        deltas = _Deltas(prev, cur)
+        point = {s.key: _finite(s.compute(deltas)) for s in SERIES}
+        if point["network_latest_version"] is None and self._network_versions:
+            available = [v for v, state in self._network_versions.items() if state == "AVAILABLE"]
+            point["network_latest_version"] = float(max(available)) if available else None
+        self._points.append((cur.time, point))
+        step = point["trainer_step"]
+        trainer = [s for s in cur.instances.values() if s.role == "trainer" and s.ok]
+        if step and step > 0 and trainer and (not self._losses or self._losses[-1][0] != step):
+            losses = trainer[0].samples.by_label("mufleet_trainer_loss", "kind")
+            if losses:
+                self._losses.append((step, {k: _finite(losses.get(k)) for k in LOSS_KINDS}))
+        # Per-instance rates for the fleet cards.
+        self._last_rates = {}
+        for name, scrape in cur.instances.items():
+            single = Round(cur.time, {name: scrape}, {}, None, None)
+            before = Round(prev.time, {name: prev.instances[name]}, {}, None, None) \
+                if prev and name in prev.instances else None
+            d = _Deltas(before, single)
+            self._last_rates[name] = {
+                "simulations_per_s": d.rate(scrape.role, "mufleet_agent_simulations_total"),
+                "moves_per_s": d.rate(scrape.role, "mufleet_agent_moves_total"),
+                "steps_per_s": d.rate(scrape.role, "mufleet_environment_steps_total", "mufleet_trainer_steps_total"),
+                "requests_per_s": d.rate(scrape.role, "mufleet_network_requests_total", *TF_SERVING_REQUESTS),
+                "inserts_per_s": d.rate(scrape.role, "mufleet_replay_positions_added_total"),
+                "batch_size": d.interval_mean(scrape.role, "mufleet_network_batch_size"),
+                "latency_ms": d.interval_mean(scrape.role, "mufleet_network_request_seconds", 1e3),
+            }
+
+    # -- views --------------------------------------------------------------------------------
+
+    def latest(self) -> Round | None:
+        with self._lock:
+            return self._cur
+
+    def ensure_scraped(self) -> Round:
+        """The latest round, running one now if there is none yet."""
+        return self.latest() or self.scrape_once()
+
+    def series(self, max_points: int = 400, since: float | None = None) -> dict[str, Any]:
+        """The history as parallel arrays, thinned to at most `max_points` (newest kept)."""
+        with self._lock:
+            points = [p for p in self._points if since is None or p[0] > since]
+            losses = list(self._losses)
+            stats = self._cur.replay_stats if self._cur else None
+        points = _thin(points, max_points)
+        losses = _thin(losses, max_points)
+        versions = (stats or {}).get("games_per_model_version", {})
+        return {
+            "interval_s": self.config.scrape_interval_s,
+            "time": [round(t, 3) for t, _ in points],
+            "series": {s.key: [p[s.key] for _, p in points] for s in SERIES},
+            "labels": {s.key: s.label for s in SERIES},
+            "losses": {"step": [s for s, _ in losses],
+                       **{kind: [v[kind] for _, v in losses] for kind in LOSS_KINDS}},
+            "replay_versions": {"version": sorted(versions),
+                                "games": [versions[v] for v in sorted(versions)]},
+        }
+
+    def fleet(self) -> dict[str, Any]:
+        """Every service's state as of the latest round (see docs/monitor.md for the fields)."""
+        current = self.ensure_scraped()
+        with self._lock:
+            rates = dict(self._last_rates)
+            network_versions, network_error = self._network_versions, self._network_versions_error
+            point = self._points[-1][1] if self._points else {}
+        services: list[dict[str, Any]] = []
+        config = self.config
+        roles_listed = set()
+        for target in config.metrics:
+            scrapes = [s for s in current.instances.values() if s.target == target.name]
+            services.append(self._service(target.name, target.role, scrapes, current, rates,
+                                          network_versions, network_error))
+            roles_listed.add(target.role)
+        for role in GRPC_ROLES:  # a gRPC service whose metrics the monitor was not told about
+            if config.grpc_address(role) and role not in roles_listed:
+                services.append(self._service(role, role, [], current, rates, network_versions, network_error))
+        errors = [message for s in services for message in s["messages"]]
+        return {
+            "game": config.game,
+            "time": current.time,
+            "scrape_interval_s": config.scrape_interval_s,
+            "services": services,
+            "up": sum(s["status"] == "up" for s in services),
+            "total": len(services),
+            "errors": errors,
+            "throughput": {k: point.get(k) for k in (
+                "agent_simulations_per_s", "agent_moves_per_s", "environment_steps_per_s", "trainer_steps_per_s",
+                "network_requests_per_s", "network_batch_size", "network_latency_ms", "agent_games_per_s")},
+            "learning": {k: point.get(k) for k in (
+                "trainer_step", "agent_recent_return", "replay_recent_return", "agent_recent_length",
+                "trainer_exported_version", "network_latest_version", "agent_model_version")},
+            "replay": current.replay_stats,
+            "replay_error": current.replay_error,
+        }
+
+    def _service(self, name: str, role: str, scrapes: list[InstanceScrape], current: Round,
+                 rates: dict[str, dict[str, float | None]], network_versions: dict[int, str] | None,
+                 network_error: str | None) -> dict[str, Any]:
+        messages: list[str] = []
+        health = current.health.get(role) if self.config.grpc_address(role) and name == role else None
+        metrics_ok = [s.ok for s in scrapes]
+        for scrape in scrapes:
+            if not scrape.ok:
+                messages.append(scrape.error or f"{name} metrics unreachable at {scrape.address}")
+        grpc_ok = True
+        if health is not None:
+            if health.status == "UNKNOWN" and role == "network":
+                # TensorFlow Serving (no health service): reachable if GetModelStatus answers.
+                grpc_ok = network_versions is not None
+                health = dataclasses.replace(health, status="REACHABLE" if grpc_ok else "UNREACHABLE")
+                if not grpc_ok:
+                    messages.append(f"network unreachable at {health.address} ({network_error})")
+            elif health.status != "SERVING":
+                grpc_ok = False
+                messages.insert(0, health.error or f"{role} unreachable at {health.address}")
+        if scrapes and all(metrics_ok) and grpc_ok:
+            status = "up"
+        elif (health is not None and health.status == "SERVING") or any(metrics_ok):
+            status = "degraded"
+        else:
+            status = "down"
+        model_version = None
+        samples = [s.samples for s in scrapes if s.ok]
+        metric = {"agent": ("mufleet_agent_model_version", max), "trainer": ("mufleet_trainer_exported_version", max),
+                  "network": ("mufleet_network_latest_version", max)}.get(role)
+        if metric:
+            values = [v for s in samples if (v := s.max(metric[0])) is not None and v >= 0]
+            model_version = int(metric[1](values)) if values else None
+        versions = None
+        if role == "network" and network_versions is not None:
+            available = sorted(v for v, state in network_versions.items() if state == "AVAILABLE")
+            versions = available
+            model_version = available[-1] if available else model_version
+            if not available and grpc_ok:
+                messages.append("network serves no model version yet (waiting for the trainer's first export)")
+        if role == "replay" and current.replay_stats:
+            stored = current.replay_stats.get("games_per_model_version") or {}
+            model_version = max(stored) if stored else None
+        instance_rates = [rates.get(s.instance, {}) for s in scrapes if s.ok]
+        return {
+            "name": name,
+            "role": role,
+            "status": status,
+            "grpc": None if health is None else dataclasses.asdict(health),
+            "instances": [{"instance": s.instance, "address": s.address, "path": s.path, "up": s.ok,
+                           "error": s.error} for s in scrapes],
+            "model_version": model_version,
+            "versions_available": versions,
+            "facts": _facts(role, samples, instance_rates, current.replay_stats),
+            "messages": messages,
+        }
+
+
+def _sum_rates(rates: list[dict[str, float | None]], key: str) -> float | None:
+    values = [r[key] for r in rates if r.get(key) is not None]
+    return math.fsum(values) if values else None
+
+
+def _mean_rates(rates: list[dict[str, float | None]], key: str) -> float | None:
+    values = [r[key] for r in rates if r.get(key) is not None]
+    return math.fsum(values) / len(values) if values else None
+
+
+def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None]],
+           stats: dict[str, Any] | None) -> list[tuple[str, float | None, str]]:
+    """A few (label, value, unit) facts for a service's card."""
+    def gauge(name: str, how=sum) -> float | None:
+        values = [v for s in samples if (v := s.sum(name)) is not None]
+        return how(values) if values else None
+
+    if role == "environment":
+        return [("steps/s", _sum_rates(rates, "steps_per_s"), "/s"),
+                ("sessions", gauge("mufleet_environment_sessions"), ""),
+                ("games", gauge("mufleet_environment_games"), "")]
+    if role == "replay":
+        positions = (stats or {}).get("positions", gauge("mufleet_replay_positions"))
+        games_stored = (stats or {}).get("games", gauge("mufleet_replay_games"))
+        return [("positions", positions, ""), ("games", games_stored, ""),
+                ("inserts/s", _sum_rates(rates, "inserts_per_s"), "/s")]
+    if role == "network":
+        return [("requests/s", _sum_rates(rates, "requests_per_s"), "/s"),
+                ("rows/run", _mean_rates(rates, "batch_size"), ""),
+                ("latency ms", _mean_rates(rates, "latency_ms"), "")]
+    if role == "trainer":
+        loss = [v for s in samples if (v := s.sum("mufleet_trainer_loss", {"kind": "total"})) is not None]
+        return [("step", gauge("mufleet_trainer_steps_total", max), ""),
+                ("steps/s", _sum_rates(rates, "steps_per_s"), "/s"),
+                ("loss", loss[0] if loss else None, "")]
+    if role == "agent":
+        returns = [v for s in samples if (v := s.sum("mufleet_agent_recent_mean_return")) is not None]
+        return [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
+                ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
+                ("return", sum(returns) / len(returns) if returns else None, "")]
+    return []
+
+
+def _thin(points: list, max_points: int) -> list:
+    """Every k-th point so that at most `max_points` remain, the newest always kept."""
+    if max_points <= 0 or len(points) <= max_points:
+        return points
+    stride = math.ceil(len(points) / max_points)
+    return points[::-1][::stride][::-1]
+
+
+def _rpc_message(error: grpc.RpcError) -> str:
+    """A short reason: "connection refused", "no answer within the deadline", or CODE: details."""
+    code = error.code() if hasattr(error, "code") else None
+    details = (error.details() if hasattr(error, "details") else str(error)) or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        lowered = details.lower()
+        for known in ("connection refused", "dns resolution failed", "no route to host", "connection reset"):
+            if known in lowered:
+                return known
+        return "unavailable"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "no answer within the deadline"
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {details}" if details else name

@@ -1,0 +1,212 @@
+"""The monitor's app against real services (started as processes on loopback), through Flask's
+test client, and the `python -m monitor` process itself."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+
+import games
+from monitor.app import create_app
+from monitor.config import MetricsTarget, MonitorConfig
+from services.common.logs import get_logger
+from tests.monitor.conftest import closed_port, http_get, http_json
+
+pytestmark = pytest.mark.integration
+
+
+def monitor_client(**config):
+    app = create_app(MonitorConfig(**config), get_logger("monitor", stream=io.StringIO()))
+    scraper = app.extensions["mufleet"]["scraper"]
+    return app.test_client(), scraper
+
+
+def metrics_address(process) -> str:
+    return f"127.0.0.1:{process.ready['metrics_port']}"
+
+
+def test_fleet_shows_real_services_up(start_service, tmp_path):
+    environment = start_service("services.environment", ["--game", "tictactoe"])
+    replay = start_service("services.replay", ["--game", "tictactoe", "--data-dir", str(tmp_path / "replay")])
+    client, scraper = monitor_client(
+        game="tictactoe", environment=environment.grpc_address, replay=replay.grpc_address,
+        metrics=(MetricsTarget("environment", metrics_address(environment)),
+                 MetricsTarget("replay", metrics_address(replay))))
+    scraper.scrape_once()
+    scraper.scrape_once()
+    fleet = client.get("/api/fleet").get_json()
+    by_name = {s["name"]: s for s in fleet["services"]}
+    assert set(by_name) == {"environment", "replay"}
+    for name in ("environment", "replay"):
+        assert by_name[name]["status"] == "up", by_name[name]
+        assert by_name[name]["grpc"]["status"] == "SERVING"
+        assert by_name[name]["instances"][0]["up"] is True
+    assert fleet["errors"] == [] and fleet["up"] == fleet["total"] == 2
+    replay_stats = client.get("/api/replay")
+    assert replay_stats.status_code == 200 and replay_stats.get_json()["stats"]["game"] == "tictactoe"
+    series = client.get("/api/series").get_json()
+    assert len(series["time"]) == 2
+    assert series["series"]["replay_positions"] == [0, 0]
+    page = client.get("/").data.decode()
+    assert "2/2 services up" in page and environment.grpc_address in page
+
+
+def test_unreachable_services_are_named_not_an_error_page(start_service):
+    environment = start_service("services.environment", ["--game", "tictactoe"])
+    replay_port, replay_metrics, network_port = closed_port(), closed_port(), closed_port()
+    client, scraper = monitor_client(
+        game="tictactoe", environment=environment.grpc_address, replay=f"127.0.0.1:{replay_port}",
+        network=f"127.0.0.1:{network_port}",
+        metrics=(MetricsTarget("environment", metrics_address(environment)),
+                 MetricsTarget("replay", f"127.0.0.1:{replay_metrics}")), scrape_timeout_s=1.0)
+    scraper.scrape_once()
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.data.decode()
+    assert f"replay unreachable at 127.0.0.1:{replay_port}" in text
+    assert f"replay metrics unreachable at 127.0.0.1:{replay_metrics}/metrics" in text
+    fleet = client.get("/api/fleet")
+    assert fleet.status_code == 200
+    body = fleet.get_json()
+    by_name = {s["name"]: s for s in body["services"]}
+    assert by_name["environment"]["status"] == "up"
+    assert by_name["replay"]["status"] == "down"
+    assert any(f"replay unreachable at 127.0.0.1:{replay_port}" in e for e in body["errors"])
+    replay = client.get("/api/replay")
+    assert replay.status_code == 503
+    assert f"replay unreachable at 127.0.0.1:{replay_port}" in replay.get_json()["error"]
+    # The play page: the move is legal, but the model cannot answer.
+    answer = client.post("/api/play", json={"board": [[0] * 3] * 3, "move": 4, "model_player": 1})
+    assert answer.status_code == 503
+    assert f"network unreachable at 127.0.0.1:{network_port}" in answer.get_json()["error"]
+
+
+@pytest.mark.parametrize("game", ["tictactoe", "connect4"])
+def test_play_against_a_served_model(model_network, game):
+    network = model_network(game)
+    client, _ = monitor_client(game=game, network=network.grpc_address, play_simulations=8)
+    info = client.get("/api/play").get_json()
+    assert info["playable"] and info["game"] == game
+    rules = games.make(game)
+    board = np.zeros((info["rows"], info["cols"]), int).tolist()
+    first = client.post("/api/play", json={"board": board, "move": 3, "model_player": 1})
+    assert first.status_code == 200, first.get_json()
+    body = first.get_json()
+    assert [m["player"] for m in body["moves"]] == ["human", "model"]
+    model_action = body["model"]["action"]
+    before_model = rules.step(rules.state_from_positions(np.array([board])), np.array([3]))[0]
+    assert rules.legal_actions(before_model)[0, model_action], "the model's move must be legal"
+    assert -1.0 <= body["model"]["value"] <= 1.0
+    assert body["model"]["version"] == 1
+    assert len(body["model"]["policy"]) == rules.spec.num_actions
+    assert np.count_nonzero(body["board"]) == 2 and body["to_play"] == 0
+    # Play the rest of the game (the first legal move each time) until it ends.
+    for _ in range(rules.spec.max_moves):
+        if body["game_over"]:
+            break
+        move = body["legal"].index(True)
+        response = client.post("/api/play", json={"board": body["board"], "move": move, "model_player": 1})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+    assert body["game_over"] and body["winner"] in ("human", "model", "draw") and body["message"]
+    assert client.post("/api/play", json={"board": body["board"], "move": 0, "model_player": 1}).status_code == 400
+    # The model opens.
+    opened = client.post("/api/play", json={"board": board, "move": None, "model_player": 0}).get_json()
+    assert [m["player"] for m in opened["moves"]] == ["model"] and np.count_nonzero(opened["board"]) == 1
+
+
+def test_monitor_process_reports_its_port_and_stops_on_sigterm(start_monitor, model_network):
+    network = model_network("tictactoe")
+    replay_port = closed_port()
+    process = start_monitor(["--game", "tictactoe", "--replay", f"127.0.0.1:{replay_port}",
+                             "--network", network.grpc_address,
+                             "--metrics", f"network=127.0.0.1:{network.ready['metrics_port']}"])
+    ready = process.ready
+    assert ready["http_port"] > 0 and ready["metrics_port"] == ready["http_port"]
+    base = f"http://127.0.0.1:{ready['http_port']}"
+    status, text = http_get(base + "/")
+    assert status == 200 and f"replay unreachable at 127.0.0.1:{replay_port}" in text
+    status, fleet = http_json(base + "/api/fleet")
+    network_card = next(s for s in fleet["services"] if s["name"] == "network")
+    assert network_card["status"] == "up" and network_card["grpc"]["status"] == "SERVING"
+    status, answer = http_json(base + "/api/play", {"board": [[0] * 3] * 3, "move": 0, "model_player": 1})
+    assert status == 200 and answer["model"]["action"] != 0
+    status, metrics = http_get(base + "/metrics")
+    assert status == 200
+    assert re.search(r'mufleet_monitor_requests_total\{code="200",endpoint="api_play"\} 1\.0', metrics)
+    assert re.search(r'mufleet_monitor_scrape_errors_total\{target="replay:grpc"\} [1-9]', metrics)
+    assert 'mufleet_monitor_play_moves_total{player="model"} 1.0' in metrics
+    assert process.stop() == 0
+    assert any(e["event"] == "stopped" for e in process.events)
+
+
+class _MetricsPage:
+    """A tiny HTTP server on `host` answering /metrics with `self.text`."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        import http.server
+        import threading
+
+        page = self
+        self.text = ""
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = page.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_name_with_several_addresses_is_every_replica(monkeypatch):
+    """docker compose's `agent` name resolves to one address per replica (--scale agent=N): the
+    monitor scrapes each and sums their rates into one card."""
+    import socket
+
+    first = _MetricsPage("127.0.0.1")
+    second = _MetricsPage("127.0.0.2", first.port)
+    try:
+        real = socket.getaddrinfo
+
+        def fake_getaddrinfo(host, port, *args, **kwargs):
+            if host == "agent.compose.test":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in ("127.0.0.1", "127.0.0.2")]
+            return real(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+        client, scraper = monitor_client(game="cartpole",
+                                         metrics=(MetricsTarget("agent", f"agent.compose.test:{first.port}"),))
+        first.text = second.text = "mufleet_agent_simulations_total 100\nmufleet_agent_model_version 3\n"
+        before = scraper.scrape_once()
+        first.text = "mufleet_agent_simulations_total 300\nmufleet_agent_model_version 4\n"
+        second.text = "mufleet_agent_simulations_total 500\nmufleet_agent_model_version 3\n"
+        after = scraper.scrape_once()
+        assert sorted(after.instances) == [f"agent@127.0.0.1:{first.port}", f"agent@127.0.0.2:{first.port}"]
+        names = sorted(after.instances)
+        seconds = [after.instances[n].time - before.instances[n].time for n in names]
+        fleet = client.get("/api/fleet").get_json()
+        (card,) = fleet["services"]
+        assert card["status"] == "up" and len(card["instances"]) == 2 and card["model_version"] == 4
+        sims = dict((label, value) for label, value, _ in card["facts"])["sims/s"]
+        assert sims == pytest.approx(200 / seconds[0] + 400 / seconds[1])
+        series = client.get("/api/series").get_json()["series"]
+        assert series["agent_oldest_model_version"][-1] == 3 and series["agent_model_version"][-1] == 4
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,262 @@
+"""Unit tests of the monitor: flags and config, rates from scrapes, the play rules, the app's
+pages and API with no service behind them."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from monitor.__main__ import parse_args
+from monitor.app import clean, create_app
+from monitor.config import MetricsTarget, MonitorConfig, role_of
+from monitor.metrics import MonitorMetrics
+from monitor.play import PlayError, Player
+from monitor.scraper import SERIES_BY_KEY, InstanceScrape, Round, Samples, _Deltas, _thin
+from services.common.logs import get_logger
+
+
+def quiet_log():
+    return get_logger("monitor", stream=io.StringIO())
+
+
+# -- flags and config ----------------------------------------------------------------------------
+
+def test_metrics_target_parse():
+    target = MetricsTarget.parse("agent-3=127.0.0.1:9103")
+    assert (target.name, target.address, target.path, target.role) == ("agent-3", "127.0.0.1:9103", "/metrics", "agent")
+    tf_serving = MetricsTarget.parse("network=network:8501/monitoring/prometheus/metrics")
+    assert (tf_serving.address, tf_serving.path) == ("network:8501", "/monitoring/prometheus/metrics")
+    for bad in ("agent", "=1.2.3.4:5", "agent=", "agent=host", "agent=host:port", "agent=host:70000"):
+        with pytest.raises(ValueError, match="--metrics"):
+            MetricsTarget.parse(bad)
+
+
+def test_role_of():
+    assert role_of("agent-0") == "agent"
+    assert role_of("agent-12") == "agent"
+    assert role_of("replay") == "replay"
+    assert role_of("my-service") == "my-service"
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="MonitorConfig.game"):
+        MonitorConfig(game="chess")
+    with pytest.raises(ValueError, match="MonitorConfig.replay"):
+        MonitorConfig(game="cartpole", replay="localhost")
+    with pytest.raises(ValueError, match="MonitorConfig.metrics names must be unique"):
+        MonitorConfig(game="cartpole", metrics=(MetricsTarget("a", "h:1"), MetricsTarget("a", "h:2")))
+    with pytest.raises(ValueError, match="MonitorConfig.scrape_interval_s"):
+        MonitorConfig(game="cartpole", scrape_interval_s=0)
+
+
+def test_launcher_flags_parse():
+    """Exactly the flags services/launcher/topology.py gives the monitor."""
+    _, config = parse_args(["--game", "cartpole", "--environment", "127.0.0.1:50000", "--replay", "127.0.0.1:50001",
+                            "--network", "127.0.0.1:50002", "--metrics", "environment=127.0.0.1:9100",
+                            "--metrics", "agent-0=127.0.0.1:9103", "--port", "0"])
+    assert config.network == "127.0.0.1:50002"
+    assert [t.name for t in config.metrics] == ["environment", "agent-0"]
+
+
+def test_bad_flags_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--game", "cartpole", "--metrics", "agent-0"])
+    assert exited.value.code == 2
+    assert "NAME=HOST:PORT" in capsys.readouterr().err
+
+
+# -- rates -------------------------------------------------------------------------------------
+
+def scrape(name: str, t: float, text: str, ok: bool = True) -> InstanceScrape:
+    return InstanceScrape(name, name, role_of(name), "127.0.0.1:1", "/metrics", t, ok,
+                          samples=Samples.parse(text) if ok else Samples())
+
+
+def test_rates_are_counter_deltas_summed_over_instances():
+    before = Round(100.0, {"agent-0": scrape("agent-0", 100.0, "mufleet_agent_simulations_total 1000\n"),
+                           "agent-1": scrape("agent-1", 100.0, "mufleet_agent_simulations_total 50\n")}, {}, None, None)
+    after = Round(102.0, {"agent-0": scrape("agent-0", 102.0, "mufleet_agent_simulations_total 1400\n"),
+                          # agent-1 restarted: its counter went down, so its new value is the delta
+                          "agent-1": scrape("agent-1", 102.0, "mufleet_agent_simulations_total 20\n")}, {}, None, None)
+    rate = SERIES_BY_KEY["agent_simulations_per_s"].compute(_Deltas(before, after))
+    assert rate == pytest.approx(400 / 2 + 20 / 2)
+    # No previous round (or the instance was down then): no rate yet, not zero.
+    assert SERIES_BY_KEY["agent_simulations_per_s"].compute(_Deltas(None, after)) is None
+    down = Round(100.0, {"agent-0": scrape("agent-0", 100.0, "", ok=False)}, {}, None, None)
+    assert SERIES_BY_KEY["agent_simulations_per_s"].compute(
+        _Deltas(down, Round(102.0, {"agent-0": after.instances["agent-0"]}, {}, None, None))) is None
+
+
+def test_histogram_means_over_the_interval():
+    text = ("mufleet_network_batch_size_sum {}\nmufleet_network_batch_size_count {}\n"
+            "mufleet_network_request_seconds_sum{{signature=\"a\"}} {}\n"
+            "mufleet_network_request_seconds_count{{signature=\"a\"}} {}\n")
+    before = Round(0.0, {"network": scrape("network", 0.0, text.format(100, 10, 1.0, 100))}, {}, None, None)
+    after = Round(2.0, {"network": scrape("network", 2.0, text.format(420, 20, 1.5, 200))}, {}, None, None)
+    d = _Deltas(before, after)
+    assert SERIES_BY_KEY["network_batch_size"].compute(d) == pytest.approx(32.0)
+    assert SERIES_BY_KEY["network_latency_ms"].compute(d) == pytest.approx(5.0)
+    # Nothing observed in between: no mean (not a division by zero).
+    assert SERIES_BY_KEY["network_batch_size"].compute(_Deltas(after, after)) is None
+
+
+def test_tf_serving_request_counter_is_the_fallback():
+    text = '# TYPE :tensorflow:serving:request_count counter\n:tensorflow:serving:request_count{{status="OK"}} {}\n'
+    before = Round(0.0, {"network": scrape("network", 0.0, text.format(10))}, {}, None, None)
+    after = Round(4.0, {"network": scrape("network", 4.0, text.format(30))}, {}, None, None)
+    assert SERIES_BY_KEY["network_requests_per_s"].compute(_Deltas(before, after)) == pytest.approx(5.0)
+
+
+def test_replay_series_prefer_get_stats_and_versions_skip_unset():
+    stats = {"positions": 1234, "games": 56, "recent_games": 0, "recent_mean_return": 0.0}
+    cur = Round(1.0, {"replay": scrape("replay", 1.0, "mufleet_replay_positions 99\n"),
+                      "trainer": scrape("trainer", 1.0, "mufleet_trainer_exported_version -1\n")}, {}, stats, None)
+    d = _Deltas(None, cur)
+    assert SERIES_BY_KEY["replay_positions"].compute(d) == 1234
+    assert SERIES_BY_KEY["replay_recent_return"].compute(d) is None  # no recent games: no point
+    assert SERIES_BY_KEY["trainer_exported_version"].compute(d) is None  # -1: nothing exported yet
+
+
+def test_thin_keeps_the_newest():
+    assert _thin(list(range(10)), 20) == list(range(10))
+    thinned = _thin(list(range(1000)), 100)
+    assert len(thinned) <= 100 and thinned[-1] == 999
+
+
+def test_clean_replaces_non_finite_floats():
+    assert clean({"a": [1.0, math.nan, math.inf], 2: None}) == {"a": [1.0, None, None], "2": None}
+
+
+# -- the play rules (no network needed) ----------------------------------------------------------
+
+def player(game: str, network: str = "") -> Player:
+    return Player(MonitorConfig(game=game, network=network), MonitorMetrics())
+
+
+def test_play_refuses_illegal_moves_with_clear_messages():
+    p = player("tictactoe")
+    board = [[1, 0, 0], [0, 2, 0], [0, 0, 0]]
+    with pytest.raises(PlayError, match=r"illegal move: the cell at row 2, column 2 is taken") as refused:
+        p.play(board, 4, 1)
+    assert refused.value.status == 400
+    with pytest.raises(PlayError, match=r"move must be an integer in \[0, 9\)"):
+        p.play(board, 9, 1)
+    with pytest.raises(PlayError, match="move must be an integer"):
+        p.play(board, "3", 1)
+    with pytest.raises(PlayError, match="it is the model's turn"):
+        p.play([[1, 0, 0], [0, 0, 0], [0, 0, 0]], 4, 1)
+    with pytest.raises(PlayError, match="bad position"):
+        p.play([[1, 1, 1], [0, 0, 0], [0, 0, 0]], 4, 1)  # three pieces of one player, none of the other
+    with pytest.raises(PlayError, match="bad position"):
+        p.play([[0, 0], [0, 0]], 0, 1)
+    with pytest.raises(PlayError, match="the game is over"):
+        p.play([[1, 1, 1], [2, 2, 0], [0, 0, 0]], 5, 1)
+    with pytest.raises(PlayError, match="model_player must be 0"):
+        p.play(board, 3, 7)
+
+
+def test_connect4_full_column_is_illegal():
+    p = player("connect4")
+    board = np.zeros((6, 7), int)
+    board[:, 3] = [2, 1, 2, 1, 2, 1]  # column 4 full (bottom row is row 5)
+    with pytest.raises(PlayError, match="illegal move: column 4 is full"):
+        p.play(board.tolist(), 3, 1)
+
+
+def test_a_winning_human_move_ends_the_game_without_the_model():
+    p = player("tictactoe")  # no network configured: the model is never asked
+    answer = p.play([[1, 1, 0], [2, 2, 0], [0, 0, 0]], 2, 1)
+    assert answer["game_over"] and answer["winner"] == "human" and answer["message"] == "You win!"
+    assert answer["board"][0] == [1, 1, 1]
+    assert answer["moves"] == [{"player": "human", "action": 2}] and answer["model"] is None
+
+
+def test_a_legal_move_with_no_network_is_a_503():
+    with pytest.raises(PlayError, match="no network service configured") as refused:
+        player("tictactoe").play([[0] * 3] * 3, 4, 1)
+    assert refused.value.status == 503
+
+
+def test_games_the_page_cannot_play_say_so():
+    info = player("cartpole").info()
+    assert info["playable"] is False and "tictactoe" in info["message"]
+    with pytest.raises(PlayError, match="this fleet trains cartpole"):
+        player("cartpole").play([[0]], 0, 1)
+
+
+# -- the app with no service behind it -----------------------------------------------------------
+
+@pytest.fixture
+def client():
+    app = create_app(MonitorConfig(game="tictactoe"), quiet_log())
+    return app.test_client()
+
+
+def test_pages_render_with_no_services(client):
+    for path in ("/", "/play"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert b"MuFleet" in response.data
+    assert client.get("/static/vendor/chart.umd.min.js").status_code == 200
+    assert client.get("/static/vendor/chart.js.LICENSE.md").status_code == 200
+
+
+def test_api_errors_are_json(client):
+    response = client.get("/api/nothing")
+    assert response.status_code == 404 and "no such API endpoint" in response.get_json()["error"]
+    response = client.post("/api/play", data="not json", content_type="application/json")
+    assert response.status_code == 400 and "expected a JSON object" in response.get_json()["error"]
+    response = client.post("/api/play", json={"board": [[0, 0, 0], [0, 4, 0], [0, 0, 0]], "move": 1})
+    assert response.status_code == 400 and "bad position" in response.get_json()["error"]
+    response = client.get("/api/replay")
+    assert response.status_code == 503 and "no replay service configured" in response.get_json()["error"]
+    assert client.get("/api/series?max_points=x").status_code == 400
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_own_metrics_follow_prometheus_conventions(client):
+    client.get("/")
+    client.get("/api/fleet")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.data.decode()
+    assert 'mufleet_monitor_requests_total{code="200",endpoint="dashboard"} 1.0' in text
+    assert "mufleet_monitor_scrape_errors_total" in text
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert all(name.startswith(("mufleet_monitor_", "process_", "python_")) for name in families), families
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_series_api_shape(client):
+    body = client.get("/api/series").get_json()
+    assert set(body) >= {"time", "series", "labels", "losses", "replay_versions", "interval_s"}
+    assert len(body["time"]) == 1 and all(len(v) == 1 for v in body["series"].values())
+    json.dumps(body)  # plain JSON (no NaN)
+
+
+def test_tf_serving_without_health_service_is_judged_by_its_model_status():
+    from monitor.scraper import Health, Scraper
+
+    config = MonitorConfig(game="cartpole", network="network:8500",
+                           metrics=(MetricsTarget.parse("network=network:8501/monitoring/prometheus/metrics"),))
+    scraper = Scraper(config, quiet_log(), MonitorMetrics())
+    text = '# TYPE :tensorflow:serving:request_count counter\n:tensorflow:serving:request_count{status="OK"} 7\n'
+    scraper._cur = Round(1.0, {"network": scrape("network", 1.0, text)},
+                         {"network": Health("network:8500", "UNKNOWN")}, None, None)
+    scraper._network_versions = {2: "END", 3: "AVAILABLE", 4: "AVAILABLE"}
+    (card,) = scraper.fleet()["services"]
+    assert card["status"] == "up" and card["grpc"]["status"] == "REACHABLE"
+    assert card["model_version"] == 4 and card["versions_available"] == [3, 4]
+    scraper._network_versions, scraper._network_versions_error = None, "connection refused"
+    (card,) = scraper.fleet()["services"]
+    assert card["status"] == "degraded" and card["grpc"]["status"] == "UNREACHABLE"
+    assert card["messages"] == ["network unreachable at network:8500 (connection refused)"]
