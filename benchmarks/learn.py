@@ -161,17 +161,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-interval-s", type=float, default=60.0)
     parser.add_argument("--agents", type=int, default=1)
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "bench-learn")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
     console = Console()
     args.run_root.mkdir(parents=True, exist_ok=True)
-    reports = [run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
-                        args.agents) for seed in args.seeds]
-    summary = {"game": args.game, "target": TARGETS[args.game].description, "budget_min": args.budget_min,
+    if not args.summary_only:
+        for seed in args.seeds:
+            run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
+                     args.agents)
+    console.print(write_summary(args.game))
+
+
+def write_summary(game: str) -> dict:
+    """docs/learning/<game>.json from every seed report of the game in docs/learning/."""
+    reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{game}-seed*.json"))]
+    summary = {"game": game, "target": TARGETS[game].description,
+               "seeds_reaching_target": sum(r["reached"] for r in reports), "seeds_run": len(reports),
                "seeds": {r["seed"]: {"reached": r["reached"], "time_to_target_s": r["time_to_target_s"],
+                                     "budget_s": r["budget_s"],
                                      "last": r["evaluations"][-1] if r["evaluations"] else None}
                          for r in reports}}
-    (DOCS / f"{args.game}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(summary)
+    (DOCS / f"{game}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 if __name__ == "__main__":

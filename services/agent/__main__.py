@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import signal
 import sys
 import threading
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pipelined groups of games (tree work of one overlaps another's request)")
     parser.add_argument("--chunk-length", type=int, default=200,
                         help="sampleable moves per record of a long game")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: a fresh one, so scaled replicas play different games)")
     parser.add_argument("--model-name", default="muzero")
     parser.add_argument("--request-timeout-s", type=float, default=30.0)
     parser.add_argument("--max-moves", type=int, default=0,
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     log = get_logger("agent")
     settings = games.make(args.game).settings
     simulations = args.simulations or settings.num_simulations
+    if args.seed is None:
+        args.seed = secrets.randbits(31)
     if args.evaluate:
         return _evaluate(args, simulations, log)
     if not args.replay:
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("ready", grpc_port=None, metrics_port=metrics_port, games_per_batch=config.games_per_batch,
-             simulations=config.simulations, groups=config.groups)
+             simulations=config.simulations, groups=config.groups, seed=config.seed)
     try:
         selfplay.run(stop)
     finally:
