@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 
@@ -74,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from monitor.metrics import MonitorMetrics
     from monitor.scraper import Scraper
     from services.common.logs import get_logger
+    from services.common.shutdown import stop_event_on_signals
 
     log = get_logger("monitor")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no unstructured access log lines
@@ -86,15 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bind_failed", host=args.host, port=args.port, error=str(error))
         return 1
     port = server.server_port
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        if not stop.is_set():
-            log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                name="http", daemon=True)
     serving.start()

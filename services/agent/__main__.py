@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
 import sys
-import threading
 
 import games
 from services.agent.config import AgentConfig
 from services.common.logs import get_logger
 from services.common.metrics import start_metrics_server
+from services.common.shutdown import stop_event_on_signals
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,14 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics_port = start_metrics_server(args.metrics_port, args.host)
     selfplay = SelfPlay(config, log)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
     log.info("ready", grpc_port=None, metrics_port=metrics_port, games_per_batch=config.games_per_batch,
              simulations=config.simulations, groups=config.groups, seed=config.seed)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from concurrent import futures
 from typing import Iterable
@@ -12,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.common.logs import EventLogger
+from services.common.shutdown import stop_event_on_signals
 
 
 class ServiceServer:
@@ -62,14 +62,7 @@ class ServiceServer:
 
     def wait_for_shutdown_signal(self) -> None:
         """Blocks until SIGTERM or SIGINT, then stops gracefully. Call from the main thread."""
-        received = threading.Event()
-
-        def on_signal(signum, _frame):
-            self.log.info("stopping", signal=signal.Signals(signum).name)
-            received.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        received = stop_event_on_signals(self.log)
         while not received.wait(0.5) and not self._stopped.is_set():
             pass
         self.stop()

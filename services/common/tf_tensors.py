@@ -9,11 +9,12 @@ environment, replay) stay free of it. `services.common.tensors.to_tensor_proto` 
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from services.common.tensors import TensorError, _decode, _little_endian
 
-_TO_TF = {
+# NumPy dtype -> TensorFlow DataType enum, for the dtypes MuFleet puts on the wire.
+TF_DTYPES = {
     np.dtype(np.float32): types_pb2.DT_FLOAT,
     np.dtype(np.float64): types_pb2.DT_DOUBLE,
     np.dtype(np.float16): types_pb2.DT_HALF,
@@ -24,18 +25,28 @@ _TO_TF = {
     np.dtype(np.uint8): types_pb2.DT_UINT8,
     np.dtype(np.bool_): types_pb2.DT_BOOL,
 }
-_FROM_TF = {wire: dtype for dtype, wire in _TO_TF.items()}
+_FROM_TF = {wire: dtype for dtype, wire in TF_DTYPES.items()}
+
+
+def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+    """Writes `array` into the (empty) TensorProto `proto` in place (no copy of a message):
+    dtype, shape, and the bytes in `tensor_content`."""
+    array = _little_endian(array)
+    dtype = TF_DTYPES.get(array.dtype)
+    if dtype is None:
+        raise TensorError(f"dtype {array.dtype} has no TensorFlow encoding")
+    proto.dtype = dtype
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add().size = size
+    proto.tensor_content = array.tobytes()  # C order, whatever the array's layout
 
 
 def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     """A NumPy array as TensorFlow's `TensorProto`, with its bytes in `tensor_content`."""
-    array = _little_endian(array)
-    if array.dtype not in _TO_TF:
-        raise TensorError(f"dtype {array.dtype} has no TensorFlow encoding")
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape])
-    return tensor_pb2.TensorProto(dtype=_TO_TF[array.dtype], tensor_shape=shape,
-                                  tensor_content=np.ascontiguousarray(array).tobytes())
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, array)
+    return proto
 
 
 def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:

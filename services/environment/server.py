@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from typing import Callable, TypeVar
 
 import grpc
@@ -20,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 import games
 from games.base import Game
 from protos import environment_pb2, environment_pb2_grpc
+from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.tensors import TensorError, from_tensor
@@ -148,21 +148,7 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
 
     def _serve(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
         """Runs `body`, timing it; a SessionError (or a crash: INTERNAL) aborts the call."""
-        started = time.perf_counter()
-        try:
-            return body()
-        except SessionError as error:
-            code, message = grpc.StatusCode[error.code], error.message
-        except Exception as error:  # a bug (in a game, say): report it, keep serving
-            code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {error!r}"
-            self.log.error("internal_error", method=method, error=repr(error),
-                           traceback=traceback.format_exc())
-        finally:
-            self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
-        self.metrics.errors.labels(method, code.name).inc()
-        self.log.warning("request_rejected", method=method, code=code.name, message=message)
-        context.abort(code, message)
-        raise AssertionError("unreachable: context.abort raises")
+        return serve_rpc(method, context, body, self.log, self.metrics.request_seconds, self.metrics.errors)
 
     # --- RPCs ------------------------------------------------------------------------------
 

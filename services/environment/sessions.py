@@ -27,24 +27,15 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from games.base import Game, State
+from services.common.errors import ServiceError
 
 # Ids of closed and expired sessions remembered, so that a late call learns what happened to
 # its session and a retried Close succeeds.
 ENDED_SESSIONS_REMEMBERED = 10_000
 
 
-class SessionError(Exception):
-    """A request that cannot be served.
-
-    Attributes:
-      code: name of the gRPC status code, e.g. "INVALID_ARGUMENT", "NOT_FOUND".
-      message: what was wrong, starting with the request field, e.g. "actions: ...".
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class SessionError(ServiceError):
+    """A request the environment service cannot serve (see ServiceError)."""
 
 
 def invalid(message: str) -> SessionError:

@@ -14,22 +14,12 @@ import numpy as np
 
 from games.base import GameSpec
 from protos import replay_pb2
+from services.common.errors import ServiceError
 from services.common.tensors import TensorError, from_tensor, to_tensor
 
 
-class ReplayError(Exception):
-    """A request that cannot be served.
-
-    Attributes:
-      code: name of the gRPC status code ("INVALID_ARGUMENT", "NOT_FOUND", "DEADLINE_EXCEEDED",
-        "UNAVAILABLE").
-      message: what was wrong, starting with the request field, e.g. "games[0].actions: ...".
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ReplayError(ServiceError):
+    """A request the replay service cannot serve (see ServiceError)."""
 
 
 def invalid(message: str) -> ReplayError:

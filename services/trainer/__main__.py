@@ -17,12 +17,11 @@ come from the game's MuZero settings (games/<game>.py).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 import games
 from services.common.logs import get_logger
+from services.common.shutdown import stop_event_on_signals
 from services.trainer.config import TrainerConfig
 
 
@@ -107,16 +106,8 @@ def parse_args(argv: list[str] | None = None) -> TrainerConfig:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     log = get_logger("trainer")
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        if not stop.is_set():
-            log.info("stopping", signal=signal.Signals(signum).name)
-        stop.set()
-
     # Before TensorFlow loads (seconds), so an early SIGTERM still ends in a clean exit.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_event_on_signals(log)
 
     from prometheus_client import REGISTRY
 
