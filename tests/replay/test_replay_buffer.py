@@ -200,8 +200,8 @@ def test_samples_per_insert_limits_the_sampling_rate(make_buffer):
         buffer.sample(1, timeout_s=0.01)
 
 
-def test_release_waiters_answers_unavailable(make_buffer):
-    buffer = make_buffer(min_positions=5)
+def _start_blocked_sampler(buffer):
+    """A thread whose sample(1) waits in the rate limiter; returns it and the codes it gets."""
     errors = []
 
     def sample():
@@ -214,6 +214,12 @@ def test_release_waiters_answers_unavailable(make_buffer):
     waiter.start()
     while not buffer.stats().rate_limited_total:
         threading.Event().wait(0.001)
+    return waiter, errors
+
+
+def test_release_waiters_answers_unavailable(make_buffer):
+    buffer = make_buffer(min_positions=5)
+    waiter, errors = _start_blocked_sampler(buffer)
     buffer.release_waiters()
     waiter.join(60)
     assert errors == ["UNAVAILABLE"]
@@ -222,18 +228,7 @@ def test_release_waiters_answers_unavailable(make_buffer):
 def test_waiting_samplers_are_bounded(make_buffer):
     buffer = make_buffer(min_positions=5, max_workers=2)  # one waiter at most
     assert buffer.max_waiting_samplers == 1
-    errors = []
-
-    def sample():
-        try:
-            buffer.sample(1, timeout_s=60)
-        except ReplayError as error:
-            errors.append(error.code)
-
-    waiter = threading.Thread(target=sample)
-    waiter.start()
-    while not buffer.stats().rate_limited_total:
-        threading.Event().wait(0.001)
+    waiter, errors = _start_blocked_sampler(buffer)
     with pytest.raises(ReplayError) as error:
         buffer.sample(1, timeout_s=60)
     assert error.value.code == "RESOURCE_EXHAUSTED" and "already waiting" in error.value.message
