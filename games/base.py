@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from games.symmetry import Symmetries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,10 @@ class MuZeroSettings:
       max_considered_actions: Gumbel-top-k size m at the root for "gumbel".
       gumbel_scale: scale of the Gumbel noise (1.0 in training, 0.0 is deterministic).
       value_scale, maxvisit_init: the completed-Q transform sigma(q) = (maxvisit_init + max N) * value_scale * q.
+      rescale_values: min-max rescale each node's completed Q to [0, 1] before sigma ("gumbel",
+        mctx's `rescale_values`). False uses Q as it is: for games whose values already lie in
+        a known range such as [-1, 1], where rescaling would blow the noise of a flat set of
+        Q values (a position where every move draws) up to the full range.
       temperature: visit-count temperature for action choice in self-play (first moves).
       temperature_moves: moves played with `temperature`; later moves are greedy.
     Learning targets and training:
@@ -87,6 +94,8 @@ class MuZeroSettings:
       learning_rate, lr_decay_steps, lr_decay_rate: exponential learning-rate schedule.
       weight_decay: L2 coefficient.
       optimizer: "adam" or "sgd" (momentum 0.9).
+      augment_symmetries: train each sampled position under a random one of the game's board
+        symmetries (`Game.symmetries()`; games without symmetries ignore it).
       replay_capacity: positions kept by the replay server; oldest games go first.
       min_replay_positions: no sampling below this many stored positions.
       samples_per_insert: target ratio of sampled to inserted positions (0 = no limit).
@@ -110,6 +119,7 @@ class MuZeroSettings:
     gumbel_scale: float = 1.0
     value_scale: float = 0.1
     maxvisit_init: float = 50.0
+    rescale_values: bool = True
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
     discount: float = 0.997
@@ -122,6 +132,7 @@ class MuZeroSettings:
     lr_decay_rate: float = 0.5
     weight_decay: float = 1e-4
     optimizer: Literal["adam", "sgd"] = "adam"
+    augment_symmetries: bool = False
     replay_capacity: int = 200_000
     min_replay_positions: int = 2_000
     samples_per_insert: float = 0.0
@@ -249,6 +260,11 @@ class Game(abc.ABC):
     def positions(self, state: State) -> np.ndarray:
         """The positions of B games: board int8 [B, rows, cols] with 0 empty, 1 and 2 the
         players' pieces; 2048 tile exponents int8 [B, 4, 4]; cartpole float64 [B, 4]."""
+
+    def symmetries(self) -> "Symmetries | None":
+        """The maps of board and actions under which the rules (and the start) do not change,
+        for `augment_symmetries`; None where the game declares none."""
+        return None
 
 
 def require(condition: bool, message: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from games.base import GameSpec, MuZeroSettings, require
 from games.boards import BoardState, LineGame
+from games.symmetry import Symmetries, mirror_columns_cells
 
 ROWS, COLS = 6, 7
 MAX_MOVES = ROWS * COLS
@@ -33,6 +34,11 @@ class ConnectFour(LineGame):
         batch_size=256, learning_rate=3e-3, lr_decay_steps=20_000, weight_decay=1e-4,
         replay_capacity=200_000, min_replay_positions=5_000,
         export_interval=100, games_per_batch=256)
+
+    def symmetries(self) -> Symmetries:
+        """The left-right mirror (gravity rules out the others); it mirrors the columns too."""
+        columns = np.arange(COLS)
+        return Symmetries(cells=mirror_columns_cells(ROWS, COLS), actions=np.stack([columns, columns[::-1]]))
 
     def _target_cells(self, board: np.ndarray, actions: np.ndarray):
         b = len(board)

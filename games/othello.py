@@ -33,6 +33,7 @@ import numpy as np
 from games.base import Game, GameSpec, MuZeroSettings, State, require
 from games.boards import (as_rng, check_actions, check_board, check_to_play, reject_illegal,
                           truncated_at)
+from games.symmetry import Symmetries, dihedral_cells
 
 SIZE = 8
 PASS = SIZE * SIZE
@@ -110,6 +111,14 @@ class Othello(Game):
         batch_size=256, learning_rate=3e-3, lr_decay_steps=30_000, weight_decay=1e-4,
         replay_capacity=300_000, min_replay_positions=10_000,
         export_interval=100, games_per_batch=256)
+
+    def symmetries(self) -> Symmetries:
+        """The 4 maps of the 8 board symmetries that keep the standard start: the identity, the
+        half turn and the two diagonal reflections (the others swap the colours of the centre).
+        Pass stays pass."""
+        cells = dihedral_cells(SIZE)[[0, 2, 6, 7]]
+        passes = np.full((len(cells), 1), PASS)
+        return Symmetries(cells=cells, actions=np.concatenate([cells, passes], axis=1))
 
     def reset(self, n: int, seed: int | np.random.Generator | None = None) -> OthelloState:
         require(n >= 0, f"n must be >= 0, got {n}")

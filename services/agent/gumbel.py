@@ -7,7 +7,8 @@ google-deepmind/mctx implements it (`seq_halving.py`, `qtransforms.py`,
   * `get_sequence_of_considered_visits` / `get_table_of_considered_visits`: Sequential
     Halving's visit schedule at the root.
   * `completed_qvalues`: mctx's `qtransform_completed_by_mix_value` (mixed value for unvisited
-    actions, min-max rescale over the actions, scale by (maxvisit_init + max N) * value_scale).
+    actions, min-max rescale over the actions unless `rescale_values` is off, scale by
+    (maxvisit_init + max N) * value_scale).
   * `improved_policy`: softmax(logits + sigma(completed q)) over the legal actions.
   * `score_considered`: the root's Sequential Halving score.
 """
@@ -59,7 +60,7 @@ def get_table_of_considered_visits(max_num_considered_actions: int, num_simulati
 
 def completed_qvalues(qvalues: np.ndarray, visit_counts: np.ndarray, raw_value: np.ndarray,
                       prior_probs: np.ndarray, *, value_scale: float, maxvisit_init: float,
-                      epsilon: float = 1e-8) -> np.ndarray:
+                      rescale_values: bool = True, epsilon: float = 1e-8) -> np.ndarray:
     """sigma(completed Q): mctx's `qtransform_completed_by_mix_value` for k nodes at once.
 
     Args:
@@ -69,11 +70,13 @@ def completed_qvalues(qvalues: np.ndarray, visit_counts: np.ndarray, raw_value: 
       raw_value: float [k], the network's value of s (same view).
       prior_probs: float [k, A], softmax of the node's (masked) prior logits.
       value_scale, maxvisit_init: sigma(q) = (maxvisit_init + max_a N(s, a)) * value_scale * q.
+      rescale_values: rescale the completed rows to [0, 1] (mctx's default); False keeps Q.
       epsilon: smallest denominator of the min-max rescale.
     Returns:
       float64 [k, A]: unvisited actions get the mixed value
       (v + sum N * sum_visited(p q) / sum_visited(p)) / (1 + sum N); then the k rows are
-      rescaled to [0, 1] by their own min and max, then scaled by sigma's factor.
+      rescaled to [0, 1] by their own min and max (with rescale_values), then scaled by
+      sigma's factor.
     """
     visits = np.asarray(visit_counts)
     visited = visits > 0
@@ -84,9 +87,10 @@ def completed_qvalues(qvalues: np.ndarray, visit_counts: np.ndarray, raw_value: 
     weighted_q = np.where(visited, probs * qvalues / safe_sum[..., None], 0.0).sum(axis=-1)
     mixed = (raw_value + sum_visits * weighted_q) / (sum_visits + 1)
     completed = np.where(visited, qvalues, mixed[..., None])
-    low = completed.min(axis=-1, keepdims=True)
-    high = completed.max(axis=-1, keepdims=True)
-    completed = (completed - low) / np.maximum(high - low, epsilon)
+    if rescale_values:
+        low = completed.min(axis=-1, keepdims=True)
+        high = completed.max(axis=-1, keepdims=True)
+        completed = (completed - low) / np.maximum(high - low, epsilon)
     scale = (maxvisit_init + visits.max(axis=-1)) * value_scale
     return scale[..., None] * completed
 

@@ -82,6 +82,8 @@ class SearchConfig:
         fewer legal actions considers them all.
       gumbel_scale: >= 0, scale of the root Gumbel noise in training (evaluation uses 0).
       value_scale, maxvisit_init: >= 0; sigma(q) = (maxvisit_init + max N) * value_scale * q.
+      rescale_values: min-max rescale each node's completed Q to [0, 1] before sigma (mctx's
+        default); False uses Q as it is (values in a known range, e.g. [-1, 1]).
       temperature: >= 0, default temperature of the "puct" action choice in training
         (N^(1/T); 0 is greedy). Evaluation defaults to 0.
     """
@@ -97,6 +99,7 @@ class SearchConfig:
     gumbel_scale: float = 1.0
     value_scale: float = 0.1
     maxvisit_init: float = 50.0
+    rescale_values: bool = True
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
@@ -323,7 +326,9 @@ class BatchedSearch:
         # Gumbel: log-softmax of each node's logits; logp + sigma(q) <= sigma's bound, so the
         # improved policy's softmax needs no max-shift while that bound is small.
         self._log_prior_rows = np.zeros((B * N, A), np.float64) if self._gumbel else None
-        self._shift_softmax = (config.maxvisit_init + S) * config.value_scale > 500.0
+        # Without the rescale, Q (and so sigma) has no bound known here: always shift.
+        self._shift_softmax = (not config.rescale_values
+                               or (config.maxvisit_init + S) * config.value_scale > 500.0)
         # PUCT: the pseudocode's pb_c and sqrt for every possible parent visit count.
         counts = np.arange(N + 1, dtype=np.float64)
         self._pb_c_table = np.log((counts + config.pb_c_base + 1) / config.pb_c_base) + config.pb_c_init
@@ -658,9 +663,10 @@ class BatchedSearch:
         weighted_q = (probs * qvalues).dot(self._ones) / np.maximum(sum_probs, _TINY)   # Q is 0 where unvisited
         mixed = (self._nraw.take(rows) + sum_visits * weighted_q) / (sum_visits + 1)
         completed = np.where(visited, qvalues, mixed[:, None])
-        low = self._row_min(completed)
-        scale = (config.maxvisit_init + self._row_max(visits)) * config.value_scale / np.maximum(
-            self._row_max(completed) - low, _EPSILON)
-        completed -= low[:, None]
+        scale = (config.maxvisit_init + self._row_max(visits)) * config.value_scale
+        if config.rescale_values:
+            low = self._row_min(completed)
+            scale /= np.maximum(self._row_max(completed) - low, _EPSILON)
+            completed -= low[:, None]
         completed *= scale[:, None]
         return completed

@@ -8,6 +8,7 @@ from typing import Any
 
 import games
 from games.base import GameSpec, MuZeroSettings, require
+from games.symmetry import Symmetries
 
 # Settings a trainer flag may override (the rest come from the game's MuZeroSettings).
 SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps",
@@ -56,6 +57,8 @@ class TrainerConfig:
         call up to it and then answers DEADLINE_EXCEEDED; the trainer then asks again).
       priority_queue: priority updates waiting to be sent before the oldest is dropped.
       jit_compile: compile the train step with XLA.
+      symmetries: the game's board symmetries when its settings ask for `augment_symmetries`
+        (every batch is then trained under a random map per sample), else None.
       host, metrics_port: where /metrics listens (port 0 picks a free one).
     """
 
@@ -80,6 +83,7 @@ class TrainerConfig:
     sample_timeout_s: float = 10.0
     priority_queue: int = 64
     jit_compile: bool = False
+    symmetries: Symmetries | None = None
     host: str = "127.0.0.1"
     metrics_port: int = 9104
 
@@ -130,5 +134,6 @@ class TrainerConfig:
         changes = {name: overrides.pop(name) for name in SETTINGS_OVERRIDES if name in overrides}
         if changes:
             settings = settings.replace(**changes)
+        symmetries = loaded.symmetries() if settings.augment_symmetries else None
         return cls(spec=loaded.spec, settings=settings, models_dir=models_dir,
-                   checkpoint_dir=checkpoint_dir, **overrides)
+                   checkpoint_dir=checkpoint_dir, symmetries=symmetries, **overrides)

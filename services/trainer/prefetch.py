@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 
 from games.base import GameSpec
+from games.symmetry import Symmetries
 from services.common.logs import EventLogger
 
 # Codes after which asking again may succeed; anything else is a bug or a misconfiguration.
@@ -81,6 +82,17 @@ def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str
     if B == 0:
         raise ValueError("batch: empty (B = 0)")
     return arrays
+
+
+def augment_batch(arrays: dict[str, np.ndarray], symmetries: Symmetries,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """`arrays` (from `prepare_batch`) with each sample under a uniformly drawn symmetry:
+    observation, actions and target_policy mapped, the other entries unchanged. Priorities
+    still go to the stored position (record_keys and positions are untouched)."""
+    which = rng.integers(len(symmetries), size=len(arrays["observation"]))
+    observation, actions, policy = symmetries.augment(arrays["observation"], arrays["actions"],
+                                                      arrays["target_policy"], which)
+    return {**arrays, "observation": observation, "actions": actions, "target_policy": policy}
 
 
 @dataclasses.dataclass

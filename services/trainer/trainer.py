@@ -35,7 +35,7 @@ from services.common.logs import EventLogger, get_logger
 from services.trainer.config import TrainerConfig
 from services.trainer.losses import BATCH_KEYS, Losses, add_l2, batch_signature, l2_loss, muzero_loss
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.prefetch import prepare_batch
+from services.trainer.prefetch import augment_batch, prepare_batch
 
 PrioritySink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -417,5 +417,11 @@ class Trainer:
 
 
 def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:
-    """`prepare_batch` for this config's game and K."""
-    return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps)
+    """`prepare_batch` for this config's game and K, then `augment_batch` when the config has
+    symmetries. The returned function is meant for one thread (it holds a random generator)."""
+    if config.symmetries is None:
+        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps)
+    symmetries = config.symmetries
+    rng = np.random.default_rng(config.seed)
+    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps),
+                                       symmetries, rng)

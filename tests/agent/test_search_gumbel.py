@@ -82,6 +82,22 @@ def test_completed_qvalues_rescale_and_no_visits():
     np.testing.assert_array_equal(sigma, np.zeros((1, 3)))
 
 
+def test_completed_qvalues_without_rescale_keep_q():
+    # The case above without the rescale: (0.4, -0.2, 0.16) times (10 + 3) * 1.
+    sigma = gumbel_lib.completed_qvalues(np.array([[0.4, -0.2, 0.0]]), np.array([[1, 3, 0]]), np.array([0.0]),
+                                         np.array([[0.5, 0.25, 0.25]]), value_scale=1.0, maxvisit_init=10.0,
+                                         rescale_values=False)
+    np.testing.assert_allclose(sigma, [[0.4 * 13.0, -0.2 * 13.0, 0.16 * 13.0]], rtol=1e-12)
+    # Nearly equal Q values (a position where every move draws): the rescale blows their
+    # differences up to the full range of sigma, the plain transform keeps them negligible.
+    flat = np.array([[1e-3, -1e-3, 0.0]])
+    visits, prior = np.array([[3, 3, 3]]), np.full((1, 3), 1 / 3)
+    rescaled = gumbel_lib.completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0)
+    plain = gumbel_lib.completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0,
+                                         rescale_values=False)
+    assert np.ptp(rescaled) == pytest.approx(5.3) and np.ptp(plain) == pytest.approx(0.0106)
+
+
 def test_improved_policy_masks_illegal():
     pi = gumbel_lib.improved_policy(np.array([[0.0, 5.0, 1.0]]), np.zeros((1, 3)), np.array([[True, False, True]]))
     e = math.exp(1.0)
@@ -152,8 +168,9 @@ class GumbelReference:
             weighted_q = 0.0
         mixed = (node.raw_value + sum_visits * weighted_q) / (sum_visits + 1)
         completed = np.where(visits > 0, q, mixed)
-        low, high = completed.min(), completed.max()
-        completed = (completed - low) / max(high - low, 1e-8)
+        if self.config.rescale_values:
+            low, high = completed.min(), completed.max()
+            completed = (completed - low) / max(high - low, 1e-8)
         return (self.config.maxvisit_init + visits.max()) * self.config.value_scale * completed
 
     def score_considered(self, considered_visit, gumbel, logits, completed, visits) -> np.ndarray:
@@ -244,12 +261,15 @@ def test_gumbel_matches_reference(two_player, discount, num_actions, num_simulat
     assert not result.visit_counts[~legal].any() and not result.policy[~legal].any()
 
 
-@pytest.mark.parametrize("value_scale,maxvisit_init", [(20.0, 50.0), (0.0, 50.0), (1.0, 0.0)])
-def test_gumbel_matches_reference_with_other_sigma_scales(value_scale, maxvisit_init):
-    """A large scale takes the max-shifted softmax path; 0 makes sigma(q) vanish."""
+@pytest.mark.parametrize("value_scale,maxvisit_init,rescale_values",
+                         [(20.0, 50.0, True), (0.0, 50.0, True), (1.0, 0.0, True), (0.1, 50.0, False),
+                          (3.0, 50.0, False)])
+def test_gumbel_matches_reference_with_other_sigma_scales(value_scale, maxvisit_init, rescale_values):
+    """A large scale takes the max-shifted softmax path; 0 makes sigma(q) vanish; without the
+    rescale sigma is the plain (maxvisit_init + max N) * value_scale * Q."""
     batch, num_actions = 5, 4
     config = SearchConfig(num_simulations=24, search="gumbel", discount=0.97, max_considered_actions=4,
-                          value_scale=value_scale, maxvisit_init=maxvisit_init)
+                          value_scale=value_scale, maxvisit_init=maxvisit_init, rescale_values=rescale_values)
     model = FakeTreeModel(batch, num_actions, seed=21)
     legal = np.ones((batch, num_actions), bool)
     search = BatchedSearch(batch, num_actions, (2,), config, two_player=True)

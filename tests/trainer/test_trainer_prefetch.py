@@ -148,3 +148,42 @@ def test_priority_sender_sends_off_thread_and_survives_failures():
     sender(np.array([3]), np.array([1]), np.array([1.0]))
     assert sender.close(timeout_s=10)
     assert sender.dropped == 1 and sink.events("priority_update_failed")
+
+
+def test_prepare_augments_with_the_games_symmetries_when_asked(tmp_path):
+    """A tic-tac-toe config with augment_symmetries trains every sample under one of the 8
+    board maps: the board, the unrolled actions and the policy targets move together, and
+    the value, reward, masks and priority keys stay those of the stored position."""
+    import games
+    from services.trainer.config import TrainerConfig
+    from services.trainer.trainer import prepare
+
+    game = games.make("tictactoe")
+    plain = TrainerConfig.for_game("tictactoe", str(tmp_path / "m"), str(tmp_path / "c"),
+                                   settings=game.settings.replace(augment_symmetries=False))
+    assert plain.symmetries is None
+    config = TrainerConfig.for_game("tictactoe", str(tmp_path / "m"), str(tmp_path / "c"), seed=3,
+                                    settings=game.settings.replace(augment_symmetries=True))
+    symmetries = config.symmetries
+    assert symmetries is not None and len(symmetries) == 8
+    B, K, A = 256, config.num_unroll_steps, 9
+    rng = np.random.default_rng(0)
+    # One piece per board, and each sample's actions and policy point at that piece's cell.
+    cell = rng.integers(9, size=B)
+    observation = np.zeros((B, 9, 2), np.float32)
+    observation[np.arange(B), cell, 0] = 1
+    policy = np.zeros((B, K + 1, A), np.float32)
+    policy[np.arange(B), :, cell] = 1
+    raw = {"observation": observation.reshape(B, 3, 3, 2), "actions": np.repeat(cell[:, None], K, 1),
+           "target_value": rng.normal(size=(B, K + 1)), "target_reward": rng.normal(size=(B, K + 1)),
+           "target_policy": policy, "mask": np.ones((B, K + 1)), "policy_mask": np.ones((B, K + 1)),
+           "importance_weight": rng.random(B), "record_keys": np.arange(B), "positions": np.zeros(B)}
+    out = prepare(config)(raw)
+    moved_to = out["observation"].reshape(B, 9, 2)[:, :, 0].argmax(axis=1)
+    np.testing.assert_array_equal(out["actions"], np.repeat(moved_to[:, None], K, 1))
+    np.testing.assert_array_equal(out["target_policy"].argmax(axis=2), np.repeat(moved_to[:, None], K + 1, 1))
+    # Each image is one of the declared maps of the original cell, and several maps are used.
+    assert all(moved_to[b] in symmetries.cells[:, cell[b]] for b in range(B))
+    assert (moved_to != cell).mean() > 0.5
+    for name in ("target_value", "target_reward", "mask", "policy_mask", "importance_weight", "record_keys"):
+        np.testing.assert_allclose(out[name], raw[name], err_msg=name)
