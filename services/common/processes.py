@@ -7,9 +7,8 @@ on port 0 tells its parent which port it got.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,15 +20,20 @@ from typing import Any, Sequence
 from services.common.logs import parse_line
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when its parent dies, so a killed launcher, test
-    or benchmark leaves no orphaned servers behind (Linux; elsewhere a no-op)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent_prefix() -> list[str]:
+    """The command prefix that SIGTERMs a child when its parent dies, so a killed launcher, test
+    or benchmark leaves no orphaned servers behind: util-linux's `setpriv --pdeathsig TERM`
+    (Linux; [] where it is missing).
+
+    A wrapper that sets the signal and then execs, rather than a `preexec_fn`: with a
+    preexec_fn, subprocess must fork() and run Python in the child of a process whose gRPC and
+    TensorFlow threads may hold locks at that moment, and such a start can hang forever (seen
+    in the test suite: the parent blocked inside fork_exec). Without one it uses vfork.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM"] if setpriv else []
 
 
 class ServiceProcess:
@@ -58,9 +62,9 @@ class ServiceProcess:
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.env or {})
         self._process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args], cwd=REPO_ROOT, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+            [*die_with_parent_prefix(), sys.executable, "-m", self.module, *self.args], cwd=REPO_ROOT,
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read, name=f"{self.module}-log", daemon=True)
         self._reader.start()
         return self
