@@ -8,7 +8,9 @@ in a separate environment session: cartpole 100 episodes (target: mean return >=
 tictactoe 200 games against an exact minimax player, 100 as X and 100 as O (target: no
 losses). A seed's run stops at its target or at the budget. Each run writes
 docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) and a PNG
-curve; docs/learning/<game>.json summarizes the seeds.
+curve; docs/learning/<game>.json summarizes the seeds. With --keep-going a run evaluates until
+the budget is spent, to show whether the target holds once reached; it writes
+<game>-seed<k>-full.json and .png, which the summary leaves out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,7 +72,7 @@ TARGETS = {
 
 
 def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
-             console: Console, agents: int) -> dict:
+             console: Console, agents: int, keep_going: bool = False) -> dict:
     target = TARGETS[game]
     run_dir = run_root / f"{game}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -102,23 +105,44 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 result = evaluate(game, environment, LocalNetwork(model), target.games, simulations,
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
-                           **result.summary()}
+                           **result.summary(), **_fleet_counts(fleet)}
+                if game == "tictactoe":  # the agent plays X in the even games, O in the odd ones
+                    summary.update(losses_as_x=int(np.sum(result.returns[0::2] < 0)),
+                                   losses_as_o=int(np.sum(result.returns[1::2] < 0)))
                 evaluations.append(summary)
                 console.print(f"{game} seed {seed}: {summary}")
-                if target.reached(summary):
+                if target.reached(summary) and reached_at is None:
                     reached_at = summary["elapsed_s"]
-                    break
+                    if not keep_going:
+                        break
                 next_eval = time.monotonic() + eval_interval_s
     finally:
         fleet.stop()
     settings = dataclasses.asdict(games.make(game).settings)
     report = {"game": game, "seed": seed, "target": target.description, "budget_s": budget_s,
               "reached": reached_at is not None, "time_to_target_s": reached_at, "agents": agents,
+              "kept_going": keep_going, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / f"{game}-seed{seed}.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(report, DOCS / f"{game}-seed{seed}.png")
+    name = f"{game}-seed{seed}" + ("-full" if keep_going else "")
+    (DOCS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, DOCS / f"{name}.png")
     return report
+
+
+def _after_target(evaluations: list[dict], target: Target) -> dict[str, int]:
+    """How many evaluations followed the first one at the target, and how many of them were at
+    it too (with --keep-going: whether the learned play holds)."""
+    first = next((i for i, e in enumerate(evaluations) if target.reached(e)), None)
+    later = [] if first is None else evaluations[first + 1:]
+    return {"evaluations": len(later), "at_target": sum(target.reached(e) for e in later)}
+
+
+def _fleet_counts(fleet: LocalFleet) -> dict[str, int]:
+    """Games and positions the replay server has taken in so far."""
+    replay = fleet.scrape("replay")
+    return {"replay_games_added": int(sum_samples(replay, "mufleet_replay_games_added_total")),
+            "replay_positions_added": int(sum_samples(replay, "mufleet_replay_positions_added_total"))}
 
 
 def _load_newest(models: Path, attempts: int = 5):
@@ -145,7 +169,7 @@ def _plot(report: dict, path: Path) -> None:
             axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
         axis.set_ylabel("games of 200 vs minimax")
     axis.set_xlabel("wall-clock minutes")
-    axis.set_title(f"{report['game']} seed {report['seed']}: {report['target']}")
+    axis.set_title(f"{report['game']} seed {report['seed']}\n{report['target']}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -161,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-interval-s", type=float, default=60.0)
     parser.add_argument("--agents", type=int, default=1)
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "bench-learn")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="go on evaluating until the budget is spent, after the target too "
+                             "(shows whether it holds); the report is named <game>-seed<k>-full.json")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
@@ -169,13 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary_only:
         for seed in args.seeds:
             run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
-                     args.agents)
+                     args.agents, args.keep_going)
     console.print(write_summary(args.game))
 
 
 def write_summary(game: str) -> dict:
     """docs/learning/<game>.json from every seed report of the game in docs/learning/."""
-    reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{game}-seed*.json"))]
+    reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{game}-seed*.json"))
+               if not p.stem.endswith("-full")]  # --keep-going runs are reported on their own
     summary = {"game": game, "target": TARGETS[game].description,
                "seeds_reaching_target": sum(r["reached"] for r in reports), "seeds_run": len(reports),
                "seeds": {r["seed"]: {"reached": r["reached"], "time_to_target_s": r["time_to_target_s"],
