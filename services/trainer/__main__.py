@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
              version=trainer.latest_version, replay=config.replay_address,
              models=config.models_dir, checkpoint_dir=config.checkpoint_dir,
              tensorboard_dir=config.summary_dir, device=trainer.device,
-             batch_size=batch_size, num_unroll_steps=K, steps=config.steps)
+             batch_size=batch_size, num_unroll_steps=K, steps=config.steps,
+             symmetries=len(config.symmetries) if config.symmetries else 0)
     code = 0
     prefetcher.start()
     try:

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import games
 from games.base import GameSpec, MuZeroSettings, require
 from games.symmetry import Symmetries
@@ -108,6 +110,13 @@ class TrainerConfig:
                 f"TrainerConfig.gradient_scale must be in [0, 1], got {self.gradient_scale}")
         require(self.sample_timeout_s > 0,
                 f"TrainerConfig.sample_timeout_s must be > 0, got {self.sample_timeout_s}")
+        if self.symmetries is not None:
+            cells, actions = self.symmetries.cells.shape[1], self.symmetries.actions.shape[1]
+            board = int(np.prod(self.spec.observation_shape[:2])) if len(self.spec.observation_shape) == 3 else None
+            require(board == cells and actions == self.spec.num_actions,
+                    f"TrainerConfig.symmetries map {cells} cells and {actions} actions, but game "
+                    f"{self.spec.name} has observation {list(self.spec.observation_shape)} and "
+                    f"{self.spec.num_actions} actions")
         require(bool(self.host), f"TrainerConfig.host must be non-empty, got {self.host!r}")
         require(0 <= self.metrics_port <= 65535,
                 f"TrainerConfig.metrics_port must be in [0, 65535], got {self.metrics_port}")

@@ -187,3 +187,14 @@ def test_prepare_augments_with_the_games_symmetries_when_asked(tmp_path):
     assert (moved_to != cell).mean() > 0.5
     for name in ("target_value", "target_reward", "mask", "policy_mask", "importance_weight", "record_keys"):
         np.testing.assert_allclose(out[name], raw[name], err_msg=name)
+
+
+def test_symmetries_of_another_game_are_refused(tmp_path):
+    import games
+    from services.trainer.config import TrainerConfig
+
+    tictactoe = TrainerConfig.for_game("tictactoe", str(tmp_path / "m"), str(tmp_path / "c"))
+    connect4 = games.make("connect4")
+    with pytest.raises(ValueError, match="symmetries map 9 cells and 9 actions, but game connect4"):
+        TrainerConfig(spec=connect4.spec, settings=connect4.settings, models_dir="m", checkpoint_dir="c",
+                      symmetries=tictactoe.symmetries)
