@@ -25,7 +25,8 @@ from services.agent.search import BatchedSearch, ModelOutput, SearchConfig
 BATCH_SIZES = (1, 16, 64, 256, 1024)
 SIMULATIONS = (16, 32, 50)
 GAMES = (("A=2", 2, False), ("A=7", 7, True))   # cartpole-like one-player, connect4-like two-player
-SEARCHES = ("gumbel", "puct")
+# (label, root policy, rescale_values): Gumbel with mctx's per-node Q rescale and without it.
+SEARCHES = (("gumbel", "gumbel", True), ("gumbel, Q as is", "gumbel", False), ("puct", "puct", True))
 HIDDEN = 64
 SECONDS_PER_ROW = 0.6
 
@@ -51,13 +52,14 @@ class InstantNetwork:
 
 
 def measure(batch: int, num_actions: int, two_player: bool, search_kind: str, simulations: int,
-            seconds: float, rounds: int = 3) -> tuple[float, float, float]:
+            seconds: float, rounds: int = 3, rescale_values: bool = True) -> tuple[float, float, float]:
     """(simulations per second, game moves per second, ms per move of B games).
 
     The best of `rounds` rounds of about seconds / rounds each, so that other work on a shared
     machine disturbs the numbers less.
     """
-    config = SearchConfig(num_simulations=simulations, search=search_kind, max_considered_actions=16)
+    config = SearchConfig(num_simulations=simulations, search=search_kind, max_considered_actions=16,
+                          rescale_values=rescale_values)
     search = BatchedSearch(batch, num_actions, (HIDDEN,), config, two_player=two_player)
     network = InstantNetwork(batch, num_actions)
     legal = np.ones((batch, num_actions), bool)
@@ -91,14 +93,14 @@ def main(argv: list[str] | None = None) -> None:
                           "moves/s counts game moves (B per search); ms/move is one search of B games.")
     for column in ("A", "search", "B", "sims", "sims/s", "moves/s", "ms/move"):
         table.add_column(column, justify="left" if column in ("A", "search") else "right")
-    rows = [(game, search_kind, batch, sims) for game in GAMES for search_kind in SEARCHES
+    rows = [(game, search, batch, sims) for game in GAMES for search in SEARCHES
             for sims in simulations for batch in batches]
     with console.status("") as status:
-        for i, ((name, num_actions, two_player), search_kind, batch, sims) in enumerate(rows):
-            status.update(f"[{i + 1}/{len(rows)}] {name} {search_kind} B={batch} S={sims}")
+        for i, ((name, num_actions, two_player), (label, search_kind, rescale), batch, sims) in enumerate(rows):
+            status.update(f"[{i + 1}/{len(rows)}] {name} {label} B={batch} S={sims}")
             sims_per_s, moves_per_s, ms_per_move = measure(batch, num_actions, two_player, search_kind, sims,
-                                                           args.seconds)
-            table.add_row(name, search_kind, str(batch), str(sims), f"{sims_per_s:,.0f}", f"{moves_per_s:,.1f}",
+                                                           args.seconds, rescale_values=rescale)
+            table.add_row(name, label, str(batch), str(sims), f"{sims_per_s:,.0f}", f"{moves_per_s:,.1f}",
                           f"{ms_per_move:.2f}")
     console.print(table)
 
