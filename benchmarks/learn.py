@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -106,9 +105,6 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
                            **result.summary(), **_fleet_counts(fleet)}
-                if game == "tictactoe":  # the agent plays X in the even games, O in the odd ones
-                    summary.update(losses_as_x=int(np.sum(result.returns[0::2] < 0)),
-                                   losses_as_o=int(np.sum(result.returns[1::2] < 0)))
                 evaluations.append(summary)
                 console.print(f"{game} seed {seed}: {summary}")
                 if target.reached(summary) and reached_at is None:

@@ -22,7 +22,8 @@ from services.network.client import NetworkClient
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     """Per game: returns float32 [M] from the agent's view (one-player: the game's return;
-    two-player: +1 win, 0 draw, -1 loss) and lengths int [M]."""
+    two-player: +1 win, 0 draw, -1 loss) and lengths int [M]. In two-player games the agent
+    moves first in the even games and second in the odd ones."""
 
     game: str
     version: int
@@ -39,7 +40,9 @@ class EvaluationResult:
             "mean_return": round(self.mean_return, 4), "mean_length": round(float(np.mean(self.lengths)), 2)}
         if games.make(self.game).spec.num_players == 2:
             out.update(wins=int(np.sum(self.returns > 0)), draws=int(np.sum(self.returns == 0)),
-                       losses=int(np.sum(self.returns < 0)))
+                       losses=int(np.sum(self.returns < 0)),
+                       losses_as_first=int(np.sum(self.returns[0::2] < 0)),
+                       losses_as_second=int(np.sum(self.returns[1::2] < 0)))
         return out
 
 

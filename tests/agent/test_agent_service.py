@@ -86,6 +86,7 @@ def test_agent_evaluation_mode_prints_results_against_a_random_player(start_serv
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["games"] == 10 and summary["version"] == 0
     assert summary["wins"] + summary["draws"] + summary["losses"] == 10
+    assert summary["losses_as_first"] + summary["losses_as_second"] == summary["losses"]
 
 
 def test_agent_help():
