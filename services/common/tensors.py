@@ -9,6 +9,8 @@ Two wire formats:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from protos import tensor_pb2 as mufleet_tensor_pb2
@@ -29,6 +31,28 @@ _FROM_WIRE = {wire: dtype for dtype, wire in _TO_WIRE.items()}
 
 class TensorError(ValueError):
     """A wire tensor that cannot be decoded (unknown dtype, bytes that disagree with the shape)."""
+
+
+class TensorTooLarge(TensorError):
+    """A wire tensor whose shape asks for more than the decoder's byte limit (servers answer
+    RESOURCE_EXHAUSTED), refused before anything is allocated."""
+
+
+def element_count(shape: tuple[int, ...], name: str = "tensor") -> int:
+    """The exact number of elements of `shape` (Python integers: no int64 wrap-around, so
+    `[2**62, 4]` is 2**64, not 0); TensorError naming `name` for a negative dimension."""
+    if any(d < 0 for d in shape):
+        raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
+    return math.prod(int(d) for d in shape)
+
+
+def check_size(shape: tuple[int, ...], dtype: np.dtype, name: str, max_bytes: int | None) -> int:
+    """Bytes that `shape` of `dtype` takes (exact); TensorTooLarge when over `max_bytes`."""
+    nbytes = element_count(shape, name) * np.dtype(dtype).itemsize
+    if max_bytes is not None and nbytes > max_bytes:
+        raise TensorTooLarge(f"{name}: shape {list(shape)} of {np.dtype(dtype)} is {nbytes} bytes, "
+                             f"over the limit of {max_bytes} bytes")
+    return nbytes
 
 
 def _little_endian(array: np.ndarray) -> np.ndarray:
@@ -65,9 +89,7 @@ def __getattr__(name: str):
 
 
 def _decode(content: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:
-    if any(d < 0 for d in shape):
-        raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = check_size(shape, dtype, name, max_bytes=None)
     if len(content) != expected:
         raise TensorError(f"{name}: {len(content)} bytes for shape {list(shape)} of {dtype} "
                           f"(expected {expected})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
-from services.common.tensors import TensorError, _decode, _little_endian
+from services.common.tensors import TensorError, _decode, _little_endian, check_size
 
 # NumPy dtype -> TensorFlow DataType enum, for the dtypes MuFleet puts on the wire.
 TF_DTYPES = {
@@ -26,6 +26,10 @@ TF_DTYPES = {
     np.dtype(np.bool_): types_pb2.DT_BOOL,
 }
 _FROM_TF = {wire: dtype for dtype, wire in TF_DTYPES.items()}
+
+# Typed values may broadcast one number over a whole shape: without a limit a 10-byte request
+# could ask for terabytes. Servers pass their own, smaller limit.
+DEFAULT_MAX_TENSOR_BYTES = 1 << 30
 
 
 def fill_tensor_proto(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
@@ -49,25 +53,33 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
-def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
+def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor",
+                      max_bytes: int | None = DEFAULT_MAX_TENSOR_BYTES) -> np.ndarray:
     """TensorFlow's `TensorProto` as NumPy. Reads `tensor_content`, or the typed value
-    fields that other TensorFlow Serving clients may send."""
+    fields that other TensorFlow Serving clients may send (one value fills the whole shape,
+    as in TensorFlow).
+
+    The shape is checked (no negative dimension, exact element count) before anything is
+    allocated; TensorTooLarge when it would take more than `max_bytes` (None: no limit,
+    for trusted responses).
+    """
     dtype = _FROM_TF.get(proto.dtype)
     if dtype is None:
         raise TensorError(f"{name}: unsupported dtype {types_pb2.DataType.Name(proto.dtype)}")
     shape = tuple(d.size for d in proto.tensor_shape.dim)
-    if proto.tensor_content or int(np.prod(shape, dtype=np.int64)) == 0:
+    count = check_size(shape, dtype, name, max_bytes) // dtype.itemsize
+    if proto.tensor_content or count == 0:
         return _decode(proto.tensor_content, dtype, shape, name)
     values = {
         np.dtype(np.float32): proto.float_val, np.dtype(np.float64): proto.double_val,
         np.dtype(np.int64): proto.int64_val, np.dtype(np.bool_): proto.bool_val,
         np.dtype(np.float16): proto.half_val,
     }.get(dtype, proto.int_val)
+    if len(values) not in (1, count):
+        raise TensorError(f"{name}: {len(values)} values for shape {list(shape)}")
     array = np.asarray(values, dtype=dtype)
     if dtype == np.float16:
         array = np.asarray(values, np.uint16).view(np.float16)
     if array.size == 1:
         return np.full(shape, array[0], dtype)
-    if array.size != int(np.prod(shape, dtype=np.int64)):
-        raise TensorError(f"{name}: {array.size} values for shape {list(shape)}")
     return array.reshape(shape)

@@ -1,0 +1,49 @@
+"""Command-line plumbing shared by every `__main__`: config errors as argparse errors that name
+the flag, not the dataclass field."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+_QUALIFIED_FIELD = re.compile(r"\b[A-Z]\w*Config\.(\w+)\b")
+_FIELD = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b[a-z][a-z0-9]+\b")
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the long option that sets it (`games_per_batch` -> `--games-per-batch`)."""
+    names = {}
+    for action in parser._actions:  # argparse has no public list of its actions
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs and action.dest != "help":
+            names[action.dest] = longs[0]
+    return names
+
+
+def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
+    """`message` with config field names that a flag sets written as that flag:
+    "AgentConfig.groups must be in [1, games_per_batch=1], got 2" ->
+    "--groups must be in [1, --games-per-batch=1], got 2"."""
+    flags = flag_names(parser)
+
+    def qualified(match: re.Match) -> str:
+        return flags.get(match.group(1), match.group(0))
+
+    def bare(match: re.Match) -> str:
+        word = match.group(0)
+        return flags[word] if "_" in word and word in flags else word
+
+    return _FIELD.sub(bare, _QUALIFIED_FIELD.sub(qualified, message))
+
+
+def config_or_exit(parser: argparse.ArgumentParser, build: Callable[[], T]) -> T:
+    """`build()`, or, when it raises ValueError (a config's validation), argparse's usage and
+    error message naming the flag, and exit status 2: no traceback for a bad command line."""
+    try:
+        return build()
+    except ValueError as error:
+        parser.error(flag_message(parser, str(error)))
+        raise AssertionError("unreachable: parser.error exits")
