@@ -46,8 +46,16 @@ BUDGET_MIN ?= 20
 bench-learn: venv protos
 	$(PY) -m benchmarks.learn --game $(GAME) --seeds $(SEEDS) --budget-min $(BUDGET_MIN)
 
+# Ports of `make run`: the fixed defaults (gRPC 50000-50002, metrics 9100-9104, dashboard 5000),
+# PORT_BASE=P for the block P..P+20 (gRPC P..P+2, metrics P+10..P+14, dashboard P+20), or
+# PORTS=free for free ports. The launcher names a taken port before it starts anything.
+PORT_BASE ?=
+PORTS ?= fixed
+LAUNCHER_PORTS = $(if $(filter-out fixed free,$(PORTS)),$(error PORTS must be fixed or free, got "$(PORTS)"))$(if \
+  $(filter free,$(PORTS)),--free-ports)$(if $(PORT_BASE), --port-base $(PORT_BASE))
+
 run: venv protos
-	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR)
+	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR) $(LAUNCHER_PORTS)
 
 # The same fleet in containers (needs a Docker engine); see docs/docker.md.
 up:

@@ -11,7 +11,9 @@ The monitor serves its own Prometheus metrics at /metrics on the same port (it h
 --metrics-port). `--metrics NAME=HOST:PORT[/PATH]` names one endpoint to scrape (PATH defaults
 to /metrics; TensorFlow Serving's is /monitoring/prometheus/metrics); a NAME of the form
 "agent-3" has the role "agent". A HOST that resolves to several addresses (docker compose's name
-of a scaled service) is scraped at each. Port 0 picks a free port; the `ready` log event tells
+of a scaled service) is scraped at each, as replicas "agent#0", "agent#1", ... (numbers, not
+addresses, so replaced replicas add no series). `POST /api/play` is rate-limited
+(--play-rate-per-s, --play-burst: 429 with Retry-After past it). Port 0 picks a free port; the `ready` log event tells
 which (`http_port`, and `metrics_port`, the same). SIGTERM: stop accepting, finish the requests
 in flight, exit 0.
 """
@@ -25,6 +27,7 @@ import threading
 
 import games
 from monitor.config import MetricsTarget, MonitorConfig
+from services.common.flags import config_or_exit
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, MonitorConfig]:
@@ -51,16 +54,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Monit
                         help="simulations per model move on the play page (default: the game's)")
     parser.add_argument("--play-timeout-s", type=float, default=10.0,
                         help="deadline of each network request of the play page (default: %(default)s)")
+    parser.add_argument("--play-rate-per-s", type=float, default=5.0,
+                        help="POST /api/play requests per second, all clients together; past it 429 "
+                             "with Retry-After; 0 = no limit (default: %(default)s)")
+    parser.add_argument("--play-burst", type=int, default=30,
+                        help="play requests allowed at once above that rate (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        config = MonitorConfig(
-            game=args.game, environment=args.environment, replay=args.replay, network=args.network,
-            metrics=tuple(MetricsTarget.parse(m) for m in args.metrics),
-            scrape_interval_s=args.scrape_interval_s, scrape_timeout_s=args.scrape_timeout_s,
-            history=args.history, model_name=args.model_name, play_simulations=args.play_simulations,
-            play_timeout_s=args.play_timeout_s)
-    except ValueError as error:
-        parser.error(str(error))
+    config = config_or_exit(parser, lambda: MonitorConfig(
+        game=args.game, environment=args.environment, replay=args.replay, network=args.network,
+        metrics=tuple(MetricsTarget.parse(m) for m in args.metrics),
+        scrape_interval_s=args.scrape_interval_s, scrape_timeout_s=args.scrape_timeout_s,
+        history=args.history, model_name=args.model_name, play_simulations=args.play_simulations,
+        play_timeout_s=args.play_timeout_s, play_rate_per_s=args.play_rate_per_s, play_burst=args.play_burst))
     return args, config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from games.base import require
 
@@ -25,7 +26,8 @@ class MetricsTarget:
     Attributes:
       name: the service's name in the fleet ("agent-0"); `role_of(name)` is its role.
       address: "host:port" of its HTTP metrics endpoint. A host name that resolves to several
-        addresses (docker compose's DNS for a scaled service) is scraped at every address.
+        addresses (docker compose's DNS for a scaled service) is scraped at every address, each
+        as a numbered replica (`scraper.ReplicaNames`).
       path: the HTTP path of the metrics ("/metrics"; TensorFlow Serving:
         "/monitoring/prometheus/metrics").
     """
@@ -70,6 +72,11 @@ class MonitorConfig:
       model_name: the model served by the network.
       play_simulations: simulations per model move on the play page (0 = the game's default).
       play_timeout_s: deadline of each network request of the play page (> 0).
+      play_rate_per_s: `POST /api/play` requests allowed per second, all clients together, in
+        the long run (>= 0; 0 = no limit). Each one may run a whole search on the network, so a
+        flood of them would take the network from the agents; past the limit the answer is 429
+        with Retry-After.
+      play_burst: requests allowed at once above that rate (>= 1): a token bucket of this size.
     """
 
     game: str
@@ -83,6 +90,8 @@ class MonitorConfig:
     model_name: str = "muzero"
     play_simulations: int = 0
     play_timeout_s: float = 10.0
+    play_rate_per_s: float = 5.0
+    play_burst: int = 30
 
     def __post_init__(self) -> None:
         import games
@@ -103,6 +112,9 @@ class MonitorConfig:
         require(self.play_simulations >= 0,
                 f"MonitorConfig.play_simulations must be >= 0, got {self.play_simulations}")
         require(self.play_timeout_s > 0, f"MonitorConfig.play_timeout_s must be > 0, got {self.play_timeout_s}")
+        require(math.isfinite(self.play_rate_per_s) and self.play_rate_per_s >= 0,
+                f"MonitorConfig.play_rate_per_s must be >= 0 (0 = no limit), got {self.play_rate_per_s}")
+        require(self.play_burst >= 1, f"MonitorConfig.play_burst must be >= 1, got {self.play_burst}")
 
     def grpc_address(self, role: str) -> str:
         return getattr(self, role) if role in GRPC_ROLES else ""

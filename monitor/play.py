@@ -10,6 +10,7 @@ the network service, exactly as an agent would search.
 
 from __future__ import annotations
 
+import reprlib
 import threading
 import time
 from typing import Any
@@ -22,6 +23,16 @@ from monitor.config import MonitorConfig
 from monitor.metrics import MonitorMetrics
 
 PLAYABLE = ("tictactoe", "connect4")
+
+# Echoes a bad value in a message without echoing a megabyte of it.
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 40
+_short.maxlist = _short.maxdict = 4
+_short.maxlevel = 2
+
+
+def _shown(value: Any) -> str:
+    return _short.repr(value)
 
 
 class PlayError(Exception):
@@ -86,7 +97,7 @@ class Player:
         if not self.playable:
             raise PlayError(400, self.info()["message"])
         if model_player not in (0, 1):
-            raise PlayError(400, f"model_player must be 0 (the model moves first) or 1, got {model_player!r}")
+            raise PlayError(400, f"model_player must be 0 (the model moves first) or 1, got {_shown(model_player)}")
         state = self._state(board)
         if self._over(state):
             raise PlayError(400, "the game is over: start a new game")
@@ -128,7 +139,7 @@ class Player:
     def _check_move(self, state, move: Any) -> int:
         A = self.game.spec.num_actions
         if isinstance(move, bool) or not isinstance(move, (int, np.integer)) or not 0 <= move < A:
-            raise PlayError(400, f"move must be an integer in [0, {A}), got {move!r}")
+            raise PlayError(400, f"move must be an integer in [0, {A}), got {_shown(move)}")
         move = int(move)
         if not self.game.legal_actions(state)[0, move]:
             if self.game_name == "connect4":

@@ -9,15 +9,22 @@ Every `scrape_interval_s` one round probes, concurrently and each with a deadlin
 A separate thread asks the network for its model versions (`GetModelStatus`; its client loads
 TensorFlow, seconds, so it stays off the scrape round).
 
-Rates are counter deltas between two rounds of the same instance (a counter that went down
-means the service restarted: its new value is the delta). Each round appends one point of
-every series (`SERIES`) to a bounded history; the trainer's losses are kept by training step.
+Rates are counter deltas between two rounds of the same instance at the same address (a
+counter that went down means the service restarted: its new value is the delta). Each round
+appends one point of every series (`SERIES`) to a bounded history; the trainer's losses are
+kept by training step.
+
+Replicas of a scaled service come and go with new addresses, so they are not named by address
+(every replacement would add series to the monitor's own metrics, without end): each address
+holds a replica number while it resolves (`ReplicaNames`), and the series of a name that is no
+longer scraped are dropped.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import math
 import socket
 import threading
@@ -84,7 +91,7 @@ class Samples:
 class InstanceScrape:
     """One metrics endpoint at one address, as its latest probe found it."""
 
-    instance: str     # "agent-0", or "agent@172.18.0.5:9103" for one replica of a scaled service
+    instance: str     # "agent-0", or "agent#1" for replica 1 of a scaled service (see ReplicaNames)
     target: str       # the --metrics name
     role: str
     address: str
@@ -142,7 +149,8 @@ class _Deltas:
     def _pairs(self, role: str):
         for cur in self._instances(role):
             prev = self.prev.instances.get(cur.instance) if self.prev else None
-            if prev is not None and prev.ok and cur.time > prev.time:
+            # A replica number taken over by a new address is another process: no delta with it.
+            if prev is not None and prev.ok and prev.address == cur.address and cur.time > prev.time:
                 yield prev, cur
 
     @staticmethod
@@ -255,6 +263,59 @@ SERIES_BY_KEY = {s.key: s for s in SERIES}
 
 
 # ---------------------------------------------------------------------------------------------
+# Naming the replicas of a scaled service.
+
+Resolver = Callable[[MetricsTarget], list[str]]
+
+
+def resolve_addresses(target: MetricsTarget) -> list[str]:
+    """Every "host:port" the target's host resolves to ([target.address] when it is one or none).
+
+    IPv4 first: "localhost" must not become two instances (127.0.0.1 and ::1); docker's DNS
+    answers a scaled service's name with one A record per replica.
+    """
+    host, _, port = target.address.rpartition(":")
+    addresses: list[str] = []
+    for family in (socket.AF_INET, socket.AF_UNSPEC):
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), int(port), family=family, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        addresses = sorted({info[4][0] for info in infos})
+        if addresses:
+            break
+    if len(addresses) <= 1:
+        return [target.address]
+    return [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+
+
+class ReplicaNames:
+    """Bounded, stable names for the addresses of targets that resolve to several.
+
+    Every address holds a replica number while it keeps resolving: "agent#0", "agent#1", ...
+    A new address takes the lowest number no current address holds, so a replica that replaces
+    another takes over its number, and a target never has more names than it had replicas at
+    once. A target with one address keeps its own name ("agent").
+    """
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, dict[str, int]] = {}  # target name -> address -> number
+
+    def names(self, target: str, addresses: list[str]) -> list[tuple[str, str]]:
+        """(instance name, address) for the addresses `target` resolves to now."""
+        if len(addresses) <= 1:
+            self._numbers.pop(target, None)
+            return [(target, a) for a in addresses]
+        held = {a: n for a, n in self._numbers.get(target, {}).items() if a in addresses}
+        free = (n for n in itertools.count() if n not in held.values())
+        for address in addresses:
+            if address not in held:
+                held[address] = next(free)
+        self._numbers[target] = held
+        return sorted(((f"{target}#{n}", a) for a, n in held.items()), key=lambda pair: held[pair[1]])
+
+
+# ---------------------------------------------------------------------------------------------
 # The scraper.
 
 class Scraper:
@@ -264,7 +325,9 @@ class Scraper:
     first round). Read the results with `fleet()`, `series()`, `latest()`.
     """
 
-    def __init__(self, config: MonitorConfig, log: EventLogger, metrics: MonitorMetrics) -> None:
+    def __init__(self, config: MonitorConfig, log: EventLogger, metrics: MonitorMetrics,
+                 resolve: Resolver = resolve_addresses) -> None:
+        """`resolve`: the addresses a target's host stands for (DNS; tests give their own)."""
         self.config = config
         self.log = log
         self.metrics = metrics
@@ -282,6 +345,9 @@ class Scraper:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="probe")
         self._threads: list[threading.Thread] = []
         self._failing: set[str] = set()  # targets whose failure was logged (log changes only)
+        self._resolve_addresses = resolve
+        self._replicas = ReplicaNames()
+        self._instance_names: set[str] = set()  # instance names with series in `metrics`
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -312,6 +378,7 @@ class Scraper:
         if not self.config.network:
             return
         client = None
+        logged: str | None = None
         while not self._stop.is_set():
             try:
                 if client is None:
@@ -324,8 +391,12 @@ class Scraper:
             except grpc.RpcError as rpc_error:
                 versions = {} if rpc_error.code() == grpc.StatusCode.NOT_FOUND else None
                 error = _rpc_message(rpc_error)
-            except Exception as other:  # noqa: BLE001 - shown on the page, never fatal
-                versions, error = None, repr(other)
+            except Exception as other:  # noqa: BLE001 - never fatal; the page names the log event
+                # The page shows no internal exception text (it may be anyone's browser): the log has it.
+                if repr(other) != logged:  # once per new failure, not once per interval
+                    logged = repr(other)
+                    self.log.error("model_status_failed", network=self.config.network, error=logged)
+                versions, error = None, "model status failed: see the monitor's log, event model_status_failed"
             with self._lock:
                 self._network_versions, self._network_versions_error = versions, error
             self._stop.wait(self.config.scrape_interval_s)
@@ -343,22 +414,11 @@ class Scraper:
 
     def _resolve(self, target: MetricsTarget) -> list[tuple[str, str]]:
         """(instance name, address) for every address the target's host resolves to."""
-        host, _, port = target.address.rpartition(":")
-        addresses: list[str] = []
-        # IPv4 first: "localhost" must not become two instances (127.0.0.1 and ::1); docker's DNS
-        # answers a scaled service's name with one A record per replica.
-        for family in (socket.AF_INET, socket.AF_UNSPEC):
-            try:
-                infos = socket.getaddrinfo(host.strip("[]"), int(port), family=family, type=socket.SOCK_STREAM)
-            except OSError:
-                continue
-            addresses = sorted({info[4][0] for info in infos})
-            if addresses:
-                break
-        if len(addresses) <= 1:
-            return [(target.name, target.address)]
-        return [(f"{target.name}@{a}:{port}", f"[{a}]:{port}" if ":" in a else f"{a}:{port}")
-                for a in addresses]
+        try:
+            addresses = self._resolve_addresses(target) or [target.address]
+        except OSError:
+            addresses = [target.address]  # scraped at its own name: the failure says why
+        return self._replicas.names(target.name, addresses)
 
     def _scrape(self, target: MetricsTarget, instance: str, address: str) -> InstanceScrape:
         url = f"http://{address}{target.path}"
@@ -440,6 +500,8 @@ class Scraper:
                     self._count("replay:stats", stats is not None, stats_error)
             order = [name for kind, name in jobs.values() if kind == "metrics"]
             ordered = {name: instances[name] for name in order}
+            self._forget(self._instance_names - set(ordered))
+            self._instance_names = set(ordered)
             current = Round(time.time(), ordered, health, stats, stats_error)
             with self._lock:
                 self._prev, self._cur = self._cur, current
@@ -447,6 +509,16 @@ class Scraper:
             self.metrics.scrape_seconds.observe(time.monotonic() - started)
             self.metrics.history_points.set(len(self._points))
             return current
+
+    def _forget(self, names: set[str]) -> None:
+        """Drops the series of instances no longer scraped (replaced or scaled-down replicas)."""
+        for name in names:
+            for metric in (self.metrics.scrapes, self.metrics.scrape_errors, self.metrics.target_up):
+                try:
+                    metric.remove(name)
+                except KeyError:
+                    pass  # never failed: no error series
+            self._failing.discard(name)
 
     def _count(self, target: str, ok: bool, error: str | None) -> None:
         self.metrics.scrapes.labels(target).inc()

@@ -5,6 +5,11 @@
 Starts environment, replay, trainer, network, agent(s) and the monitor, each once the ones
 before it are healthy; shows one live status line; Ctrl-C stops everything cleanly. Launching
 again on the same run directory resumes the run (replay data, trainer checkpoint, model versions).
+
+Ports: by default the fixed ones of the README (gRPC 50000-50002, metrics 9100-9104, dashboard
+5000). `--port-base P` moves them to one block: gRPC P..P+2, metrics P+10..P+14, dashboard P+20;
+`--free-ports` lets every service pick a free one. Every fixed port is checked before anything
+starts: a taken one stops the launcher (exit 1) with a message naming it.
 """
 
 from __future__ import annotations
@@ -19,37 +24,55 @@ from rich.console import Console
 from rich.live import Live
 
 import games
+from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.launcher.local import LocalFleet
+from services.launcher.ports import taken_message, taken_ports
 from services.launcher.status import FleetStatus
 from services.launcher.topology import FleetConfig, build_topology
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, FleetConfig]:
     parser = argparse.ArgumentParser(prog="python -m services.launcher", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", default="cartpole", choices=games.names(), help="game to train")
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="directory of the run (default runs/<game>); reused to resume")
-    parser.add_argument("--agents", type=int, default=1, help="self-play agent processes")
+    parser.add_argument("--agents", dest="num_agents", type=int, default=1, help="self-play agent processes")
     parser.add_argument("--games-per-batch", type=int, default=0,
                         help="games each agent plays at once (0 = the game's default)")
     parser.add_argument("--simulations", type=int, default=0,
                         help="MCTS simulations per move (0 = the game's default)")
     parser.add_argument("--train-steps", type=int, default=0,
                         help="stop after this many trainer steps (0 = run until Ctrl-C)")
-    parser.add_argument("--free-ports", action="store_true",
-                        help="let every service pick a free port instead of the fixed defaults")
+    ports = parser.add_mutually_exclusive_group()
+    ports.add_argument("--free-ports", action="store_true",
+                       help="let every service pick a free port instead of the fixed defaults")
+    ports.add_argument("--port-base", type=int, default=0, metavar="P",
+                       help="fixed ports from P: gRPC P..P+2, metrics P+10..P+14, dashboard P+20 "
+                            "(default: the README's ports, 50000-50002, 9100-9104, 5000)")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the dashboard")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    config = config_or_exit(parser, lambda: FleetConfig(
+        game=args.game, run_dir=args.run_dir or Path("runs") / args.game, num_agents=args.num_agents,
+        games_per_batch=args.games_per_batch, simulations=args.simulations, train_steps=args.train_steps,
+        fixed_ports=not args.free_ports, port_base=args.port_base, monitor=not args.no_monitor))
+    return args, config
+
+
+def check_ports(config: FleetConfig) -> str | None:
+    """None when every fixed port of the fleet is free; else the message that names the taken
+    ones and how to choose others."""
+    taken = taken_ports(config.planned_ports())
+    return taken_message(taken) if taken else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    config = FleetConfig(game=args.game, run_dir=args.run_dir or Path("runs") / args.game,
-                         num_agents=args.agents, games_per_batch=args.games_per_batch,
-                         simulations=args.simulations, train_steps=args.train_steps,
-                         fixed_ports=not args.free_ports, monitor=not args.no_monitor)
+    _, config = parse_args(argv)
+    problem = check_ports(config)
+    if problem:
+        print(f"python -m services.launcher: error: {problem}", file=sys.stderr)
+        return 1
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     # The console shows the status line; the launcher's own events go to a file beside the logs.
     log = get_logger("launcher", stream=open(Path(config.run_dir) / "launcher.log", "a"))

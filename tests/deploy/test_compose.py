@@ -34,14 +34,20 @@ def docker_compose() -> str:
     return path
 
 
+def compose_variables() -> set[str]:
+    """Every ${VARIABLE} the compose files read."""
+    return {m.group(1) for f in (COMPOSE, GPU_OVERRIDE) for m in _VARIABLE.finditer(f.read_text())}
+
+
 def rendered(*files: Path, env: dict[str, str] | None = None) -> dict:
-    """`docker-compose -f ... config`: the files merged, validated and interpolated."""
+    """`docker-compose -f ... config`: the files merged, validated and interpolated, with the
+    files' defaults for every variable `env` does not set (whatever the caller's shell has)."""
     args = [docker_compose()]
     for f in files:
         args += ["-f", str(f)]
+    unset = compose_variables() - set(env or {})
     result = subprocess.run([*args, "config"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                            env={k: v for k, v in dict(os.environ, **(env or {})).items()
-                                 if k not in ("GAME", "TF_SERVING_TAG") or (env and k in env)})
+                            env={k: v for k, v in dict(os.environ, **(env or {})).items() if k not in unset})
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -105,6 +111,60 @@ def test_every_service_is_checked_and_bound_to_all_interfaces(compose):
     depends = services["agent"]["depends_on"]
     assert all(depends[peer]["condition"] == "service_healthy" for peer in ("environment", "replay", "network"))
     assert services["trainer"]["depends_on"]["replay"]["condition"] == "service_healthy"
+
+
+def published(service: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of every port a rendered service publishes,
+    from compose's short syntax ("127.0.0.1:5000:5000/tcp", "5000:5000", "5000") or long one."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            out.append((port.get("host_ip") or "0.0.0.0", str(port.get("published", "")), str(port["target"])))
+            continue
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else "0.0.0.0"  # no address: every interface
+        out.append((host_ip or "0.0.0.0", parts[-2] if len(parts) >= 2 else "", parts[-1]))
+    return out
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, GPU_OVERRIDE)], ids=["cpu", "gpu"])
+def test_published_ports_bind_loopback_unless_opened(files):
+    """The dashboard and Prometheus answer anyone who reaches them: by default only this host
+    does. PUBLISH_HOST opens them up on purpose (docs/docker.md)."""
+    default = rendered(*files)["services"]
+    ports = {name: published(s) for name, s in default.items() if published(s)}
+    assert set(ports) == {"monitor", "prometheus"}, ports  # nothing else is published at all
+    for name, bound in ports.items():
+        assert all(host_ip == "127.0.0.1" for host_ip, _, _ in bound), (name, bound)
+    assert ports["monitor"] == [("127.0.0.1", "5000", "5000")]
+    assert ports["prometheus"] == [("127.0.0.1", "9090", "9090")]
+    opened = rendered(*files, env={"PUBLISH_HOST": "0.0.0.0", "MONITOR_PORT": "8080"})["services"]
+    assert published(opened["monitor"]) == [("0.0.0.0", "8080", "5000")]
+    assert published(opened["prometheus"]) == [("0.0.0.0", "9090", "9090")]
+
+
+def test_published_port_parsing():
+    assert published({"ports": ["127.0.0.1:5000:5000/tcp", "9090:9090", "7000",
+                                {"host_ip": "127.0.0.1", "published": 1, "target": 2}]}) == [
+        ("127.0.0.1", "5000", "5000"), ("0.0.0.0", "9090", "9090"), ("0.0.0.0", "", "7000"),
+        ("127.0.0.1", "1", "2")]
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, GPU_OVERRIDE)], ids=["cpu", "gpu"])
+def test_prometheus_has_no_lifecycle_or_admin_api(files):
+    """--web.enable-lifecycle lets any client POST /-/quit or /-/reload; the admin API deletes
+    series. Neither is needed to run the fleet."""
+    services = rendered(*files)["services"]
+    for name, service in services.items():
+        words = [str(w) for key in ("command", "entrypoint") for w in (service.get(key) or [])]
+        assert not any("enable-lifecycle" in w or "enable-admin-api" in w for w in words), (name, words)
+
+
+def test_agents_draw_their_own_seed(compose):
+    """Every replica of `--scale agent=N` runs the same command: a --seed there would make them
+    all play the same games; without one each agent draws a fresh seed."""
+    command = [str(a) for a in compose["services"]["agent"]["command"]]
+    assert not any(a == "--seed" or a.startswith("--seed=") for a in command), command
 
 
 def test_trainer_and_tf_serving_share_the_models_volume(compose):

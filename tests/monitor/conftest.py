@@ -3,12 +3,14 @@ monitor processes, and a real headless Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -102,6 +104,35 @@ def http_json(url: str, body: dict | None = None, timeout_s: float = 30.0) -> tu
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+class MetricsPage:
+    """A tiny HTTP server on `host` answering /metrics with `self.text` (a stand-in for one
+    replica's metrics endpoint)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, text: str = "") -> None:
+        page = self
+        self.text = text
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                body = page.text.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture(scope="session")

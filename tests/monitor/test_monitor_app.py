@@ -13,7 +13,7 @@ import games
 from monitor.app import create_app
 from monitor.config import MetricsTarget, MonitorConfig
 from services.common.logs import get_logger
-from tests.monitor.conftest import closed_port, http_get, http_json
+from tests.monitor.conftest import MetricsPage, closed_port, http_get, http_json
 
 pytestmark = pytest.mark.integration
 
@@ -143,44 +143,13 @@ def test_monitor_process_reports_its_port_and_stops_on_sigterm(start_monitor, mo
     assert any(e["event"] == "stopped" for e in process.events)
 
 
-class _MetricsPage:
-    """A tiny HTTP server on `host` answering /metrics with `self.text`."""
-
-    def __init__(self, host: str, port: int = 0) -> None:
-        import http.server
-        import threading
-
-        page = self
-        self.text = ""
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                body = page.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_a_name_with_several_addresses_is_every_replica(monkeypatch):
     """docker compose's `agent` name resolves to one address per replica (--scale agent=N): the
     monitor scrapes each and sums their rates into one card."""
     import socket
 
-    first = _MetricsPage("127.0.0.1")
-    second = _MetricsPage("127.0.0.2", first.port)
+    first = MetricsPage("127.0.0.1")
+    second = MetricsPage("127.0.0.2", first.port)
     try:
         real = socket.getaddrinfo
 
@@ -197,7 +166,9 @@ def test_a_name_with_several_addresses_is_every_replica(monkeypatch):
         first.text = "mufleet_agent_simulations_total 300\nmufleet_agent_model_version 4\n"
         second.text = "mufleet_agent_simulations_total 500\nmufleet_agent_model_version 3\n"
         after = scraper.scrape_once()
-        assert sorted(after.instances) == [f"agent@127.0.0.1:{first.port}", f"agent@127.0.0.2:{first.port}"]
+        # Named by replica number, not by address (see test_monitor_replicas.py).
+        assert {n: s.address for n, s in after.instances.items()} == {
+            "agent#0": f"127.0.0.1:{first.port}", "agent#1": f"127.0.0.2:{first.port}"}
         names = sorted(after.instances)
         seconds = [after.instances[n].time - before.instances[n].time for n in names]
         fleet = client.get("/api/fleet").get_json()

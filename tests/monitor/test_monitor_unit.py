@@ -17,7 +17,8 @@ from monitor.app import clean, create_app
 from monitor.config import MetricsTarget, MonitorConfig, role_of
 from monitor.metrics import MonitorMetrics
 from monitor.play import PlayError, Player
-from monitor.scraper import SERIES_BY_KEY, InstanceScrape, Round, Samples, _Deltas, _thin
+from monitor.ratelimit import TokenBucket
+from monitor.scraper import SERIES_BY_KEY, InstanceScrape, Round, Samples, Scraper, _Deltas, _thin
 from services.common.logs import get_logger
 
 
@@ -260,3 +261,163 @@ def test_tf_serving_without_health_service_is_judged_by_its_model_status():
     (card,) = scraper.fleet()["services"]
     assert card["status"] == "degraded" and card["grpc"]["status"] == "UNREACHABLE"
     assert card["messages"] == ["network unreachable at network:8500 (connection refused)"]
+
+
+# -- hardening: config errors, bad bodies, rate limit, internal errors ----------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scrape-interval-s", "0"], "--scrape-interval-s must be > 0, got 0.0"),
+    (["--history", "1"], "--history must be >= 2, got 1"),
+    (["--play-burst", "0"], "--play-burst must be >= 1, got 0"),
+    (["--play-rate-per-s", "-1"], "--play-rate-per-s must be >= 0"),
+    (["--replay", "nowhere"], "--replay must be HOST:PORT, got 'nowhere'"),
+])
+def test_config_errors_name_the_flag(capsys, flags, message):
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--game", "cartpole", *flags])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m monitor" in err and f"error: {message}" in err
+    assert "MonitorConfig" not in err and "Traceback" not in err
+
+
+def test_play_rate_config_is_validated():
+    with pytest.raises(ValueError, match="MonitorConfig.play_burst must be >= 1, got 0"):
+        MonitorConfig(game="tictactoe", play_burst=0)
+    with pytest.raises(ValueError, match="MonitorConfig.play_rate_per_s must be >= 0"):
+        MonitorConfig(game="tictactoe", play_rate_per_s=math.nan)
+
+
+class SteppedClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_refills_at_its_rate():
+    clock = SteppedClock()
+    bucket = TokenBucket(rate_per_s=2.0, burst=3, clock=clock)
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)  # empty: one token comes in 1/rate s
+    clock.now += 0.25
+    assert bucket.take() == pytest.approx(0.25)  # half a token there; refused takes take nothing
+    clock.now += 0.25
+    assert bucket.take() == 0.0
+    clock.now += 3600
+    assert [bucket.take() for _ in range(4)][-1] > 0  # never more than `burst` saved up
+    unlimited = TokenBucket(rate_per_s=0.0, burst=1, clock=clock)
+    assert all(unlimited.take() == 0.0 for _ in range(100))
+
+
+# A move that wins at once: answered by the rules alone, no network needed.
+WINNING_MOVE = {"board": [[1, 1, 0], [2, 2, 0], [0, 0, 0]], "move": 2, "model_player": 1}
+
+
+def test_play_is_rate_limited_with_retry_after():
+    clock = SteppedClock()
+    config = MonitorConfig(game="tictactoe", play_rate_per_s=0.5, play_burst=2)
+    app = create_app(config, quiet_log(), play_limit=TokenBucket(config.play_rate_per_s, config.play_burst, clock))
+    client = app.test_client()
+    assert [client.post("/api/play", json=WINNING_MOVE).status_code for _ in range(2)] == [200, 200]
+    refused = client.post("/api/play", json=WINNING_MOVE)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+    assert "too many play requests" in refused.get_json()["error"]
+    # Bad requests count too: a flood of them is refused before it is parsed.
+    assert client.post("/api/play", data="[" * 100_000, content_type="application/json").status_code == 429
+    clock.now += 1.0
+    assert client.post("/api/play", json=WINNING_MOVE).headers["Retry-After"] == "1"
+    clock.now += 1.0
+    assert client.post("/api/play", json=WINNING_MOVE).status_code == 200
+    assert client.get("/api/play").status_code == 200  # only the POST (a search) is limited
+    metrics = client.get("/metrics").data.decode()
+    assert 'mufleet_monitor_play_errors_total{reason="rate_limited"} 3.0' in metrics
+    assert 'mufleet_monitor_requests_total{code="429",endpoint="api_play"} 3.0' in metrics
+
+
+def test_play_limit_comes_from_the_config():
+    # A rate so low that no token comes back while the test runs, whatever the machine's speed.
+    client = create_app(MonitorConfig(game="tictactoe", play_rate_per_s=0.001, play_burst=1),
+                        quiet_log()).test_client()
+    assert client.post("/api/play", json=WINNING_MOVE).status_code == 200
+    refused = client.post("/api/play", json=WINNING_MOVE)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 900
+    unlimited = create_app(MonitorConfig(game="tictactoe", play_rate_per_s=0, play_burst=1),
+                           quiet_log()).test_client()
+    assert {unlimited.post("/api/play", json=WINNING_MOVE).status_code for _ in range(40)} == {200}
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,                        # nested 100,000 deep
+    '{"board": ' + "[" * 100_000 + "]" * 100_000 + "}",  # the same inside the object
+    "[" * 100_000,                                        # and never closed
+    '{"board": ' + "[" * 20 + "0" + "]" * 20 + ', "move": 0}',  # parses, but deeper than a board
+])
+def test_deeply_nested_json_is_a_400(client, body):
+    response = client.post("/api/play", data=body, content_type="application/json")
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert "nested deeper than" in error and "expected a JSON object" in error
+    assert "Recursion" not in error
+
+
+def test_bodies_that_are_not_json_or_too_big_are_refused_in_json(client):
+    response = client.post("/api/play", data=b"\x80\x81\x82", content_type="application/json")
+    assert response.status_code == 400 and "the body is not JSON" in response.get_json()["error"]
+    response = client.post("/api/play", data="1" * 5000, content_type="application/json")  # too many digits
+    assert response.status_code == 400 and "the body is not JSON" in response.get_json()["error"]
+    response = client.post("/api/play", data=b" " * (2 * 1024 * 1024), content_type="application/json")
+    assert response.status_code == 413 and response.get_json()["error"]
+    response = client.post("/api/play", json={**WINNING_MOVE, "move": "x" * 100_000})
+    assert response.status_code == 400 and len(response.get_json()["error"]) < 200  # not echoed whole
+
+
+def test_series_parameters_are_checked(client):
+    for query in ("max_points=0", "max_points=-3", "since=nan", "since=inf", "since=soon"):
+        response = client.get(f"/api/series?{query}")
+        assert response.status_code == 400, query
+        assert "max_points must be an integer >= 1" in response.get_json()["error"]
+    assert client.get("/api/series?max_points=1&since=0").status_code == 200
+
+
+class BrokenPlayer(Player):
+    def play(self, board, move, model_player):
+        raise RuntimeError("secret detail /srv/internal/state.db")
+
+
+class BrokenScraper(Scraper):
+    def fleet(self):
+        raise KeyError("secret detail /srv/internal/state.db")
+
+
+def test_internal_errors_show_an_id_not_the_exception():
+    stream = io.StringIO()
+    config = MonitorConfig(game="tictactoe")
+    log = get_logger("monitor", stream=stream)
+    metrics = MonitorMetrics()
+    app = create_app(config, log, scraper=BrokenScraper(config, log, metrics),
+                     player=BrokenPlayer(config, metrics), metrics=metrics)
+    client = app.test_client()
+    api = client.post("/api/play", json=WINNING_MOVE)
+    page = client.get("/")
+    assert api.status_code == 500 and page.status_code == 500
+    body, html = api.get_json(), page.data.decode()
+    for shown in (json.dumps(body), html):
+        assert "secret" not in shown and "RuntimeError" not in shown and "KeyError" not in shown
+        assert "request_failed" in shown
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failed = [e for e in events if e["event"] == "request_failed"]
+    assert [e["path"] for e in failed] == ["/api/play", "/"]
+    assert failed[0]["id"] == body["id"] and body["id"] in body["error"]
+    assert failed[1]["id"] in html
+    assert all("secret detail" in e["error"] and "Traceback" in e["traceback"] for e in failed)
+
+
+def test_http_errors_on_pages_use_the_error_page(client):
+    response = client.get("/nothing-here")
+    assert response.status_code == 404 and b"There is no page at /nothing-here" in response.data
+    response = client.post("/api/fleet")
+    assert response.status_code == 405 and "POST is not allowed" in response.get_json()["error"]

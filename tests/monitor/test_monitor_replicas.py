@@ -1,0 +1,128 @@
+"""Replicas of a scaled service keep a bounded set of names: replacing them (new addresses, as
+docker compose gives every new container) does not grow the monitor's series."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.app import create_app
+from monitor.config import MetricsTarget, MonitorConfig
+from monitor.metrics import MonitorMetrics
+from monitor.scraper import ReplicaNames, Scraper
+from services.common.logs import get_logger
+from tests.monitor.conftest import MetricsPage, closed_port
+
+OWN_SERIES = ("mufleet_monitor_scrapes_total", "mufleet_monitor_scrape_errors_total", "mufleet_monitor_target_up")
+
+
+def test_a_replacement_takes_the_number_of_the_replica_it_replaces():
+    names = ReplicaNames()
+    assert names.names("agent", ["10.0.0.1:9103"]) == [("agent", "10.0.0.1:9103")]
+    assert names.names("agent", ["10.0.0.1:9103", "10.0.0.2:9103", "10.0.0.3:9103"]) == [
+        ("agent#0", "10.0.0.1:9103"), ("agent#1", "10.0.0.2:9103"), ("agent#2", "10.0.0.3:9103")]
+    assert names.names("agent", ["10.0.0.1:9103", "10.0.0.3:9103", "10.0.0.9:9103"]) == [
+        ("agent#0", "10.0.0.1:9103"), ("agent#1", "10.0.0.9:9103"), ("agent#2", "10.0.0.3:9103")]
+    live = ["10.0.0.1:9103", "10.0.0.3:9103", "10.0.0.9:9103"]
+    seen: set[str] = set()
+    for i in range(200):  # replicas replaced one after another, each with an address never seen
+        live = live[1:] + [f"10.1.{i // 250}.{i % 250}:9103"]
+        seen |= {name for name, _ in names.names("agent", sorted(live))}
+    assert seen == {"agent#0", "agent#1", "agent#2"}
+    # Another target's numbers are its own.
+    assert [n for n, _ in names.names("replay", ["a:1", "b:1"])] == ["replay#0", "replay#1"]
+
+
+def own_series(client) -> dict[str, set[str]]:
+    """The `target` label values of the monitor's own per-target series, by metric."""
+    text = client.get("/metrics").data.decode()
+    found: dict[str, set[str]] = {name: set() for name in OWN_SERIES}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found:
+                found[sample.name].add(sample.labels["target"])
+    return found
+
+
+@pytest.mark.integration
+def test_replacing_replicas_keeps_the_series_bounded():
+    """Three replicas' metrics pages (real HTTP on loopback), the name `agent` resolving to the
+    live ones (the role of docker's DNS); every round one replica is replaced by a new one."""
+    pages = [MetricsPage() for _ in range(3)]
+    live = list(pages)
+    counts: dict[int, int] = {}
+
+    def resolve(target: MetricsTarget) -> list[str]:
+        return [f"127.0.0.1:{p.port}" for p in live] if target.name == "agent" else [target.address]
+
+    def advance() -> None:  # every live replica did 10 more simulations
+        for page in live:
+            counts[page.port] = counts.get(page.port, 0) + 10
+            page.text = f"mufleet_agent_simulations_total {counts[page.port]}\n"
+
+    config = MonitorConfig(game="cartpole", metrics=(MetricsTarget("agent", "agent.compose.test:9103"),))
+    log, metrics = get_logger("monitor", stream=io.StringIO()), MonitorMetrics()
+    scraper = Scraper(config, log, metrics, resolve=resolve)
+    client = create_app(config, log, scraper=scraper, metrics=metrics).test_client()
+    numbers = {"agent#0", "agent#1", "agent#2"}
+    try:
+        advance()
+        previous = scraper.scrape_once()
+        for i in range(12):
+            replaced = i % 3
+            old = live[replaced]
+            if i == 4:
+                old.close()  # this one dies first and is still in DNS for a round: scraped, down
+                advance()
+                down = scraper.scrape_once()
+                assert not down.instances["agent#1"].ok
+                assert own_series(client)["mufleet_monitor_scrape_errors_total"] == {"agent#1"}
+                previous = down
+            else:
+                old.close()
+            new = MetricsPage()
+            counts[new.port] = 1_000_000 - 10  # far above the replica it replaces: a wrong delta shows
+            pages.append(new)
+            live[replaced] = new
+            advance()
+            current = scraper.scrape_once()
+            assert set(current.instances) == numbers
+            assert current.instances[f"agent#{replaced}"].address == f"127.0.0.1:{new.port}"
+            series = own_series(client)
+            assert series["mufleet_monitor_target_up"] == numbers == series["mufleet_monitor_scrapes_total"]
+            assert series["mufleet_monitor_scrape_errors_total"] <= numbers
+            # Rates pair an instance only with itself at the same address: the new replica adds
+            # nothing until its second round; the two others add 10 simulations each.
+            kept = [n for n in numbers if n != f"agent#{replaced}" and previous.instances[n].ok]
+            expected = sum(10 / (current.instances[n].time - previous.instances[n].time) for n in kept)
+            rate = client.get("/api/series").get_json()["series"]["agent_simulations_per_s"][-1]
+            assert rate == pytest.approx(expected), i
+            previous = current
+        # Scaled down to one replica: the numbered series go, the service's own name stays.
+        live[:] = live[:1]
+        advance()
+        assert set(scraper.scrape_once().instances) == {"agent"}
+        assert all(values == {"agent"} for name, values in own_series(client).items()
+                   if name != "mufleet_monitor_scrape_errors_total")
+        assert own_series(client)["mufleet_monitor_scrape_errors_total"] == set()
+        card = client.get("/api/fleet").get_json()["services"][0]
+        assert [i["instance"] for i in card["instances"]] == ["agent"] and card["status"] == "up"
+    finally:
+        for page in pages:
+            page.close()
+
+
+def test_a_name_that_does_not_resolve_is_scraped_under_its_own_name():
+    def resolve(target: MetricsTarget) -> list[str]:
+        raise OSError("name does not resolve")
+
+    port = closed_port()
+    config = MonitorConfig(game="cartpole", metrics=(MetricsTarget("agent", f"127.0.0.1:{port}"),),
+                           scrape_timeout_s=1.0)
+    log = get_logger("monitor", stream=io.StringIO())
+    scraper = Scraper(config, log, MonitorMetrics(), resolve=resolve)
+    current = scraper.scrape_once()
+    assert list(current.instances) == ["agent"] and not current.instances["agent"].ok
+    assert f"127.0.0.1:{port}" in current.instances["agent"].error
