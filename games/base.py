@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -70,7 +71,10 @@ class MuZeroSettings:
       fc_layers: widths of the hidden layers of each "fc" head and trunk.
       res_blocks: residual blocks in each "resnet" trunk.
       support_size: value and reward are categorical over the integers [-S, S]
-        after MuZero's transform h(x); S = support_size.
+        after MuZero's transform h(x); S = support_size. Such a support holds scalars of
+        magnitude up to h^-1(S) (`support_limit`); targets beyond are clipped. A game refuses
+        settings whose support cannot hold its `value_range`, `reward_range` and, with
+        value_prefix, its `value_prefix_range` (`Game.check_settings`).
     Search:
       num_simulations: simulations per move.
       search: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct" (MuZero's PUCT).
@@ -179,6 +183,75 @@ class MuZeroSettings:
         return dataclasses.replace(self, **changes)
 
 
+# MuZero's invertible transform h (models/support.py: the networks' TensorFlow and NumPy
+# versions). Games import no TensorFlow, so the scalar formulas are repeated here, with the same
+# epsilon; tests/games checks that both agree.
+SUPPORT_EPSILON = 0.001
+
+
+def value_transform(x: float, eps: float = SUPPORT_EPSILON) -> float:
+    """h(x) = sign(x) (sqrt(|x| + 1) - 1) + eps x."""
+    return math.copysign(math.sqrt(abs(x) + 1.0) - 1.0, x) + eps * x
+
+
+def inverse_value_transform(y: float, eps: float = SUPPORT_EPSILON) -> float:
+    """h^-1(y), the inverse of `value_transform`."""
+    root = (math.sqrt(1.0 + 4.0 * eps * (abs(y) + 1.0 + eps)) - 1.0) / (2.0 * eps)
+    return math.copysign(root * root - 1.0, y)
+
+
+def support_limit(support_size: int) -> float:
+    """h^-1(S): the largest magnitude a support over [-S, S] holds without clipping."""
+    return inverse_value_transform(float(support_size))
+
+
+def smallest_support(low: float, high: float) -> int:
+    """The smallest support size S >= 1 whose support holds every scalar in [low, high]."""
+    return max(1, math.ceil(value_transform(max(abs(low), abs(high)))))
+
+
+def discounted_steps(discount: float, moves: int) -> float:
+    """sum_{t < moves} discount^t: the return of `moves` rewards of 1 (a geometric sum)."""
+    if discount == 1.0:
+        return float(moves)
+    return (1.0 - discount ** moves) / (1.0 - discount)
+
+
+def check_support(settings: MuZeroSettings, game: str, value_range: tuple[float, float],
+                  reward_range: tuple[float, float],
+                  value_prefix_range: tuple[float, float] | None = None) -> None:
+    """ValueError naming both numbers unless `settings.support_size` holds `game`'s values,
+    rewards and (with settings.value_prefix) value prefixes."""
+    ranges = [(value_range, "values", f"{game}'s returns"),
+              (reward_range, "rewards", f"{game}'s rewards")]
+    if settings.value_prefix:
+        require(value_prefix_range is not None,
+                f"MuZeroSettings.value_prefix: {game} declares no value_prefix_range")
+        ranges.append((value_prefix_range, "value prefixes",
+                       f"{game}'s value prefixes (sums of up to num_unroll_steps="
+                       f"{settings.num_unroll_steps} rewards)"))
+    S = settings.support_size
+    limit = support_limit(S)
+    for (low, high), what, whose in ranges:
+        extreme = high if abs(high) >= abs(low) else low
+        if abs(extreme) <= limit:
+            continue
+        held, reached = _distinct(math.copysign(limit, extreme), extreme)
+        raise ValueError(f"MuZeroSettings.support_size={S} holds {what} "
+                         f"{'up to' if extreme >= 0 else 'down to'} {held}, but {whose} reach "
+                         f"{reached}; a support_size of at least {smallest_support(low, high)} "
+                         f"holds them")
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """a and b with one decimal, or as many more as it takes to tell them apart."""
+    for digits in range(1, 7):
+        shown = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if shown[0] != shown[1]:
+            break
+    return shown
+
+
 class State:
     """B games. Subclasses are frozen dataclasses whose array fields all lead with [B].
 
@@ -212,13 +285,51 @@ class State:
 
 
 class Game(abc.ABC):
-    """A vectorized game. Subclasses set `spec` and `settings` and implement the methods.
+    """A vectorized game. Subclasses set `spec`, `settings`, `value_range` and `reward_range` and
+    implement the methods.
 
     Shapes: B = number of games in a state, A = spec.num_actions.
+
+    Ranges, derived from the rules (each game's module shows how):
+      value_range: (low, high) of every value a target or the network can meet: the return
+        discounted by spec.discount from any position to the game's end, from the view of the
+        player to move.
+      reward_range: (low, high) of one move's reward, 0 included (reward targets are 0 at the
+        root and past a game's end).
+      rewarded_moves: the most moves of one game whose reward can be nonzero (None: any); it
+        bounds the value prefixes (`value_prefix_range`).
+    A game class whose `settings` cannot hold them is refused when it is defined
+    (`check_settings`), so a game never ships a support that clips its own targets.
     """
 
     spec: ClassVar[GameSpec]
     settings: ClassVar[MuZeroSettings]
+    value_range: ClassVar[tuple[float, float]]
+    reward_range: ClassVar[tuple[float, float]]
+    rewarded_moves: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if all(hasattr(cls, name) for name in ("spec", "settings", "value_range", "reward_range")):
+            cls.check_settings(cls.settings)
+
+    @classmethod
+    def value_prefix_range(cls, num_unroll_steps: int) -> tuple[float, float]:
+        """(low, high) of EfficientZero's value prefix: a sum of up to K = `num_unroll_steps`
+        consecutive rewards, undiscounted (services/replay/targets.py). At most K times the
+        reward range, or `rewarded_moves` times where a game rewards fewer moves."""
+        n = num_unroll_steps if cls.rewarded_moves is None else min(num_unroll_steps, cls.rewarded_moves)
+        low, high = cls.reward_range
+        return min(0.0, n * low), max(0.0, n * high)
+
+    @classmethod
+    def check_settings(cls, settings: MuZeroSettings) -> MuZeroSettings:
+        """`settings` if their support holds this game's values, rewards and (with value_prefix)
+        value prefixes; ValueError naming the support size, what it holds and what the game
+        reaches otherwise. For services that change a game's settings (e.g. support_size)."""
+        check_support(settings, cls.spec.name, cls.value_range, cls.reward_range,
+                      cls.value_prefix_range(settings.num_unroll_steps))
+        return settings
 
     @abc.abstractmethod
     def reset(self, n: int, seed: int | np.random.Generator | None = None) -> State:

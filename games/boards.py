@@ -135,6 +135,12 @@ class LineGame(Game):
     ROWS: int
     COLS: int
     K: int
+    # Only the last move of a game is rewarded: +1 when it makes a line (a move cannot lose for
+    # its player). With discount <= 1 the value of any position, from the view of the player to
+    # move, is that one reward with a sign: in [-1, 1].
+    reward_range = (0.0, 1.0)
+    value_range = (-1.0, 1.0)
+    rewarded_moves = 1
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

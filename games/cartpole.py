@@ -2,6 +2,13 @@
 
 Same constants, Euler integration, termination thresholds (|x| > 2.4, |theta| > 12 degrees),
 starting state uniform in [-0.05, 0.05]^4, reward 1 per step, truncation after 500 steps.
+
+Values: every step is worth 1 and a game lasts at most 500 steps, so the return from any state
+is at most sum_{t<500} 0.997^t = 259.1 (a fresh game balanced to the limit) and at least 0.
+A value support of size S holds up to h^-1(S) (games.base.support_limit): S = 10 stops at
+117.4, below the return of any state with 145 or more steps of balance ahead, so those targets
+would be clipped (and their priorities could never fall). S = 16, the smallest support that
+holds 259.1, holds up to 278.6.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import math
 
 import numpy as np
 
-from games.base import Game, GameSpec, MuZeroSettings, State
+from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps
 
 GRAVITY = 9.8
 MASS_CART = 1.0
@@ -24,6 +31,7 @@ TAU = 0.02  # seconds between state updates
 THETA_THRESHOLD_RADIANS = 12 * 2 * math.pi / 360
 X_THRESHOLD = 2.4
 MAX_STEPS = 500
+DISCOUNT = 0.997
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +43,13 @@ class CartPoleState(State):
 
 class CartPole(Game):
     spec = GameSpec(name="cartpole", observation_shape=(4,), observation_dtype="float32",
-                    num_actions=2, num_players=1, discount=0.997, max_moves=MAX_STEPS)
+                    num_actions=2, num_players=1, discount=DISCOUNT, max_moves=MAX_STEPS)
+    reward_range = (0.0, 1.0)  # 1 a step; 0 in the targets at the root and past the end
+    value_range = (0.0, discounted_steps(DISCOUNT, MAX_STEPS))  # 259.1
     settings = MuZeroSettings(
-        network="fc", hidden_size=64, fc_layers=(64,), support_size=10,
+        network="fc", hidden_size=64, fc_layers=(64,), support_size=16,
         num_simulations=16, search="gumbel", max_considered_actions=2,
-        discount=0.997, num_unroll_steps=5, td_steps=10,
+        discount=DISCOUNT, num_unroll_steps=5, td_steps=10,
         batch_size=256, learning_rate=3e-3, weight_decay=1e-4,
         replay_capacity=100_000, min_replay_positions=2_000,
         export_interval=100, games_per_batch=256)

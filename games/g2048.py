@@ -21,6 +21,27 @@ ones. Long games reach the replay server in chunks.
 
 Observation: float32 [B, 4, 4, 16], one-hot planes of the exponents: plane 0 empty cells,
 plane e tiles 2^e, tiles above 2^15 in plane 15 (0/1 values: spec dtype uint8).
+
+Value ranges, from the rules alone (no scaling: the replay server and the networks see the
+rewards as they are). Let S be a board's tile sum and Phi = sum over its tiles of v (log2 v - 1)
+(the score a tile v is worth when built from 2s). A merge of two v into 2v scores 2v and raises
+Phi by exactly 2v; a spawned 2 leaves Phi as it was, a spawned 4 raises it by 4; sliding keeps
+S, and every spawn adds at most 4 to it. So the rewards of the next j moves from a board sum to
+at most Phi(then) - Phi(now) <= 16 S(then) - Phi(now) <= P(now) + 64 j, where 16 = MAX_EXPONENT -
+1 bounds log2 v - 1 and P = sum v (17 - log2 v) <= 16 cells * 2^16 = 2^20 (2^e (17 - e) is
+largest at e = 15, 16). A discounted return is a weighted mean of these partial sums (weights
+g^j - g^(j+1)), hence:
+
+  * reward of one move: at most 8 merges (2 a line), each making a tile of at most 2^17:
+    2^20 = 1,048,576;
+  * value: at most 2^20 + 64 * sum_{t < max_moves} 0.997^t = 1,069,909;
+  * value prefix of K moves: at most 2^20 + 64 K.
+
+These bounds are far above what any agent meets (a 2^15 tile is a rare feat), but they are the
+only ones the rules guarantee, and a support that clipped them would clip silently: the
+smallest support that holds them is S = 2104 (4,209 logits a head). The earlier S = 300 stops at
+58,706, below the value of a position a few moves before a chain of merges up to one 2^15 tile
+(the chain alone scores 4 + 8 + ... + 2^15 = 65,532).
 """
 
 from __future__ import annotations
@@ -30,7 +51,7 @@ import dataclasses
 
 import numpy as np
 
-from games.base import Game, GameSpec, MuZeroSettings, State, require
+from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps, require
 from games.boards import as_rng, check_actions, reject_illegal, truncated_at
 
 SIZE = 4
@@ -39,6 +60,22 @@ PLANES = 16
 MAX_EXPONENT = 17  # 2^17 = 131072, the largest tile a 4x4 game can make
 MAX_MOVES = 100_000
 FOUR_PROBABILITY = 0.1
+DISCOUNT = 0.997
+LARGEST_SPAWN = 4
+
+# The value ranges derived in the module docstring.
+MOST_MERGES = SIZE * (SIZE // 2)  # 2 a line of 4, on 4 lines
+MAX_REWARD = MOST_MERGES * 2 ** MAX_EXPONENT  # 2^20
+# The largest P = sum over cells of v (MAX_EXPONENT - log2 v): each cell at its worst tile.
+MAX_UNBUILT = SIZE * SIZE * max(2 ** e * (MAX_EXPONENT - e) for e in range(1, MAX_EXPONENT + 1))
+# How much Phi may grow a move beyond what the board already holds: a spawn's worth, at the
+# highest rate a value can earn (log2 v - 1 <= MAX_EXPONENT - 1).
+SCORE_PER_SPAWN = LARGEST_SPAWN * (MAX_EXPONENT - 1)  # 64
+
+
+def max_future_score(moves: float) -> float:
+    """The most the rewards of `moves` consecutive moves (weighted by at most 1 each) can sum to."""
+    return MAX_UNBUILT + SCORE_PER_SPAWN * moves
 
 # For each of the 16 patterns of occupied cells in a row (bit j = cell j occupied), the cell
 # order that puts the occupied cells first, in order: compresses a row to the left.
@@ -166,16 +203,23 @@ class Game2048State(State):
 
 class Game2048(Game):
     spec = GameSpec(name="2048", observation_shape=(SIZE, SIZE, PLANES), observation_dtype="uint8",
-                    num_actions=4, num_players=1, discount=0.997, max_moves=MAX_MOVES)
-    # Rewards reach thousands and values (discount 0.997) tens of thousands: h(x) of 50 000 is
-    # about 273, so the value and reward supports span [-300, 300] as in MuZero's Atari setup.
+                    num_actions=4, num_players=1, discount=DISCOUNT, max_moves=MAX_MOVES)
+    reward_range = (0.0, float(MAX_REWARD))
+    value_range = (0.0, min(MAX_REWARD * discounted_steps(DISCOUNT, MAX_MOVES),
+                            max_future_score(discounted_steps(DISCOUNT, MAX_MOVES))))
+    # The smallest support that holds value_range (module docstring): h(1,069,909) = 2103.3.
     settings = MuZeroSettings(
-        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=300,
+        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=2104,
         num_simulations=16, search="gumbel", max_considered_actions=4,
-        discount=0.997, num_unroll_steps=5, td_steps=10,
+        discount=DISCOUNT, num_unroll_steps=5, td_steps=10,
         batch_size=256, learning_rate=3e-3, lr_decay_steps=50_000, weight_decay=1e-4,
         replay_capacity=500_000, min_replay_positions=10_000,
         export_interval=100, games_per_batch=256)
+
+    @classmethod
+    def value_prefix_range(cls, num_unroll_steps: int) -> tuple[float, float]:
+        """K consecutive rewards sum to at most max_future_score(K) (module docstring)."""
+        return 0.0, float(min(num_unroll_steps * MAX_REWARD, max_future_score(num_unroll_steps)))
 
     def reset(self, n: int, seed: int | np.random.Generator | None = None) -> Game2048State:
         require(n >= 0, f"n must be >= 0, got {n}")

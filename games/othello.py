@@ -104,6 +104,11 @@ class OthelloState(State):
 class Othello(Game):
     spec = GameSpec(name="othello", observation_shape=(SIZE, SIZE, 2), observation_dtype="uint8",
                     num_actions=NUM_ACTIONS, num_players=2, discount=1.0, max_moves=MAX_MOVES)
+    # Only the ending move is rewarded, +1, 0 or -1 for its player (it may lose), so the value
+    # of any position, from the view of the player to move, lies in [-1, 1] (discount 1).
+    reward_range = (-1.0, 1.0)
+    value_range = (-1.0, 1.0)
+    rewarded_moves = 1
     settings = MuZeroSettings(
         network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=1,
         num_simulations=32, search="gumbel", max_considered_actions=16,

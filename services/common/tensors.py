@@ -93,4 +93,7 @@ def _decode(content: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) 
     if len(content) != expected:
         raise TensorError(f"{name}: {len(content)} bytes for shape {list(shape)} of {dtype} "
                           f"(expected {expected})")
-    return np.frombuffer(content, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(content, dtype=dtype).reshape(shape)
+    except ValueError as error:  # NumPy's own limits: more than 64 dimensions, a dimension >= 2**63
+        raise TensorError(f"{name}: shape {list(shape)} is not a valid array shape ({error})") from None

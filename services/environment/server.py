@@ -14,15 +14,16 @@ import time
 from typing import Callable, TypeVar
 
 import grpc
+import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 import games
 from games.base import Game
-from protos import environment_pb2, environment_pb2_grpc
+from protos import environment_pb2, environment_pb2_grpc, tensor_pb2
 from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
 from services.common.metrics import LATENCY_BUCKETS_S
-from services.common.tensors import TensorError, from_tensor
+from services.common.tensors import TensorError, TensorTooLarge, from_tensor
 from services.environment.config import EnvironmentConfig
 from services.environment.sessions import SessionError, SessionStore, invalid
 from services.environment.wire import spec_to_proto, time_step_to_proto
@@ -30,6 +31,22 @@ from services.environment.wire import spec_to_proto, time_step_to_proto
 SERVICE_NAME = "mufleet.Environment"
 
 T = TypeVar("T")
+
+
+def decode_tensor(tensor: tensor_pb2.Tensor, name: str) -> np.ndarray:
+    """A request's tensor field as a read-only array; SessionError INVALID_ARGUMENT naming `name`
+    for any tensor that does not decode (unknown dtype, negative dimensions, bytes that disagree
+    with the shape, element counts past int64), RESOURCE_EXHAUSTED for one over a size limit."""
+    try:
+        return from_tensor(tensor, name)
+    except TensorTooLarge as error:
+        raise SessionError("RESOURCE_EXHAUSTED", str(error)) from error
+    except TensorError as error:
+        raise invalid(str(error)) from error
+    except ValueError as error:
+        # NumPy refusing a shape the byte count allowed (more than 64 dimensions, a zero-size
+        # array whose other dimensions overflow): still the client's tensor, not a server bug.
+        raise invalid(f"{name}: shape {list(tensor.shape)} cannot be decoded: {error}") from error
 
 
 class EnvironmentMetrics:
@@ -82,7 +99,8 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
         self.config = config
         self.log = log
         self.metrics = metrics or EnvironmentMetrics()
-        self.store = SessionStore(config.max_sessions, config.max_games_per_session, clock)
+        self.store = SessionStore(config.max_sessions, config.max_games_per_session, clock,
+                                  max_total_games=config.max_total_games)
         self._games: dict[str, Game] = {}
         self._games_lock = threading.Lock()
         self._stop = threading.Event()
@@ -179,10 +197,7 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
         def body() -> environment_pb2.TimeStep:
             if not request.HasField("actions"):
                 raise invalid("actions: missing; send an int32 tensor of shape [num_games]")
-            try:
-                actions = from_tensor(request.actions, "actions")
-            except TensorError as error:
-                raise invalid(str(error)) from error
+            actions = decode_tensor(request.actions, "actions")
             with self.store.use(request.session_id, context.time_remaining()) as session:
                 time_step, num_ended = session.step(actions, request.auto_reset)
             self.metrics.step_requests.labels(session.game_name).inc()

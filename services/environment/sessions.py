@@ -182,16 +182,25 @@ class SessionStore:
       max_sessions: the most sessions open at once.
       max_games_per_session: the largest B of one session.
       clock: monotonic seconds (a fake one in tests).
+      max_total_games: the most games all open sessions hold together (None: no bound beyond
+        max_sessions * max_games_per_session).
     """
 
     def __init__(self, max_sessions: int, max_games_per_session: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 max_total_games: int | None = None) -> None:
         self.max_sessions = max_sessions
         self.max_games_per_session = max_games_per_session
+        self.max_total_games = (max_sessions * max_games_per_session if max_total_games is None
+                                else max_total_games)
         self.clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
-        self._opening = 0  # sessions being built outside the lock, counted against max_sessions
+        # Sessions and games being built outside the lock, counted against the limits so that
+        # Opens running at the same time cannot together go beyond them.
+        self._opening = 0
+        self._opening_games = 0
+        self._games = 0  # games held by self._sessions
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -201,7 +210,7 @@ class SessionStore:
     def num_games(self) -> int:
         """Games held by all open sessions."""
         with self._lock:
-            return sum(s.num_games for s in self._sessions.values())
+            return self._games
 
     def open(self, game_name: str, game: Game, num_games: int, seed: int) -> Session:
         """A new session of `num_games` fresh games of `game` (game.reset(num_games, seed))."""
@@ -211,19 +220,32 @@ class SessionStore:
         if seed < 0:
             raise invalid(f"seed: must be >= 0, got {seed}")
         with self._lock:
+            in_use = self._games + self._opening_games
+            if in_use + num_games > self.max_total_games:
+                raise SessionError(
+                    "RESOURCE_EXHAUSTED",
+                    f"num_games: {num_games} more games would go beyond this server's maximum "
+                    f"of {self.max_total_games} games in all sessions (--max-total-games): "
+                    f"{in_use} are in use by {len(self._sessions) + self._opening} sessions, "
+                    f"{max(self.max_total_games - in_use, 0)} are free; close sessions or wait "
+                    f"for idle ones to expire")
             if len(self._sessions) + self._opening >= self.max_sessions:
                 raise SessionError(
                     "RESOURCE_EXHAUSTED",
                     f"Open: this server already holds its maximum of {self.max_sessions} "
                     f"sessions (--max-sessions); close sessions or wait for idle ones to expire")
             self._opening += 1
+            self._opening_games += num_games
+        session: Session | None = None
         try:
             session = Session(str(uuid.uuid4()), game_name, game, num_games, seed, self.clock())
         finally:
             with self._lock:
                 self._opening -= 1
-        with self._lock:
-            self._sessions[session.id] = session
+                self._opening_games -= num_games
+                if session is not None:
+                    self._sessions[session.id] = session
+                    self._games += num_games
         return session
 
     def get(self, session_id: str) -> Session:
@@ -274,6 +296,7 @@ class SessionStore:
                     return None
                 raise self._not_found(session_id)
             session.closed = True
+            self._games -= session.num_games
             self._remember(session_id, "was closed")
             return session
 
@@ -290,6 +313,7 @@ class SessionStore:
                 try:
                     session.closed = True
                     del self._sessions[session_id]
+                    self._games -= session.num_games
                     self._remember(session_id, f"expired after {timeout_s:g}s without calls "
                                                f"(the server's --session-timeout-s)")
                 finally:
@@ -305,6 +329,7 @@ class SessionStore:
                 session.closed = True
                 self._remember(session.id, "was closed when the server stopped")
             self._sessions.clear()
+            self._games = 0
         return sessions
 
     def _remember(self, session_id: str, why: str) -> None:

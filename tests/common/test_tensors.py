@@ -23,7 +23,8 @@ def test_element_count_is_exact_where_int64_wraps():
     assert int(np.prod((2**62, 4), dtype=np.int64)) == 0  # what a wrapped product would accept
 
 
-@pytest.mark.parametrize("shape", [(2**62, 4), (2**32, 2**32), (-1, 4), (2, -3)])
+@pytest.mark.parametrize("shape", [(2**62, 4), (2**32, 2**32), (-1, 4), (2, -3), (0, 2**63 - 1),
+                                   (1,) * 70])
 def test_mufleet_tensor_with_impossible_shape_is_a_tensor_error(shape):
     tensor = mufleet_tensor_pb2.Tensor(dtype=mufleet_tensor_pb2.FLOAT32, shape=shape, content=b"")
     with pytest.raises(TensorError, match="observations"):

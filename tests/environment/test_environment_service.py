@@ -326,7 +326,11 @@ def test_command_line():
     helped = run("--help")
     assert helped.returncode == 0
     for flag in ("--game", "--host", "--port", "--metrics-port", "--session-timeout-s",
-                 "--max-games-per-session", "--max-sessions", "--max-workers"):
+                 "--max-games-per-session", "--max-sessions", "--max-total-games", "--max-workers"):
         assert flag in helped.stdout
     refused = run("--game", "chess", "--port", "0", "--metrics-port", "0")
     assert refused.returncode == 2 and "--game" in refused.stderr
+    refused = run("--max-games-per-session", "100", "--max-total-games", "10", "--port", "0",
+                  "--metrics-port", "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "--max-games-per-session must be <= --max-total-games=10, got 100" in refused.stderr

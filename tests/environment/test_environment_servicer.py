@@ -175,6 +175,11 @@ def test_time_step_from_proto_shapes():
     ({"max_games_per_session": 0}, "EnvironmentConfig.max_games_per_session must be >= 1, got 0"),
     ({"max_sessions": 0}, "EnvironmentConfig.max_sessions must be >= 1, got 0"),
     ({"max_workers": 0}, "EnvironmentConfig.max_workers must be >= 1, got 0"),
+    ({"max_total_games": 0}, "EnvironmentConfig.max_total_games must be >= 1, got 0"),
+    ({"max_games_per_session": 100, "max_total_games": 99},
+     "EnvironmentConfig.max_games_per_session must be <= max_total_games=99, got 100"),
+    ({"max_games_per_session": 2**31, "max_total_games": 2**32},
+     "EnvironmentConfig.max_games_per_session must be <= 2147483647, got 2147483648"),
 ])
 def test_config_names_the_bad_field(fields, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -184,10 +189,11 @@ def test_config_names_the_bad_field(fields, message):
 def test_flags_build_the_config():
     config = parse_args(["--game", "cartpole", "--port", "0", "--metrics-port", "0",
                          "--session-timeout-s", "1.5", "--max-games-per-session", "10",
-                         "--max-sessions", "3", "--max-workers", "4", "--host", "127.0.0.1"])
+                         "--max-sessions", "3", "--max-total-games", "20", "--max-workers", "4",
+                         "--host", "127.0.0.1"])
     assert config == EnvironmentConfig(game="cartpole", host="127.0.0.1", port=0, metrics_port=0,
                                        session_timeout_s=1.5, max_games_per_session=10,
-                                       max_sessions=3, max_workers=4)
+                                       max_sessions=3, max_total_games=20, max_workers=4)
     assert EnvironmentConfig(session_timeout_s=0.2).reap_interval_s == pytest.approx(0.05)
     with pytest.raises(SystemExit):
         parse_args(["--session-timeout-s", "0"])

@@ -229,3 +229,49 @@ def test_use_gives_a_session_to_one_call_at_a_time():
         with store.use(session.id):
             pass
     assert error.value.code == "NOT_FOUND"
+
+
+def test_store_bounds_the_games_of_all_sessions_together():
+    clock = FakeClock()
+    store = SessionStore(max_sessions=10, max_games_per_session=8, clock=clock, max_total_games=12)
+    game = games.make("cartpole")
+    a = store.open("cartpole", game, 8, 0)
+    b = store.open("cartpole", game, 3, 0)
+    with pytest.raises(SessionError) as error:
+        store.open("cartpole", game, 2, 0)
+    assert error.value.code == "RESOURCE_EXHAUSTED"
+    assert error.value.message.startswith(
+        "num_games: 2 more games would go beyond this server's maximum of 12 games in all "
+        "sessions (--max-total-games): 11 are in use by 2 sessions, 1 are free")
+    assert (len(store), store.num_games()) == (2, 11)
+    c = store.open("cartpole", game, 1, 0)  # exactly up to the bound
+    assert store.num_games() == 12
+    store.close(a.id)
+    store.close(a.id)  # closing again frees nothing twice
+    assert store.num_games() == 4
+    d = store.open("cartpole", game, 8, 0)
+    clock.now += 100
+    store.get(c.id)  # a call naming c: only b and d are idle
+    assert {s.id for s, _ in store.reap(timeout_s=50)} == {b.id, d.id}
+    assert (len(store), store.num_games()) == (1, 1)
+    store.close_all()
+    assert (len(store), store.num_games()) == (0, 0)
+
+
+def test_a_session_that_fails_to_build_frees_its_games():
+    store = SessionStore(max_sessions=2, max_games_per_session=8, max_total_games=8)
+    game = games.make("cartpole")
+
+    class Broken(type(game)):
+        def reset(self, n, seed=None):
+            raise RuntimeError("no games today")
+
+    with pytest.raises(RuntimeError):
+        store.open("cartpole", Broken(), 8, 0)
+    assert (len(store), store.num_games()) == (0, 0)
+    store.open("cartpole", game, 8, 0)  # the failed Open holds nothing
+
+
+def test_default_total_is_every_session_full():
+    store = SessionStore(max_sessions=3, max_games_per_session=4)
+    assert store.max_total_games == 12
