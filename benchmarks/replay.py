@@ -4,7 +4,9 @@ A real server process (`python -m services.replay`, port 0, a temporary data dir
 synchronous=FULL: every add is on disk before its answer) and one client in this process. Rows,
 for cartpole (float32 [4] observations, ~200-move games) and connect4 ([6, 7, 2] uint8 boards,
 ~30-move games, observations sent as float32 like the agent's):
-  * AddGames with 1 and with 32 games per call (each call one durable transaction);
+  * AddGames with 1 and with 32 games per call (each call one durable transaction); for
+    cartpole also into the full buffer (each add evicts), with every evicted id kept and with
+    --id-window 1000 (each add also deletes the tombstones that leave the window);
   * SampleBatch with B = 256, K = 5 (n = 10) from a buffer of ~100k positions, alone and
     followed by UpdatePriorities of the batch (a trainer's step), and with unroll observations.
 
@@ -34,6 +36,7 @@ BATCH_SIZE = 256
 NUM_UNROLL_STEPS = 5
 FILL_POSITIONS = 100_000
 SECONDS_PER_ROW = 3.0
+ID_WINDOW = 1000  # small enough that the filled buffer's adds forget ids at once
 
 FAKE_CONNECT4 = GameSpec(name="connect4", observation_shape=(6, 7, 2), observation_dtype="uint8",
                          num_actions=7, num_players=2, discount=1.0, max_moves=42)
@@ -78,16 +81,28 @@ def timed(seconds: float, step: Callable[[], int]) -> tuple[float, int]:
     return units / (time.perf_counter() - started), calls
 
 
-def start_server(flags: list[str], data_dir: str, synchronous: str = "FULL") -> ServiceProcess:
+def start_server(flags: list[str], data_dir: str, synchronous: str = "FULL",
+                 extra: tuple[str, ...] = ()) -> ServiceProcess:
     return ServiceProcess("services.replay", [
         *flags, "--data-dir", data_dir, "--port", "0", "--metrics-port", "0",
         "--capacity", str(FILL_POSITIONS), "--min-positions", "0", "--priority-alpha", "1",
         "--num-unroll-steps", str(NUM_UNROLL_STEPS), "--td-steps", "10",
-        "--synchronous", synchronous]).start()
+        "--synchronous", synchronous, *extra]).start()
+
+
+def fill(client: ReplayClient, spec: GameSpec, mean_length: int) -> replay_pb2.ReplayStats:
+    """Adds games until the buffer holds ~FILL_POSITIONS positions (from then on adds evict)."""
+    stats = client.get_stats()
+    calls = 0
+    while stats.stored_positions < 0.98 * FILL_POSITIONS:
+        client.add_games(make_games(spec, 64, mean_length, seed=100 + calls, prefix=f"fill{calls}"))
+        calls += 1
+        stats = client.get_stats()
+    return stats
 
 
 def add_rate(client: ReplayClient, pool: list[replay_pb2.GameRecord], per_call: int,
-             seconds: float) -> float:
+             seconds: float, prefix: str = "add") -> float:
     """Games per second stored by AddGames calls of `per_call` new games (copies of `pool`)."""
     counter = iter(range(10**9))
 
@@ -97,7 +112,7 @@ def add_rate(client: ReplayClient, pool: list[replay_pb2.GameRecord], per_call: 
             i = next(counter)
             record = replay_pb2.GameRecord()
             record.CopyFrom(pool[i % len(pool)])
-            record.id = f"add{per_call}-{i}"
+            record.id = f"{prefix}{per_call}-{i}"  # new ids: no call is a duplicate
             batch.append(record)
         return client.add_games(batch).added
 
@@ -124,12 +139,7 @@ def bench_game(name: str, mean_length: int, seconds: float, status) -> list[tupl
                     rows.append(add_row(name, f"AddGames, {per_call} game{'s' if per_call > 1 else ''}/call",
                                         rate, mean_length, per_call))
                 status.update(f"{name}: filling the buffer to {FILL_POSITIONS:,} positions")
-                stats = client.get_stats()
-                fill = 0
-                while stats.stored_positions < 0.98 * FILL_POSITIONS:
-                    client.add_games(make_games(spec, 64, mean_length, seed=100 + fill, prefix=f"fill{fill}"))
-                    fill += 1
-                    stats = client.get_stats()
+                stats = fill(client, spec, mean_length)
 
                 def sample() -> int:
                     client.sample_batch(BATCH_SIZE)
@@ -145,6 +155,11 @@ def bench_game(name: str, mean_length: int, seconds: float, status) -> list[tupl
                     client.sample_batch(BATCH_SIZE, include_unroll_observations=True)
                     return 1
 
+                if name == "cartpole":  # every add evicts; every evicted id is kept
+                    status.update(f"{name}: AddGames into the full buffer")
+                    rate = add_rate(client, pool, 1, seconds, prefix="full")
+                    rows.append(add_row(name, "AddGames, 1 game/call, full (evicts)", rate,
+                                        mean_length, 1))
                 for label, step in (("SampleBatch", sample),
                                     ("SampleBatch + UpdatePriorities", sample_and_update),
                                     ("SampleBatch + unroll obs.", sample_unroll)):
@@ -154,6 +169,16 @@ def bench_game(name: str, mean_length: int, seconds: float, status) -> list[tupl
                     rows.append((name, f"{label}, B={BATCH_SIZE}, K={NUM_UNROLL_STEPS}",
                                  f"{rate:,.0f} batches/s", f"{rate * BATCH_SIZE:,.0f} positions/s",
                                  f"{1e3 / rate:.2f}"))
+    if name == "cartpole":  # what forgetting evicted ids costs: every add deletes tombstones too
+        with tempfile.TemporaryDirectory(prefix="mufleet-replay-bench-") as data_dir:
+            status.update(f"{name}: AddGames into the full buffer, --id-window {ID_WINDOW}")
+            with start_server(flags, data_dir, extra=("--id-window", str(ID_WINDOW))) as server:
+                server.wait_ready(120)
+                with ReplayClient(server.grpc_address, timeout_s=30) as client:
+                    fill(client, spec, mean_length)
+                    rate = add_rate(client, pool, 1, seconds, prefix="full")
+                    rows.append(add_row(name, f"AddGames, 1 game/call, full, id_window={ID_WINDOW}",
+                                        rate, mean_length, 1))
     if name == "cartpole":  # what synchronous=FULL costs: the same adds with NORMAL
         with tempfile.TemporaryDirectory(prefix="mufleet-replay-bench-") as data_dir:
             status.update(f"{name}: AddGames with synchronous=NORMAL")

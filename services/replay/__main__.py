@@ -14,14 +14,16 @@ pending priorities are written and the database is closed; the process exits 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import games
-from protos import replay_pb2_grpc
+from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.common.metrics import start_metrics_server
-from services.replay.buffer import ReplayBuffer
 from services.replay.config import SYNCHRONOUS_MODES, ReplayConfig, spec_from_json
-from services.replay.server import SERVICE_NAME, ReplayServer, ReplayServicer
+from services.replay.server import serve
+
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(ReplayConfig)}
 
 
 def parse_args(argv: list[str] | None = None) -> ReplayConfig:
@@ -72,8 +74,26 @@ def parse_args(argv: list[str] | None = None) -> ReplayConfig:
                              "process crash (default: %(default)s)")
     parser.add_argument("--priorities-flush-s", type=float, default=30.0,
                         help="write changed priorities to disk this often (default: %(default)s)")
-    parser.add_argument("--max-workers", type=int, default=16,
-                        help="threads serving calls (default: %(default)s)")
+    parser.add_argument("--max-workers", type=int, default=DEFAULTS["max_workers"],
+                        help="threads serving calls; at most half wait on the rate limiter "
+                             "(default: %(default)s)")
+    parser.add_argument("--priority-limit", type=float, default=None,
+                        help="the largest priority UpdatePriorities accepts; also bounds the "
+                             "priority new positions enter at (default: 10 x the largest value "
+                             "error of the game, at least 1e6)")
+    parser.add_argument("--max-sample-bytes", type=int, default=DEFAULTS["max_sample_bytes"],
+                        help="the most bytes of arrays one SampleBatch (or SampleGames reply) may "
+                             "build; larger SampleBatch requests get INVALID_ARGUMENT "
+                             "(default: %(default)s)")
+    parser.add_argument("--id-window", type=int, default=DEFAULTS["id_window"],
+                        help="AddGames recognises a retried record while fewer than this many "
+                             "records were stored after it, evicted or not (default: %(default)s)")
+    parser.add_argument("--max-receive-bytes", type=int, default=0,
+                        help="largest request message; 0 derives it from --capacity and the game "
+                             "(an AddGames that fills the capacity) (default: %(default)s)")
+    parser.add_argument("--max-send-bytes", type=int, default=0,
+                        help="largest response message; 0 derives it from --max-sample-bytes and "
+                             "--capacity (default: %(default)s)")
     args = parser.parse_args(argv)
     if (args.game is None) == (args.game_spec is None):
         parser.error("give exactly one of --game and --game-spec")
@@ -81,42 +101,46 @@ def parse_args(argv: list[str] | None = None) -> ReplayConfig:
         ("capacity", args.capacity), ("min_positions", args.min_positions),
         ("samples_per_insert", args.samples_per_insert), ("error_buffer", args.error_buffer),
         ("priority_alpha", args.priority_alpha), ("priority_beta", args.priority_beta),
-        ("num_unroll_steps", args.num_unroll_steps), ("td_steps", args.td_steps)) if value is not None}
-    try:
+        ("num_unroll_steps", args.num_unroll_steps), ("td_steps", args.td_steps),
+        ("priority_limit", args.priority_limit)) if value is not None}
+
+    def build() -> ReplayConfig:
         game = args.game if args.game is not None else spec_from_json(args.game_spec)
         return ReplayConfig.for_game(
             game, args.data_dir, host=args.host, port=args.port, metrics_port=args.metrics_port,
             seed=args.seed, synchronous=args.synchronous,
-            priorities_flush_s=args.priorities_flush_s, max_workers=args.max_workers, **overrides)
-    except ValueError as error:
-        parser.error(str(error))
+            priorities_flush_s=args.priorities_flush_s, max_workers=args.max_workers,
+            max_sample_bytes=args.max_sample_bytes,
+            id_window=args.id_window, max_receive_bytes=args.max_receive_bytes,
+            max_send_bytes=args.max_send_bytes, **overrides)
+
+    return config_or_exit(parser, build)
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     log = get_logger("replay")
     try:
-        buffer = ReplayBuffer(config, log)
+        server = serve(config, log)
     except (ValueError, RuntimeError) as error:  # a data dir of another game, a damaged database
         log.error("data_dir_unusable", data_dir=config.data_dir, message=str(error))
         raise SystemExit(2) from error
-    server = ReplayServer(buffer, log, host=config.host, port=config.port,
-                          max_workers=config.max_workers)
+    buffer = server.buffer
     try:
-        servicer = ReplayServicer(buffer, log)
-        replay_pb2_grpc.add_ReplayServicer_to_server(servicer, server.grpc_server)
-        grpc_port = server.start([SERVICE_NAME])
         metrics_port = start_metrics_server(config.metrics_port, host=config.host)
     except BaseException:
-        buffer.close()
+        server.stop(0)
         raise
-    log.info("ready", grpc_port=grpc_port, metrics_port=metrics_port, game=config.spec.name,
+    log.info("ready", grpc_port=server.port, metrics_port=metrics_port, game=config.spec.name,
              data_dir=config.data_dir, games=buffer.num_games, positions=buffer.num_positions,
              capacity=config.capacity, min_positions=config.min_positions,
              samples_per_insert=config.samples_per_insert, error_buffer=config.error_buffer,
              priority_alpha=config.priority_alpha, priority_beta=config.priority_beta,
              num_unroll_steps=config.num_unroll_steps, td_steps=config.td_steps,
-             synchronous=config.synchronous)
+             synchronous=config.synchronous, max_workers=config.max_workers,
+             max_receive_bytes=config.receive_limit, max_send_bytes=config.send_limit,
+             max_sample_bytes=config.max_sample_bytes, priority_limit=config.priority_limit,
+             id_window=config.id_window)
     server.wait_for_shutdown_signal()  # stops the server, then closes the buffer
 
 

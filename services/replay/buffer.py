@@ -15,6 +15,11 @@ serialises the writers (add, update_targets, the priority flush) so that each on
 transaction and memory update happen in the same order; it is always taken before `_lock`.
 A write commits to SQLite first and updates memory after, so an acknowledged add is on disk and
 a crash never leaves memory ahead of disk.
+
+Bounds. Priorities lie in [0, priority_limit] (checked on update, repaired on load), so the
+running max, the weights and the importance weights stay finite; a sample is refused before it
+allocates more than max_sample_bytes; the database keeps the ids of the newest id_window records
+only (docs/replay.md, Limits and Idempotence).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from typing import Callable
 import numpy as np
 
 from services.common.logs import EventLogger
-from services.replay.config import ReplayConfig
-from services.replay.records import GameArrays, ReplayError, invalid, not_found
+from services.replay.config import MESSAGE_SLACK_BYTES, MIB, ReplayConfig
+from services.replay.records import (RECORD_HEADER_BYTES, GameArrays, ReplayError, invalid,
+                                     not_found, position_bytes, sample_bytes)
 from services.replay.storage import GameDatabase
 from services.replay.targets import reward_targets, unroll_mask, value_targets
 
@@ -37,6 +43,15 @@ RECENT_GAMES = 100
 MAX_BATCH_SIZE = 1 << 16
 MAX_UNROLL_STEPS = 1000
 MAX_TD_STEPS = 10_000
+
+
+def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
+    """`priorities` if every one is in [0, limit]; else a float64 copy with NaN and values over
+    the limit set to `limit` (so they are drawn soon and get a real priority) and negative ones
+    to 0. For priorities loaded from disk, which the API's checks did not always bound."""
+    if np.all((priorities >= 0) & (priorities <= limit)):
+        return priorities
+    return np.where(np.isnan(priorities), limit, np.clip(priorities, 0.0, limit))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +220,29 @@ class ReplayBuffer:
             self._log("evicted_at_start", games=evict, positions=int(sizes[:evict].sum()),
                       capacity=self._C)
         self._first_key = int(keys[evict]) if evict < len(keys) else self._last_key + 1
+        limit = self.config.priority_limit
+        repaired: dict[int, np.ndarray] = {}
+        loaded_max = 0.0
         for stored in self._db.load(self._first_key):
-            self._append(stored.key, stored.game, stored.priorities, stored.targets_model_version)
+            priorities = bounded_priorities(stored.priorities, limit)
+            if priorities is not stored.priorities:
+                repaired[stored.key] = priorities.astype(np.float32)
+            if stored.game.num_sampleable:
+                loaded_max = max(loaded_max, float(priorities[:stored.game.num_sampleable].max()))
+            self._append(stored.key, stored.game, priorities, stored.targets_model_version)
             self._recent.append((stored.game.player0_return(), stored.game.num_sampleable))
-        self._max_priority = self._db.max_priority()
+        stored_max = self._db.max_priority()
+        # The running max only grows from 1.0; one that is not a number in [1, limit] (written
+        # before priorities were bounded, or above a lowered limit) would let every new position
+        # enter at inf or NaN, so it is repaired here and on disk.
+        self._max_priority = min(limit, stored_max if stored_max >= 1.0 else max(1.0, loaded_max))
+        if repaired or not self._max_priority == stored_max:
+            self._db.update_priorities(repaired, self._max_priority)
+            self._log("priorities_repaired", records=len(repaired), max_priority_was=repr(stored_max),
+                      max_priority=self._max_priority, priority_limit=limit)
+        removed = self._db.forget_ids(min(self._last_key - self.config.id_window, self._first_key - 1))
+        if removed:
+            self._log("ids_forgotten", records=removed, id_window=self.config.id_window)
         # The limiter starts balanced: loaded positions count as inserted and as already sampled
         # at the target ratio, so a restarted trainer neither waits for min_positions new
         # positions nor replays a burst of old ones.
@@ -300,9 +334,10 @@ class ReplayBuffer:
     def add_games(self, games: list[GameArrays]) -> AddResult:
         """Stores the records (validated, e.g. by `records.decode_many`) durably, then in memory.
 
-        A record whose id was ever stored, or that repeats an id of this call, is a duplicate
-        and is not stored again. Evicts the oldest records in the same transaction if the
-        capacity would be exceeded.
+        A record whose id is stored, or remembered (an evicted record among the newest
+        `id_window` keys), or that repeats an id of this call, is a duplicate and is not stored
+        again. Evicts the oldest records in the same transaction if the capacity would be
+        exceeded.
         """
         for i, game in enumerate(games):
             if game.length > self._C:
@@ -333,7 +368,15 @@ class ReplayBuffer:
                                             max_priority, 0.0).astype(np.float32))
                        for key, game in new]
             if new or evict_range:
-                self._db.add(records, evict_range)  # committed: from here on the add is durable
+                # Ids of evicted records older than the newest id_window keys are forgotten in
+                # the same transaction: the tombstones stay bounded (docs/replay.md, Idempotence).
+                # Below the first live key every row is a tombstone, so the delete reads only
+                # the rows it deletes.
+                newest = new[-1][0] if new else self._last_key
+                first_live = evict_range[1] + 1 if evict_range else self._first_key
+                self._db.add(records, evict_range,
+                             forget_through=min(newest - self.config.id_window, first_live - 1))
+                # committed: from here on the add is durable
             with self._changed:
                 if evict_range:
                     self._evict_through(evict_range[1])
@@ -415,13 +458,21 @@ class ReplayBuffer:
             raise invalid(f"record_keys: dtype {record_keys.dtype} is not an integer dtype")
         if positions.dtype.kind not in "iu":
             raise invalid(f"positions: dtype {positions.dtype} is not an integer dtype")
-        if priorities.dtype.kind not in "iuf" or not np.all(np.isfinite(priorities)):
-            raise invalid("priorities: values must be finite numbers")
-        if np.any(priorities < 0):
-            raise invalid("priorities: values must be >= 0")
+        if priorities.dtype.kind not in "iuf":
+            raise invalid(f"priorities: dtype {priorities.dtype} is not numeric")
+        priorities = priorities.astype(np.float64)
+        limit = self.config.priority_limit
+        # NaN fails every comparison, so "not (0 <= p <= limit)" also refuses it.
+        bad = ~((priorities >= 0) & (priorities <= limit))
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            p = float(priorities[i])
+            why = ("is not finite" if not np.isfinite(p) else "is negative" if p < 0
+                   else f"is over the limit {limit:g} (priority_limit)")
+            raise invalid(f"priorities: priorities[{i}] = {p:g} {why}; priorities must be in "
+                          f"[0, {limit:g}]")
         keys = record_keys.astype(np.int64)
         positions = positions.astype(np.int64)
-        priorities = priorities.astype(np.float64)
         with self._lock:
             never = (keys < 1) | (keys > self._last_key)
             if np.any(never):
@@ -438,7 +489,7 @@ class ReplayBuffer:
             p = priorities[live]
             self._priority[slots] = p
             self._weight[slots] = np.power(p, self._alpha)
-            if len(p):
+            if len(p):  # p <= priority_limit, so the running max stays bounded by it
                 self._max_priority = max(self._max_priority, float(p.max()))
             self._dirty_priorities.update(np.unique(keys[live]).tolist())
             self._cumulative = None
@@ -541,6 +592,17 @@ class ReplayBuffer:
         K = num_unroll_steps or c.num_unroll_steps
         n = td_steps or c.td_steps
         gamma = float(discount) or c.discount
+        nbytes = sample_bytes(self.spec, B, K, n, include_unroll_observations)
+        # Refused before anything is allocated or locked. INVALID_ARGUMENT, not
+        # RESOURCE_EXHAUSTED: retrying cannot help, the request must change (clients retry the
+        # latter as "busy").
+        if nbytes > c.max_sample_bytes:
+            raise invalid(
+                f"batch_size: B = {B} with K = {K}, n = {n}"
+                f"{', unroll observations' if include_unroll_observations else ''} would build "
+                f"about {nbytes / MIB:.1f} MiB of arrays, over the limit max_sample_bytes = "
+                f"{c.max_sample_bytes} ({c.max_sample_bytes / MIB:g} MiB); ask for fewer "
+                f"positions or a smaller K or n")
         W = K + n + 1
         C, A = self._C, self._A
         with self._changed:
@@ -578,7 +640,9 @@ class ReplayBuffer:
             self._sample_batches += 1
             self._limit_samples += B
         # Targets, outside the lock.
-        weights = np.power(N * probability, -self._beta)
+        # N P(i) underflows to 0 only for a weight below ~1e-308 of the total (drawn with that
+        # probability); the floor keeps its weight finite, so the batch's max is never inf.
+        weights = np.power(np.maximum(N * probability, np.finfo(np.float64).tiny), -self._beta)
         weights /= weights.max()
         inside = np.arange(K + 1)[None, :] < remaining[:, None]
         policy_real = inside & (policy.sum(axis=-1) > 0)
@@ -626,9 +690,11 @@ class ReplayBuffer:
 
     def sample_games(self, num_games: int, newest_first: bool = False) -> list[StoredGame]:
         """Up to `num_games` whole records with their current targets: the newest first, or a
-        uniform draw without replacement."""
+        uniform draw without replacement. Records are taken while their messages fit in
+        `max_sample_bytes` (and the send limit), at least one: a reply may hold fewer."""
         if num_games < 1:
             raise invalid(f"num_games: must be >= 1, got {num_games}")
+        budget = min(self.config.max_sample_bytes, self.config.send_limit - MESSAGE_SLACK_BYTES)
         with self._lock:
             count = self._last_key - self._first_key + 1 if self._g_ids else 0
             chosen = min(num_games, count)
@@ -636,7 +702,22 @@ class ReplayBuffer:
                 keys = np.arange(self._last_key, self._last_key - chosen, -1)
             else:
                 keys = self._first_key + self._rng.choice(count, chosen, replace=False)
-            return [self._game(int(key)) for key in keys]
+            per_position = position_bytes(self.spec)
+            taken: list[StoredGame] = []
+            total = 0
+            for key in keys.tolist():
+                game_id, episode_id = self._g_ids[key]
+                size = (int(self._g_length[key % self._C]) * per_position + RECORD_HEADER_BYTES
+                        + len(game_id.encode()) + len(episode_id.encode()))
+                if taken and total + size > budget:
+                    break
+                if size > self.config.send_limit - MESSAGE_SLACK_BYTES:
+                    raise ReplayError("RESOURCE_EXHAUSTED",
+                                      f"num_games: record {game_id!r} is {size} bytes, over the "
+                                      f"send limit {self.config.send_limit} (max_send_bytes)")
+                total += size
+                taken.append(self._game(key))
+            return taken
 
     def get_game(self, game_id: str) -> StoredGame:
         """A stored record by id; NOT_FOUND if it is not stored."""

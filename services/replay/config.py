@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
+import numpy as np
+
 import games
-from games.base import GameSpec, MuZeroSettings, require
+from games.base import GameSpec, MuZeroSettings, require, support_limit
+from services.common.channels import MAX_MESSAGE_BYTES
+from services.replay.records import position_bytes
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+MIB = 1 << 20
+# Room in a message beyond its arrays: tensor headers, ids, scalar fields (per call, not per record).
+MESSAGE_SLACK_BYTES = MIB
+# The smallest message limit a server gets (gRPC's own default), whatever its capacity.
+MIN_MESSAGE_BYTES = 4 * MIB
+# The most a float64 sum of `capacity` weights priority ** alpha may reach (float64 overflows
+# near 1.8e308; the margin keeps the cumulative sums and their ratios finite).
+MAX_WEIGHT_SUM = 1e300
+# The least priority limit (ReplayConfig.priority_limit): far above the value errors of games
+# with values in [-1, 1] or a few hundred, far below where float32 or the weights' sums overflow.
+DEFAULT_PRIORITY_LIMIT = 1e6
+# How far above the largest possible value error a game's priority limit sits.
+PRIORITY_MARGIN = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,28 @@ class ReplayConfig:
         picks a free one).
       max_workers: threads serving gRPC calls; at most half of them (at least one) wait on the
         rate limiter at once, further SampleBatch calls that would wait get RESOURCE_EXHAUSTED.
+        The server's memory for requests in progress is at most about
+        max_workers * (receive_limit + max_sample_bytes).
+      priority_limit: the largest priority UpdatePriorities accepts (larger ones are
+        INVALID_ARGUMENT); it also bounds the running maximum at which new positions enter, on
+        load too, so no priority, weight or importance weight can overflow. Priorities are
+        value errors |value target - predicted value|; `for_game` sets the limit to
+        `priority_limit_for(game)`: 10 x the largest error the game's network can make (its
+        support's decoded range plus its returns' range), at least DEFAULT_PRIORITY_LIMIT (1e6,
+        also the default for a bare GameSpec). With `priority_alpha`, priority_limit ** priority_alpha * capacity must stay below
+        1e300 (the sums of sampling weights are float64).
+      max_sample_bytes: the most bytes of arrays one SampleBatch may build (gathered windows,
+        the [B, K+1, n] value-target temporaries, the targets and the response's copies, as
+        `records.sample_bytes` estimates them from B, K, n and the game's shapes before anything
+        is allocated); a larger request gets INVALID_ARGUMENT naming this limit (retrying
+        cannot help). It also bounds a SampleGames response (records are returned while they
+        fit; at least one).
+      id_window: how many of the newest records ever stored keep their id for AddGames'
+        idempotence: a retried add is recognised as a duplicate while fewer than `id_window`
+        records were stored after it, evicted or not. Ids of older evicted records are
+        deleted (their tombstones), so the database stays bounded; see docs/replay.md.
+      max_receive_bytes: the largest request message; 0 derives it (`receive_limit`).
+      max_send_bytes: the largest response message; 0 derives it (`send_limit`).
     """
 
     spec: GameSpec
@@ -64,7 +104,12 @@ class ReplayConfig:
     host: str = "127.0.0.1"
     port: int = 50001
     metrics_port: int = 9101
-    max_workers: int = 16
+    max_workers: int = 8
+    priority_limit: float = 1e6  # DEFAULT_PRIORITY_LIMIT
+    max_sample_bytes: int = 64 * MIB
+    id_window: int = 1_000_000
+    max_receive_bytes: int = 0
+    max_send_bytes: int = 0
 
     def __post_init__(self) -> None:
         require(isinstance(self.spec, GameSpec), f"ReplayConfig.spec must be a GameSpec, got {self.spec!r}")
@@ -91,6 +136,47 @@ class ReplayConfig:
             value = getattr(self, name)
             require(0 <= value <= 65535, f"ReplayConfig.{name} must be in [0, 65535], got {value}")
         require(self.max_workers >= 1, f"ReplayConfig.max_workers must be >= 1, got {self.max_workers}")
+        require(1.0 <= self.priority_limit < math.inf,
+                f"ReplayConfig.priority_limit must be finite and >= 1 (new positions enter at 1 "
+                f"at first), got {self.priority_limit}")
+        weight_sum = self.priority_alpha * math.log10(self.priority_limit) + math.log10(self.capacity)
+        require(weight_sum <= math.log10(MAX_WEIGHT_SUM),
+                f"ReplayConfig.priority_alpha = {self.priority_alpha:g} with priority_limit = "
+                f"{self.priority_limit:g} and capacity = {self.capacity}: priority_limit ** "
+                f"priority_alpha * capacity is about 1e{weight_sum:.0f}, over 1e300 (float64 sums "
+                f"of the sampling weights would overflow); lower one of them")
+        require(self.max_sample_bytes >= MIB,
+                f"ReplayConfig.max_sample_bytes must be >= {MIB} (1 MiB), got {self.max_sample_bytes}")
+        require(self.id_window >= 1, f"ReplayConfig.id_window must be >= 1, got {self.id_window}")
+        for name in ("max_receive_bytes", "max_send_bytes"):
+            value = getattr(self, name)
+            require(value == 0 or MIN_MESSAGE_BYTES <= value <= MAX_MESSAGE_BYTES,
+                    f"ReplayConfig.{name} must be 0 (derived) or in [{MIN_MESSAGE_BYTES}, "
+                    f"{MAX_MESSAGE_BYTES}], got {value}")
+
+    @property
+    def receive_limit(self) -> int:
+        """Bytes of the largest request the server takes (`max_receive_bytes`, or derived): an
+        AddGames holding `capacity` positions in the documented wire dtypes (observations as
+        float32 or the game's dtype if wider, int32 actions and to-play, float32 rewards, values
+        and policies, bool legal masks) plus MESSAGE_SLACK_BYTES for headers and ids, at least
+        MIN_MESSAGE_BYTES and at most the clients' MAX_MESSAGE_BYTES. A larger add would evict
+        its own records; UpdateTargets and UpdatePriorities of `capacity` positions fit too."""
+        if self.max_receive_bytes:
+            return self.max_receive_bytes
+        wire = position_bytes(self.spec, max(4, np.dtype(self.spec.observation_dtype).itemsize))
+        return _clamp_message(self.capacity * wire + MESSAGE_SLACK_BYTES)
+
+    @property
+    def send_limit(self) -> int:
+        """Bytes of the largest response the server sends (`max_send_bytes`, or derived): a
+        SampleBatch within `max_sample_bytes`, or a SampleGames of one record of `capacity`
+        positions in the stored dtypes, whichever is larger, plus MESSAGE_SLACK_BYTES; at least
+        MIN_MESSAGE_BYTES and at most MAX_MESSAGE_BYTES."""
+        if self.max_send_bytes:
+            return self.max_send_bytes
+        record = self.capacity * position_bytes(self.spec)
+        return _clamp_message(max(self.max_sample_bytes, record) + MESSAGE_SLACK_BYTES)
 
     @classmethod
     def for_game(cls, game: str | GameSpec, data_dir: str, settings: MuZeroSettings | None = None,
@@ -98,9 +184,11 @@ class ReplayConfig:
         """A config for a registered game (by name) or a `GameSpec`, with defaults from its
         `MuZeroSettings` (a spec without settings gets `default_settings(spec)`); `overrides`
         are fields of this class."""
+        limit = DEFAULT_PRIORITY_LIMIT
         if isinstance(game, str):
             loaded = games.make(game)
             spec, settings = loaded.spec, settings or loaded.settings
+            limit = priority_limit_for(type(loaded).value_range, settings.support_size)
         else:
             spec, settings = game, settings or default_settings(game)
         fields = dict(
@@ -110,9 +198,21 @@ class ReplayConfig:
             error_buffer=float(10 * settings.batch_size),
             priority_alpha=settings.priority_alpha, priority_beta=settings.priority_beta,
             num_unroll_steps=settings.num_unroll_steps, td_steps=settings.td_steps,
-            discount=settings.discount, value_prefix=settings.value_prefix)
+            discount=settings.discount, value_prefix=settings.value_prefix, priority_limit=limit)
         fields.update(overrides)
         return cls(**fields)
+
+
+def priority_limit_for(value_range: tuple[float, float], support_size: int) -> float:
+    """The priority limit of a game whose returns lie in `value_range` and whose network decodes
+    values from a support of `support_size`: a priority |z - v| is at most max |z| plus the
+    support's h^-1(S); PRIORITY_MARGIN times that, and at least DEFAULT_PRIORITY_LIMIT."""
+    error = max(abs(value_range[0]), abs(value_range[1])) + support_limit(support_size)
+    return max(DEFAULT_PRIORITY_LIMIT, PRIORITY_MARGIN * error)
+
+
+def _clamp_message(nbytes: int) -> int:
+    return max(MIN_MESSAGE_BYTES, min(MAX_MESSAGE_BYTES, nbytes))
 
 
 def default_settings(spec: GameSpec) -> MuZeroSettings:

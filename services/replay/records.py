@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +17,15 @@ from games.base import GameSpec
 from protos import replay_pb2
 from services.common.errors import ServiceError
 from services.common.tensors import TensorError, from_tensor, to_tensor
+
+
+# Longest record id and episode id, in UTF-8 bytes: ids are names (run, agent, game, chunk),
+# and a bound keeps every stored row and every SampleGames response sized by its arrays.
+MAX_ID_BYTES = 1024
+# Bytes of a record's message beyond its arrays and ids: seven tensor headers, scalar fields.
+RECORD_HEADER_BYTES = 256
+# What one SampleBatch allocates whatever its size (small arrays, Python objects, the message).
+SAMPLE_CALL_BYTES = 64 * 1024
 
 
 class ReplayError(ServiceError):
@@ -70,11 +80,52 @@ ARRAY_FIELDS = ("observations", "actions", "rewards", "to_play", "root_values", 
                 "legal_actions")
 
 
+def position_bytes(spec: GameSpec, observation_itemsize: int | None = None) -> int:
+    """Bytes of one position's arrays in a record message: the observation (in the game's
+    dtype, or `observation_itemsize` bytes per element as sent), int32 action and to-play,
+    float32 reward and root value, float32 policy [A] and bool legal mask [A]."""
+    itemsize = observation_itemsize or np.dtype(spec.observation_dtype).itemsize
+    return math.prod(spec.observation_shape) * itemsize + 16 + 5 * spec.num_actions
+
+
+def sample_bytes(spec: GameSpec, batch_size: int, num_unroll_steps: int, td_steps: int,
+                 include_unroll_observations: bool) -> int:
+    """An upper estimate of the bytes of the arrays one SampleBatch of B positions builds, from
+    B, K, n and the game's shapes alone (so a request can be refused before any allocation).
+
+    Per sample, with W = K + n + 1 window positions, O observation elements of s bytes and A
+    actions: the gathered windows (int64 slots, float32 rewards and values, int8 to-play),
+    policies [K+1, A] and observations; the value targets' [K+1, n] temporaries (float64
+    coefficients, their sign flips and products, bool masks); the casts and masks of the
+    targets; the response's arrays three times (tensor bytes, the message, its serialization);
+    the unroll observations [K+1, O] gathered, masked, cast and sent, when asked. Everything
+    is counted as if alive at once, plus SAMPLE_CALL_BYTES per call;
+    `tests/replay/test_replay_limits.py` checks it against tracemalloc's peak.
+    """
+    B, K, n = batch_size, num_unroll_steps, td_steps
+    O, A = math.prod(spec.observation_shape), spec.num_actions
+    s = np.dtype(spec.observation_dtype).itemsize
+    W = K + n + 1
+    gather = 17 * W + 4 * (K + 1) * A + s * O + 8 * K + 96
+    value = 26 * (K + 1) * n + 96 * (K + 1)
+    targets = 4 * (K + 1) * A + 9 * K + 4 * O + 40 * (K + 1) + 64
+    response = 3 * (4 * O + 4 * K + 16 * (K + 1) + 4 * (K + 1) * A + 24)
+    unroll = (2 * s + 4 + 3 * 4) * (K + 1) * O if include_unroll_observations else 0
+    return SAMPLE_CALL_BYTES + B * (gather + value + targets + response + unroll)
+
+
 def _tensor(record: replay_pb2.GameRecord, name: str, where: str) -> np.ndarray:
     if not record.HasField(name):
         raise invalid(f"{where}.{name}: missing")
+    return decode_tensor(getattr(record, name), f"{where}.{name}")
+
+
+def decode_tensor(tensor, field: str) -> np.ndarray:
+    """`from_tensor`, with every malformed tensor (an unknown dtype, a byte count that
+    disagrees with the shape, a shape whose element count overflows or that NumPy cannot
+    make) as INVALID_ARGUMENT naming `field`."""
     try:
-        return from_tensor(getattr(record, name), f"{where}.{name}")
+        return from_tensor(tensor, field)
     except TensorError as error:
         raise invalid(str(error)) from error
 
@@ -83,7 +134,8 @@ def as_floats(array: np.ndarray, field: str) -> np.ndarray:
     """float32 of a numeric array whose values are finite; INVALID_ARGUMENT otherwise."""
     if array.dtype.kind not in "iuf":
         raise invalid(f"{field}: dtype {array.dtype} is not numeric")
-    converted = array.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        converted = array.astype(np.float32)
     if not np.all(np.isfinite(converted)):
         raise invalid(f"{field}: values must be finite (as float32)")
     return converted
@@ -110,6 +162,10 @@ def decode_record(record: replay_pb2.GameRecord, spec: GameSpec, where: str = "g
     (prefixed with `where`, e.g. "games[2]") if anything is wrong."""
     if not record.id:
         raise invalid(f"{where}.id: must be non-empty")
+    for name in ("id", "episode_id"):
+        size = len(getattr(record, name).encode())
+        if size > MAX_ID_BYTES:
+            raise invalid(f"{where}.{name}: {size} bytes, at most {MAX_ID_BYTES}")
     if record.first_move < 0:
         raise invalid(f"{where}.first_move: must be >= 0, got {record.first_move}")
     if record.model_version < 0:

@@ -19,9 +19,10 @@ from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.server import ServiceServer
-from services.common.tensors import TensorError, from_tensor, to_tensor
+from services.common.tensors import to_tensor
 from services.replay.buffer import Batch, ReplayBuffer, Stats
-from services.replay.records import ReplayError, decode_many, invalid, record_to_proto
+from services.replay.config import ReplayConfig
+from services.replay.records import decode_many, decode_tensor, invalid, record_to_proto
 
 SERVICE_NAME = "mufleet.Replay"
 
@@ -68,10 +69,7 @@ class ReplayMetrics:
 def _array(request, name: str):
     if not request.HasField(name):
         raise invalid(f"{name}: missing")
-    try:
-        return from_tensor(getattr(request, name), name)
-    except TensorError as error:
-        raise invalid(str(error)) from error
+    return decode_tensor(getattr(request, name), name)
 
 
 def batch_to_proto(batch: Batch) -> replay_pb2.SampleBatchResponse:
@@ -208,8 +206,33 @@ class ReplayServer(ServiceServer):
     def __init__(self, buffer: ReplayBuffer, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.buffer = buffer
+        self.servicer: ReplayServicer | None = None
 
     def stop(self, grace_s: float | None = None) -> None:
         self.buffer.release_waiters()
         super().stop(grace_s)
         self.buffer.close()
+
+
+def serve(config: ReplayConfig, log: EventLogger, metrics: ReplayMetrics | None = None) -> ReplayServer:
+    """Opens the buffer of `config.data_dir` and starts a replay server on `config.host` and
+    `config.port` (0: a free one, then in `.port`), with `config.max_workers` threads and the
+    message limits `config.receive_limit` / `config.send_limit`. `stop()` closes the buffer.
+
+    Raises ValueError or RuntimeError for a data dir it cannot use (another game's, damaged);
+    `metrics` defaults to a `ReplayMetrics` in the process's registry (pass one with a fresh
+    `CollectorRegistry` to run several servers in one process).
+    """
+    buffer = ReplayBuffer(config, log)
+    try:
+        server = ReplayServer(buffer, log, host=config.host, port=config.port,
+                              max_workers=config.max_workers,
+                              max_receive_bytes=config.receive_limit,
+                              max_send_bytes=config.send_limit)
+        server.servicer = ReplayServicer(buffer, log, metrics)
+        replay_pb2_grpc.add_ReplayServicer_to_server(server.servicer, server.grpc_server)
+        server.start([SERVICE_NAME])
+    except BaseException:
+        buffer.close()
+        raise
+    return server

@@ -3,9 +3,12 @@
 Tables:
   meta(name, value)         the game spec the data dir belongs to (JSON), the schema version,
                             the largest priority ever set.
-  games(key, id, ...)       one row per record ever stored, evicted ones included (as
-                            tombstones with `evicted` = 1 and no arrays), so that a late retry of
-                            an evicted record's add is still recognised as a duplicate.
+  games(key, id, ...)       one row per live record, and one per evicted record among the
+                            newest `id_window` keys (a tombstone: `evicted` = 1, no arrays), so
+                            that a late retry of an evicted record's add is still recognised as
+                            a duplicate; older tombstones are deleted (`forget_ids`), keeping the
+                            table bounded. The newest key always keeps its row, so keys are never
+                            reused.
   arrays(key, name, dtype, shape, data)
                             one row per array of a live record: raw little-endian C-order bytes
                             with their NumPy dtype name and shape ("200,4").
@@ -182,9 +185,10 @@ class GameDatabase:
     # --- writes (each one transaction) -----------------------------------------------------
 
     def add(self, records: Sequence[tuple[int, GameArrays, np.ndarray]],
-            evict: tuple[int, int] | None) -> None:
+            evict: tuple[int, int] | None, forget_through: int = 0) -> None:
         """Stores `records` ((key, game, priorities float32 [T])) and evicts the keys in the
-        inclusive range `evict`, in one transaction. Records in that range get tombstones only."""
+        inclusive range `evict`, in one transaction. Records in that range get tombstones only.
+        Tombstones with keys <= `forget_through` are deleted in the same transaction."""
         now = time.time()
         first, last = evict if evict else (1, 0)
         with self.transaction() as conn:
@@ -207,6 +211,21 @@ class GameDatabase:
             if evict:
                 conn.execute("UPDATE games SET evicted = 1 WHERE key BETWEEN ? AND ?", evict)
                 conn.execute("DELETE FROM arrays WHERE key BETWEEN ? AND ?", evict)
+            self._forget(conn, forget_through)
+
+    @staticmethod
+    def _forget(conn: sqlite3.Connection, through: int) -> int:
+        # A range of the integer primary key (callers pass one below the first live key, so it
+        # holds only tombstones); the flag makes sure no live record is ever deleted.
+        return conn.execute("DELETE FROM games WHERE key <= ? AND evicted = 1", (through,)).rowcount
+
+    def forget_ids(self, through: int) -> int:
+        """Deletes the tombstones with keys <= `through` (their ids are forgotten); returns how
+        many. Callers pass a key below the newest, so that `last_key` stays."""
+        if through < 1:
+            return 0
+        with self.transaction() as conn:
+            return self._forget(conn, through)
 
     def evict(self, first: int, last: int) -> None:
         """Evicts the keys in [first, last] (used at start-up when the capacity shrank)."""

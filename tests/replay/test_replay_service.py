@@ -214,6 +214,10 @@ def test_eviction_by_capacity(start_service, tmp_path):
         assert (stats.games, stats.stored_positions, stats.evicted_games_total) == (3, 90, 2)
         assert sorted(g.game.id for g in client.sample_games(10)) == ["g2", "g3", "g4"]
         assert client.add_games([game("g0", 30, 0)]).duplicates == 1
+    # the limits in force, derived from the capacity and the sample bound (docs/replay.md, Limits)
+    ready = process.ready
+    assert (ready["max_receive_bytes"], ready["max_send_bytes"]) == (4 << 20, 65 << 20)
+    assert (ready["max_workers"], ready["max_sample_bytes"], ready["priority_limit"]) == (8, 64 << 20, 1e6)
 
 
 def test_concurrent_writers_and_samplers(start_service, tmp_path):
