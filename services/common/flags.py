@@ -9,8 +9,10 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-_QUALIFIED_FIELD = re.compile(r"\b[A-Z]\w*Config\.(\w+)\b")
-_FIELD = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b|\b[a-z][a-z0-9]+\b")
+# One pass over the message: a qualified field ("AgentConfig.groups") or a bare snake_case
+# word ("games_per_batch"), so a flag spelled like its field (--max_request_rows) is not
+# rewritten twice.
+_FIELD_NAME = re.compile(r"\b[A-Z]\w*Config\.(\w+)\b|(?<![-\w])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -29,14 +31,11 @@ def flag_message(parser: argparse.ArgumentParser, message: str) -> str:
     "--groups must be in [1, --games-per-batch=1], got 2"."""
     flags = flag_names(parser)
 
-    def qualified(match: re.Match) -> str:
-        return flags.get(match.group(1), match.group(0))
+    def replace(match: re.Match) -> str:
+        field = match.group(1) or match.group(2)
+        return flags.get(field, match.group(0))
 
-    def bare(match: re.Match) -> str:
-        word = match.group(0)
-        return flags[word] if "_" in word and word in flags else word
-
-    return _FIELD.sub(bare, _QUALIFIED_FIELD.sub(qualified, message))
+    return _FIELD_NAME.sub(replace, message)
 
 
 def config_or_exit(parser: argparse.ArgumentParser, build: Callable[[], T]) -> T:

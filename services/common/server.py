@@ -74,12 +74,15 @@ class ServiceServer:
     def __init__(self, log: EventLogger, host: str = "127.0.0.1", port: int = 0,
                  max_workers: int = 16, grace_s: float = 10.0,
                  max_receive_bytes: int = MAX_MESSAGE_BYTES,
-                 max_send_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 max_send_bytes: int = MAX_MESSAGE_BYTES,
+                 on_unparsable: Callable[[str], None] | None = None) -> None:
         """Args:
           max_workers: threads serving calls (each call in progress holds one).
           max_receive_bytes / max_send_bytes: the largest request / response message; a larger
             request is refused by grpcio with RESOURCE_EXHAUSTED before it reaches a handler.
             Size them to what the service needs.
+          on_unparsable: called with the method's full name for each request whose bytes do
+            not parse (answered INVALID_ARGUMENT), e.g. to count it in the service's error metric.
         """
         self.log = log
         self.host = host
@@ -87,7 +90,7 @@ class ServiceServer:
         self.grace_s = grace_s
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[ParseInHandler(log)],
+            interceptors=[ParseInHandler(log, on_unparsable)],
             options=[("grpc.max_send_message_length", max_send_bytes),
                      ("grpc.max_receive_message_length", max_receive_bytes),
                      ("grpc.so_reuseport", 0)])
@@ -116,9 +119,16 @@ class ServiceServer:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.grace_s if grace_s is None else grace_s).wait()
 
-    def wait_for_shutdown_signal(self) -> None:
-        """Blocks until SIGTERM or SIGINT, then stops gracefully. Call from the main thread."""
-        received = stop_event_on_signals(self.log)
+    def wait_for_shutdown_signal(self, received: threading.Event | None = None) -> None:
+        """Blocks until SIGTERM or SIGINT, then stops gracefully and logs `stopped`. Call from
+        the main thread.
+
+        `received`: the event of `services.common.shutdown.stop_event_on_signals`, when
+        `__main__` installed the handlers before its slow start-up (so that a signal then is not
+        lost); None installs them now.
+        """
+        if received is None:
+            received = stop_event_on_signals(self.log)
         while not received.wait(0.5) and not self._stopped.is_set():
             pass
         self.stop()

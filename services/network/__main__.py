@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from services.network.config import (DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_MESSAGE_BYTES,
+                                     DEFAULT_MAX_REQUEST_ROWS)
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -57,24 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads inside one TensorFlow op; 0 = TensorFlow's default")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                         help="TensorFlow ops run at once; 0 = TensorFlow's default")
-    parser.add_argument("--max_concurrent_rpcs", type=int, default=64,
-                        help="gRPC worker threads (default: %(default)s)")
+    parser.add_argument("--max_concurrent_rpcs", type=int, default=DEFAULT_MAX_CONCURRENT_RPCS,
+                        help="gRPC worker threads; a request waiting for its batch holds one "
+                             "(default: %(default)s)")
+    parser.add_argument("--max_request_rows", type=int, default=DEFAULT_MAX_REQUEST_ROWS,
+                        help="most rows (batch dimension) in one Predict request; more is "
+                             "RESOURCE_EXHAUSTED (default: %(default)s)")
+    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest request message, and the most one input may decode to; "
+                             "more is RESOURCE_EXHAUSTED (default: %(default)s = 64 MiB)")
+    parser.add_argument("--max_response_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest response message; more is RESOURCE_EXHAUSTED "
+                             "(default: %(default)s = 64 MiB)")
     return parser
 
 
 def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The NetworkConfig of the parsed flags; a bad flag or config file exits with status 2
+    and a message naming the flag or the file and field."""
+    import os
+
+    from services.common.flags import config_or_exit
     from services.network import config as network_config
 
     if (args.model_config_file is None) == (args.model_base_path is None):
         parser.error("give exactly one of --model_config_file or --model_base_path")
     if args.batching_parameters_file and not args.enable_batching:
         parser.error("--batching_parameters_file needs --enable_batching")
-    try:
+
+    def build() -> network_config.NetworkConfig:
         if args.model_config_file is not None:
             models = network_config.models_from_config_file(args.model_config_file)
         else:
-            import os
-
             models = (network_config.ModelEntry(name=args.model_name,
                                                 base_path=os.path.abspath(args.model_base_path)),)
         return network_config.NetworkConfig(
@@ -83,15 +100,27 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
             batching=network_config.batching_from_file(args.batching_parameters_file),
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             prometheus_path=network_config.prometheus_path_from_file(args.monitoring_config_file),
-            max_concurrent_rpcs=args.max_concurrent_rpcs)
-    except ValueError as error:
-        parser.error(str(error))
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_request_rows=args.max_request_rows,
+            max_request_bytes=args.max_request_bytes,
+            max_response_bytes=args.max_response_bytes)
+
+    return config_or_exit(parser, build)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = build_config(args, parser)
+
+    from services.common.logs import get_logger
+    from services.common.shutdown import stop_event_on_signals
+
+    log = get_logger("network")
+    # Before anything slow (importing TensorFlow, loading versions): a SIGTERM during start-up
+    # then stops the server cleanly (exit 0, `stopped`) instead of killing it mid-load.
+    stop = stop_event_on_signals(log)
+    log.info("starting", models={m.name: m.base_path for m in config.models})
 
     import tensorflow as tf  # slow: only after the flags and config files are known to be good
 
@@ -100,23 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorflow_inter_op_parallelism:
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
 
-    from services.common.logs import get_logger
-    from services.network.http import start_rest_server
-    from services.network.server import NetworkService, NetworkServiceServer
+    from services.network.server import serve
 
-    log = get_logger("network")
-    service = NetworkService(config, log)
-    service.poll()  # load what is already there before the port opens
-    server = NetworkServiceServer(service, log, host=args.host, port=args.port)
-    grpc_port = server.start()
-    rest = start_rest_server(service, args.host, args.rest_api_port, config.prometheus_path)
-    service.start_polling()
-    log.info("ready", grpc_port=grpc_port, metrics_port=rest.server_port, rest_api_port=rest.server_port,
-             models={m.name: m.base_path for m in config.models}, loaded=service.loaded_versions(),
-             batching=config.enable_batching)
-    server.wait_for_shutdown_signal()
-    service.stop()
-    rest.shutdown()
+    running = None if stop.is_set() else serve(config, log, host=args.host, port=args.port,
+                                                rest_api_port=args.rest_api_port, stop=stop)
+    if running is None:  # stopped during start-up: no port was opened
+        log.info("stopped")
+        return 0
+    log.info("ready", grpc_port=running.grpc_port, metrics_port=running.rest_port,
+             rest_api_port=running.rest_port, models={m.name: m.base_path for m in config.models},
+             loaded=running.service.loaded_versions(), batching=config.enable_batching,
+             max_request_rows=config.max_request_rows, max_request_bytes=config.max_request_bytes,
+             max_response_bytes=config.max_response_bytes,
+             max_concurrent_rpcs=config.max_concurrent_rpcs)
+    running.server.wait_for_shutdown_signal(stop)
+    running.service.stop()
+    running.rest.shutdown()
     return 0
 
 

@@ -18,6 +18,18 @@ from games.base import require
 
 DEFAULT_NUM_VERSIONS = 3
 
+# Request size limits. The largest legitimate request is a `recurrent_inference` on a board
+# game's hidden state: Othello's is 8 x 8 x 64 float32 = 16 KiB a row (Connect Four's
+# 6 x 7 x 64 = 10.5 KiB), so 1024 rows (models/batching.config's max_batch_size, four agents'
+# default 256 games) are 16 MiB, and its response (hidden state, value, reward, 65 policy
+# logits) is 16.3 KiB a row. Defaults: twice those rows, and twice those bytes again for a
+# larger hidden state (128 channels).
+DEFAULT_MAX_REQUEST_ROWS = 2048
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A request waiting for its batch holds a gRPC worker: 64 leave room for a few dozen agents
+# with two pipelined groups each, plus status calls.
+DEFAULT_MAX_CONCURRENT_RPCS = 64
+
 M = TypeVar("M", bound=protobuf_message.Message)
 
 
@@ -104,7 +116,15 @@ class NetworkConfig:
         0 scans once at startup only.
       prometheus_path: an extra HTTP path for the Prometheus metrics (from monitoring.config);
         /metrics is always served.
-      max_concurrent_rpcs: gRPC worker threads (requests waiting for a batch hold one).
+      max_concurrent_rpcs: gRPC worker threads (requests waiting for a batch hold one, so
+        keep at least the number of requests all clients have in flight at once).
+      max_request_rows: the most rows (batch dimension) one Predict request may carry; more is
+        RESOURCE_EXHAUSTED before anything is decoded.
+      max_request_bytes: the largest request message gRPC accepts (bytes, serialized), and
+        the most bytes one input may decode to (one typed value broadcast over a large shape
+        included); more is RESOURCE_EXHAUSTED.
+      max_response_bytes: the largest response message (bytes, serialized); a larger one is
+        RESOURCE_EXHAUSTED.
     """
 
     models: tuple[ModelEntry, ...]
@@ -112,7 +132,10 @@ class NetworkConfig:
     batching: BatchingConfig = BatchingConfig()
     file_system_poll_wait_seconds: float = 1.0
     prometheus_path: str | None = None
-    max_concurrent_rpcs: int = 64
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
+    max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_response_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         require(len(self.models) >= 1, "NetworkConfig.models must name at least one model")
@@ -124,6 +147,13 @@ class NetworkConfig:
                 f"NetworkConfig.prometheus_path must start with '/', got {self.prometheus_path!r}")
         require(self.max_concurrent_rpcs >= 1,
                 f"NetworkConfig.max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
+        require(self.max_request_rows >= 1,
+                f"NetworkConfig.max_request_rows must be >= 1, got {self.max_request_rows}")
+        # gRPC keeps message limits in a C int.
+        for name in ("max_request_bytes", "max_response_bytes"):
+            value = getattr(self, name)
+            require(1024 <= value < 2**31,
+                    f"NetworkConfig.{name} must be in [1024, 2**31), got {value}")
 
 
 def read_textproto(path: str | os.PathLike, message: M) -> M:

@@ -36,3 +36,7 @@ VERSION_POLLS = Counter("mufleet_network_version_polls_total",
                         "Completed scans of a model's base path for versions, by model.", ["model"])
 VERSION_LOAD_SECONDS = Histogram("mufleet_network_version_load_seconds",
                                  "Time to load and warm one version.", buckets=LATENCY_BUCKETS_S)
+NONFINITE_INPUTS = Counter("mufleet_network_nonfinite_inputs_total",
+                           "Predict requests answered with NaN or inf in an input, by signature and "
+                           "input (answered as TensorFlow Serving answers them).",
+                           ["signature", "input"])

@@ -176,13 +176,16 @@ class ModelManager:
 
     # -- loading side -------------------------------------------------------------------------
 
-    def poll(self) -> None:
-        """One scan of the base path: load what the policy wants, then evict the rest."""
+    def poll(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """One scan of the base path: load what the policy wants, then evict the rest.
+
+        `should_stop` is asked before each version load; once it says True no further version
+        is loaded (a SIGTERM during start-up must not wait for every version to load)."""
         with self._poll_lock:
-            self._poll()
+            self._poll(should_stop or (lambda: False))
             metrics.VERSION_POLLS.labels(self.name).inc()
 
-    def _poll(self) -> None:
+    def _poll(self, should_stop: Callable[[], bool]) -> None:
         on_disk = self._list_versions()
         loaded = dict(self._versions)
         present = set(on_disk)
@@ -200,6 +203,8 @@ class ModelManager:
             if version in loaded:
                 keep[version] = loaded[version]
                 continue
+            if should_stop():
+                continue  # stopping: keep what is loaded, load nothing more
             servable = self._try_load(version)
             if servable is not None:
                 keep[version] = servable

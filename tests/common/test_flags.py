@@ -38,3 +38,11 @@ def test_config_or_exit_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("usage: agent") and "error: --groups must be in [1, --games-per-batch=1], got 2" in err
     assert "Traceback" not in err
+
+
+def test_a_flag_spelled_like_its_field_is_named_once():
+    parser = argparse.ArgumentParser(prog="network")
+    parser.add_argument("--max_request_rows", type=int)
+    assert flag_message(parser, "NetworkConfig.max_request_rows must be >= 1, got 0") == \
+        "--max_request_rows must be >= 1, got 0"
+    assert flag_message(parser, "rows over max_request_rows=4") == "rows over --max_request_rows=4"

@@ -13,6 +13,7 @@ from games.cartpole import CartPole
 from models import export
 from models.export import export_version, list_versions, load_version, prune_versions, remove_stale_temporaries
 from models.networks import MuZeroNetwork
+from tests.models.tolerances import assert_decoded_matches_logits
 
 BOARD = GameSpec(name="board6x7", observation_shape=(6, 7, 2), observation_dtype="uint8", num_actions=7,
                  num_players=2, discount=1.0, max_moves=42)
@@ -57,6 +58,18 @@ def test_exactly_two_signatures_with_names_dtypes_and_dynamic_batch(exported):
     assert all(d.method_name == "tensorflow/serving/predict" for d in defs.values())
 
 
+def assert_outputs_match(got: dict, want, support_size: int, rtol: float, atol: float) -> None:
+    """The exported graph's outputs against the eager network's: what the graph computes before
+    decoding (hidden state, policy logits) within rtol/atol; value and reward as expected
+    support values, with the tolerance that rtol/atol on their logits implies (see
+    tests/models/tolerances.py), since h^-1 amplifies rounding differences between kernels."""
+    for name in ("hidden_state", "policy_logits"):
+        np.testing.assert_allclose(got[name], getattr(want, name).numpy(), rtol=rtol, atol=atol, err_msg=name)
+    for name, logits in (("value", want.value_logits), ("reward", want.reward_logits)):
+        assert_decoded_matches_logits(got[name], logits.numpy(), support_size, logit_atol=atol,
+                                      logit_rtol=rtol, name=name)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 64])
 def test_exported_outputs_equal_the_network(exported, batch):
     network, base, _ = exported
@@ -66,15 +79,44 @@ def test_exported_outputs_equal_the_network(exported, batch):
     observation = rng.uniform(-1, 1, (batch, *network.observation_shape)).astype(np.float32)
     got = model.initial_inference(observation)
     want = network.initial_inference(observation)
-    for name in export.OUTPUTS:
-        np.testing.assert_allclose(got[name], getattr(want, name).numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    assert sorted(got) == sorted(export.OUTPUTS)
+    assert_outputs_match(got, want, network.support_size, rtol=1e-5, atol=1e-5)
     assert np.abs(got["value"]).max() > 0  # random weights: a real comparison, not zeros
     np.testing.assert_array_equal(got["reward"], 0.0)
     action = rng.integers(0, network.num_actions, batch).astype(np.int32)
     got = model.recurrent_inference(got["hidden_state"], action)
     want = network.recurrent_inference(want.hidden_state, action)
+    assert_outputs_match(got, want, network.support_size, rtol=1e-4, atol=1e-5)
+    assert np.abs(got["reward"]).max() > 0
+
+
+def test_output_comparison_catches_a_wrong_value(exported):
+    """The derived tolerance is tight enough to see a value off by 1% of its size."""
+    network, base, _ = exported
+    observation = np.random.default_rng(9).uniform(-1, 1, (8, *network.observation_shape)).astype(np.float32)
+    got = load_version(base).initial_inference(observation)
+    want = network.initial_inference(observation)
+    wrong = dict(got, value=got["value"] * np.float32(1.01))
+    with pytest.raises(AssertionError, match="derived tolerance"):
+        assert_outputs_match(wrong, want, network.support_size, rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_row_leaves_the_other_rows_alone(exported):
+    """The network server answers NaN and inf inputs (as TensorFlow Serving does) and merges
+    requests into one batch: that is safe because no row of the exported graph depends on
+    another (batch norm uses its moving statistics, the hidden state is normalized per example)."""
+    network, base, _ = exported
+    model = load_version(base)
+    rng = np.random.default_rng(11)
+    observation = rng.uniform(-1, 1, (4, *network.observation_shape)).astype(np.float32)
+    alone = model.initial_inference(observation[1:])
+    poisoned = observation.copy()
+    poisoned[0].flat[0] = np.nan
+    poisoned[0].flat[1] = np.inf
+    merged = model.initial_inference(poisoned)  # row 0 may or may not come back NaN (ReLU may drop it)
     for name in export.OUTPUTS:
-        np.testing.assert_allclose(got[name], getattr(want, name).numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+        assert np.isfinite(merged[name][1:]).all(), name
+        np.testing.assert_allclose(merged[name][1:], alone[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_exported_graph_rejects_actions_out_of_range(exported):

@@ -8,6 +8,7 @@ from games.base import GameSpec, MuZeroSettings
 from games.cartpole import CartPole
 from models import support
 from models.networks import MuZeroNetwork, choose_action_encoding
+from tests.models.tolerances import assert_decoded_matches_logits
 
 S = 5
 BOARD = GameSpec(name="board6x7", observation_shape=(6, 7, 2), observation_dtype="uint8", num_actions=7,
@@ -54,14 +55,14 @@ def test_output_shapes_and_normalized_hidden_state(spec, settings, hidden_shape)
     assert out.value.shape == (batch,) and out.reward.shape == (batch,)
     np.testing.assert_array_equal(out.reward.numpy(), 0.0)
     np.testing.assert_allclose(tf.nn.softmax(out.reward_logits).numpy()[:, S], 1.0, rtol=1e-6)
-    np.testing.assert_allclose(out.value.numpy(), support.support_to_scalar_np(out.value_logits.numpy(), S),
-                               rtol=1e-4, atol=1e-4)
+    # The same logits decoded in float32 and in float64: only float32 rounding may differ.
+    assert_decoded_matches_logits(out.value.numpy(), out.value_logits.numpy(), S, logit_atol=0.0, logit_rtol=0.0)
     action = np.arange(batch) % spec.num_actions
     step = network.recurrent_inference(out.hidden_state, action)
     assert step.hidden_state.shape == (batch, *hidden_shape)
     assert step.policy_logits.shape == (batch, spec.num_actions)
-    np.testing.assert_allclose(step.reward.numpy(), support.support_to_scalar_np(step.reward_logits.numpy(), S),
-                               rtol=1e-4, atol=1e-4)
+    assert_decoded_matches_logits(step.reward.numpy(), step.reward_logits.numpy(), S, logit_atol=0.0,
+                                  logit_rtol=0.0, name="reward")
     for hidden in (out.hidden_state.numpy(), step.hidden_state.numpy()):
         flat = hidden.reshape(batch, -1)
         np.testing.assert_allclose(flat.min(1), 0.0, atol=1e-6)

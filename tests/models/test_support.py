@@ -30,6 +30,21 @@ def test_inverse_is_exact_inverse():
     np.testing.assert_allclose(tf_round_trip.numpy(), VALUES, rtol=2e-4, atol=1e-4)
 
 
+def test_float32_inverse_is_accurate_to_a_few_ulps():
+    """The textbook float32 h^-1 loses three digits to cancellation (steps of ~1.2e-4 near 0,
+    5e-4 at y = 5), so two kernels whose y differs by one rounding decoded 1e-4 apart."""
+    ys = np.linspace(-S, S, 40001).astype(np.float32)
+    exact = support.inverse_scalar_transform_np(ys.astype(np.float64))
+    got = support.inverse_scalar_transform(ys).numpy().astype(np.float64)
+    eps32 = float(np.finfo(np.float32).eps)
+    assert np.max(np.abs(got - exact) / (1.0 + np.abs(exact))) <= 8 * eps32
+    # One ulp more of y moves the decoded value by about 1/h'(x) ulps, not by a step of 1e-4.
+    nudged = support.inverse_scalar_transform(np.nextafter(ys, np.float32(np.inf))).numpy()
+    slope = 2 * np.sqrt(np.abs(exact) + 1) + 1  # >= 1/h'(x)
+    ulp = np.spacing(np.abs(ys)).astype(np.float64)
+    assert np.all(np.abs(nudged - got) <= slope * ulp + 8 * eps32 * (1 + np.abs(exact)))
+
+
 def test_two_hot_known_value():
     x = support.inverse_scalar_transform_np(np.array([2.3, -0.25, 0.0, 10.0, -10.0]))
     probs = support.scalar_to_support_np(x, S)
@@ -88,3 +103,26 @@ def test_gradients_flow_through_the_decoder():
         loss = tf.reduce_sum(support.support_to_scalar(logits, S))
     grad = tape.gradient(loss, logits).numpy()
     assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
+
+
+@pytest.mark.parametrize("support_size", [1, 5, 10, 300])
+def test_derived_tolerance_covers_logits_off_by_the_allowed_amount(support_size):
+    """tests/models/tolerances.py: logits moved by exactly logit_atol + logit_rtol |logit| (the
+    worst a kernel may do) and decoded in float32 stay inside the derived tolerance of the
+    float64 decode of the unmoved logits; a value moved by 1% of the support does not."""
+    from tests.models.tolerances import assert_decoded_close, assert_decoded_matches_logits
+
+    rng = np.random.default_rng(support_size)
+    logits = rng.normal(scale=3.0, size=(256, 2 * support_size + 1))
+    atol, rtol = 1e-5, 1e-4
+    moved = logits + rng.choice([-1.0, 1.0], logits.shape) * (atol + rtol * np.abs(logits))
+    decoded = support.support_to_scalar(moved.astype(np.float32), support_size).numpy()
+    assert_decoded_matches_logits(decoded, logits, support_size, logit_atol=atol, logit_rtol=rtol)
+    reference = support.support_to_scalar(logits.astype(np.float32), support_size).numpy()
+    assert_decoded_close(decoded, reference, support_size, logit_atol=atol + rtol * np.abs(logits).max())
+    wrong = support.inverse_scalar_transform_np(
+        support.scalar_transform_np(decoded.astype(np.float64)) + 0.01 * support_size).astype(np.float32)
+    with pytest.raises(AssertionError, match="derived tolerance"):
+        assert_decoded_matches_logits(wrong, logits, support_size, logit_atol=atol, logit_rtol=rtol)
+    with pytest.raises(AssertionError, match="derived tolerance"):
+        assert_decoded_close(wrong, reference, support_size, logit_atol=atol)

@@ -10,14 +10,17 @@ import grpc
 import numpy as np
 import pytest
 
+from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import make_channel
 from services.network.client import NetworkClient
+from tests.models.tolerances import assert_decoded_close
 from tests.network.network_helpers import metric, publish, wait_for
 
 pytestmark = pytest.mark.integration
 
 MAX_BATCH = 32
+S = CartPole.settings.support_size
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +75,11 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(server, refer
     for index, (root, step) in results.items():
         want = reference.initial_inference(rows(per_client, index))
         np.testing.assert_allclose(root.hidden_state, want["hidden_state"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(root.value, want["value"], rtol=1e-5, atol=1e-6)
+        assert_decoded_close(root.value, want["value"], S)
         np.testing.assert_allclose(root.policy_logits, want["policy_logits"], rtol=1e-5, atol=1e-6)
         want = reference.recurrent_inference(want["hidden_state"], np.full(per_client, index % 2, np.int32))
-        np.testing.assert_allclose(step.value, want["value"], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(step.reward, want["reward"], rtol=1e-5, atol=1e-6)
+        assert_decoded_close(step.value, want["value"], S)
+        assert_decoded_close(step.reward, want["reward"], S, name="reward")
     # 32 rows per signature fill exactly one batch each: two runs of 8 merged requests.
     assert metric(server, "mufleet_network_batch_requests_count") == runs_before + 2
     assert metric(server, "mufleet_network_batch_requests_sum") == merged_before + 2 * clients
@@ -111,17 +114,16 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
                 assert "queue" in error.value.details() and "full" in error.value.details()
             # A request larger than max_batch_size runs alone, past the queue.
             large = raw.initial_inference(rows(MAX_BATCH + 8, 102))
-            np.testing.assert_allclose(large.value, reference.initial_inference(rows(MAX_BATCH + 8, 102))["value"],
-                                       rtol=1e-5, atol=1e-6)
+            assert_decoded_close(large.value, reference.initial_inference(rows(MAX_BATCH + 8, 102))["value"], S)
             # Nothing changed: the open batch still waits with its rows, and one row fills it.
             assert metric(server, "mufleet_network_queued_rows") == MAX_BATCH - 1
             last = raw.initial_inference(rows(1, 103))
-        np.testing.assert_allclose(last.value, reference.initial_inference(rows(1, 103))["value"], rtol=1e-5, atol=1e-6)
+        assert_decoded_close(last.value, reference.initial_inference(rows(1, 103))["value"], S)
     finally:
         thread.join(180)
     assert not errors, errors
     want = reference.initial_inference(rows(MAX_BATCH - 1, 100))
-    np.testing.assert_allclose(waiting["result"].value, want["value"], rtol=1e-5, atol=1e-6)
+    assert_decoded_close(waiting["result"].value, want["value"], S)
     assert metric(server, "mufleet_network_request_errors_total", code="UNAVAILABLE") == unavailable_before + 3
     errors_by_code = {code: metric(server, "mufleet_network_request_errors_total", code=code)
                       for code in ("INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL")}

@@ -13,10 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
+from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import is_serving, make_channel
-from services.common.processes import REPO_ROOT
+from services.common.processes import REPO_ROOT, ServiceProcess
 from services.network.client import NetworkClient
+from tests.models.tolerances import assert_decoded_close
 from tests.network.network_helpers import metric, publish, wait_for
 
 
@@ -50,6 +52,21 @@ def test_bad_flags_and_config_files_exit_with_a_clear_message(tmp_path, config, 
     result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max_concurrent_rpcs", "0", "--max_concurrent_rpcs must be >= 1, got 0"),
+    ("--max_request_rows", "0", "--max_request_rows must be >= 1, got 0"),
+    ("--max_request_bytes", "100", "--max_request_bytes must be in [1024, 2**31), got 100"),
+    ("--max_response_bytes", str(2**31), f"--max_response_bytes must be in [1024, 2**31), got {2**31}"),
+    ("--file_system_poll_wait_seconds", "-1", "--file_system_poll_wait_seconds must be >= 0, got -1.0"),
+])
+def test_bad_config_values_are_argparse_errors_naming_the_flag(tmp_path, flag, value, message):
+    result = run_cli("--model_base_path", str(tmp_path), flag, value)
+    assert result.returncode == 2, result.stderr
+    assert "usage: python -m services.network" in result.stderr
+    assert message in result.stderr
+    assert "NetworkConfig" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_model_config_file(tmp_path):
@@ -142,9 +159,59 @@ def test_empty_base_path_first_version_then_graceful_sigterm(start_service, tmp_
     client.close()
     assert "error" not in result, result.get("error")
     want = load_version(saved_models / "cartpole", 2).initial_inference(observation)
-    np.testing.assert_allclose(result["root"].value, want["value"], rtol=1e-5, atol=1e-6)
+    assert_decoded_close(result["root"].value, want["value"], CartPole.settings.support_size)
     assert result["root"].version == 0
     wait_for(lambda: process.poll() is not None, "the server to exit", timeout_s=60)
     assert process.poll() == 0
     events = [e["event"] for e in process.events]
     assert events[-2:] == ["stopping", "stopped"]
+
+
+@pytest.mark.integration
+def test_sigterm_during_start_up_exits_cleanly(tmp_path, saved_models):
+    """The stop handling is installed before TensorFlow is imported and versions are loaded:
+    SIGTERM as soon as the server has logged its first line exits 0 with `stopped`, whether it
+    arrives while TensorFlow is imported, while a version loads, or (on a slow machine) later."""
+    base = tmp_path / "muzero"
+    publish(saved_models / "cartpole" / "1", base, 1)
+    publish(saved_models / "cartpole" / "2", base, 2)
+    process = ServiceProcess("services.network", ["--model_base_path", str(base), "--port", "0",
+                                                  "--metrics-port", "0"], log_path=tmp_path / "network.log")
+    process.start()
+    try:
+        wait_for(lambda: bool(process.events) or process.poll() is not None, "the first log line",
+                 timeout_s=120)
+        assert process.events and process.events[0]["event"] == "starting", process.tail()
+        process.signal(signal.SIGTERM)
+        code = process.wait(120)
+    finally:
+        process.stop()
+    assert code == 0, process.tail()
+    events = [e["event"] for e in process.events]
+    assert events[-2:] == ["stopping", "stopped"], events
+
+
+def test_serve_opens_nothing_when_stopped_during_start_up(tmp_path, saved_models):
+    """What __main__ does when SIGTERM came during start-up: `serve` loads no version, opens no
+    port and returns None."""
+    from services.common.logs import get_logger
+    from services.network import metrics
+    from services.network.config import ModelEntry, NetworkConfig
+    from services.network.server import serve
+
+    base = tmp_path / "muzero"
+    publish(saved_models / "cartpole" / "1", base, 1)
+    stop = threading.Event()
+    stop.set()
+    loads = metrics.VERSION_LOADS.labels("stopped-model", "ok")
+    loads_before = loads._value.get()
+    config = NetworkConfig(models=(ModelEntry(name="stopped-model", base_path=str(base)),),
+                           file_system_poll_wait_seconds=0)
+    assert serve(config, get_logger("network"), stop=stop) is None
+    assert loads._value.get() == loads_before  # nothing loaded
+    running = serve(config, get_logger("network"), stop=threading.Event())  # not stopped: serves
+    try:
+        assert running is not None and running.service.loaded_versions() == {"stopped-model": [1]}
+        assert loads._value.get() == loads_before + 1
+    finally:
+        running.stop()
