@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import games
 from games.base import require
+from services.agent.opponents import OPPONENT_GAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,8 @@ class AgentConfig:
       request_timeout_s: deadline of each network and environment call.
       max_pending_records: self-play pauses while this many records await the replay's ack.
       max_moves: stop after this many moves of the whole batch (0 = run until stopped).
+      stop_grace_s: on stop, how long pending records may take to reach the replay, seconds;
+        the process exits within it (non-zero if some stayed unsent).
     """
 
     game: str
@@ -39,8 +43,11 @@ class AgentConfig:
     request_timeout_s: float = 30.0
     max_pending_records: int = 4096
     max_moves: int = 0
+    stop_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
+        require(self.game in games.names(),
+                f"AgentConfig.game must be one of {', '.join(games.names())}, got {self.game!r}")
         for name in ("environment", "network", "replay"):
             address = getattr(self, name)
             require(":" in address, f"AgentConfig.{name} must be host:port, got {address!r}")
@@ -55,3 +62,64 @@ class AgentConfig:
         require(self.max_pending_records >= 1,
                 f"AgentConfig.max_pending_records must be >= 1, got {self.max_pending_records}")
         require(self.max_moves >= 0, f"AgentConfig.max_moves must be >= 0, got {self.max_moves}")
+        require(self.stop_grace_s > 0, f"AgentConfig.stop_grace_s must be > 0, got {self.stop_grace_s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """One evaluation run: greedy play of `num_games` games, then a summary.
+
+    Attributes:
+      game: registered game name.
+      environment, network: "host:port" of the peers.
+      num_games: M, games played (all at once, in one environment session).
+      simulations: MCTS simulations per move.
+      opponent: two-player games only: a name of `services.agent.opponents.OPPONENTS`
+        (None: "random"); each opponent plays the games of `OPPONENT_GAMES` only.
+      version: the model version to play (None: the newest available at the start, pinned for
+        the whole evaluation).
+      seed: seeds the environment session, the search and the opponent.
+      model_name: the served model's name.
+      request_timeout_s: deadline of each network and environment call.
+    """
+
+    game: str
+    environment: str
+    network: str
+    num_games: int
+    simulations: int
+    opponent: str | None = None
+    version: int | None = None
+    seed: int = 0
+    model_name: str = "muzero"
+    request_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        require(self.game in games.names(),
+                f"EvaluationConfig.game must be one of {', '.join(games.names())}, got {self.game!r}")
+        for name in ("environment", "network"):
+            address = getattr(self, name)
+            require(":" in address, f"EvaluationConfig.{name} must be host:port, got {address!r}")
+        require(self.num_games >= 1, f"EvaluationConfig.num_games must be >= 1, got {self.num_games}")
+        require(self.simulations >= 1,
+                f"EvaluationConfig.simulations must be >= 1, got {self.simulations}")
+        require(self.version is None or self.version >= 0,
+                f"EvaluationConfig.version must be >= 0, got {self.version}")
+        require(self.request_timeout_s > 0,
+                f"EvaluationConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.opponent is not None:
+            require(self.opponent in OPPONENT_GAMES,
+                    f"EvaluationConfig.opponent must be one of {', '.join(OPPONENT_GAMES)}, "
+                    f"got {self.opponent!r}")
+            require(games.make(self.game).spec.num_players == 2,
+                    f"EvaluationConfig.opponent {self.opponent!r} needs a two-player game, got "
+                    f"EvaluationConfig.game {self.game!r} (one player)")
+            supported = OPPONENT_GAMES[self.opponent]
+            require(supported is None or self.game in supported,
+                    f"EvaluationConfig.opponent {self.opponent!r} plays {', '.join(supported or ())} "
+                    f"only, got EvaluationConfig.game {self.game!r}")
+
+    @property
+    def opponent_name(self) -> str:
+        """The opponent that plays (two-player games): `opponent`, or "random"."""
+        return self.opponent or "random"

@@ -1,4 +1,4 @@
-"""Evaluation: greedy play of M games with the latest or a given model version.
+"""Evaluation: greedy play of M games with one model version, the newest or a given one.
 
 One-player games report the mean return. Two-player games are played against an opponent
 (a uniformly random player, or tic-tac-toe's exact minimax player), the agent taking the first player's side in half of the games
@@ -7,14 +7,19 @@ and the second's in the other half, and report wins, draws and losses from the a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
+from typing import Iterator
 
+import grpc
 import numpy as np
 
 import games
 from services.agent.opponents import random_opponent
 from services.agent.pipeline import PipelinedSearch
 from services.agent.search import SearchConfig
+from services.common.failures import PermanentFailure
 from services.environment.client import EnvironmentClient
 from services.network.client import NetworkClient
 
@@ -46,48 +51,87 @@ class EvaluationResult:
         return out
 
 
+class EvaluationStopped(Exception):
+    """The stop event was set before the evaluation finished (no result)."""
+
+
 def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkClient, num_games: int,
              simulations: int, version: int | None = None, seed: int = 0,
-             opponent=random_opponent, groups: int = 1) -> EvaluationResult:
+             opponent=random_opponent, groups: int = 1,
+             stop: threading.Event | None = None) -> EvaluationResult:
     """Plays `num_games` games greedily (no noise, temperature 0) and returns their results.
 
     The games are played at once in one environment session; each slot counts its first game.
+    Every search of the evaluation pins one model version: `version`, or the newest available
+    at the start (a version the trainer exports meanwhile is not mixed in); the result reports
+    it. `stop` (set by SIGTERM) ends the evaluation between moves with EvaluationStopped.
+
+    Raises PermanentFailure naming the peer and call when the environment or the network
+    fails (evaluation does not wait out failures: run it again), and TimeoutError when no
+    version becomes available.
     """
     game = games.make(game_name)
     spec = game.spec
     settings = game.settings.replace(num_simulations=simulations)
     two_player = spec.num_players == 2
+    stop = stop if stop is not None else threading.Event()
     search = PipelinedSearch(network, SearchConfig.from_settings(settings), num_games, spec.num_actions,
                              groups=groups, two_player=two_player)
-    if version is not None:
-        network.wait_until_available(version)
+    network_address = getattr(network, "address", "")
+    environment_address = getattr(environment, "address", "")
+    with _failures("network", "GetModelStatus", network_address):
+        newest = network.wait_until_available(version, stop=stop)
+    if newest is None:
+        raise EvaluationStopped()
+    pinned = int(version if version is not None else newest)
     rng = np.random.default_rng(seed)
-    opened = environment.open(game_name, num_games, seed=seed)
+    with _failures("environment", "Open", environment_address):
+        opened = environment.open(game_name, num_games, seed=seed)
     session, step = opened.session_id, opened.time_step
     agent_side = np.arange(num_games) % 2 if two_player else np.zeros(num_games, np.int64)
     done = np.zeros(num_games, bool)
     returns = np.zeros(num_games, np.float32)
     lengths = np.zeros(num_games, np.int64)
-    used_version = -1
     try:
         while not done.all():
-            result = search.search(step.observation, step.legal_actions, rng, training=False,
-                                   temperature=0.0, version=version)
-            used_version = int(result.versions.max())
+            if stop.is_set():
+                raise EvaluationStopped()
+            with _failures("network", "Predict", network_address, _PREDICT_HINTS):
+                result = search.search(step.observation, step.legal_actions, rng, training=False,
+                                       temperature=0.0, version=pinned)
             actions = result.greedy_actions
             if two_player:
                 actions = np.where(step.to_play == agent_side, actions,
                                    opponent(step.observation, step.legal_actions, rng)).astype(np.int32)
             mover = step.to_play
-            step = environment.step(session, actions, auto_reset=True)
+            with _failures("environment", "Step", environment_address):
+                step = environment.step(session, actions, auto_reset=True)
             live = ~done
             sign = np.where(mover == agent_side, 1.0, -1.0) if two_player else 1.0
             returns[live] += (sign * step.reward)[live]
             lengths[live] += 1
             done |= step.terminated | step.truncated
     finally:
-        environment.close(session)
+        try:
+            environment.close(session, timeout_s=5.0)
+        except grpc.RpcError:
+            pass  # the session expires on its own
     if two_player:
         returns = np.sign(returns)
-    return EvaluationResult(game_name, used_version, returns, lengths)
+    return EvaluationResult(game_name, pinned, returns, lengths)
 
+
+_PREDICT_HINTS = {
+    grpc.StatusCode.NOT_FOUND: "the network no longer serves the pinned version (it keeps the "
+                               "newest few loaded): evaluate again, or pass a --version it serves",
+}
+
+
+@contextlib.contextmanager
+def _failures(peer: str, method: str, address: str,
+              hints: dict[grpc.StatusCode, str] | None = None) -> Iterator[None]:
+    """gRPC failures of the calls inside as PermanentFailure naming `peer` and `method`."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise PermanentFailure.from_error(error, peer, method, address, hints) from error

@@ -41,5 +41,7 @@ class LocalNetwork:
                                reward=outputs["reward"], policy_logits=outputs["policy_logits"],
                                version=int(self.model.version)))
 
-    def wait_until_available(self, version: int | None = None, timeout_s: float = 0.0) -> int:
+    def wait_until_available(self, version: int | None = None, timeout_s: float = 0.0,
+                             stop=None) -> int:
+        """The held version (it is always available); `timeout_s` and `stop` are ignored."""
         return int(self.model.version)

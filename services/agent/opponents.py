@@ -67,3 +67,5 @@ def tictactoe_minimax(observation: np.ndarray, legal_actions: np.ndarray,
 
 
 OPPONENTS = {"random": random_opponent, "minimax": tictactoe_minimax}
+# The games each opponent can play (None: any two-player game): minimax reads tic-tac-toe boards.
+OPPONENT_GAMES: dict[str, tuple[str, ...] | None] = {"random": None, "minimax": ("tictactoe",)}

@@ -1,49 +1,80 @@
-"""Sends finished games to the replay server in the background, never dropping one.
+"""Sends finished games to the replay server in the background, never dropping one silently.
 
 A record stays pending until the replay server acknowledges it (which it does only after the
-record is on disk). A failed AddGames is retried, with backoff, with the same records: AddGames
-is idempotent by record id, so a retry after a lost answer never stores a game twice.
+record is on disk). An AddGames that fails transiently (services.common.failures: the replay is
+down, restarting or busy) is retried, with backoff, with the same records: AddGames is
+idempotent by record id, so a retry after a lost answer never stores a game twice. An AddGames
+that fails permanently (INVALID_ARGUMENT: a record longer than the replay's --capacity, a record
+of another game) is not retried: the writer stops and the next `put` raises the
+`PermanentFailure`, so self-play ends and says what to fix.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
+import traceback
 from typing import Callable, Sequence
 
 import grpc
 
 from protos import replay_pb2
+from services.common.failures import PermanentFailure, RetryPolicy
 from services.common.logs import EventLogger
+
+ADD_GAMES_HINTS = {
+    grpc.StatusCode.INVALID_ARGUMENT: (
+        "the replay refuses these records: start the agent and the replay with the same --game, "
+        "and keep a record (--chunk-length plus the look-ahead of num_unroll_steps + td_steps "
+        "moves) within the replay's --capacity"),
+}
 
 
 class ReplayWriter:
     """A background thread that drains a queue of records into AddGames calls.
 
     Args:
-      add_games: sends records and returns once acknowledged (raises grpc.RpcError otherwise).
+      add_games: `add_games(records, timeout_s)` sends records and returns once acknowledged
+        (raises grpc.RpcError otherwise), e.g. ReplayClient.add_games.
       log: where retries are logged.
       max_pending: `put` blocks while this many records wait (back-pressure on self-play).
       max_records_per_call: records per AddGames request.
       on_acked: called with the number of records acknowledged by each call.
+      on_failure: called with each failed call's error.
+      stop: when set, `put` no longer waits for room (it queues and returns at once), so the
+        caller can wind down and `close` flushes with its grace period.
+      policy: which failures are retried and the backoff between attempts.
+      call_timeout_s: deadline of one AddGames call, seconds (shortened while closing so that
+        `close` keeps its grace period).
+      address: the replay's "host:port", for the failure's message.
     """
 
-    def __init__(self, add_games: Callable[[Sequence[replay_pb2.GameRecord]], object], log: EventLogger,
+    def __init__(self, add_games: Callable[..., object], log: EventLogger,
                  max_pending: int = 4096, max_records_per_call: int = 64,
                  on_acked: Callable[[int], None] | None = None,
-                 on_failure: Callable[[grpc.RpcError], None] | None = None) -> None:
+                 on_failure: Callable[[grpc.RpcError], None] | None = None,
+                 stop: threading.Event | None = None, policy: RetryPolicy | None = None,
+                 call_timeout_s: float = 30.0, address: str = "") -> None:
         self._add_games = add_games
         self._log = log
         self._max_pending = max_pending
         self._max_per_call = max_records_per_call
         self._on_acked = on_acked
         self._on_failure = on_failure
+        self._stop = stop if stop is not None else threading.Event()
+        self._policy = policy or RetryPolicy(initial_backoff_s=0.1, max_backoff_s=5.0)
+        self._call_timeout_s = call_timeout_s
+        self._address = address
         self._pending: collections.deque[replay_pb2.GameRecord] = collections.deque()
         self._in_flight = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._close_deadline = math.inf
+        self._closed = threading.Event()  # ends a backoff wait at close, so the flush begins at once
         self.acked = 0
+        self.failure: PermanentFailure | None = None  # set once AddGames failed permanently
         self._thread = threading.Thread(target=self._run, name="replay-writer", daemon=True)
         self._thread.start()
 
@@ -53,18 +84,37 @@ class ReplayWriter:
         with self._cond:
             return len(self._pending) + self._in_flight
 
-    def put(self, records: Sequence[replay_pb2.GameRecord]) -> None:
-        """Queues records; blocks while too many are unacknowledged."""
+    def put(self, records: Sequence[replay_pb2.GameRecord], stop: threading.Event | None = None) -> None:
+        """Queues records; blocks while too many are unacknowledged, unless stopped (the
+        writer's stop event, or `stop`).
+
+        Raises the writer's PermanentFailure once AddGames failed permanently (the records are
+        queued first, so `close` counts them as unsent).
+        """
         if not records:
             return
         with self._cond:
-            while len(self._pending) + self._in_flight >= self._max_pending and not self._closing:
-                self._cond.wait(1.0)
+            while (len(self._pending) + self._in_flight >= self._max_pending and not self._closing
+                   and self.failure is None and not self._stop.is_set()
+                   and not (stop is not None and stop.is_set())):
+                # The stop event cannot notify this condition: look at it again shortly.
+                self._cond.wait(0.1)
             self._pending.extend(records)
+            self._cond.notify_all()
+            if self.failure is not None:
+                raise self.failure
+
+    def _remaining_s(self) -> float:
+        """Seconds left of the close grace period (infinite before `close`)."""
+        return self._close_deadline - time.monotonic()
+
+    def _give_back(self, batch: list[replay_pb2.GameRecord]) -> None:
+        with self._cond:
+            self._pending.extendleft(reversed(batch))
+            self._in_flight = 0
             self._cond.notify_all()
 
     def _run(self) -> None:
-        backoff_s = 0.1
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
@@ -73,25 +123,8 @@ class ReplayWriter:
                     return
                 batch = [self._pending.popleft() for _ in range(min(self._max_per_call, len(self._pending)))]
                 self._in_flight = len(batch)
-            while True:
-                try:
-                    self._add_games(batch)
-                    break
-                except grpc.RpcError as error:
-                    if self._on_failure:
-                        self._on_failure(error)
-                    self._log.warning("replay_add_failed", code=error.code().name,
-                                      details=error.details(), records=len(batch),
-                                      retry_in_s=round(backoff_s, 2))
-                    with self._cond:
-                        if self._closing and self._close_deadline < time.monotonic():
-                            self._pending.extendleft(reversed(batch))
-                            self._in_flight = 0
-                            self._cond.notify_all()
-                            return
-                    time.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 5.0)
-            backoff_s = 0.1
+            if not self._send(batch):
+                return
             with self._cond:
                 self._in_flight = 0
                 self.acked += len(batch)
@@ -99,11 +132,54 @@ class ReplayWriter:
             if self._on_acked:
                 self._on_acked(len(batch))
 
+    def _send(self, batch: list[replay_pb2.GameRecord]) -> bool:
+        """Sends `batch` until acknowledged; False (batch given back) when the writer must end:
+        a permanent failure, or the close grace period is over."""
+        backoff = self._policy.backoff()
+        while True:
+            timeout_s = min(self._call_timeout_s, self._remaining_s())
+            if timeout_s <= 0:
+                self._give_back(batch)
+                return False
+            try:
+                self._add_games(batch, timeout_s=timeout_s)
+                return True
+            except grpc.RpcError as error:
+                if self._on_failure:
+                    self._on_failure(error)
+                try:
+                    delay = backoff.failed(error, "replay", "AddGames", self._address,
+                                           hint=ADD_GAMES_HINTS)
+                except PermanentFailure as failure:
+                    self._fail(failure, batch)
+                    return False
+                self._log.warning("replay_add_failed", code=error.code().name,
+                                  details=error.details(), records=len(batch),
+                                  retry_in_s=round(delay, 2))
+            except Exception as error:  # a bug on this side: end the writer, and say where
+                self._log.error("replay_writer_failed", error=repr(error),
+                                traceback=traceback.format_exc())
+                self._fail(PermanentFailure("replay", "AddGames", None, repr(error),
+                                            "a bug in the agent: see replay_writer_failed",
+                                            self._address), batch)
+                return False
+            # Not the condition: every `put` notifies it, which would cut the backoff short.
+            if self._closed.wait(max(0.0, min(delay, self._remaining_s()))):
+                self._closed.clear()  # only the first wait after close() is cut short
+
+    def _fail(self, failure: PermanentFailure, batch: list[replay_pb2.GameRecord]) -> None:
+        with self._cond:
+            self.failure = failure
+        self._give_back(batch)
+
     def close(self, timeout_s: float = 30.0) -> int:
-        """Sends what is pending (trying for up to `timeout_s`); returns records left unsent."""
+        """Sends what is pending, trying for up to `timeout_s` seconds (the grace period: a call
+        in flight is cut at its end); returns the number of records left unsent."""
         with self._cond:
             self._closing = True
             self._close_deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
-        self._thread.join(timeout_s + 10)
+        self._closed.set()
+        # A call's deadline ends it at the grace period's end; the margin covers gRPC's own slack.
+        self._thread.join(timeout_s + 1.0)
         return self.pending

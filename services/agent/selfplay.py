@@ -16,29 +16,59 @@ from services.agent.pipeline import PipelinedSearch
 from services.agent.replay_writer import ReplayWriter
 from services.agent.search import SearchConfig
 from services.agent.trajectories import TrajectoryRecorder
+from services.common.failures import Backoff, RetryPolicy, retry_call
 from services.common.logs import EventLogger
 from services.environment.client import EnvironmentClient
+from services.environment.sessions import TimeStep
 from services.network.client import NetworkClient
 from services.replay.client import ReplayClient
 
-# Codes that mean "the peer is down or restarting": wait for it and go on.
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.NOT_FOUND, grpc.StatusCode.CANCELLED}
+# Context-specific codes, on top of the shared transient ones (services.common.failures):
+# NOT_FOUND from the network's Predict means no version is loaded yet, or the version a search
+# pinned was just unloaded: search again (unpinned at the root). NOT_FOUND from the environment
+# means the session is gone (the environment restarted or expired it): open a new one.
+NETWORK_WAIT_CODES = frozenset({grpc.StatusCode.NOT_FOUND})
+PREDICT_HINTS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "the network serves a model that does not fit this game: "
+                                      "start the agent with the --game the model was trained for, "
+                                      "or point --network at that game's model",
+}
+ENVIRONMENT_HINTS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "the environment refuses this session's request: start the "
+                                      "agent and the environment for the same --game, with "
+                                      "--games-per-batch within its --max-games-per-session",
+}
 
 
 class SelfPlay:
-    """Plays until `stop` is set (or `config.max_moves` moves), surviving peer restarts."""
+    """Plays until `stop` is set (or `config.max_moves` moves), surviving peer restarts.
 
-    def __init__(self, config: AgentConfig, log: EventLogger) -> None:
+    Args:
+      config: how to play.
+      log: where events go.
+      environment, network, replay: clients of the peers (default: made from the config's
+        addresses; tests pass fakes).
+      policy: which failures are waited out, and the backoff (default: 0.2 s doubling to 5 s,
+        until stopped).
+      stop: the event that ends the run; the replay writer's back-pressure gives way to it, so
+        a stop is never held up by a full queue of records.
+    """
+
+    def __init__(self, config: AgentConfig, log: EventLogger,
+                 environment: EnvironmentClient | None = None, network: NetworkClient | None = None,
+                 replay: ReplayClient | None = None, policy: RetryPolicy | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.config = config
         self.log = log
         self.game = games.make(config.game)
         self.spec = self.game.spec
         self.settings = self.game.settings.replace(num_simulations=config.simulations)
-        self.env = EnvironmentClient(config.environment, timeout_s=config.request_timeout_s)
-        self.network = NetworkClient(config.network, model_name=config.model_name,
-                                     timeout_s=config.request_timeout_s)
-        self.replay = ReplayClient(config.replay, timeout_s=config.request_timeout_s)
+        self.policy = policy or RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0)
+        self.stop = stop if stop is not None else threading.Event()
+        self.env = environment or EnvironmentClient(config.environment, timeout_s=config.request_timeout_s)
+        self.network = network or NetworkClient(config.network, model_name=config.model_name,
+                                                timeout_s=config.request_timeout_s)
+        self.replay = replay or ReplayClient(config.replay, timeout_s=config.request_timeout_s)
         self.search = PipelinedSearch(self.network, SearchConfig.from_settings(self.settings),
                                       config.games_per_batch, self.spec.num_actions, config.groups,
                                       two_player=self.spec.num_players == 2,
@@ -49,68 +79,112 @@ class SelfPlay:
         self.writer = ReplayWriter(
             self.replay.add_games, log, max_pending=config.max_pending_records,
             on_acked=metrics.RECORDS_SENT.inc,
-            on_failure=lambda e: metrics.PEER_FAILURES.labels("replay", e.code().name).inc())
+            on_failure=lambda e: metrics.PEER_FAILURES.labels("replay", e.code().name).inc(),
+            stop=self.stop, policy=self.policy, call_timeout_s=config.request_timeout_s,
+            address=config.replay)
         self.rng = np.random.default_rng(config.seed)
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque[int] = collections.deque(maxlen=100)
         self.moves = 0
         self.games_finished = 0
+        self._session: str | None = None  # the open session, closed when run() ends
 
     # -- peers ----------------------------------------------------------------------------------
 
-    def _wait(self, peer: str, error: grpc.RpcError, attempt: int) -> None:
+    def _retrying(self, peer: str, error: grpc.RpcError, delay_s: float) -> None:
         metrics.PEER_FAILURES.labels(peer, error.code().name).inc()
-        delay = min(0.2 * 2 ** attempt, 5.0)
         self.log.warning("peer_unavailable", peer=peer, code=error.code().name,
-                         details=error.details(), retry_in_s=delay)
-        time.sleep(delay)
+                         details=error.details(), retry_in_s=round(delay_s, 2))
 
-    def _open_session(self, stop: threading.Event):
-        attempt = 0
+    def _open_session(self, stop: threading.Event) -> tuple[str | None, TimeStep | None]:
+        """A new session of B games; (None, None) if stopped first."""
+        opened = retry_call(
+            lambda: self.env.open(self.config.game, self.config.games_per_batch,
+                                  seed=int(self.rng.integers(2**31))),
+            policy=self.policy, stop=stop, peer="environment", method="Open",
+            address=self.config.environment,
+            hint=ENVIRONMENT_HINTS,
+            on_retry=lambda error, delay: self._retrying("environment", error, delay))
+        if opened is None:
+            return None, None
+        self.log.info("session_opened", session_id=opened.session_id, games=self.config.games_per_batch)
+        return opened.session_id, opened.time_step
+
+    def _step(self, session: str, actions: np.ndarray, steps_before: int,
+              stop: threading.Event) -> TimeStep | None:
+        """One environment step, played exactly once. Returns the new time step, or None when
+        the session is gone (NOT_FOUND: the environment restarted) or `stop` was set.
+
+        Every Step names the steps it expects the session to have played (`steps_before`), so
+        the environment plays it at most once, however often it is sent and whenever a copy
+        arrives. After a failed Step the session is observed (Observe changes nothing, so it is
+        retried as often as needed) until it answers, and its `num_steps` says whether the
+        Step was applied (then its time step is the Step's answer) or not (then it is sent
+        again). FAILED_PRECONDITION on a resent Step means an earlier copy was played after
+        all: observed the same way. Permanent failures of either call raise PermanentFailure.
+        """
+        backoff = self.policy.backoff(stop)
         while not stop.is_set():
             try:
-                opened = self.env.open(self.config.game, self.config.games_per_batch,
-                                       seed=int(self.rng.integers(2**31)))
-                self.log.info("session_opened", session_id=opened.session_id,
-                              games=self.config.games_per_batch)
-                return opened.session_id, opened.time_step
-            except grpc.RpcError as error:
-                if error.code() not in RETRYABLE:
-                    raise
-                self._wait("environment", error, attempt)
-                attempt += 1
-        return None, None
-
-    def _step(self, session: str, actions: np.ndarray, steps_before: int, stop: threading.Event):
-        """One environment step; after a failure, learns whether it was applied. Returns the new
-        time step, or None when the session is gone (the environment restarted)."""
-        attempt = 0
-        while not stop.is_set():
-            try:
-                return self.env.step(session, actions, auto_reset=True)
+                return self.env.step(session, actions, auto_reset=True, expected_num_steps=steps_before)
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     return None
-                if error.code() not in RETRYABLE:
-                    raise
-                self._wait("environment", error, attempt)
-                attempt += 1
-            try:  # Step is not retried blindly: it would play twice.
-                observed = self.env.observe(session)
+                if error.code() != grpc.StatusCode.FAILED_PRECONDITION:  # else: played already
+                    delay = backoff.failed(error, "environment", "Step", self.config.environment,
+                                           hint=ENVIRONMENT_HINTS)
+                    self._retrying("environment", error, delay)
+                    # Wait before observing too: a Step cut by its deadline may still be running.
+                    if not backoff.pause(delay):
+                        return None
+            observed = self._observe(session, backoff, stop)
+            if observed is None:
+                return None
+            if observed.num_steps == steps_before + 1:
+                return observed  # applied: its time step is what the Step would have returned
+            if observed.num_steps != steps_before:
+                return None  # not the session this loop has been playing: start a new one
+            # Not applied: send it again (after the backoff already waited).
+        return None
+
+    def _observe(self, session: str, backoff: Backoff, stop: threading.Event) -> TimeStep | None:
+        """The session's time step, asked until the environment answers; None if the session is
+        gone (NOT_FOUND) or `stop` was set."""
+        while not stop.is_set():
+            try:
+                return self.env.observe(session)
             except grpc.RpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
                     return None
-                continue
-            if observed.num_steps > steps_before:
-                return observed
+                delay = backoff.failed(error, "environment", "Observe", self.config.environment,
+                                       hint=ENVIRONMENT_HINTS)
+                self._retrying("environment", error, delay)
+                if not backoff.pause(delay):
+                    return None
         return None
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Plays until `stop` (default: the constructor's event) is set or max_moves are played.
+
+        Raises PermanentFailure when a peer answers something that waiting cannot fix.
+        """
+        stop = stop if stop is not None else self.stop
         session, time_step = self._open_session(stop)
+        try:
+            self._play(session, time_step, stop)
+        finally:
+            if self._session is not None:
+                try:  # short: a stopping agent must not wait a whole request timeout here
+                    self.env.close(self._session, timeout_s=min(2.0, self.config.request_timeout_s))
+                except grpc.RpcError:
+                    pass  # the session expires on its own
+
+    def _play(self, session: str | None, time_step: TimeStep | None, stop: threading.Event) -> None:
+        self._session = session
         steps = 0
-        search_attempt = 0
+        search_backoff = self.policy.backoff(stop)
         while not stop.is_set() and session is not None:
             if self.config.max_moves and self.moves >= self.config.max_moves:
                 break
@@ -119,12 +193,13 @@ class SelfPlay:
             try:
                 result = self.search.search(time_step.observation, time_step.legal_actions, self.rng,
                                             training=True)
-                search_attempt = 0
+                search_backoff.reset()
             except grpc.RpcError as error:
-                if error.code() not in RETRYABLE:
-                    raise
-                self._wait("network", error, search_attempt)
-                search_attempt += 1
+                delay = search_backoff.failed(error, "network", "Predict", self.config.network,
+                                              also=NETWORK_WAIT_CODES,
+                                              hint=PREDICT_HINTS)
+                self._retrying("network", error, delay)
+                search_backoff.pause(delay)
                 continue  # nothing was played: search the same positions again
             explore = move_index < self.settings.temperature_moves
             actions = np.where(explore, result.actions, result.greedy_actions).astype(np.int32)
@@ -134,7 +209,9 @@ class SelfPlay:
                     break
                 dropped = self.recorder.discard_all()
                 self.log.warning("session_lost", session_id=session, unfinished_games_dropped=dropped)
+                self._session = None
                 session, time_step = self._open_session(stop)
+                self._session = session
                 steps = 0
                 continue
             steps = next_step.num_steps
@@ -142,14 +219,9 @@ class SelfPlay:
                 time_step.observation, time_step.legal_actions, time_step.to_play, actions,
                 result.root_values, result.policies, result.versions, next_step.reward,
                 next_step.terminated, next_step.truncated)
-            self.writer.put(records)
+            self.writer.put(records, stop=stop)
             self._account(finished, time.perf_counter() - started)
             time_step = next_step
-        if session is not None:
-            try:
-                self.env.close(session)
-            except grpc.RpcError:
-                pass  # the session expires on its own
 
     def _account(self, finished, move_seconds: float) -> None:
         B = self.config.games_per_batch
@@ -172,9 +244,10 @@ class SelfPlay:
                           recent_mean_return=round(float(np.mean(self.recent_returns)), 3),
                           recent_mean_length=round(float(np.mean(self.recent_lengths)), 1))
 
-    def close(self, timeout_s: float = 30.0) -> int:
-        """Flushes unacknowledged records (up to `timeout_s`); returns how many stayed unsent."""
-        left = self.writer.close(timeout_s)
+    def close(self, timeout_s: float | None = None) -> int:
+        """Flushes unacknowledged records (for up to `timeout_s`, default the config's
+        stop_grace_s); returns how many stayed unsent."""
+        left = self.writer.close(self.config.stop_grace_s if timeout_s is None else timeout_s)
         self.network.close()
         self.replay.close()
         self.env.close_channel()

@@ -81,14 +81,17 @@ class EnvironmentClient:
         return time_step_from_proto(proto)
 
     def step(self, session_id: str, actions: np.ndarray, auto_reset: bool = False,
-             timeout_s: float | None = None) -> TimeStep:
-        """Plays `actions` (ints [B], sent as int32) in the session's B games."""
+             timeout_s: float | None = None, expected_num_steps: int | None = None) -> TimeStep:
+        """Plays `actions` (ints [B], sent as int32) in the session's B games.
+
+        `expected_num_steps`: play only if the session has played exactly this many steps
+        (else FAILED_PRECONDITION and nothing changes), so that resending is safe."""
         actions = np.asarray(actions)
         if np.issubdtype(actions.dtype, np.integer):
             actions = actions.astype(np.int32, copy=False)
         proto = self._stub.Step(
             environment_pb2.StepRequest(session_id=session_id, actions=to_tensor(actions),
-                                        auto_reset=auto_reset),
+                                        auto_reset=auto_reset, expected_num_steps=expected_num_steps),
             timeout=self._timeout(timeout_s))
         return time_step_from_proto(proto)
 

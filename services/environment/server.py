@@ -198,7 +198,13 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
             if not request.HasField("actions"):
                 raise invalid("actions: missing; send an int32 tensor of shape [num_games]")
             actions = decode_tensor(request.actions, "actions")
+            expected = request.expected_num_steps if request.HasField("expected_num_steps") else None
             with self.store.use(request.session_id, context.time_remaining()) as session:
+                if expected is not None and expected != session.num_steps:
+                    raise SessionError(
+                        "FAILED_PRECONDITION",
+                        f"expected_num_steps: the session has played {session.num_steps} steps, not "
+                        f"{expected}; nothing was played (observe the session to learn its state)")
                 time_step, num_ended = session.step(actions, request.auto_reset)
             self.metrics.step_requests.labels(session.game_name).inc()
             self.metrics.steps.labels(session.game_name).inc(session.num_games)

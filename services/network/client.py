@@ -14,12 +14,15 @@ Only the standard `tensorflow.serving` API is used (Predict, GetModelStatus, Get
 with tensor_content bytes), so the client works against MuFleet's server and the real
 tensorflow_model_server alike. Every call has a deadline; Predict and the status/metadata
 calls are idempotent and retried on UNAVAILABLE with backoff by the channel's service config
-(`services.common.channels.make_channel`). Other failures raise `grpc.RpcError`.
+(`services.common.channels.make_channel`). Other failures raise `grpc.RpcError`, except in
+`wait_until_available`, which waits out the transient ones of services.common.failures and
+raises PermanentFailure for the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Mapping, Sequence
 
@@ -29,6 +32,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from services.common.channels import DEFAULT_DEADLINE_S, make_channel
+from services.common.failures import PermanentFailure, RetryPolicy, wait_unless_stopped
 from services.common.tensors import from_tensor_proto
 from services.network.wire import fill_tensor_proto
 
@@ -37,6 +41,8 @@ MODEL_SERVICE = "tensorflow.serving.ModelService"
 INITIAL_INFERENCE = "initial_inference"
 RECURRENT_INFERENCE = "recurrent_inference"
 IDEMPOTENT = {PREDICTION_SERVICE: ["Predict", "GetModelMetadata"], MODEL_SERVICE: ["GetModelStatus"]}
+# Which GetModelStatus failures `wait_until_available` waits out: the shared transient codes.
+_WAIT_POLICY = RetryPolicy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +151,13 @@ class NetworkClient:
         return versions[-1] if versions else None
 
     def wait_until_available(self, version: int | None = None, timeout_s: float = 120.0,
-                             poll_s: float = 0.05) -> int:
+                             poll_s: float = 0.05, stop: threading.Event | None = None) -> int | None:
         """Blocks until `version` (or any version) is available; returns the newest available.
 
         Works with TensorFlow Serving too (it has no gRPC health service): it asks
-        GetModelStatus. TimeoutError naming the address and model otherwise.
+        GetModelStatus. Failures that waiting can fix (services.common.failures: the server is
+        down or starting) are waited out; others raise PermanentFailure. TimeoutError naming
+        the address and model after `timeout_s`; None if `stop` is set first.
         """
         deadline = time.monotonic() + timeout_s
         while True:
@@ -157,8 +165,9 @@ class NetworkClient:
             try:
                 versions = self.available_versions(timeout_s=max(0.1, min(remaining, 5.0)))
             except grpc.RpcError as error:
-                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
+                if not _WAIT_POLICY.is_transient(error):
+                    raise PermanentFailure.from_error(error, "network", "GetModelStatus",
+                                                      self.address) from error
                 versions = []
             if versions and (version is None or version in versions):
                 return versions[-1]
@@ -166,7 +175,8 @@ class NetworkClient:
                 which = f"version {version}" if version is not None else "a version"
                 raise TimeoutError(f"{self.address}: model '{self.model_name}' has no {which} "
                                    f"available after {timeout_s:.0f}s")
-            time.sleep(poll_s)
+            if not wait_unless_stopped(min(poll_s, max(remaining, 0.0)), stop):
+                return None
 
     def signatures(self, version: int | None = None, timeout_s: float | None = None
                    ) -> dict[str, dict[str, dict[str, tuple[str, tuple[int, ...]]]]]:

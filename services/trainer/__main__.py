@@ -8,10 +8,15 @@ the current step as a model version (version 0 on a fresh start), so a network s
 at once, then logs `ready` (`metrics_port`; `grpc_port` is null: the trainer serves no gRPC) and
 pulls batches from the replay, waiting (with a log line per attempt) while the replay has too few
 positions or is down. Version v = the network after v steps; one every --export-interval steps.
-SIGTERM or SIGINT: finish the step in flight, write a checkpoint, exit 0. --steps N: at step N
-write a checkpoint and export version N, exit 0. --resume continues the newest checkpoint (step,
-weights, optimizer state) or starts fresh if there is none. Hyperparameters not given as flags
-come from the game's MuZero settings (games/<game>.py).
+SIGTERM or SIGINT: finish the step in flight, write a checkpoint, exit 0 (a SIGTERM that comes
+while TensorFlow is still loading ends the process at once, also with exit 0). --steps N: at
+step N write a checkpoint and export version N, exit 0. --resume continues the newest checkpoint
+(step, weights, optimizer state) or starts fresh if there is none; without it, a --checkpoint-dir
+that holds a checkpoint is refused (exit 2, event `checkpoint_unusable`, whose message says to
+pass --resume or which directories to remove). A replay that is down or restarting is waited
+for; an answer that waiting cannot fix ends the process with one `permanent_failure` log line
+saying what to fix, a checkpoint, and exit 1. A bad flag exits 2 with a message naming it.
+Hyperparameters not given as flags come from the game's MuZero settings (games/<game>.py).
 """
 
 from __future__ import annotations
@@ -20,19 +25,21 @@ import argparse
 import sys
 
 import games
+from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.common.shutdown import stop_event_on_signals
 from services.trainer.config import TrainerConfig
 
 
-def parse_args(argv: list[str] | None = None) -> TrainerConfig:
+def build_parser() -> argparse.ArgumentParser:
+    # Each flag's dest is the TrainerConfig field it sets, so that a config error names the flag.
     parser = argparse.ArgumentParser(
         prog="python -m services.trainer", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", choices=games.names(), required=True, help="the game to train")
-    parser.add_argument("--replay", required=True, metavar="HOST:PORT",
+    parser.add_argument("--replay", required=True, metavar="HOST:PORT", dest="replay_address",
                         help="address of the replay server")
-    parser.add_argument("--models", required=True, metavar="DIR",
+    parser.add_argument("--models", required=True, metavar="DIR", dest="models_dir",
                         help="the model's base path: versions are written as DIR/<step>/")
     parser.add_argument("--checkpoint-dir", required=True, metavar="DIR",
                         help="where checkpoints (weights, optimizer, step) are kept")
@@ -71,9 +78,10 @@ def parse_args(argv: list[str] | None = None) -> TrainerConfig:
     parser.add_argument("--mask-past-end", action="store_true",
                         help="do not train value and reward past a record's end (default: train "
                              "them toward the replay's absorbing targets, 0, as MuZero does)")
-    parser.add_argument("--prefetch", type=int, default=4,
+    parser.add_argument("--prefetch", type=int, default=4, dest="prefetch_batches",
                         help="decoded batches kept ready (default: %(default)s)")
     parser.add_argument("--sample-timeout", type=float, default=10.0, metavar="SECONDS",
+                        dest="sample_timeout_s",
                         help="deadline of one SampleBatch call; the replay's rate limiter holds a "
                              "call up to it (default: %(default)s)")
     parser.add_argument("--jit-compile", action="store_true",
@@ -85,22 +93,25 @@ def parse_args(argv: list[str] | None = None) -> TrainerConfig:
     parser.add_argument("--metrics-port", type=int, default=9104,
                         help="port of the Prometheus /metrics endpoint; 0 picks a free one "
                              "(default: %(default)s)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> TrainerConfig:
+    """The config of the command line; argparse's error (exit 2) naming the flag otherwise."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return TrainerConfig.for_game(
-            args.game, args.models, args.checkpoint_dir, replay_address=args.replay,
-            resume=args.resume, steps=args.steps, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, optimizer=args.optimizer,
-            weight_decay=args.weight_decay, num_unroll_steps=args.num_unroll_steps,
-            export_interval=args.export_interval, checkpoint_interval=args.checkpoint_interval,
-            keep_versions=args.keep_versions, keep_checkpoints=args.keep_checkpoints,
-            tensorboard_dir=args.tensorboard_dir, log_interval=args.log_interval,
-            value_loss_weight=args.value_loss_weight, max_grad_norm=args.max_grad_norm,
-            train_past_end=not args.mask_past_end, prefetch_batches=args.prefetch,
-            sample_timeout_s=args.sample_timeout, jit_compile=args.jit_compile, seed=args.seed,
-            host=args.host, metrics_port=args.metrics_port)
-    except ValueError as error:
-        parser.error(str(error))
+    return config_or_exit(parser, lambda: TrainerConfig.for_game(
+        args.game, args.models_dir, args.checkpoint_dir, replay_address=args.replay_address,
+        resume=args.resume, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, num_unroll_steps=args.num_unroll_steps,
+        export_interval=args.export_interval, checkpoint_interval=args.checkpoint_interval,
+        keep_versions=args.keep_versions, keep_checkpoints=args.keep_checkpoints,
+        tensorboard_dir=args.tensorboard_dir, log_interval=args.log_interval,
+        value_loss_weight=args.value_loss_weight, max_grad_norm=args.max_grad_norm,
+        train_past_end=not args.mask_past_end, prefetch_batches=args.prefetch_batches,
+        sample_timeout_s=args.sample_timeout_s, jit_compile=args.jit_compile, seed=args.seed,
+        host=args.host, metrics_port=args.metrics_port))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     log = get_logger("trainer")
     # Before TensorFlow loads (seconds), so an early SIGTERM still ends in a clean exit.
     stop = stop_event_on_signals(log)
+    log.info("starting", game=config.spec.name, checkpoint_dir=config.checkpoint_dir,
+             models=config.models_dir, resume=config.resume)
 
     from prometheus_client import REGISTRY
 
@@ -115,14 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     from services.replay.client import ReplayClient
     from services.trainer.metrics import TrainerMetrics
     from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed
-    from services.trainer.trainer import CheckpointExists, Trainer, prepare
+    from services.trainer.trainer import CheckpointExists, CheckpointMismatch, Trainer, prepare
 
     metrics = TrainerMetrics(REGISTRY)
     trainer = Trainer(config, log, metrics)
+    if stop.is_set():  # stopped while TensorFlow loaded: nothing was written, nothing to save
+        log.info("stopped", step=trainer.current_step, exit_code=0, trained=False)
+        return 0
     metrics_port = start_metrics_server(config.metrics_port, host=config.host)
     try:
         step = trainer.start()
-    except (CheckpointExists, ValueError) as error:
+    except (CheckpointExists, CheckpointMismatch) as error:
         log.error("checkpoint_unusable", checkpoint_dir=config.checkpoint_dir, message=str(error))
         return 2
 
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     prefetcher = Prefetcher(
         lambda timeout_s: client.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s),
         prepare(config), log, metrics, capacity=config.prefetch_batches,
-        sample_timeout_s=config.sample_timeout_s, stop=stop)
+        sample_timeout_s=config.sample_timeout_s, stop=stop, address=config.replay_address)
     sender = PrioritySender(client.update_priorities, log, metrics, capacity=config.priority_queue)
     log.info("ready", grpc_port=None, metrics_port=metrics_port, step=step,
              version=trainer.latest_version, replay=config.replay_address,
@@ -143,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     prefetcher.start()
     try:
         trainer.train(prefetcher, sender, stop)
-    except ReplayFailed as error:
-        log.error("stopped_on_replay_error", message=str(error))
+    except ReplayFailed as failure:
+        log.error("permanent_failure", **failure.log_fields())
         trainer.save_checkpoint()
         code = 1
     except FloatingPointError:

@@ -142,7 +142,12 @@ class TrainerConfig:
         overrides = {name: value for name, value in overrides.items() if value is not None}
         changes = {name: overrides.pop(name) for name in SETTINGS_OVERRIDES if name in overrides}
         if changes:
-            settings = settings.replace(**changes)
+            try:
+                settings = settings.replace(**changes)
+            except ValueError as error:
+                # Name the override as the field of this config that carries it (and that a
+                # command-line flag sets), not as the game's MuZeroSettings.
+                raise ValueError(str(error).replace("MuZeroSettings.", "TrainerConfig.")) from None
         symmetries = loaded.symmetries() if settings.augment_symmetries else None
         return cls(spec=loaded.spec, settings=settings, models_dir=models_dir,
                    checkpoint_dir=checkpoint_dir, symmetries=symmetries, **overrides)

@@ -7,10 +7,13 @@ waits and asks again, with one log line per failed call:
   * DEADLINE_EXCEEDED: the replay's rate limiter held the call (too few positions yet, or the
     trainer is ahead of samples_per_insert); the server's message says which. Ask again at once
     (the call itself was the wait).
-  * UNAVAILABLE (and other transient codes): the replay is down or restarting; ask again after
-    an exponential backoff (0.5 s doubling to 10 s).
-  * INVALID_ARGUMENT and other codes that a retry cannot fix, or a batch whose shapes do not fit
-    the game: fatal; the iterator raises `ReplayFailed`.
+  * UNAVAILABLE and the other transient codes of `services.common.failures` (RESOURCE_EXHAUSTED,
+    ABORTED, CANCELLED): the replay is down, restarting or busy; ask again after an exponential
+    backoff (0.5 s doubling to 10 s).
+  * Every other code (INVALID_ARGUMENT, INTERNAL: a bug in the replay, UNKNOWN, ...), or a batch
+    whose shapes do not fit the game: permanent; the iterator raises `ReplayFailed` (a
+    `PermanentFailure` with a hint of what to fix), which the trainer's `__main__` logs in one
+    line before it exits 1.
 
 `PrioritySender` sends UpdatePriorities on its own thread so training never waits for it; when
 its queue is full the oldest update is dropped (priorities are a hint: a lost update leaves the
@@ -32,12 +35,16 @@ import numpy as np
 
 from games.base import GameSpec
 from games.symmetry import Symmetries
+from services.common.failures import PermanentFailure, RetryPolicy, status_code, status_details
 from services.common.logs import EventLogger
 
-# Codes after which asking again may succeed; anything else is a bug or a misconfiguration.
-TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-                             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+SAMPLE_HINTS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "the replay refuses the trainer's SampleBatch: start both for "
+                                      "the same --game, with --batch-size and --num-unroll-steps "
+                                      "the replay accepts (its message names the field)",
+}
+BAD_BATCH_HINT = ("the replay serves positions of another game or another K: start the replay "
+                  "and the trainer with the same --game (and --num-unroll-steps)")
 
 HOST_KEYS = ("record_keys", "positions", "model_version")
 _DTYPES = {"observation": np.float32, "actions": np.int32, "target_value": np.float32,
@@ -46,8 +53,22 @@ _DTYPES = {"observation": np.float32, "actions": np.int32, "target_value": np.fl
            "positions": np.int32, "model_version": np.int64}
 
 
-class ReplayFailed(RuntimeError):
-    """The replay answered in a way that retrying cannot fix."""
+class ReplayFailed(PermanentFailure):
+    """The replay answered in a way that retrying cannot fix (a PermanentFailure: peer, method,
+    code, details, hint)."""
+
+    @classmethod
+    def of(cls, error: BaseException, address: str = "") -> "ReplayFailed":
+        """The failure of one SampleBatch call that raised `error`."""
+        if isinstance(error, grpc.RpcError):
+            failure = PermanentFailure.from_error(error, "replay", "SampleBatch", address,
+                                                  SAMPLE_HINTS.get(status_code(error)))
+            return cls(failure.peer, failure.method, failure.code, failure.details, failure.hint,
+                       address)
+        if isinstance(error, (ValueError, TypeError)):  # the answer does not fit the game
+            return cls("replay", "SampleBatch", None, str(error), BAD_BATCH_HINT, address)
+        return cls("replay", "SampleBatch", None, repr(error),
+                   "a bug in the trainer's sampling code: see the traceback", address)
 
 
 def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str, np.ndarray]:
@@ -97,7 +118,7 @@ def augment_batch(arrays: dict[str, np.ndarray], symmetries: Symmetries,
 
 @dataclasses.dataclass
 class _Fatal:
-    error: BaseException
+    error: ReplayFailed
 
 
 class Prefetcher:
@@ -113,20 +134,24 @@ class Prefetcher:
       sample_timeout_s: deadline of each sample call.
       backoff_s: (first, max) wait after a transient failure; doubles each time.
       stop: an Event that ends the iterator (StopIteration) when set; `close()` sets it too.
+      address: the replay's "host:port", for failure messages.
 
-    `next()` raises StopIteration once stopped and `ReplayFailed` after a fatal error.
+    `next()` raises StopIteration once stopped and `ReplayFailed` (a PermanentFailure) after a
+    failure that retrying cannot fix; the thread does not log it, the caller reports it.
     """
 
     def __init__(self, sample: Callable[[float], Any], prepare: Callable[[Any], dict[str, np.ndarray]],
                  log: EventLogger, metrics: Any = None, capacity: int = 4,
                  sample_timeout_s: float = 10.0, backoff_s: tuple[float, float] = (0.5, 10.0),
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, address: str = "") -> None:
         self._sample = sample
         self._prepare = prepare
         self.log = log
         self.metrics = metrics
         self.sample_timeout_s = sample_timeout_s
         self.backoff_s = backoff_s
+        self.address = address
+        self._policy = RetryPolicy(initial_backoff_s=backoff_s[0], max_backoff_s=backoff_s[1])
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._stop = stop if stop is not None else threading.Event()
         self._closed = threading.Event()
@@ -149,11 +174,14 @@ class Prefetcher:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
                 if not self._thread.is_alive() and self._queue.empty():
-                    raise ReplayFailed("the prefetch thread has ended") from None
+                    if self._stopping():  # stopped while this call waited: that ended the thread
+                        raise StopIteration from None
+                    raise ReplayFailed("replay", "SampleBatch", None, "the prefetch thread has ended",
+                                       "a bug in the trainer: see its log", self.address) from None
                 continue
             self._set_gauge()
             if isinstance(item, _Fatal):
-                raise ReplayFailed(str(item.error)) from item.error
+                raise item.error
             return item
 
     def qsize(self) -> int:
@@ -167,11 +195,6 @@ class Prefetcher:
 
     def _stopping(self) -> bool:
         return self._stop.is_set() or self._closed.is_set()
-
-    def _wait(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._stopping() and (left := end - time.monotonic()) > 0:
-            self._closed.wait(min(left, 0.1))
 
     def _set_gauge(self) -> None:
         if self.metrics is not None:
@@ -187,7 +210,7 @@ class Prefetcher:
                 continue
 
     def _run(self) -> None:
-        backoff = self.backoff_s[0]
+        backoff = self._policy.backoff((self._stop, self._closed))
         waiting_since: float | None = None
         while not self._stopping():
             called = time.monotonic()
@@ -196,39 +219,38 @@ class Prefetcher:
             except grpc.RpcError as error:
                 if self._stopping():
                     return
-                code = error.code() if callable(getattr(error, "code", None)) else None
-                details = error.details() if callable(getattr(error, "details", None)) else str(error)
+                code = status_code(error)
+                details = status_details(error)
                 waiting_since = waiting_since or called
                 self.waits += 1
                 if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # Here the replay's rate limiter held the call: the call itself was the wait.
                     self._count_wait("rate_limited")
                     self.log.info("waiting_for_replay", reason="rate_limited", message=details,
                                   waited_s=round(time.monotonic() - waiting_since, 1))
                     continue
-                if code in TRANSIENT_CODES:
-                    self._count_wait("unavailable")
-                    self.log.warning("replay_unavailable", code=code.name, message=details,
-                                     retry_in_s=backoff,
-                                     waited_s=round(time.monotonic() - waiting_since, 1))
-                    self._wait(backoff)
-                    backoff = min(2 * backoff, self.backoff_s[1])
-                    continue
-                self.log.error("replay_failed", code=getattr(code, "name", str(code)), message=details)
-                self._put(_Fatal(error))
-                return
+                try:
+                    delay = backoff.failed(error, "replay", "SampleBatch", self.address,
+                                           hint=SAMPLE_HINTS)
+                except PermanentFailure:
+                    self._put(_Fatal(ReplayFailed.of(error, self.address)))
+                    return
+                self._count_wait("unavailable")
+                self.log.warning("replay_unavailable", code=code.name, message=details,
+                                 retry_in_s=delay, waited_s=round(time.monotonic() - waiting_since, 1))
+                backoff.pause(delay)
+                continue
             except BaseException as error:  # a bug in `sample`: surface it in the train loop
-                self.log.error("replay_failed", code=None, message=repr(error))
-                self._put(_Fatal(error))
+                self._put(_Fatal(ReplayFailed.of(error, self.address)))
                 return
             if waiting_since is not None:
                 self.log.info("replay_ready", waited_s=round(time.monotonic() - waiting_since, 1))
                 waiting_since = None
-            backoff = self.backoff_s[0]
+            backoff.reset()
             try:
                 arrays = self._prepare(batch)
             except (ValueError, TypeError) as error:
-                self.log.error("bad_batch", message=str(error))
-                self._put(_Fatal(error))
+                self._put(_Fatal(ReplayFailed.of(error, self.address)))
                 return
             self.batches_fetched += 1
             self._put(arrays)

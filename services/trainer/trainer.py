@@ -41,7 +41,12 @@ PrioritySink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 class CheckpointExists(RuntimeError):
-    """checkpoint_dir holds checkpoints but resume was not asked for."""
+    """checkpoint_dir holds checkpoints but resume was not asked for; the message says what to
+    do (continue with resume, or remove the run's directories)."""
+
+
+class CheckpointMismatch(ValueError):
+    """The newest checkpoint does not fit this network (another game or other settings)."""
 
 
 class StepResult(NamedTuple):
@@ -249,21 +254,27 @@ class Trainer:
     def restore(self) -> int | None:
         """Restores the newest checkpoint if there is one and `config.resume`; returns its step.
 
-        CheckpointExists if there is a checkpoint but resume is off; ValueError if the
-        checkpoint does not fit this network (another game or other settings).
+        CheckpointExists if there is a checkpoint but resume is off; CheckpointMismatch (a
+        ValueError) if the checkpoint does not fit this network (another game or other
+        settings). Both messages say what to do.
         """
         latest = self.manager.latest_checkpoint
         if latest is None:
             return None
-        if not self.config.resume:
+        config = self.config
+        start_over = (f"remove {config.checkpoint_dir} and {config.models_dir} (its model versions) "
+                      f"to start over, or pass another --checkpoint-dir and --models")
+        if not config.resume:
             raise CheckpointExists(
-                f"checkpoint_dir {self.config.checkpoint_dir} holds checkpoints ({latest}); pass "
-                f"--resume to continue that run, or use another directory")
+                f"--checkpoint-dir {config.checkpoint_dir} holds a checkpoint of an earlier run "
+                f"({Path(latest).name}): pass --resume to continue that run; or {start_over}")
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
-            raise ValueError(f"checkpoint {latest} does not fit the {self.settings.network} network "
-                             f"of {self.config.spec.name}: {error}") from error
+            raise CheckpointMismatch(
+                f"checkpoint {latest} does not fit the {self.settings.network} network of "
+                f"{config.spec.name} with these settings: run with the --game and network "
+                f"settings that wrote it, or {start_over} ({_first_line(str(error))})") from error
         step = self.current_step
         self._checkpointed_step = step
         return step
@@ -414,6 +425,11 @@ class Trainer:
 
     def close(self) -> None:
         self.summaries.close()
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0].strip() if lines else text
 
 
 def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import pytest
 import games
 from models.export import export_version
 from models.networks import MuZeroNetwork
-from services.common.processes import REPO_ROOT
+from services.common.processes import REPO_ROOT, ServiceProcess
 from services.replay.client import ReplayClient
 
 pytestmark = pytest.mark.integration
@@ -93,3 +96,49 @@ def test_agent_help():
     completed = subprocess.run([sys.executable, "-m", "services.agent", "--help"], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0 and "--games-per-batch" in completed.stdout
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound once and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_event(process: ServiceProcess, name: str, timeout_s: float = 120.0) -> dict:
+    waiting = threading.Event()
+    for _ in range(int(timeout_s / 0.02)):
+        found = [e for e in list(process.events) if e["event"] == name]
+        if found:
+            return found[0]
+        if process.poll() is not None:
+            break
+        waiting.wait(0.02)
+    raise AssertionError(f"no {name} event:\n" + process.tail())
+
+
+def test_sigterm_right_after_start_is_a_clean_exit(tmp_path):
+    down = f"127.0.0.1:{_free_port()}"
+    agent = ServiceProcess("services.agent", [
+        "--game", "cartpole", "--environment", down, "--network", down, "--replay", down,
+        "--games-per-batch", "2", "--simulations", "2", "--metrics-port", "0"],
+        log_path=tmp_path / "agent.log").start()
+    try:
+        _wait_for_event(agent, "starting")  # the stop handlers are in place from here on
+        agent.signal(signal.SIGTERM)         # while TensorFlow and the clients load
+        assert agent.wait(120) == 0, agent.tail()
+    finally:
+        agent.stop()
+    stopped = [e for e in agent.events if e["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["unsent_records"] == 0, agent.tail()
+
+
+def test_unsupported_evaluation_is_refused_before_connecting():
+    down = f"127.0.0.1:{_free_port()}"
+    completed = subprocess.run(
+        [sys.executable, "-m", "services.agent", "--game", "connect4", "--environment", down,
+         "--network", down, "--evaluate", "10", "--opponent", "minimax"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert "--opponent 'minimax' plays tictactoe only" in completed.stderr
+    assert "Traceback" not in completed.stderr

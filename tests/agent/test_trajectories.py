@@ -69,7 +69,7 @@ def test_replay_writer_retries_until_acknowledged_and_never_duplicates_a_send():
         def details(self):
             return "replay restarting"
 
-    def add_games(records):
+    def add_games(records, timeout_s=None):
         if failures["left"]:
             failures["left"] -= 1
             raise Unavailable()
@@ -88,7 +88,7 @@ def test_replay_writer_retries_until_acknowledged_and_never_duplicates_a_send():
 def test_replay_writer_blocks_producers_when_too_much_is_pending():
     release = threading.Event()
 
-    def add_games(records):
+    def add_games(records, timeout_s=None):
         release.wait(30)
 
     spec = games.make("cartpole").spec

@@ -88,10 +88,12 @@ def tensor(dtype: int, shape: list[int], content: bytes) -> tensor_pb2.Tensor:
 
 
 def step(session: str, actions: tensor_pb2.Tensor | np.ndarray | None = None,
-         auto_reset: bool = False) -> Callable[[World], environment_pb2.StepRequest]:
+         auto_reset: bool = False, expected_num_steps: int | None = None,
+         ) -> Callable[[World], environment_pb2.StepRequest]:
     def build(world: World) -> environment_pb2.StepRequest:
         request = environment_pb2.StepRequest(session_id=getattr(world, session, session),
-                                              auto_reset=auto_reset)
+                                              auto_reset=auto_reset,
+                                              expected_num_steps=expected_num_steps)
         if actions is not None:
             request.actions.CopyFrom(actions if isinstance(actions, tensor_pb2.Tensor)
                                      else to_tensor(actions))
@@ -184,6 +186,9 @@ CASES = [  # id, method, request (bytes: sent as they are), code, words the mess
      PRECONDITION, ["actions: game 0 has ended (terminated)", "Reset"]),
     ("step-ended-game-auto-reset", "Step", step("b", np.array([5, 5], np.int32), auto_reset=True),
      PRECONDITION, ["actions: game 0 has ended (terminated)"]),
+    ("step-expected-steps-differ", "Step", step("a", np.ones(8, np.int32), expected_num_steps=7),
+     grpc.StatusCode.FAILED_PRECONDITION, ["expected_num_steps: the session has played", "steps, not 7",
+                                           "nothing was played"]),
     # Step: the session
     ("step-empty-session", "Step", step("", np.zeros(8, np.int32)), INVALID, ["session_id: empty"]),
     ("step-unknown-session", "Step", step(UNKNOWN, np.zeros(8, np.int32)),

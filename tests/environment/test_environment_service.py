@@ -131,6 +131,24 @@ def test_close_is_idempotent_and_ends_the_session(env):
     assert error.value.details() == "session_id: unknown session 'never-issued'"
 
 
+def test_a_step_with_expected_num_steps_is_played_at_most_once(env):
+    """A resent Step (its first answer lost) names the steps it expects: played once only."""
+    session, _, _ = env.open("cartpole", 2)
+    actions = np.array([0, 1], np.int32)
+    first = env.step(session, actions, expected_num_steps=0)
+    assert first.num_steps == 1
+    with pytest.raises(grpc.RpcError) as error:
+        env.step(session, actions, expected_num_steps=0)  # the same Step again
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "played 1 steps, not 0" in error.value.details()
+    observed = env.observe(session)
+    assert observed.num_steps == 1
+    np.testing.assert_array_equal(observed.observation, first.observation)
+    assert env.step(session, actions, expected_num_steps=1).num_steps == 2
+    assert env.step(session, actions).num_steps == 3  # without it, as before
+    env.close(session)
+
+
 @pytest.mark.parametrize("game, num_games, seed, message", [
     ("chess", 1, 0, "game: unknown game 'chess'"),
     ("cartpole", 0, 0, f"num_games: must be in [1, {MAX_GAMES_PER_SESSION}]"),

@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from services.common.failures import PermanentFailure
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed, prepare_batch
 from trainer_helpers import K, SPEC, LogSink, batch
@@ -74,9 +75,37 @@ def test_waits_while_rate_limited_or_unavailable_then_delivers():
 def test_invalid_argument_is_fatal():
     sample, _ = scripted(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "batch_size: must be >= 1"))
     fetcher, sink, _ = prefetcher(sample)
-    with pytest.raises(ReplayFailed, match="batch_size"):
+    with pytest.raises(ReplayFailed, match="batch_size") as raised:
         next(fetcher)
-    assert sink.events("replay_failed")[0]["code"] == "INVALID_ARGUMENT"
+    # A PermanentFailure that says what to fix; __main__ logs it in one line (permanent_failure).
+    failure = raised.value
+    assert isinstance(failure, PermanentFailure)
+    assert (failure.peer, failure.method, failure.code) == ("replay", "SampleBatch", "INVALID_ARGUMENT")
+    assert "--game" in failure.hint and not sink.events("replay_failed")
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
+def test_a_bug_in_the_replay_is_permanent_not_transient(code):
+    sample, calls = scripted(FakeRpcError(code, "SampleBatch failed: KeyError(3)"))
+    fetcher, sink, _ = prefetcher(sample)
+    with pytest.raises(ReplayFailed) as raised:
+        next(fetcher)
+    fetcher.close()
+    assert raised.value.code == code.name and "log" in raised.value.hint
+    assert len(calls) == 1 and not sink.events("replay_unavailable")
+
+
+def test_the_other_transient_codes_are_waited_out():
+    sample, calls = scripted(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many samplers"),
+                             FakeRpcError(grpc.StatusCode.ABORTED), FakeRpcError(grpc.StatusCode.CANCELLED),
+                             batch(seed=3))
+    fetcher, sink, _ = prefetcher(sample)
+    try:
+        next(fetcher)
+    finally:
+        fetcher.close()
+    assert [e["code"] for e in sink.events("replay_unavailable")] == ["RESOURCE_EXHAUSTED", "ABORTED",
+                                                                       "CANCELLED"]
 
 
 def test_a_batch_of_the_wrong_game_is_fatal():
@@ -84,8 +113,9 @@ def test_a_batch_of_the_wrong_game_is_fatal():
     wrong["target_policy"] = np.zeros((16, K + 1, 9), np.float32)
     sample, _ = scripted(wrong)
     fetcher, sink, _ = prefetcher(sample)
-    with pytest.raises(ReplayFailed, match="target_policy has shape"):
+    with pytest.raises(ReplayFailed, match="target_policy has shape") as raised:
         next(fetcher)
+    assert raised.value.code is None and "--game" in raised.value.hint
 
 
 def test_stop_ends_the_iterator():

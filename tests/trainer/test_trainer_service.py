@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -130,3 +131,50 @@ def test_trains_exports_checkpoints_resumes_and_stops_on_sigterm(start_service, 
         assert events(third, "finished")[0]["reason"] == "stopped"
     finally:
         client.close()
+
+
+def unreachable() -> str:
+    """A loopback address nothing listens on (a port bound once and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_sigterm_right_after_start_is_a_clean_exit(tmp_path):
+    process = ServiceProcess("services.trainer", [
+        "--game", "cartpole", "--replay", unreachable(), "--models", str(tmp_path / "models"),
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--metrics-port", "0"],
+        log_path=tmp_path / "trainer.log").start()
+    wait_for(lambda: events(process, "starting") or process.poll() is not None, process)
+    process.signal(signal.SIGTERM)  # the stop handlers are in place: TensorFlow is loading now
+    assert wait_exit(process) == 0, process.tail()
+    stopped = events(process, "stopped")
+    assert len(stopped) == 1 and stopped[0]["exit_code"] == 0, process.tail()
+
+
+def test_a_second_run_on_the_same_directories_says_what_to_do(tmp_path):
+    models, checkpoints = tmp_path / "models", tmp_path / "checkpoints"
+    args = ["--game", "cartpole", "--replay", unreachable(), "--models", str(models),
+            "--checkpoint-dir", str(checkpoints), "--metrics-port", "0", "--seed", "0"]
+    first = ServiceProcess("services.trainer", args, log_path=tmp_path / "first.log").start()
+    first.wait_ready(120)  # version 0 and checkpoint 0 are written; the replay is down
+    wait_for(lambda: events(first, "replay_unavailable"), first)
+    first.signal(signal.SIGTERM)
+    assert wait_exit(first) == 0, first.tail()
+
+    # The same command again (the README's, without --resume): refused with what to do.
+    second = ServiceProcess("services.trainer", args, log_path=tmp_path / "second.log").start()
+    assert wait_exit(second) == 2, second.tail()
+    refused = events(second, "checkpoint_unusable")
+    assert len(refused) == 1 and not events(second, "ready"), second.tail()
+    message = refused[0]["message"]
+    assert "pass --resume to continue that run" in message, message
+    assert f"remove {checkpoints} and {models}" in message, message
+    assert list_versions(models) == [0]  # nothing of the first run was touched
+
+    # Passing --resume, as the message says, continues the run.
+    third = ServiceProcess("services.trainer", args + ["--resume"], log_path=tmp_path / "third.log").start()
+    assert third.wait_ready(120)["step"] == 0
+    assert events(third, "started")[0]["resumed"] is True
+    third.signal(signal.SIGTERM)
+    assert wait_exit(third) == 0, third.tail()

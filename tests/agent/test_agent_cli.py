@@ -1,0 +1,53 @@
+"""The agent's command line: every config error is an argparse error naming the flag (exit 2),
+before anything starts or connects."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.agent.__main__ import agent_config, build_parser, main
+
+PEERS = ["--environment", "127.0.0.1:1", "--network", "127.0.0.1:2"]
+
+
+def refused(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m services.agent" in err and "Traceback" not in err
+    return err
+
+
+def test_the_default_groups_are_clamped_to_a_small_batch():
+    parser = build_parser()
+    args = parser.parse_args(["--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
+                              "--games-per-batch", "1", "--seed", "0"])
+    assert agent_config(parser, args).groups == 1
+    args = parser.parse_args(["--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
+                              "--games-per-batch", "8", "--seed", "0"])
+    assert agent_config(parser, args).groups == 2
+
+
+def test_groups_above_games_per_batch_names_both_flags(capsys):
+    err = refused(capsys, "--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
+                  "--games-per-batch", "1", "--groups", "2")
+    assert "error: --groups must be in [1, --games-per-batch=1], got 2" in err
+
+
+def test_self_play_flags_are_checked(capsys):
+    assert "--replay is required for self-play" in refused(capsys, "--game", "cartpole", *PEERS)
+    assert "--stop-grace-s must be > 0, got 0.0" in refused(
+        capsys, "--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3", "--stop-grace-s", "0")
+    assert "--version applies to evaluation only" in refused(
+        capsys, "--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3", "--version", "3")
+
+
+def test_unsupported_evaluation_combinations_are_refused(capsys):
+    err = refused(capsys, "--game", "connect4", *PEERS, "--evaluate", "4", "--opponent", "minimax")
+    assert "error: --opponent 'minimax' plays tictactoe only, got --game 'connect4'" in err
+    err = refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "4", "--opponent", "random")
+    assert "--opponent 'random' needs a two-player game" in err
+    assert "--evaluate must be >= 1, got -2" in refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "-2")
+    assert "--version must be >= 0, got -1" in refused(
+        capsys, "--game", "cartpole", *PEERS, "--evaluate", "2", "--version", "-1")
