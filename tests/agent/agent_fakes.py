@@ -15,18 +15,7 @@ import games
 from services.environment.client import OpenedSession
 from services.environment.sessions import Session
 from services.network.client import Inference
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details or code.name.lower()
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
+from tests.grpc_fakes import FakeRpcError
 
 
 class FakeEnvironment:

@@ -9,18 +9,7 @@ import pytest
 
 from services.common.failures import (TRANSIENT_CODES, PermanentFailure, RetryPolicy, retry_call,
                                       status_code, wait_unless_stopped)
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
+from tests.grpc_fakes import FakeRpcError
 
 
 class FakeClock:

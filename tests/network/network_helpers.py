@@ -26,6 +26,33 @@ def publish(source: Path, base: Path, version: int) -> Path:
     return target
 
 
+def publish_served_models(saved_models: Path, root: Path) -> Path:
+    """Two models under `root`, as the server tests serve them: "muzero" (cartpole versions 1
+    and 2, both kept, label "stable" on 1) and "board" (version 1), and their models.config;
+    returns the config's path."""
+    publish(saved_models / "cartpole" / "1", root / "muzero", 1)
+    publish(saved_models / "cartpole" / "2", root / "muzero", 2)
+    publish(saved_models / "board" / "1", root / "board", 1)
+    config = root / "models.config"
+    config.write_text(f"""
+model_config_list {{
+  config {{
+    name: "muzero"
+    base_path: "{root / 'muzero'}"
+    model_platform: "tensorflow"
+    model_version_policy {{ latest {{ num_versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+  }}
+  config {{
+    name: "board"
+    base_path: "{root / 'board'}"
+    model_platform: "tensorflow"
+  }}
+}}
+""")
+    return config
+
+
 def start_network(args: list[str], log_path: Path) -> ServiceProcess:
     process = ServiceProcess("services.network", [*args, "--port", "0", "--metrics-port", "0"],
                              log_path=log_path)

@@ -29,8 +29,8 @@ from services.network.__main__ import build_config, build_parser
 from services.network.server import serve
 from services.network.wire import fill_tensor_proto
 from tests.models.tolerances import assert_decoded_close
-from tests.network.conftest import BOARD, BOARD_SETTINGS
-from tests.network.network_helpers import publish
+from tests.network.conftest import BOARD_SETTINGS
+from tests.network.network_helpers import publish_served_models
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +46,7 @@ TOO_LARGE = grpc.StatusCode.RESOURCE_EXHAUSTED
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, saved_models):
     root = tmp_path_factory.mktemp("bad-input")
-    publish(saved_models / "cartpole" / "1", root / "muzero", 1)
-    publish(saved_models / "cartpole" / "2", root / "muzero", 2)
-    publish(saved_models / "board" / "1", root / "board", 1)
-    (root / "models.config").write_text(f"""
-model_config_list {{
-  config {{ name: "muzero" base_path: "{root / 'muzero'}" model_platform: "tensorflow"
-           model_version_policy {{ latest {{ num_versions: 2 }} }}
-           version_labels {{ key: "stable" value: 1 }} }}
-  config {{ name: "board" base_path: "{root / 'board'}" model_platform: "tensorflow" }}
-}}
-""")
+    publish_served_models(saved_models, root)
     return root
 
 

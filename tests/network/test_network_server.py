@@ -31,7 +31,7 @@ from services.network.client import NetworkClient
 from services.network.wire import fill_tensor_proto
 from tests.models.tolerances import assert_decoded_close
 from tests.network.conftest import BOARD_SETTINGS
-from tests.network.network_helpers import metric, publish, scrape, wait_for
+from tests.network.network_helpers import metric, publish, publish_served_models, scrape, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,25 +43,7 @@ S = CartPole.settings.support_size
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, saved_models):
     root = tmp_path_factory.mktemp("served")
-    publish(saved_models / "cartpole" / "1", root / "muzero", 1)
-    publish(saved_models / "cartpole" / "2", root / "muzero", 2)
-    publish(saved_models / "board" / "1", root / "board", 1)
-    (root / "models.config").write_text(f"""
-model_config_list {{
-  config {{
-    name: "muzero"
-    base_path: "{root / 'muzero'}"
-    model_platform: "tensorflow"
-    model_version_policy {{ latest {{ num_versions: 2 }} }}
-    version_labels {{ key: "stable" value: 1 }}
-  }}
-  config {{
-    name: "board"
-    base_path: "{root / 'board'}"
-    model_platform: "tensorflow"
-  }}
-}}
-""")
+    publish_served_models(saved_models, root)
     return root
 
 

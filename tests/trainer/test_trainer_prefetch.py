@@ -12,18 +12,7 @@ from services.common.failures import PermanentFailure
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed, prepare_batch
 from trainer_helpers import K, SPEC, LogSink, batch
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self):
-        return self._code
-
-    def details(self):
-        return self._details
+from tests.grpc_fakes import FakeRpcError
 
 
 def scripted(*outcomes):
