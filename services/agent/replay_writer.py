@@ -32,6 +32,25 @@ ADD_GAMES_HINTS = {
 }
 
 
+ONE_RECORD_TOO_LARGE_HINT = ("one record is larger than the replay server accepts in a request: raise "
+                             "the replay's --max-receive-bytes, or lower the agent's --chunk-length")
+
+
+class _MessageTooLarge(Exception):
+    """AddGames refused for the size of its request (more records than fit in one call)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+def _is_message_too_large(error: grpc.RpcError) -> bool:
+    # grpcio's own refusal of a request over the server's max_receive_message_length: a
+    # RESOURCE_EXHAUSTED that waiting cannot fix (the policy treats that code as "busy").
+    return (error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "larger than max" in (error.details() or ""))
+
+
 class ReplayWriter:
     """A background thread that drains a queue of records into AddGames calls.
 
@@ -123,8 +142,17 @@ class ReplayWriter:
                     return
                 batch = [self._pending.popleft() for _ in range(min(self._max_per_call, len(self._pending)))]
                 self._in_flight = len(batch)
-            if not self._send(batch):
-                return
+            try:
+                if not self._send(batch):
+                    return
+            except _MessageTooLarge as too_large:
+                # The replay refused the request's size (its --max-receive-bytes) before reading
+                # it: the same records in smaller calls can fit. Only later calls get smaller.
+                self._give_back(batch)
+                self._max_per_call = max(1, len(batch) // 2)
+                self._log.warning("replay_add_split", records=len(batch),
+                                  records_per_call=self._max_per_call, details=too_large.details)
+                continue
             with self._cond:
                 self._in_flight = 0
                 self.acked += len(batch)
@@ -147,6 +175,12 @@ class ReplayWriter:
             except grpc.RpcError as error:
                 if self._on_failure:
                     self._on_failure(error)
+                if _is_message_too_large(error):
+                    if len(batch) > 1:
+                        raise _MessageTooLarge(error.details()) from None
+                    self._fail(PermanentFailure.from_error(error, "replay", "AddGames", self._address,
+                                                           hint=ONE_RECORD_TOO_LARGE_HINT), batch)
+                    return False
                 try:
                     delay = backoff.failed(error, "replay", "AddGames", self._address,
                                            hint=ADD_GAMES_HINTS)

@@ -105,3 +105,36 @@ def test_a_bug_in_add_games_ends_the_writer_with_a_failure_not_a_silent_thread()
     assert writer.close(timeout_s=5.0) == 1
     assert writer.failure is not None and "KeyError" in writer.failure.details
     assert sink.events("replay_writer_failed")
+
+
+# grpcio's refusal of a request over the server's max_receive_message_length, as a real
+# ServiceServer answers it (tests/common/test_service_server.py checks the code).
+TOO_LARGE = "SERVER: Received message larger than max (5242990 vs. 4194304)"
+
+
+def test_a_call_too_large_for_the_replay_is_split_and_every_record_acknowledged():
+    calls = []
+
+    def add_games(batch, timeout_s):
+        calls.append(len(batch))
+        if len(batch) > 3:
+            raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE)
+
+    sink = LogSink()
+    writer = ReplayWriter(add_games, sink.log, policy=FAST, max_records_per_call=16)
+    writer.put(records(*[f"r{i}" for i in range(16)]))
+    assert writer.close(timeout_s=10.0) == 0 and writer.acked == 16 and writer.failure is None
+    assert calls[:3] == [16, 8, 4] and set(calls[3:]) <= {3, 2, 1} and sum(calls[3:]) == 16
+    assert [e["records_per_call"] for e in sink.events("replay_add_split")] == [8, 4, 2]
+
+
+def test_one_record_too_large_for_the_replay_is_a_permanent_failure():
+    def add_games(batch, timeout_s):
+        raise FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, TOO_LARGE)
+
+    writer = ReplayWriter(add_games, LogSink().log, policy=FAST, max_records_per_call=2)
+    writer.put(records("a", "b"))
+    wait_for(lambda: writer.failure is not None)
+    assert writer.failure.code == "RESOURCE_EXHAUSTED"
+    assert "--max-receive-bytes" in writer.failure.hint and "--chunk-length" in writer.failure.hint
+    assert writer.close(timeout_s=1.0) == 2
