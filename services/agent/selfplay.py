@@ -19,7 +19,7 @@ from services.agent.trajectories import TrajectoryRecorder
 from services.common.failures import Backoff, RetryPolicy, retry_call
 from services.common.logs import EventLogger
 from services.environment.client import EnvironmentClient
-from services.environment.sessions import TimeStep
+from services.environment.wire import TimeStep
 from services.network.client import NetworkClient
 from services.replay.client import ReplayClient
 

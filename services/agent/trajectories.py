@@ -16,7 +16,7 @@ import numpy as np
 
 from games.base import GameSpec
 from protos import replay_pb2
-from services.replay.records import make_game_record
+from services.replay.wire import make_game_record
 
 
 @dataclasses.dataclass

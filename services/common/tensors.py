@@ -3,8 +3,9 @@
 Two wire formats:
   * `mufleet.Tensor` (protos/tensor.proto) for MuFleet's own services: here, free of TensorFlow;
   * TensorFlow's `TensorProto` with `tensor_content` for TensorFlow Serving's API: in
-    `services.common.tf_tensors`, which imports TensorFlow. `to_tensor_proto` and
-    `from_tensor_proto` are still importable from this module; they load it on first use.
+    `services.common.tf_tensors` (`to_tensor_proto`, `fill_tensor_proto`, `from_tensor_proto`),
+    which imports TensorFlow. This module does not, so that the environment, the replay and
+    their clients start without it.
 """
 
 from __future__ import annotations
@@ -77,15 +78,6 @@ def from_tensor(tensor: mufleet_tensor_pb2.Tensor, name: str = "tensor") -> np.n
     if dtype is None:
         raise TensorError(f"{name}: unknown dtype {tensor.dtype}")
     return _decode(tensor.content, dtype, tuple(tensor.shape), name)
-
-
-def __getattr__(name: str):
-    # The TensorFlow half, loaded on first use so that importing this module stays fast.
-    if name in ("to_tensor_proto", "from_tensor_proto"):
-        from services.common import tf_tensors
-
-        return getattr(tf_tensors, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _decode(content: bytes, dtype: np.dtype, shape: tuple[int, ...], name: str) -> np.ndarray:

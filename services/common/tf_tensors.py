@@ -2,8 +2,8 @@
 
 Split from `services.common.tensors` because importing TensorFlow's protos imports all of
 TensorFlow (seconds of start-up); services that only speak MuFleet's own `Tensor` (the
-environment, replay) stay free of it. `services.common.tensors.to_tensor_proto` and
-`from_tensor_proto` still work: they load this module on first use.
+environment, replay) stay free of it. Import these functions from this module; the raw-bytes
+decoding and the size checks they share with `mufleet.Tensor` stay in `services.common.tensors`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from services.common.metrics import start_metrics_server
 from services.common.server import ServiceServer
 from services.environment.config import EnvironmentConfig
 from services.environment.limits import MessageLimits, message_limits
-from services.environment.server import SERVICE_NAME, EnvironmentServicer
+from services.environment.server import EnvironmentServicer
+from services.environment.wire import SERVICE_NAME
 from services.environment.sessions import SessionError
 
 

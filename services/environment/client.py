@@ -15,6 +15,9 @@ bit-exact replay of a seed holds for calls that were not retried). Open (a retry
 second session) and Step (a retry would play twice) are never retried: after a Step that got no
 answer, `observe(session).num_steps` tells whether it was applied. Failures raise `grpc.RpcError`
 with the server's status code and message.
+
+A leaf: the client imports the service's wire types and codecs (`services.environment.wire`)
+and nothing of its server, so it loads no session store and no TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,9 +30,7 @@ from games.base import GameSpec
 from protos import environment_pb2, environment_pb2_grpc
 from services.common.channels import DEFAULT_DEADLINE_S, make_channel
 from services.common.tensors import to_tensor
-from services.environment.server import SERVICE_NAME
-from services.environment.sessions import TimeStep
-from services.environment.wire import spec_from_proto, time_step_from_proto
+from services.environment.wire import SERVICE_NAME, TimeStep, spec_from_proto, time_step_from_proto
 
 IDEMPOTENT_METHODS = ("GetSpec", "Observe", "Close", "Reset")
 

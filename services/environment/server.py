@@ -28,8 +28,6 @@ from services.environment.config import EnvironmentConfig
 from services.environment.sessions import SessionError, SessionStore, invalid
 from services.environment.wire import spec_to_proto, time_step_to_proto
 
-SERVICE_NAME = "mufleet.Environment"
-
 T = TypeVar("T")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ import numpy as np
 
 from games.base import Game, State
 from services.common.errors import ServiceError
+from services.environment.wire import TimeStep  # services.agent.selfplay imports it from here too
 
 # Ids of closed and expired sessions remembered, so that a late call learns what happened to
 # its session and a retried Close succeeds.
@@ -40,26 +40,6 @@ class SessionError(ServiceError):
 
 def invalid(message: str) -> SessionError:
     return SessionError("INVALID_ARGUMENT", message)
-
-
-@dataclasses.dataclass(frozen=True)
-class TimeStep:
-    """The state of every game of a session; see protos/environment.proto's `TimeStep`.
-
-    Arrays are never written after they are made, so a TimeStep may be read without a lock.
-    """
-
-    observation: np.ndarray  # float32 [B, *observation_shape]
-    reward: np.ndarray  # float32 [B]
-    terminated: np.ndarray  # bool [B]
-    truncated: np.ndarray  # bool [B]
-    legal_actions: np.ndarray  # bool [B, A]
-    to_play: np.ndarray  # int32 [B]
-    num_steps: int = 0  # Step calls applied since Open
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.reward)
 
 
 class Session:

@@ -1,13 +1,42 @@
-"""The environment's messages <-> NumPy: `GameSpec` and `TimeStep` both ways."""
+"""The environment service's wire types and codecs: what its client and its server both speak.
+
+`TimeStep` (NumPy arrays of a session's B games) and `GameSpec` <-> protos/environment.proto's
+messages, both ways, as raw bytes (`services.common.tensors`). This module imports nothing of
+the server (no sessions, no servicer), so the agent loads only what it talks.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from games.base import GameSpec
 from protos import environment_pb2
 from services.common.tensors import from_tensor, to_tensor
-from services.environment.sessions import TimeStep
+
+# The gRPC service's full name ("mufleet.Environment"), for the channel's retry config and health.
+SERVICE_NAME = environment_pb2.DESCRIPTOR.services_by_name["Environment"].full_name
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeStep:
+    """The state of every game of a session; see protos/environment.proto's `TimeStep`.
+
+    Arrays are never written after they are made, so a TimeStep may be read without a lock.
+    """
+
+    observation: np.ndarray  # float32 [B, *observation_shape]
+    reward: np.ndarray  # float32 [B]
+    terminated: np.ndarray  # bool [B]
+    truncated: np.ndarray  # bool [B]
+    legal_actions: np.ndarray  # bool [B, A]
+    to_play: np.ndarray  # int32 [B]
+    num_steps: int = 0  # Step calls applied since Open
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.reward)
 
 
 def spec_to_proto(spec: GameSpec) -> environment_pb2.GameSpec:

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from services.common.channels import DEFAULT_DEADLINE_S, make_channel
 from services.common.failures import PermanentFailure, RetryPolicy, wait_unless_stopped
-from services.common.tensors import from_tensor_proto
+from services.common.tf_tensors import from_tensor_proto
 from services.network.wire import fill_tensor_proto
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"

@@ -7,7 +7,6 @@ and read with `from_tensor_proto` (zero-copy).
 
 from __future__ import annotations
 
-import numpy as np
 from tensorflow.core.framework import types_pb2
 
 from services.common.tf_tensors import TF_DTYPES, fill_tensor_proto

@@ -25,7 +25,6 @@ only (docs/replay.md, Limits and Idempotence).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 import time
 from typing import Callable
@@ -34,10 +33,11 @@ import numpy as np
 
 from services.common.logs import EventLogger
 from services.replay.config import MESSAGE_SLACK_BYTES, MIB, ReplayConfig
-from services.replay.records import (RECORD_HEADER_BYTES, GameArrays, ReplayError, invalid,
-                                     not_found, position_bytes, sample_bytes)
+from services.replay.records import (RECORD_HEADER_BYTES, ReplayError, invalid, not_found,
+                                     position_bytes, sample_bytes)
 from services.replay.storage import GameDatabase
 from services.replay.targets import reward_targets, unroll_mask, value_targets
+from services.replay.wire import AddResult, Batch, GameArrays, Stats, StoredGame
 
 RECENT_GAMES = 100
 MAX_BATCH_SIZE = 1 << 16
@@ -52,73 +52,6 @@ def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
     if np.all((priorities >= 0) & (priorities <= limit)):
         return priorities
     return np.where(np.isnan(priorities), limit, np.clip(priorities, 0.0, limit))
-
-
-@dataclasses.dataclass(frozen=True)
-class AddResult:
-    added: int
-    duplicates: int
-    keys: list[int]  # per record of the request; the existing key for a duplicate
-    evicted: int
-    positions_added: int  # sampleable positions of the records added
-
-
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """Sampled positions and their targets; see protos/replay.proto's `SampleBatchResponse`."""
-
-    observation: np.ndarray  # float32 [B, *obs]
-    actions: np.ndarray  # int32 [B, K]
-    target_value: np.ndarray  # float32 [B, K+1]
-    target_reward: np.ndarray  # float32 [B, K+1]
-    target_policy: np.ndarray  # float32 [B, K+1, A]
-    mask: np.ndarray  # float32 [B, K+1]
-    policy_mask: np.ndarray  # float32 [B, K+1]
-    importance_weight: np.ndarray  # float32 [B]
-    record_keys: np.ndarray  # int64 [B]
-    positions: np.ndarray  # int32 [B]
-    model_version: np.ndarray  # int64 [B]
-    unroll_observations: np.ndarray | None  # float32 [B, K+1, *obs] when asked
-    value_prefix: bool
-    num_unroll_steps: int
-    td_steps: int
-    discount: float
-
-
-@dataclasses.dataclass(frozen=True)
-class StoredGame:
-    key: int
-    game: GameArrays
-    targets_model_version: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-    """See protos/replay.proto's `ReplayStats`."""
-
-    game: str
-    games: int
-    positions: int
-    stored_positions: int
-    capacity: int
-    games_per_model_version: dict[int, int]
-    recent_games: int
-    recent_mean_return: float
-    recent_max_return: float
-    recent_mean_length: float
-    games_added_total: int
-    inserts_total: int
-    samples_total: int
-    sample_batches_total: int
-    duplicates_total: int
-    evicted_games_total: int
-    rate_limited_total: int
-    min_positions: int
-    samples_per_insert: float
-    error_buffer: float
-    max_priority: float
-    priority_alpha: float
-    priority_beta: float
 
 
 class ReplayBuffer:

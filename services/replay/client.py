@@ -13,6 +13,9 @@ AddGames is idempotent by record id (a retried add is stored once), SampleBatch 
 UpdatePriorities and UpdateTargets set values (repeating them sets the same values), SampleGames
 and GetStats read. Failures raise `grpc.RpcError` with the server's status code and message;
 a SampleBatch held back by the rate limiter past its deadline is DEADLINE_EXCEEDED.
+
+A leaf: the client imports the service's wire types and codecs (`services.replay.wire`) and
+nothing of its server, so it loads no SQLite and no TensorFlow.
 """
 
 from __future__ import annotations
@@ -23,28 +26,15 @@ import numpy as np
 
 from protos import replay_pb2, replay_pb2_grpc
 from services.common.channels import DEFAULT_DEADLINE_S, make_channel
-from services.common.tensors import from_tensor, to_tensor
-from services.replay.buffer import AddResult, Batch, StoredGame
-from services.replay.records import GameArrays, make_game_record, record_from_proto
-from services.replay.server import SERVICE_NAME
+from services.common.tensors import to_tensor
+from services.replay.wire import (SERVICE_NAME, AddResult, Batch, GameArrays, StoredGame,
+                                  batch_from_proto, make_game_record, record_from_proto)
 
 IDEMPOTENT_METHODS = ("AddGames", "SampleBatch", "UpdatePriorities", "UpdateTargets",
                       "SampleGames", "GetStats")
 
 __all__ = ["ReplayClient", "make_game_record", "batch_from_proto", "GameArrays", "Batch",
            "StoredGame", "AddResult"]
-
-
-def batch_from_proto(response: replay_pb2.SampleBatchResponse) -> Batch:
-    """The NumPy arrays of a SampleBatch response (read-only views of the message's bytes)."""
-    arrays = {name: from_tensor(getattr(response, name), name) for name in (
-        "observation", "actions", "target_value", "target_reward", "target_policy", "mask",
-        "policy_mask", "importance_weight", "record_keys", "positions", "model_version")}
-    unroll = (from_tensor(response.unroll_observations, "unroll_observations")
-              if response.HasField("unroll_observations") else None)
-    return Batch(**arrays, unroll_observations=unroll, value_prefix=response.value_prefix,
-                 num_unroll_steps=response.num_unroll_steps, td_steps=response.td_steps,
-                 discount=response.discount)
 
 
 class ReplayClient:

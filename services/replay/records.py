@@ -1,13 +1,13 @@
-"""Game records: `GameRecord` messages <-> validated NumPy arrays, and the replay's errors.
+"""The server's side of game records: validation, size bounds, and the replay's errors.
 
 `decode_record` checks everything a stored record must satisfy and names the offending field
-("games[3].policies: ..."), so a request is validated whole before anything is written.
-`make_game_record` builds the message from NumPy arrays on the client side.
+("games[3].policies: ..."), so a request is validated whole before anything is written. The
+record types and codecs that clients use too (`GameArrays`, `make_game_record`,
+`record_from_proto`, `record_to_proto`) are in `services.replay.wire`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
@@ -16,7 +16,8 @@ import numpy as np
 from games.base import GameSpec
 from protos import replay_pb2
 from services.common.errors import ServiceError
-from services.common.tensors import TensorError, from_tensor, to_tensor
+from services.common.tensors import TensorError, from_tensor
+from services.replay.wire import ARRAY_FIELDS, GameArrays
 
 
 # Longest record id and episode id, in UTF-8 bytes: ids are names (run, agent, game, chunk),
@@ -38,46 +39,6 @@ def invalid(message: str) -> ReplayError:
 
 def not_found(message: str) -> ReplayError:
     return ReplayError("NOT_FOUND", message)
-
-
-@dataclasses.dataclass(frozen=True)
-class GameArrays:
-    """One record as NumPy arrays (see protos/replay.proto's `GameRecord`). T = length, A = actions.
-
-    Attributes:
-      observations: [T, *observation_shape] in the game's observation dtype.
-      actions: int32 [T]. rewards: float32 [T]. to_play: int32 [T].
-      root_values: float32 [T]. policies: float32 [T, A]. legal_actions: bool [T, A].
-      num_sampleable: explicit, in [1, T] once stored (0 in a message means T).
-    """
-
-    id: str
-    episode_id: str
-    first_move: int
-    observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    to_play: np.ndarray
-    root_values: np.ndarray
-    policies: np.ndarray
-    legal_actions: np.ndarray
-    model_version: int
-    num_sampleable: int
-    terminated: bool
-
-    @property
-    def length(self) -> int:
-        return len(self.actions)
-
-    def player0_return(self) -> float:
-        """Sum of the sampleable positions' rewards from the view of player 0."""
-        n = self.num_sampleable
-        signs = np.where(self.to_play[:n] == 0, 1.0, -1.0)
-        return float(np.sum(signs * self.rewards[:n], dtype=np.float64))
-
-
-ARRAY_FIELDS = ("observations", "actions", "rewards", "to_play", "root_values", "policies",
-                "legal_actions")
 
 
 def position_bytes(spec: GameSpec, observation_itemsize: int | None = None) -> int:
@@ -233,56 +194,6 @@ def _convert_observations(array: np.ndarray, dtype: np.dtype, field: str) -> np.
         raise invalid(f"{field}: {array.dtype} values do not convert exactly to the game's "
                       f"observation dtype {dtype}")
     return converted
-
-
-def make_game_record(id: str, observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-                     root_values: np.ndarray, policies: np.ndarray,
-                     to_play: np.ndarray | None = None, legal_actions: np.ndarray | None = None,
-                     model_version: int = 0, episode_id: str = "", first_move: int = 0,
-                     num_sampleable: int = 0, terminated: bool = True) -> replay_pb2.GameRecord:
-    """A `GameRecord` from NumPy arrays (T positions); see protos/replay.proto.
-
-    Arrays are sent in the documented dtypes (int32 actions/to_play, float32 rewards, values and
-    policies, bool legal_actions); observations are sent as given (e.g. float32 from the game).
-    `to_play` defaults to zeros (one-player), `legal_actions` to all actions legal.
-    """
-    actions = np.asarray(actions)
-    T = len(actions)
-    policies = np.asarray(policies, np.float32)
-    to_play = np.zeros(T, np.int32) if to_play is None else np.asarray(to_play)
-    if legal_actions is None:
-        legal_actions = np.ones((T, policies.shape[-1] if policies.ndim == 2 else 1), bool)
-    return replay_pb2.GameRecord(
-        id=id, episode_id=episode_id, first_move=first_move,
-        observations=to_tensor(np.asarray(observations)),
-        actions=to_tensor(_int32(actions)), rewards=to_tensor(np.asarray(rewards, np.float32)),
-        to_play=to_tensor(_int32(to_play)),
-        root_values=to_tensor(np.asarray(root_values, np.float32)), policies=to_tensor(policies),
-        legal_actions=to_tensor(np.asarray(legal_actions)), model_version=model_version,
-        num_sampleable=num_sampleable, terminated=terminated)
-
-
-def _int32(array: np.ndarray) -> np.ndarray:
-    return array.astype(np.int32, copy=False) if array.dtype.kind in "iu" else array
-
-
-def record_to_proto(game: GameArrays) -> replay_pb2.GameRecord:
-    """The message of a stored record (num_sampleable explicit)."""
-    return make_game_record(
-        game.id, game.observations, game.actions, game.rewards, game.root_values, game.policies,
-        to_play=game.to_play, legal_actions=game.legal_actions, model_version=game.model_version,
-        episode_id=game.episode_id, first_move=game.first_move,
-        num_sampleable=game.num_sampleable, terminated=game.terminated)
-
-
-def record_from_proto(record: replay_pb2.GameRecord) -> GameArrays:
-    """The arrays of a message as they are on the wire (no validation: for records that come
-    from the server, e.g. SampleGames). Observations keep their wire dtype."""
-    arrays = {name: from_tensor(getattr(record, name), name) for name in ARRAY_FIELDS}
-    return GameArrays(id=record.id, episode_id=record.episode_id, first_move=record.first_move,
-                      model_version=record.model_version,
-                      num_sampleable=record.num_sampleable or len(arrays["actions"]),
-                      terminated=record.terminated, **arrays)
 
 
 def decode_many(records: Sequence[replay_pb2.GameRecord], spec: GameSpec,

@@ -19,12 +19,10 @@ from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.server import ServiceServer
-from services.common.tensors import to_tensor
-from services.replay.buffer import Batch, ReplayBuffer, Stats
+from services.replay.buffer import ReplayBuffer
 from services.replay.config import ReplayConfig
-from services.replay.records import decode_many, decode_tensor, invalid, record_to_proto
-
-SERVICE_NAME = "mufleet.Replay"
+from services.replay.records import decode_many, decode_tensor, invalid
+from services.replay.wire import SERVICE_NAME, batch_to_proto, record_to_proto, stats_to_proto
 
 T = TypeVar("T")
 
@@ -70,26 +68,6 @@ def _array(request, name: str):
     if not request.HasField(name):
         raise invalid(f"{name}: missing")
     return decode_tensor(getattr(request, name), name)
-
-
-def batch_to_proto(batch: Batch) -> replay_pb2.SampleBatchResponse:
-    response = replay_pb2.SampleBatchResponse(
-        observation=to_tensor(batch.observation), actions=to_tensor(batch.actions),
-        target_value=to_tensor(batch.target_value), target_reward=to_tensor(batch.target_reward),
-        target_policy=to_tensor(batch.target_policy), mask=to_tensor(batch.mask),
-        policy_mask=to_tensor(batch.policy_mask),
-        importance_weight=to_tensor(batch.importance_weight),
-        record_keys=to_tensor(batch.record_keys), positions=to_tensor(batch.positions),
-        model_version=to_tensor(batch.model_version), value_prefix=batch.value_prefix,
-        num_unroll_steps=batch.num_unroll_steps, td_steps=batch.td_steps, discount=batch.discount)
-    if batch.unroll_observations is not None:
-        response.unroll_observations.CopyFrom(to_tensor(batch.unroll_observations))
-    return response
-
-
-def stats_to_proto(stats: Stats) -> replay_pb2.ReplayStats:
-    return replay_pb2.ReplayStats(**{
-        field: getattr(stats, field) for field in stats.__dataclass_fields__})
 
 
 def sample_timeout(time_remaining: float | None) -> float | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from games.base import GameSpec
 from services.replay.config import spec_to_json
-from services.replay.records import GameArrays
+from services.replay.wire import GameArrays
 
 SCHEMA_VERSION = "1"
 DB_NAME = "replay.sqlite"

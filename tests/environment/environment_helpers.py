@@ -6,7 +6,7 @@ import numpy as np
 
 import games
 from games.base import Game
-from services.environment.sessions import TimeStep
+from services.environment.wire import TimeStep
 
 # --max-games-per-session of the shared test server.
 MAX_GAMES_PER_SESSION = 1000

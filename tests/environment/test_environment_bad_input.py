@@ -26,7 +26,7 @@ from services.common.processes import ServiceProcess
 from services.common.tensors import to_tensor
 from services.environment.client import EnvironmentClient
 from services.environment.limits import REQUEST_SLACK_BYTES, request_bytes
-from services.environment.server import SERVICE_NAME
+from services.environment.wire import SERVICE_NAME
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from services.common.channels import is_serving, make_channel
 from services.common.processes import REPO_ROOT
 from services.common.tensors import to_tensor
 from services.environment.client import EnvironmentClient
-from services.environment.server import SERVICE_NAME
+from services.environment.wire import SERVICE_NAME
 
 pytestmark = pytest.mark.integration
 

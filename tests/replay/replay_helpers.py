@@ -6,7 +6,8 @@ import numpy as np
 
 from games.base import GameSpec
 from protos import replay_pb2
-from services.replay.records import GameArrays, decode_record, make_game_record
+from services.replay.records import decode_record
+from services.replay.wire import GameArrays, make_game_record
 
 # A one-player game with vector observations (like cartpole) and a two-player board game
 # (like tic-tac-toe), built here so the tests do not depend on other games' modules.

@@ -10,7 +10,8 @@ import pytest
 
 from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.common.tensors import to_tensor
-from services.replay.records import ReplayError, decode_many, make_game_record
+from services.replay.records import ReplayError, decode_many
+from services.replay.wire import make_game_record
 
 
 def add(buffer, *messages):

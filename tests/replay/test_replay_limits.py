@@ -17,8 +17,8 @@ from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.replay.config import MIB, ReplayConfig, priority_limit_for
 from services.replay.records import ReplayError, position_bytes, sample_bytes
-from services.replay.server import batch_to_proto
 from services.replay.storage import DB_NAME
+from services.replay.wire import batch_to_proto
 
 
 def add(buffer, *messages):
