@@ -8,7 +8,7 @@ RUN_DIR ?= runs/$(GAME)
 PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 
-.PHONY: system-packages venv protos test test-fast bench bench-learn run up clean
+.PHONY: system-packages venv protos test test-fast bench bench-learn run up compose clean
 
 venv: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ LAUNCHER_PORTS = $(if $(filter-out fixed free,$(PORTS)),$(error PORTS must be fi
 
 run: venv protos
 	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR) $(LAUNCHER_PORTS)
+
+# docker-compose.yml and docker-compose.gpu.yml are generated from the fleet's program
+# (services/launcher/topology.py); tests/deploy/test_compose_rendering.py fails when they drift.
+compose: venv
+	$(PY) -m services.launcher.compose --write
 
 # The same fleet in containers (needs a Docker engine); see docs/docker.md.
 up:

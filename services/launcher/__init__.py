@@ -1,6 +1,8 @@
-"""The local fleet: every MuFleet service as a separate process on loopback.
+"""The fleet's program and its launchers.
 
-`topology.py` says WHAT runs (services, flags, who depends on whom); `local.py` says HOW
-(child processes, readiness, status line, shutdown). Keeping the two apart lets the same
-topology be launched differently (docker-compose mirrors it by hand).
+`program.py` is the vocabulary (a `Program` of `Node`s that refer to one another through
+handles); `topology.py` is MuFleet's fleet written in it, once (`build_program`). Launchers
+render that one definition: `local.py` starts it as processes on loopback (`make run`,
+`python -m services.launcher`), `compose.py` writes docker-compose.yml and its GPU override
+(`python -m services.launcher.compose --write`). WHAT runs is never written twice.
 """

@@ -1,16 +1,27 @@
-"""The fleet's topology: which services run, with which flags, in which order.
+"""MuFleet's fleet, defined once: `build_program(config)` is the program (every node, its flags,
+ports, health, dependencies, replicas and volumes) that every launcher renders: the local
+launcher (`make run`, `LocalFleet`), the compose renderer (`docker-compose.yml` is generated
+from it: `python -m services.launcher.compose --write`).
 
-Arguments may name another service's gRPC address as `{name}` (e.g. "--replay", "{replay}") and
-its metrics address as `{name.metrics}`; the launcher fills them in with the addresses the named
-service actually bound, so the same topology works with fixed ports and with free ports (port 0).
+How to add a node: declare any volume it writes (`program.volume`), then
+`program.add_node(Node(name, module, args=..., kind=..., ports=_ports(role), health=...))`
+after the nodes it refers to, naming their addresses through their handles
+(`replay.grpc_address`, never "127.0.0.1:50001" or "replay:50001"); give it its README ports in
+DEFAULT_PORTS and PORT_OFFSETS, then regenerate the compose file. See docs/docker.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from games.base import require
+from services.launcher.program import GRPC, HTTP, STARTED, WORKER, Container, Each, Health, Mount, Node, \
+    Ports, Program, Setting, join
+
+if TYPE_CHECKING:
+    from services.launcher.local import ServiceSpec
 
 # Fixed ports of the local fleet, (gRPC or HTTP, metrics) by role: the ports of the README's
 # table of services (gRPC 5000x, metrics 910x, dashboard 5000).
@@ -97,87 +108,116 @@ class FleetConfig:
     def planned_ports(self) -> list[tuple[str, int]]:
         """(what, port) for every fixed port the fleet binds, in start order: what the launcher
         checks before it starts anything."""
-        roles = ["environment", "replay", "trainer", "network", "agent"] + (["monitor"] if self.monitor else [])
-        planned = []
-        for role in roles:
-            main, metrics = self.ports(role)
-            name = "agent-0" if role == "agent" else role
-            if main is not None:
-                planned.append((f"{name} {'HTTP' if role == 'monitor' else 'gRPC'}", main))
-            if metrics is not None:
-                planned.append((f"{name} metrics", metrics))
-        return planned
+        from services.launcher.local import planned_ports
+
+        return planned_ports(build_topology(self))
 
 
-@dataclasses.dataclass(frozen=True)
-class ServiceSpec:
-    """One process of the fleet.
-
-    Attributes:
-      name: unique name in the fleet ("agent-0"); `{name}` in other specs' args is its address.
-      module: Python module run as `python -m module`.
-      args: command-line arguments, possibly with `{other}` placeholders.
-      kind: "grpc" (serves gRPC: the launcher waits for its health check), "http" (serves
-        HTTP on --port, e.g. the monitor) or "worker" (no server; only its metrics endpoint).
-      health_service: the gRPC service whose health means "ready for traffic" ("" = the server).
-    """
-
-    name: str
-    module: str
-    args: tuple[str, ...]
-    kind: str = "grpc"
-    health_service: str = ""
+def _ports(role: str) -> Ports:
+    """The ports of `role`: the README's (DEFAULT_PORTS) and their offsets from a port base."""
+    (main, metrics), (main_offset, metrics_offset) = DEFAULT_PORTS[role], PORT_OFFSETS[role]
+    return Ports(main, metrics, main_offset, metrics_offset)
 
 
-def _ports(config: FleetConfig, role: str, index: int = 0) -> tuple[str, str]:
-    if index > 0:  # agents after the first: fixed ports are for one of each role
-        return "0", "0"
-    main, metrics = config.ports(role)
-    return str(main or 0), str(metrics or 0)
+def build_program(config: FleetConfig) -> Program:
+    """The fleet `config` describes, as a program. It reads what the fleet is (game, agents,
+    batch, simulations, steps, monitor); where it runs (`run_dir`, ports, `extra_args`) is the
+    launchers' business."""
+    program = Program("mufleet")
+    # Volumes in the order compose lists them; locally each is a folder of the run directory.
+    models = program.volume("models", mount="/models")
+    replay_data = program.volume("replay", mount="/data/replay")
+    checkpoints = program.volume("checkpoints", mount="/data/checkpoints")
+    tensorboard = program.volume("tensorboard", mount="/data/tensorboard")
+    prometheus_data = program.volume("prometheus", mount="/prometheus")
+    game = program.setting("GAME", config.game)
+    model_dir = models / "muzero"  # models/models.config's base_path in containers
+    sims = ("--simulations", str(config.simulations)) if config.simulations else ()
+    batch = ("--games-per-batch", str(config.games_per_batch)) if config.games_per_batch else ()
+
+    environment = program.add_node(Node(
+        "environment", "services.environment", args=("--game", game), kind=GRPC, ports=_ports("environment"),
+        doc="Hosts vectorized games; one session is B games stepped together."))
+    replay = program.add_node(Node(
+        "replay", "services.replay", args=("--game", game, "--data-dir", replay_data), kind=GRPC,
+        ports=_ports("replay"), health=Health(start_period_s=60),
+        doc="Stores finished games durably (written before the ack) and computes training targets."))
+    trainer = program.add_node(Node(
+        "trainer", "services.trainer", kind=WORKER, ports=_ports("trainer"), health=Health(start_period_s=120),
+        args=("--game", game, "--replay", replay.grpc_address, "--models", model_dir,
+              "--checkpoint-dir", checkpoints, "--resume",
+              *(("--steps", str(config.train_steps)) if config.train_steps else ())),
+        # In a container the default (<checkpoint-dir>/../tensorboard) would not be on a volume.
+        container_args=("--tensorboard-dir", tensorboard), gpu=True,
+        doc="Exports version 0 before training, then a version every export interval, to "
+            "/models/muzero: the `models` volume that TensorFlow Serving reads (models/models.config's "
+            "base_path)."))
+    network = program.add_node(Node(
+        "network", "services.network", kind=GRPC, ports=_ports("network"),
+        args=("--model_name", "muzero", "--model_base_path", model_dir, "--enable_batching",
+              "--file_system_poll_wait_seconds", "1"),
+        health=Health(service="tensorflow.serving.PredictionService", start_period_s=180),
+        # The trainer exports version 0 before it trains, so the network has a model to load.
+        after=(trainer,), gpu=True,
+        container=Container(
+            image=join("tensorflow/serving:", Setting("TF_SERVING_TAG", "latest")),
+            gpu_image=join("tensorflow/serving:", Setting("TF_SERVING_TAG", "latest"), "-gpu"),
+            entrypoint=("tensorflow_model_server",),
+            command=("--port=8500", "--rest_api_port=8501", "--model_config_file=/config/models.config",
+                     "--enable_batching", "--batching_parameters_file=/config/batching.config",
+                     "--monitoring_config_file=/config/monitoring.config", "--file_system_poll_wait_seconds=1"),
+            port=8500, metrics_port=8501, metrics_path="/monitoring/prometheus/metrics",
+            volumes=(Mount(models, read_only=True),
+                     *(Mount(f"./models/{name}", f"/config/{name}", read_only=True)
+                       for name in ("models.config", "batching.config", "monitoring.config"))),
+            healthcheck=("CMD", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8501 && printf 'GET "
+                         "/v1/models/muzero HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q AVAILABLE <&3"),
+            doc="The real TensorFlow Serving: gRPC 8500 (PredictionService, ModelService), REST 8501 "
+                "with Prometheus metrics at /monitoring/prometheus/metrics (models/monitoring.config). "
+                "It has no gRPC health service and its image no curl: the health check asks its REST "
+                "API, healthy once a version of the model is AVAILABLE."),
+        doc="Serves the trainer's SavedModels through TensorFlow Serving's API (our own server "
+            "locally), batching requests and loading new versions as they appear."))
+    agent = program.add_node(Node(
+        "agent", "services.agent", kind=WORKER, ports=_ports("agent"), health=Health(start_period_s=60),
+        args=("--game", game, "--environment", environment.grpc_address, "--network", network.grpc_address,
+              "--replay", replay.grpc_address, *batch, *sims),
+        replicas=config.num_agents, scalable=True,
+        doc="Batched MCTS self-play. Scale with `--scale agent=N`: no container name, no host port; "
+            "every replica registers under the name `agent`, which Prometheus and the monitor "
+            "resolve to all replicas. No --seed: each replica draws a fresh one, so replicas play "
+            "different games."))
+    if config.monitor:
+        scraped = (environment, replay, trainer, network, agent)
+        program.add_node(Node(
+            "monitor", "monitor", kind=HTTP, ports=_ports("monitor"),
+            args=("--game", game, "--environment", environment.grpc_address, "--replay", replay.grpc_address,
+                  "--network", network.grpc_address,
+                  *(Each(node.name, ("--metrics", join(node.instance_name, "=", node.metrics_address)))
+                    for node in scraped)),
+            health=Health(path="/healthz"), waits_for=STARTED, publish=Setting("MONITOR_PORT", "5000"),
+            doc="The dashboard. It starts once the others have started, not once they are healthy: "
+                "it shows what is not up yet."))
+    program.add_node(Node(
+        "prometheus", None, kind=HTTP, publish=Setting("PROMETHEUS_PORT", "9090"),
+        container=Container(
+            image=join("prom/prometheus:", Setting("PROMETHEUS_TAG", "v2.53.0")),
+            command=("--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                     "--storage.tsdb.retention.time=15d"),
+            port=9090,
+            volumes=(Mount("./docker/prometheus.yml", "/etc/prometheus/prometheus.yml", read_only=True),
+                     Mount(prometheus_data)),
+            healthcheck=("CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:9090/-/ready"),
+            doc="No --web.enable-lifecycle: it would let any client stop (POST /-/quit) or reload it."),
+        doc="Scrapes every service (docker/prometheus.yml); containers only: the local fleet has the "
+            "dashboard."))
+    return program
 
 
 def build_topology(config: FleetConfig) -> list[ServiceSpec]:
-    """The services of `config`'s fleet in start order: each starts after those it names."""
-    run = Path(config.run_dir)
-    extra = dict(config.extra_args)
-    models = str(run / "models" / "muzero")
+    """The local fleet of `config`: the program's processes on this machine, in start order."""
+    # Imported here, not above: the program (and the compose renderer) need no gRPC runtime.
+    from services.launcher.local import PortPlan, plan
 
-    def spec(name: str, module: str, role: str, args: list[str], index: int = 0, kind: str = "grpc",
-             health_service: str = "") -> ServiceSpec:
-        port, metrics_port = _ports(config, role, index)
-        ports = {"grpc": ["--port", port, "--metrics-port", metrics_port],
-                 "http": ["--port", port],  # the monitor serves its own /metrics on that port
-                 "worker": ["--metrics-port", metrics_port]}[kind]
-        return ServiceSpec(name, module, tuple(args + ports + list(extra.get(name, ()))), kind,
-                           health_service)
-
-    sims = ["--simulations", str(config.simulations)] if config.simulations else []
-    batch = ["--games-per-batch", str(config.games_per_batch)] if config.games_per_batch else []
-    specs = [
-        spec("environment", "services.environment", "environment", ["--game", config.game]),
-        spec("replay", "services.replay", "replay",
-             ["--game", config.game, "--data-dir", str(run / "replay")]),
-        # The trainer exports version 0 before it trains, so the network has a model to load.
-        spec("trainer", "services.trainer", "trainer",
-             ["--game", config.game, "--replay", "{replay}", "--models", models,
-              "--checkpoint-dir", str(run / "checkpoints"), "--resume"]
-             + (["--steps", str(config.train_steps)] if config.train_steps else []), kind="worker"),
-        spec("network", "services.network", "network",
-             ["--model_name", "muzero", "--model_base_path", models, "--enable_batching",
-              "--file_system_poll_wait_seconds", "1"],
-             health_service="tensorflow.serving.PredictionService"),
-    ]
-    for i in range(config.num_agents):
-        specs.append(spec(f"agent-{i}", "services.agent", "agent",
-                          ["--game", config.game, "--environment", "{environment}",
-                           "--network", "{network}", "--replay", "{replay}", *batch, *sims],
-                          index=i, kind="worker"))
-    if config.monitor:
-        names = [s.name for s in specs]
-        specs.append(spec("monitor", "monitor", "monitor",
-                          ["--game", config.game, "--environment", "{environment}",
-                           "--replay", "{replay}", "--network", "{network}"]
-                          + [arg for name in names
-                             for arg in ("--metrics", f"{name}={{{name}.metrics}}")],
-                          kind="http"))
-    return specs
+    return plan(build_program(config), Path(config.run_dir), PortPlan(config.fixed_ports, config.port_base),
+                config.extra_args)
