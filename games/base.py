@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from games.validation import require
+
 if TYPE_CHECKING:
     from games.symmetry import Symmetries
 
@@ -378,7 +380,3 @@ class Game(abc.ABC):
         return None
 
 
-def require(condition: bool, message: str) -> None:
-    """Raises ValueError(message) unless `condition`; used by every config's validation."""
-    if not condition:
-        raise ValueError(message)

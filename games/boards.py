@@ -10,7 +10,8 @@ import dataclasses
 
 import numpy as np
 
-from games.base import Game, State, require
+from games.base import Game, State
+from games.validation import require
 
 
 # --------------------------------------------------------------------------------------------

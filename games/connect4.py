@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.base import GameSpec, MuZeroSettings, require
+from games.base import GameSpec, MuZeroSettings
+from games.validation import require
 from games.boards import BoardState, LineGame
 from games.symmetry import Symmetries, mirror_columns_cells
 

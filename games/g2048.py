@@ -51,7 +51,8 @@ import dataclasses
 
 import numpy as np
 
-from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps, require
+from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps
+from games.validation import require
 from games.boards import as_rng, check_actions, reject_illegal, truncated_at
 
 SIZE = 4

@@ -30,7 +30,8 @@ import dataclasses
 
 import numpy as np
 
-from games.base import Game, GameSpec, MuZeroSettings, State, require
+from games.base import Game, GameSpec, MuZeroSettings, State
+from games.validation import require
 from games.boards import (as_rng, check_actions, check_board, check_to_play, reject_illegal,
                           truncated_at)
 from games.symmetry import Symmetries, dihedral_cells

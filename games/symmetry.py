@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from games.base import require
+from games.validation import require
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -36,7 +36,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from games.base import require
+from games.validation import require
 from models.networks import MuZeroNetwork
 
 INITIAL_INFERENCE = "initial_inference"

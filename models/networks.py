@@ -54,7 +54,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from games.base import GameSpec, MuZeroSettings, require
+from games.base import GameSpec, MuZeroSettings
+from games.validation import require
 from models.support import support_to_scalar, support_width
 
 NORMALIZE_EPSILON = 1e-5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from games.base import require
+from games.validation import require
 
 # The roles the dashboard knows. A metrics target named "agent-3" has role "agent".
 ROLES = ("environment", "replay", "network", "trainer", "agent", "reanalyse", "monitor")

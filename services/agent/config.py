@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import games
-from games.base import require
+from games.validation import require
 from services.agent.opponents import OPPONENT_GAMES
 
 

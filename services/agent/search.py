@@ -59,7 +59,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from games.base import MuZeroSettings, require
+from games.base import MuZeroSettings
+from games.validation import require
 from services.agent import gumbel as gumbel_lib
 
 _NEG_INF = -np.inf

@@ -27,14 +27,11 @@ from typing import Any, Callable, Collection, Iterable, Mapping, TypeVar, Union
 
 import grpc
 
+from games.validation import require
+
 T = TypeVar("T")
 # A hint of what to fix: one for every code, or one per code (codes without one get HINTS').
 Hint = Union[str, Mapping[grpc.StatusCode, str], None]
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 # The peer is down or restarting (UNAVAILABLE), slow or busy (DEADLINE_EXCEEDED,
 # RESOURCE_EXHAUSTED), lost a race (ABORTED), or went away mid-call (CANCELLED). INTERNAL and
@@ -177,13 +174,13 @@ class RetryPolicy:
     transient_codes: frozenset[grpc.StatusCode] = TRANSIENT_CODES
 
     def __post_init__(self) -> None:
-        _require(self.initial_backoff_s >= 0,
+        require(self.initial_backoff_s >= 0,
                 f"RetryPolicy.initial_backoff_s must be >= 0, got {self.initial_backoff_s}")
-        _require(self.max_backoff_s >= self.initial_backoff_s,
+        require(self.max_backoff_s >= self.initial_backoff_s,
                 f"RetryPolicy.max_backoff_s must be >= initial_backoff_s={self.initial_backoff_s}, "
                 f"got {self.max_backoff_s}")
-        _require(self.multiplier >= 1, f"RetryPolicy.multiplier must be >= 1, got {self.multiplier}")
-        _require(self.give_up_after_s is None or self.give_up_after_s >= 0,
+        require(self.multiplier >= 1, f"RetryPolicy.multiplier must be >= 1, got {self.multiplier}")
+        require(self.give_up_after_s is None or self.give_up_after_s >= 0,
                 f"RetryPolicy.give_up_after_s must be None or >= 0, got {self.give_up_after_s}")
 
     def is_transient(self, error: BaseException, also: Collection[grpc.StatusCode] = ()) -> bool:

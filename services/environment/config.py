@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import games
-from games.base import require
+from games.validation import require
 
 # The largest OpenRequest.num_games (an int32 on the wire).
 INT32_MAX = 2**31 - 1

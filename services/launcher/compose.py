@@ -33,7 +33,7 @@ import textwrap
 from pathlib import Path
 from typing import Iterable, Union
 
-from games.base import require
+from games.validation import require
 from services.launcher.program import GRPC, HTTP, STARTED, WORKER, Address, Arg, Dir, Handle, InstanceName, \
     Mount, Node, Program, Setting, expand_each, resolve
 

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from games.base import require
+from games.validation import require
 from services.common.channels import wait_until_serving
 from services.common.logs import EventLogger
 from services.common.processes import ServiceProcess

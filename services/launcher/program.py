@@ -41,7 +41,7 @@ import dataclasses
 import re
 from typing import Callable, Iterator, Sequence, Union
 
-from games.base import require
+from games.validation import require
 
 # Node kinds: what a node serves, which decides its ports and how its readiness is checked.
 GRPC = "grpc"      # gRPC on its main port (standard health checking) plus a metrics endpoint

@@ -16,7 +16,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from games.base import require
+from games.validation import require
 from services.launcher.program import GRPC, HTTP, STARTED, WORKER, Container, Each, Health, Mount, Node, \
     Ports, Program, Setting, join
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
 
-from games.base import require
+from games.validation import require
 
 DEFAULT_NUM_VERSIONS = 3
 

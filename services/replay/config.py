@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 import games
-from games.base import GameSpec, MuZeroSettings, require, support_limit
+from games.base import GameSpec, MuZeroSettings, support_limit
+from games.validation import require
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.replay.records import position_bytes
 

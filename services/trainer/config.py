@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 import games
-from games.base import GameSpec, MuZeroSettings, require
+from games.base import GameSpec, MuZeroSettings
+from games.validation import require
 from games.symmetry import Symmetries
 
 # Settings a trainer flag may override (the rest come from the game's MuZeroSettings).
