@@ -33,9 +33,12 @@ import games  # noqa: E402
 from services.agent.evaluate import evaluate  # noqa: E402
 from services.agent.opponents import random_opponent, tictactoe_minimax  # noqa: E402
 from services.common.logs import get_logger  # noqa: E402
+from services.common.metrics import sum_samples  # noqa: E402
 from services.environment.client import EnvironmentClient  # noqa: E402
-from services.launcher.local import LocalFleet, sum_samples  # noqa: E402
+from services.launcher.local import LocalFleet  # noqa: E402
 from services.launcher.topology import FleetConfig, build_topology  # noqa: E402
+from services.replay import metrics as replay_metrics  # noqa: E402
+from services.trainer import metrics as trainer_metrics  # noqa: E402
 from models.export import list_versions, load_version  # noqa: E402
 from services.agent.local_network import LocalNetwork  # noqa: E402
 
@@ -91,7 +94,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
             next_eval = started + eval_interval_s
             while time.monotonic() - started < budget_s:
                 status.update(f"{game} seed {seed}: {time.monotonic() - started:.0f}s, step "
-                              f"{sum_samples(fleet.scrape('trainer'), 'mufleet_trainer_steps_total'):.0f}")
+                              f"{sum_samples(fleet.scrape('trainer'), trainer_metrics.STEPS_TOTAL):.0f}")
                 if fleet.exited():
                     raise RuntimeError(f"a service stopped: {fleet.exited()}")
                 if time.monotonic() < next_eval:
@@ -100,7 +103,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 # The newest exported version, loaded here: it stays the same for the whole
                 # evaluation, however many versions the trainer exports meanwhile.
                 model = _load_newest(run_dir / "models" / "muzero")
-                step = sum_samples(fleet.scrape("trainer"), "mufleet_trainer_steps_total")
+                step = sum_samples(fleet.scrape("trainer"), trainer_metrics.STEPS_TOTAL)
                 result = evaluate(game, environment, LocalNetwork(model), target.games, simulations,
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
@@ -137,8 +140,8 @@ def _after_target(evaluations: list[dict], target: Target) -> dict[str, int]:
 def _fleet_counts(fleet: LocalFleet) -> dict[str, int]:
     """Games and positions the replay server has taken in so far."""
     replay = fleet.scrape("replay")
-    return {"replay_games_added": int(sum_samples(replay, "mufleet_replay_games_added_total")),
-            "replay_positions_added": int(sum_samples(replay, "mufleet_replay_positions_added_total"))}
+    return {"replay_games_added": int(sum_samples(replay, replay_metrics.GAMES_ADDED_TOTAL)),
+            "replay_positions_added": int(sum_samples(replay, replay_metrics.POSITIONS_ADDED_TOTAL))}
 
 
 def _load_newest(models: Path, attempts: int = 5):

@@ -26,6 +26,9 @@ from rich.console import Console
 from rich.table import Table
 from rich import box
 
+from services.common.metrics import flat_metrics, sum_samples
+from services.network import metrics as network_metrics
+
 BATCH_SIZES = (1, 16, 64, 256, 1024)
 CLIENTS = 8
 CONCURRENT_BATCH = 64
@@ -72,10 +75,7 @@ def _stats(latencies: list[float], rows: int) -> tuple[float, float, float]:
 def _scrape(process, name: str) -> float:
     url = f"http://127.0.0.1:{process.ready['metrics_port']}/metrics"
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+    return sum_samples(flat_metrics(text), name)
 
 
 def main() -> None:
@@ -176,16 +176,16 @@ def _concurrent(server, model_name: str, model, spec) -> tuple[float, float, flo
     for thread in threads:
         thread.start()
     start.wait()
-    rows_before = _scrape(server, "mufleet_network_batch_size_sum")
-    runs_before = _scrape(server, "mufleet_network_batch_size_count")
+    rows_before = _scrape(server, network_metrics.BATCH_SIZE + "_sum")
+    runs_before = _scrape(server, network_metrics.BATCH_SIZE + "_count")
     began = time.perf_counter()
     time.sleep(CONCURRENT_SECONDS)
     stop.set()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    runs = _scrape(server, "mufleet_network_batch_size_count") - runs_before
-    rows = _scrape(server, "mufleet_network_batch_size_sum") - rows_before
+    runs = _scrape(server, network_metrics.BATCH_SIZE + "_count") - runs_before
+    rows = _scrape(server, network_metrics.BATCH_SIZE + "_sum") - rows_before
     every = [x for per_client in latencies for x in per_client]
     p50, p99, _ = _stats(every, CONCURRENT_BATCH)
     return p50, p99, len(every) * CONCURRENT_BATCH / elapsed, rows / runs if runs else 0.0

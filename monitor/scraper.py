@@ -36,13 +36,18 @@ from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import GRPC_ROLES, MetricsTarget, MonitorConfig
 from monitor.metrics import MonitorMetrics
+from services.agent import metrics as agent_metrics
 from services.common.logs import EventLogger
+from services.common.metrics import Sample, parse_metrics
+from services.environment import metrics as environment_metrics
+from services.network import metrics as network_metrics
+from services.replay import metrics as replay_metrics
+from services.trainer import metrics as trainer_metrics
 
-LOSS_KINDS = ("total", "value", "reward", "policy")
+LOSS_KINDS = trainer_metrics.LOSS_KINDS
 # TensorFlow Serving's request counter (prometheus_client's parser adds `_total` to counters).
 TF_SERVING_REQUESTS = (":tensorflow:serving:request_count_total", ":tensorflow:serving:request_count")
 
@@ -53,16 +58,14 @@ TF_SERVING_REQUESTS = (":tensorflow:serving:request_count_total", ":tensorflow:s
 class Samples:
     """The samples of one Prometheus text page: name -> [(labels, value)]."""
 
-    def __init__(self, by_name: dict[str, list[tuple[dict[str, str], float]]] | None = None) -> None:
+    def __init__(self, by_name: dict[str, list[Sample]] | None = None) -> None:
         self.by_name = by_name or {}
 
     @classmethod
     def parse(cls, text: str) -> "Samples":
-        by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                by_name.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
-        return cls(by_name)
+        """The page's samples (services.common.metrics.parse_metrics, which the launcher reads
+        through too); ValueError for text that is not Prometheus text."""
+        return cls(parse_metrics(text))
 
     def _values(self, name: str, labels: dict[str, str] | None) -> list[float]:
         return [v for l, v in self.by_name.get(name, ())
@@ -212,52 +215,52 @@ def _version(value: float | None) -> float | None:
 SERIES: tuple[Series, ...] = (
     # Throughput.
     Series("agent_simulations_per_s", "simulations/s (all agents)", "1/s",
-           lambda d: d.rate("agent", "mufleet_agent_simulations_total")),
-    Series("agent_moves_per_s", "moves/s (all agents)", "1/s", lambda d: d.rate("agent", "mufleet_agent_moves_total")),
+           lambda d: d.rate("agent", agent_metrics.SIMULATIONS_TOTAL)),
+    Series("agent_moves_per_s", "moves/s (all agents)", "1/s", lambda d: d.rate("agent", agent_metrics.MOVES_TOTAL)),
     Series("agent_games_per_s", "games finished/s", "1/s",
-           lambda d: d.rate("agent", "mufleet_agent_games_finished_total")),
+           lambda d: d.rate("agent", agent_metrics.GAMES_FINISHED_TOTAL)),
     Series("environment_steps_per_s", "environment steps/s", "1/s",
-           lambda d: d.rate("environment", "mufleet_environment_steps_total")),
-    Series("trainer_steps_per_s", "trainer steps/s", "1/s", lambda d: d.rate("trainer", "mufleet_trainer_steps_total")),
+           lambda d: d.rate("environment", environment_metrics.STEPS_TOTAL)),
+    Series("trainer_steps_per_s", "trainer steps/s", "1/s", lambda d: d.rate("trainer", trainer_metrics.STEPS_TOTAL)),
     # TensorFlow Serving's own counter is the fallback when the network is the real thing.
     Series("network_requests_per_s", "network requests/s", "1/s",
-           lambda d: d.rate("network", "mufleet_network_requests_total", *TF_SERVING_REQUESTS)),
+           lambda d: d.rate("network", network_metrics.REQUESTS_TOTAL, *TF_SERVING_REQUESTS)),
     Series("network_batch_size", "rows per model run", "rows",
-           lambda d: d.interval_mean("network", "mufleet_network_batch_size")),
+           lambda d: d.interval_mean("network", network_metrics.BATCH_SIZE)),
     Series("network_latency_ms", "network Predict latency (server)", "ms",
-           lambda d: d.interval_mean("network", "mufleet_network_request_seconds", 1e3)),
+           lambda d: d.interval_mean("network", network_metrics.REQUEST_SECONDS, 1e3)),
     Series("agent_request_latency_ms", "network request latency (agents)", "ms",
-           lambda d: d.interval_mean("agent", "mufleet_agent_network_request_seconds", 1e3)),
+           lambda d: d.interval_mean("agent", agent_metrics.NETWORK_REQUEST_SECONDS, 1e3)),
     Series("agent_move_ms", "time of one move of B games", "ms",
-           lambda d: d.interval_mean("agent", "mufleet_agent_move_seconds", 1e3)),
+           lambda d: d.interval_mean("agent", agent_metrics.MOVE_SECONDS, 1e3)),
     # Learning.
     Series("agent_recent_return", "mean return, last 100 games (agents)", "",
-           lambda d: d.gauge("agent", "mufleet_agent_recent_mean_return", "mean")),
+           lambda d: d.gauge("agent", agent_metrics.RECENT_MEAN_RETURN, "mean")),
     Series("agent_recent_length", "mean length, last 100 games (agents)", "moves",
-           lambda d: d.gauge("agent", "mufleet_agent_recent_mean_length", "mean")),
+           lambda d: d.gauge("agent", agent_metrics.RECENT_MEAN_LENGTH, "mean")),
     Series("replay_recent_return", "mean return, last 100 stored games", "",
            lambda d: _replay_recent(d, "recent_mean_return")),
     Series("replay_recent_length", "mean length, last 100 stored games", "moves",
            lambda d: _replay_recent(d, "recent_mean_length")),
-    Series("trainer_step", "trainer step", "steps", lambda d: d.gauge("trainer", "mufleet_trainer_steps_total", "max")),
+    Series("trainer_step", "trainer step", "steps", lambda d: d.gauge("trainer", trainer_metrics.STEPS_TOTAL, "max")),
     Series("trainer_learning_rate", "learning rate", "",
-           lambda d: d.gauge("trainer", "mufleet_trainer_learning_rate", "max")),
+           lambda d: d.gauge("trainer", trainer_metrics.LEARNING_RATE, "max")),
     # Replay.
     Series("replay_positions", "sampleable positions", "positions",
-           lambda d: _replay_size(d, "positions", "mufleet_replay_positions")),
-    Series("replay_games", "stored games", "games", lambda d: _replay_size(d, "games", "mufleet_replay_games")),
+           lambda d: _replay_size(d, "positions", replay_metrics.POSITIONS)),
+    Series("replay_games", "stored games", "games", lambda d: _replay_size(d, "games", replay_metrics.GAMES)),
     Series("replay_inserts_per_s", "positions inserted/s", "1/s",
-           lambda d: d.rate("replay", "mufleet_replay_positions_added_total")),
-    Series("replay_samples_per_s", "positions sampled/s", "1/s", lambda d: d.rate("replay", "mufleet_replay_samples_total")),
+           lambda d: d.rate("replay", replay_metrics.POSITIONS_ADDED_TOTAL)),
+    Series("replay_samples_per_s", "positions sampled/s", "1/s", lambda d: d.rate("replay", replay_metrics.SAMPLES_TOTAL)),
     # Model versions.
     Series("trainer_exported_version", "trainer: newest exported", "version",
-           lambda d: _version(d.gauge("trainer", "mufleet_trainer_exported_version", "max"))),
+           lambda d: _version(d.gauge("trainer", trainer_metrics.EXPORTED_VERSION, "max"))),
     Series("network_latest_version", "network: newest served", "version",
-           lambda d: _version(d.gauge("network", "mufleet_network_latest_version", "max"))),
+           lambda d: _version(d.gauge("network", network_metrics.LATEST_VERSION, "max"))),
     Series("agent_model_version", "agents: newest used", "version",
-           lambda d: _version(d.gauge("agent", "mufleet_agent_model_version", "max"))),
+           lambda d: _version(d.gauge("agent", agent_metrics.MODEL_VERSION, "max"))),
     Series("agent_oldest_model_version", "agents: oldest used", "version",
-           lambda d: _version(d.gauge("agent", "mufleet_agent_model_version", "min"))),
+           lambda d: _version(d.gauge("agent", agent_metrics.MODEL_VERSION, "min"))),
 )
 SERIES_BY_KEY = {s.key: s for s in SERIES}
 
@@ -542,7 +545,7 @@ class Scraper:
         step = point["trainer_step"]
         trainer = [s for s in cur.instances.values() if s.role == "trainer" and s.ok]
         if step and step > 0 and trainer and (not self._losses or self._losses[-1][0] != step):
-            losses = trainer[0].samples.by_label("mufleet_trainer_loss", "kind")
+            losses = trainer[0].samples.by_label(trainer_metrics.LOSS, "kind")
             if losses:
                 self._losses.append((step, {k: _finite(losses.get(k)) for k in LOSS_KINDS}))
         # Per-instance rates for the fleet cards.
@@ -553,13 +556,13 @@ class Scraper:
                 if prev and name in prev.instances else None
             d = _Deltas(before, single)
             self._last_rates[name] = {
-                "simulations_per_s": d.rate(scrape.role, "mufleet_agent_simulations_total"),
-                "moves_per_s": d.rate(scrape.role, "mufleet_agent_moves_total"),
-                "steps_per_s": d.rate(scrape.role, "mufleet_environment_steps_total", "mufleet_trainer_steps_total"),
-                "requests_per_s": d.rate(scrape.role, "mufleet_network_requests_total", *TF_SERVING_REQUESTS),
-                "inserts_per_s": d.rate(scrape.role, "mufleet_replay_positions_added_total"),
-                "batch_size": d.interval_mean(scrape.role, "mufleet_network_batch_size"),
-                "latency_ms": d.interval_mean(scrape.role, "mufleet_network_request_seconds", 1e3),
+                "simulations_per_s": d.rate(scrape.role, agent_metrics.SIMULATIONS_TOTAL),
+                "moves_per_s": d.rate(scrape.role, agent_metrics.MOVES_TOTAL),
+                "steps_per_s": d.rate(scrape.role, environment_metrics.STEPS_TOTAL, trainer_metrics.STEPS_TOTAL),
+                "requests_per_s": d.rate(scrape.role, network_metrics.REQUESTS_TOTAL, *TF_SERVING_REQUESTS),
+                "inserts_per_s": d.rate(scrape.role, replay_metrics.POSITIONS_ADDED_TOTAL),
+                "batch_size": d.interval_mean(scrape.role, network_metrics.BATCH_SIZE),
+                "latency_ms": d.interval_mean(scrape.role, network_metrics.REQUEST_SECONDS, 1e3),
             }
 
     # -- views --------------------------------------------------------------------------------
@@ -657,8 +660,8 @@ class Scraper:
             status = "down"
         model_version = None
         samples = [s.samples for s in scrapes if s.ok]
-        metric = {"agent": ("mufleet_agent_model_version", max), "trainer": ("mufleet_trainer_exported_version", max),
-                  "network": ("mufleet_network_latest_version", max)}.get(role)
+        metric = {"agent": (agent_metrics.MODEL_VERSION, max), "trainer": (trainer_metrics.EXPORTED_VERSION, max),
+                  "network": (network_metrics.LATEST_VERSION, max)}.get(role)
         if metric:
             values = [v for s in samples if (v := s.max(metric[0])) is not None and v >= 0]
             model_version = int(metric[1](values)) if values else None
@@ -706,11 +709,11 @@ def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None
 
     if role == "environment":
         return [("steps/s", _sum_rates(rates, "steps_per_s"), "/s"),
-                ("sessions", gauge("mufleet_environment_sessions"), ""),
-                ("games", gauge("mufleet_environment_games"), "")]
+                ("sessions", gauge(environment_metrics.SESSIONS), ""),
+                ("games", gauge(environment_metrics.GAMES), "")]
     if role == "replay":
-        positions = (stats or {}).get("positions", gauge("mufleet_replay_positions"))
-        games_stored = (stats or {}).get("games", gauge("mufleet_replay_games"))
+        positions = (stats or {}).get("positions", gauge(replay_metrics.POSITIONS))
+        games_stored = (stats or {}).get("games", gauge(replay_metrics.GAMES))
         return [("positions", positions, ""), ("games", games_stored, ""),
                 ("inserts/s", _sum_rates(rates, "inserts_per_s"), "/s")]
     if role == "network":
@@ -718,12 +721,12 @@ def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None
                 ("rows/run", _mean_rates(rates, "batch_size"), ""),
                 ("latency ms", _mean_rates(rates, "latency_ms"), "")]
     if role == "trainer":
-        loss = [v for s in samples if (v := s.sum("mufleet_trainer_loss", {"kind": "total"})) is not None]
-        return [("step", gauge("mufleet_trainer_steps_total", max), ""),
+        loss = [v for s in samples if (v := s.sum(trainer_metrics.LOSS, {"kind": "total"})) is not None]
+        return [("step", gauge(trainer_metrics.STEPS_TOTAL, max), ""),
                 ("steps/s", _sum_rates(rates, "steps_per_s"), "/s"),
                 ("loss", loss[0] if loss else None, "")]
     if role == "agent":
-        returns = [v for s in samples if (v := s.sum("mufleet_agent_recent_mean_return")) is not None]
+        returns = [v for s in samples if (v := s.sum(agent_metrics.RECENT_MEAN_RETURN)) is not None]
         return [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
                 ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
                 ("return", sum(returns) / len(returns) if returns else None, "")]

@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _selfplay(config: AgentConfig, args: argparse.Namespace, stop, log: EventLogger) -> int:
+    from services.agent.metrics import AgentMetrics
     from services.agent.selfplay import SelfPlay
     from services.common.failures import PermanentFailure
     from services.common.metrics import start_metrics_server
 
     metrics_port = start_metrics_server(args.metrics_port, args.host)
-    selfplay = SelfPlay(config, log, stop=stop)
+    selfplay = SelfPlay(config, log, stop=stop, metrics=AgentMetrics())  # the served registry
     code = 0
     try:
         if not stop.is_set():

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 import games
+from services.agent.metrics import AgentMetrics
 from services.agent.opponents import random_opponent
 from services.agent.pipeline import PipelinedSearch
 from services.agent.search import SearchConfig
@@ -58,7 +59,8 @@ class EvaluationStopped(Exception):
 def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkClient, num_games: int,
              simulations: int, version: int | None = None, seed: int = 0,
              opponent=random_opponent, groups: int = 1,
-             stop: threading.Event | None = None) -> EvaluationResult:
+             stop: threading.Event | None = None,
+             metrics: AgentMetrics | None = None) -> EvaluationResult:
     """Plays `num_games` games greedily (no noise, temperature 0) and returns their results.
 
     The games are played at once in one environment session; each slot counts its first game.
@@ -68,7 +70,7 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
 
     Raises PermanentFailure naming the peer and call when the environment or the network
     fails (evaluation does not wait out failures: run it again), and TimeoutError when no
-    version becomes available.
+    version becomes available. The search counts in `metrics` (default: a registry of its own).
     """
     game = games.make(game_name)
     spec = game.spec
@@ -76,7 +78,7 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
     two_player = spec.num_players == 2
     stop = stop if stop is not None else threading.Event()
     search = PipelinedSearch(network, SearchConfig.from_settings(settings), num_games, spec.num_actions,
-                             groups=groups, two_player=two_player)
+                             groups=groups, two_player=two_player, metrics=metrics)
     network_address = getattr(network, "address", "")
     environment_address = getattr(environment, "address", "")
     with _failures("network", "GetModelStatus", network_address):

@@ -1,23 +1,63 @@
-"""The agent's Prometheus metrics."""
+"""The agent's Prometheus metrics (`mufleet_agent_*`), and their names as they appear in the
+/metrics text (the constants the monitor and the launcher read)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS_S
 
-SIMULATIONS = Counter("mufleet_agent_simulations_total", "Search simulations run, summed over games")
-MOVES = Counter("mufleet_agent_moves_total", "Moves played, summed over games")
-GAMES_FINISHED = Counter("mufleet_agent_games_finished_total", "Games played to their end")
-EPISODE_RETURN = Histogram("mufleet_agent_episode_return", "Return of each finished game (player 0's)",
-                           buckets=(-1, -0.5, 0, 0.5, 1, 10, 50, 100, 200, 300, 400, 475, 500, 1000, 5000, 20000))
-EPISODE_LENGTH = Histogram("mufleet_agent_episode_length", "Moves of each finished game",
-                           buckets=(5, 9, 20, 42, 60, 100, 200, 300, 400, 500, 1000, 5000))
-RECENT_RETURN = Gauge("mufleet_agent_recent_mean_return", "Mean return of the last 100 finished games")
-RECENT_LENGTH = Gauge("mufleet_agent_recent_mean_length", "Mean length of the last 100 finished games")
-NETWORK_SECONDS = Histogram("mufleet_agent_network_request_seconds", "Latency of network requests",
-                            ["signature"], buckets=LATENCY_BUCKETS_S)
-MOVE_SECONDS = Histogram("mufleet_agent_move_seconds", "Time of one move of all B games (search + step)",
-                         buckets=LATENCY_BUCKETS_S)
-MODEL_VERSION = Gauge("mufleet_agent_model_version", "Model version used by the latest move")
-RECORDS_SENT = Counter("mufleet_agent_records_acked_total", "Game records acknowledged by the replay server")
-RECORDS_PENDING = Gauge("mufleet_agent_records_pending", "Game records waiting for the replay's ack")
-PEER_FAILURES = Counter("mufleet_agent_peer_failures_total", "Failed calls to peers", ["peer", "code"])
+SIMULATIONS_TOTAL = "mufleet_agent_simulations_total"
+MOVES_TOTAL = "mufleet_agent_moves_total"
+GAMES_FINISHED_TOTAL = "mufleet_agent_games_finished_total"
+EPISODE_RETURN = "mufleet_agent_episode_return"
+EPISODE_LENGTH = "mufleet_agent_episode_length"
+RECENT_MEAN_RETURN = "mufleet_agent_recent_mean_return"
+RECENT_MEAN_LENGTH = "mufleet_agent_recent_mean_length"
+NETWORK_REQUEST_SECONDS = "mufleet_agent_network_request_seconds"
+MOVE_SECONDS = "mufleet_agent_move_seconds"
+MODEL_VERSION = "mufleet_agent_model_version"
+RECORDS_ACKED_TOTAL = "mufleet_agent_records_acked_total"
+RECORDS_PENDING = "mufleet_agent_records_pending"
+PEER_FAILURES_TOTAL = "mufleet_agent_peer_failures_total"
+
+RETURN_BUCKETS = (-1, -0.5, 0, 0.5, 1, 10, 50, 100, 200, 300, 400, 475, 500, 1000, 5000, 20000)
+LENGTH_BUCKETS = (5, 9, 20, 42, 60, 100, 200, 300, 400, 500, 1000, 5000)
+
+
+class AgentMetrics:
+    """The metrics, in `registry` (default: the process's, what `python -m services.agent`
+    serves; a fresh `CollectorRegistry()` per instance for agents, searches and evaluations
+    built in tests or inside another process, such as the monitor's play page)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else REGISTRY
+        self.registry = registry
+        self.simulations = Counter(SIMULATIONS_TOTAL, "Search simulations run, summed over games",
+                                   registry=registry)
+        self.moves = Counter(MOVES_TOTAL, "Moves played, summed over games", registry=registry)
+        self.games_finished = Counter(GAMES_FINISHED_TOTAL, "Games played to their end", registry=registry)
+        self.episode_return = Histogram(EPISODE_RETURN, "Return of each finished game (player 0's)",
+                                        buckets=RETURN_BUCKETS, registry=registry)
+        self.episode_length = Histogram(EPISODE_LENGTH, "Moves of each finished game",
+                                        buckets=LENGTH_BUCKETS, registry=registry)
+        self.recent_return = Gauge(RECENT_MEAN_RETURN, "Mean return of the last 100 finished games",
+                                   registry=registry)
+        self.recent_length = Gauge(RECENT_MEAN_LENGTH, "Mean length of the last 100 finished games",
+                                   registry=registry)
+        self.network_seconds = Histogram(NETWORK_REQUEST_SECONDS, "Latency of network requests",
+                                         ["signature"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.move_seconds = Histogram(MOVE_SECONDS, "Time of one move of all B games (search + step)",
+                                      buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.model_version = Gauge(MODEL_VERSION, "Model version used by the latest move", registry=registry)
+        self.records_acked = Counter(RECORDS_ACKED_TOTAL, "Game records acknowledged by the replay server",
+                                     registry=registry)
+        self.records_pending = Gauge(RECORDS_PENDING, "Game records waiting for the replay's ack",
+                                     registry=registry)
+        self.peer_failures = Counter(PEER_FAILURES_TOTAL, "Failed calls to peers", ["peer", "code"],
+                                     registry=registry)
+
+
+def private_metrics() -> AgentMetrics:
+    """Metrics in a registry of their own (served nowhere): the default of the agent's parts."""
+    return AgentMetrics(CollectorRegistry())

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from services.agent import metrics
+from services.agent.metrics import AgentMetrics, private_metrics
 from services.agent.search import BatchedSearch, SearchConfig
 from services.network.client import INITIAL_INFERENCE, RECURRENT_INFERENCE, NetworkClient
 
@@ -46,11 +46,14 @@ class PipelinedSearch:
       groups: G pipelined groups (np.array_split of the B games).
       two_player: whether values flip sign between plies.
       timeout_s: deadline of each request.
+      metrics: where the search counts (default: a registry of its own).
     """
 
     def __init__(self, network: NetworkClient, config: SearchConfig, batch_size: int, num_actions: int,
-                 groups: int = 1, two_player: bool = False, timeout_s: float = 30.0) -> None:
+                 groups: int = 1, two_player: bool = False, timeout_s: float = 30.0,
+                 metrics: AgentMetrics | None = None) -> None:
         self.network = network
+        self.metrics = metrics if metrics is not None else private_metrics()
         self.config = config
         self.num_actions = num_actions
         self.two_player = two_player
@@ -72,7 +75,7 @@ class PipelinedSearch:
     def _result(self, pending):
         future, started, signature = pending
         inference = future.result()
-        metrics.NETWORK_SECONDS.labels(signature).observe(time.perf_counter() - started)
+        self.metrics.network_seconds.labels(signature).observe(time.perf_counter() - started)
         return inference
 
     def search(self, observation: np.ndarray, legal_actions: np.ndarray, rng: np.random.Generator,
@@ -119,6 +122,6 @@ class PipelinedSearch:
             result.root_values[g] = move.value
             result.policies[g] = move.policy
             result.versions[g] = versions[i]
-        metrics.SIMULATIONS.inc(B * self.config.num_simulations)
-        metrics.MODEL_VERSION.set(max(versions))
+        self.metrics.simulations.inc(B * self.config.num_simulations)
+        self.metrics.model_version.set(max(versions))
         return result

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 import games
-from services.agent import metrics
+from services.agent.metrics import AgentMetrics, private_metrics
 from services.agent.config import AgentConfig
 from services.agent.pipeline import PipelinedSearch
 from services.agent.replay_writer import ReplayWriter
@@ -52,13 +52,16 @@ class SelfPlay:
         until stopped).
       stop: the event that ends the run; the replay writer's back-pressure gives way to it, so
         a stop is never held up by a full queue of records.
+      metrics: where the agent counts (default: a registry of its own; `python -m
+        services.agent` passes an `AgentMetrics()` in the process's registry, which it serves).
     """
 
     def __init__(self, config: AgentConfig, log: EventLogger,
                  environment: EnvironmentClient | None = None, network: NetworkClient | None = None,
                  replay: ReplayClient | None = None, policy: RetryPolicy | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, metrics: AgentMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics = metrics if metrics is not None else private_metrics()
         self.log = log
         self.game = games.make(config.game)
         self.spec = self.game.spec
@@ -72,14 +75,14 @@ class SelfPlay:
         self.search = PipelinedSearch(self.network, SearchConfig.from_settings(self.settings),
                                       config.games_per_batch, self.spec.num_actions, config.groups,
                                       two_player=self.spec.num_players == 2,
-                                      timeout_s=config.request_timeout_s)
+                                      timeout_s=config.request_timeout_s, metrics=metrics)
         self.recorder = TrajectoryRecorder(
             self.spec, config.games_per_batch, config.chunk_length,
             lookahead=self.settings.num_unroll_steps + self.settings.td_steps)
         self.writer = ReplayWriter(
             self.replay.add_games, log, max_pending=config.max_pending_records,
-            on_acked=metrics.RECORDS_SENT.inc,
-            on_failure=lambda e: metrics.PEER_FAILURES.labels("replay", e.code().name).inc(),
+            on_acked=metrics.records_acked.inc,
+            on_failure=lambda e: metrics.peer_failures.labels("replay", e.code().name).inc(),
             stop=self.stop, policy=self.policy, call_timeout_s=config.request_timeout_s,
             address=config.replay)
         self.rng = np.random.default_rng(config.seed)
@@ -92,7 +95,7 @@ class SelfPlay:
     # -- peers ----------------------------------------------------------------------------------
 
     def _retrying(self, peer: str, error: grpc.RpcError, delay_s: float) -> None:
-        metrics.PEER_FAILURES.labels(peer, error.code().name).inc()
+        self.metrics.peer_failures.labels(peer, error.code().name).inc()
         self.log.warning("peer_unavailable", peer=peer, code=error.code().name,
                          details=error.details(), retry_in_s=round(delay_s, 2))
 
@@ -226,20 +229,21 @@ class SelfPlay:
     def _account(self, finished, move_seconds: float) -> None:
         B = self.config.games_per_batch
         self.moves += 1
-        metrics.MOVES.inc(B)
-        metrics.MOVE_SECONDS.observe(move_seconds)
-        metrics.RECORDS_PENDING.set(self.writer.pending)
+        metrics = self.metrics
+        metrics.moves.inc(B)
+        metrics.move_seconds.observe(move_seconds)
+        metrics.records_pending.set(self.writer.pending)
         for game in finished:
             self.games_finished += 1
             episode_return = float(game.total_reward[0])
             self.recent_returns.append(episode_return)
             self.recent_lengths.append(game.length)
-            metrics.GAMES_FINISHED.inc()
-            metrics.EPISODE_RETURN.observe(episode_return)
-            metrics.EPISODE_LENGTH.observe(game.length)
+            metrics.games_finished.inc()
+            metrics.episode_return.observe(episode_return)
+            metrics.episode_length.observe(game.length)
         if finished:
-            metrics.RECENT_RETURN.set(float(np.mean(self.recent_returns)))
-            metrics.RECENT_LENGTH.set(float(np.mean(self.recent_lengths)))
+            metrics.recent_return.set(float(np.mean(self.recent_returns)))
+            metrics.recent_length.set(float(np.mean(self.recent_lengths)))
             self.log.info("games_finished", count=len(finished), total=self.games_finished,
                           recent_mean_return=round(float(np.mean(self.recent_returns)), 3),
                           recent_mean_length=round(float(np.mean(self.recent_lengths)), 1))

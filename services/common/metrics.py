@@ -1,9 +1,13 @@
-"""Prometheus metrics over HTTP. Every metric name starts with `mufleet_`; counters end in
-`_total` and durations are `_seconds` histograms."""
+"""Prometheus metrics over HTTP, and the one parser of the Prometheus text that the monitor
+and the launcher read. Every metric name starts with `mufleet_`; counters end in `_total` and
+durations are `_seconds` histograms. Each service declares its metrics once, in
+`services/<name>/metrics.py`, whose module constants are the names as they appear in the
+/metrics text (what `parse_metrics` returns and what scrapers look up)."""
 
 from __future__ import annotations
 
 from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 PREFIX = "mufleet_"
 
@@ -11,8 +15,40 @@ PREFIX = "mufleet_"
 LATENCY_BUCKETS_S = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0)
 
+# One sample: its labels and its value.
+Sample = tuple[dict[str, str], float]
+
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
     """Serves /metrics of the default registry on host:port (0 picks a free port); returns the port."""
     httpd, _thread = start_http_server(port, addr=host)
     return httpd.server_port
+
+
+def parse_metrics(text: str) -> dict[str, list[Sample]]:
+    """The samples of one Prometheus text page, by sample name as the text writes it (a
+    counter's `_total`, a histogram's `_bucket`, `_sum` and `_count`): name -> [(labels, value)].
+    Raises ValueError for text that is not Prometheus text."""
+    by_name: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            by_name.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    return by_name
+
+
+def sample_key(name: str, labels: dict[str, str]) -> str:
+    """`name{k=v,...}` (labels sorted), or `name` without labels: the keys of `flat_metrics`."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
+
+
+def flat_metrics(text: str) -> dict[str, float]:
+    """`parse_metrics(text)` as {sample_key(name, labels): value}: one entry per series."""
+    return {sample_key(name, labels): value
+            for name, samples in parse_metrics(text).items() for labels, value in samples}
+
+
+def sum_samples(samples: dict[str, float], name: str) -> float:
+    """Sum of every sample of metric `name` in a `flat_metrics` dict, over its label sets."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))

@@ -15,16 +15,15 @@ from typing import Callable, TypeVar
 
 import grpc
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 import games
 from games.base import Game
 from protos import environment_pb2, environment_pb2_grpc, tensor_pb2
 from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
-from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.tensors import TensorError, TensorTooLarge, from_tensor
 from services.environment.config import EnvironmentConfig
+from services.environment.metrics import EnvironmentMetrics
 from services.environment.sessions import SessionError, SessionStore, invalid
 from services.environment.wire import spec_to_proto, time_step_to_proto
 
@@ -45,40 +44,6 @@ def decode_tensor(tensor: tensor_pb2.Tensor, name: str) -> np.ndarray:
         # NumPy refusing a shape the byte count allowed (more than 64 dimensions, a zero-size
         # array whose other dimensions overflow): still the client's tensor, not a server bug.
         raise invalid(f"{name}: shape {list(tensor.shape)} cannot be decoded: {error}") from error
-
-
-class EnvironmentMetrics:
-    """The service's Prometheus metrics, in `registry` (a fresh one per servicer in unit tests)."""
-
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.steps = Counter(
-            "mufleet_environment_steps_total",
-            "Game steps played: B per Step call.", ["game"], registry=registry)
-        self.step_requests = Counter(
-            "mufleet_environment_step_requests_total",
-            "Step calls served.", ["game"], registry=registry)
-        self.episodes = Counter(
-            "mufleet_environment_episodes_total",
-            "Games that ended (terminated or truncated).", ["game"], registry=registry)
-        self.sessions = Gauge(
-            "mufleet_environment_sessions", "Open sessions.", registry=registry)
-        self.games = Gauge(
-            "mufleet_environment_games", "Games held by the open sessions.", registry=registry)
-        self.sessions_opened = Counter(
-            "mufleet_environment_sessions_opened_total",
-            "Sessions opened.", ["game"], registry=registry)
-        self.sessions_expired = Counter(
-            "mufleet_environment_sessions_expired_total",
-            "Sessions closed by the reaper after --session-timeout-s without calls.",
-            ["game"], registry=registry)
-        self.request_seconds = Histogram(
-            "mufleet_environment_request_seconds",
-            "Time to serve one call, by method (errors included).", ["method"],
-            buckets=LATENCY_BUCKETS_S, registry=registry)
-        self.errors = Counter(
-            "mufleet_environment_errors_total",
-            "Calls that failed, by method and gRPC status code.", ["method", "code"],
-            registry=registry)
 
 
 class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):

@@ -15,11 +15,10 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from games.validation import require
 from services.common.channels import wait_until_serving
 from services.common.logs import EventLogger
+from services.common.metrics import flat_metrics
 from services.common.processes import ServiceProcess
 from services.launcher.program import GRPC, HTTP, WORKER, Address, Arg, Dir, Handle, InstanceName, Node, \
     Program, Setting, expand_each, resolve
@@ -213,17 +212,7 @@ class LocalFleet:
                 text = response.read().decode()
         except OSError:
             return {}
-        samples: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
-
-
-def sum_samples(samples: dict[str, float], name: str) -> float:
-    """Sum of every sample of metric `name` over its label sets."""
-    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+        return flat_metrics(text)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.5) -> bool:

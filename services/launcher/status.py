@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import time
 
-from services.launcher.local import LocalFleet, sum_samples
+from services.agent import metrics as agent_metrics
+from services.common.metrics import sum_samples
+from services.launcher.local import LocalFleet
+from services.replay import metrics as replay_metrics
+from services.trainer import metrics as trainer_metrics
 
 
 class FleetStatus:
@@ -19,20 +23,20 @@ class FleetStatus:
         trainer = self.fleet.scrape("trainer")
         replay = self.fleet.scrape("replay")
         agents = [self.fleet.scrape(name) for name in self.fleet.processes if name.startswith("agent")]
-        simulations = sum(sum_samples(a, "mufleet_agent_simulations_total") for a in agents)
+        simulations = sum(sum_samples(a, agent_metrics.SIMULATIONS_TOTAL) for a in agents)
         now = time.monotonic()
         rate = 0.0
         if self._last and now > self._last[0]:
             rate = max(0.0, (simulations - self._last[1]) / (now - self._last[0]))
         self._last = (now, simulations)
-        returns = [a["mufleet_agent_recent_mean_return"] for a in agents
-                   if "mufleet_agent_recent_mean_return" in a]
+        returns = [a[agent_metrics.RECENT_MEAN_RETURN] for a in agents
+                   if agent_metrics.RECENT_MEAN_RETURN in a]
         return {
             "elapsed_s": now - self.started,
-            "trainer_step": sum_samples(trainer, "mufleet_trainer_steps_total"),
-            "model_version": trainer.get("mufleet_trainer_exported_version", -1),
-            "games": replay.get("mufleet_replay_games", 0),
-            "positions": replay.get("mufleet_replay_positions", 0),
+            "trainer_step": sum_samples(trainer, trainer_metrics.STEPS_TOTAL),
+            "model_version": trainer.get(trainer_metrics.EXPORTED_VERSION, -1),
+            "games": replay.get(replay_metrics.GAMES, 0),
+            "positions": replay.get(replay_metrics.POSITIONS, 0),
             "recent_return": sum(returns) / len(returns) if returns else float("nan"),
             "simulations_per_s": rate,
         }

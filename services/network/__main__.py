@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.tensorflow_inter_op_parallelism:
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
 
+    from services.network.metrics import NetworkMetrics
     from services.network.server import serve
 
     running = None if stop.is_set() else serve(config, log, host=args.host, port=args.port,
-                                                rest_api_port=args.rest_api_port, stop=stop)
+                                                rest_api_port=args.rest_api_port, stop=stop,
+                                                metrics=NetworkMetrics())  # the process's registry
     if running is None:  # stopped during start-up: no port was opened
         log.info("stopped")
         return 0

@@ -23,9 +23,10 @@ import time
 from typing import Callable, Hashable
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
-from services.network import metrics
 from services.network.config import BatchingConfig
+from services.network.metrics import NetworkMetrics
 
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -72,8 +73,9 @@ class _Queue:
 class BatchScheduler:
     """Merges concurrent requests into batches run by a pool of threads."""
 
-    def __init__(self, config: BatchingConfig) -> None:
+    def __init__(self, config: BatchingConfig, metrics: NetworkMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else NetworkMetrics(CollectorRegistry())
         self._timeout_s = config.batch_timeout_micros / 1e6
         self._queues: dict[Hashable, _Queue] = {}
         self._cond = threading.Condition()
@@ -127,7 +129,7 @@ class BatchScheduler:
             if last.rows >= max_rows:
                 last.closed = True
             self._queued_rows += rows
-            metrics.QUEUED_ROWS.set(self._queued_rows)
+            self.metrics.queued_rows.set(self._queued_rows)
             self._cond.notify()
         task.done.wait()
         if task.error is not None:
@@ -180,7 +182,7 @@ class BatchScheduler:
                     queue.batches.popleft()
                     batch.closed = True
                     self._queued_rows -= batch.rows
-                    metrics.QUEUED_ROWS.set(self._queued_rows)
+                    self.metrics.queued_rows.set(self._queued_rows)
                     return best
                 if self._stopping:
                     return None
@@ -206,11 +208,11 @@ class BatchScheduler:
             if padded > batch.rows:
                 inputs = {name: np.concatenate([x, np.repeat(x[:1], padded - batch.rows, axis=0)])
                           for name, x in inputs.items()}
-            metrics.BATCH_SIZE.observe(batch.rows)
-            metrics.BATCH_REQUESTS.observe(len(tasks))
+            self.metrics.batch_size.observe(batch.rows)
+            self.metrics.batch_requests.observe(len(tasks))
             started = time.perf_counter()
             outputs = queue.runner(inputs)
-            metrics.RUN_SECONDS.labels(queue.label).observe(time.perf_counter() - started)
+            self.metrics.run_seconds.labels(queue.label).observe(time.perf_counter() - started)
         except BaseException as error:  # noqa: BLE001 - every waiting request must learn of it
             for task in tasks:
                 task.error = error

@@ -26,12 +26,13 @@ import time
 from typing import Callable
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from models.export import LoadedModel, is_version_name
 from services.common.logs import EventLogger
-from services.network import metrics
 from services.network.config import ModelEntry
+from services.network.metrics import NetworkMetrics
 
 MAX_RETRY_BACKOFF_S = 60.0
 STATUS_HISTORY = 32
@@ -125,8 +126,10 @@ class ModelManager:
     """The loaded versions of one model and the loop that keeps them current."""
 
     def __init__(self, entry: ModelEntry, log: EventLogger,
-                 loader: Callable[[str, int], LoadedModel] | None = None) -> None:
+                 loader: Callable[[str, int], LoadedModel] | None = None,
+                 metrics: NetworkMetrics | None = None) -> None:
         self.entry = entry
+        self.metrics = metrics = metrics if metrics is not None else NetworkMetrics(CollectorRegistry())
         self.name = entry.name
         self.log = log
         self.labels = dict(entry.version_labels)
@@ -137,8 +140,8 @@ class ModelManager:
         self._failures: dict[int, _Failure] = {}
         self._status_lock = threading.Lock()
         self._poll_lock = threading.Lock()
-        metrics.LOADED_VERSIONS.labels(self.name).set(0)
-        metrics.LATEST_VERSION.labels(self.name).set(-1)
+        metrics.loaded_versions.labels(self.name).set(0)
+        metrics.latest_version.labels(self.name).set(-1)
 
     # -- serving side -------------------------------------------------------------------------
 
@@ -183,7 +186,7 @@ class ModelManager:
         is loaded (a SIGTERM during start-up must not wait for every version to load)."""
         with self._poll_lock:
             self._poll(should_stop or (lambda: False))
-            metrics.VERSION_POLLS.labels(self.name).inc()
+            self.metrics.version_polls.labels(self.name).inc()
 
     def _poll(self, should_stop: Callable[[], bool]) -> None:
         on_disk = self._list_versions()
@@ -223,8 +226,8 @@ class ModelManager:
             for version in evicted:
                 self._status[version] = VersionStatus("END")
             self._trim_status()
-        metrics.LOADED_VERSIONS.labels(self.name).set(len(keep))
-        metrics.LATEST_VERSION.labels(self.name).set(newest if newest is not None else -1)
+        self.metrics.loaded_versions.labels(self.name).set(len(keep))
+        self.metrics.latest_version.labels(self.name).set(newest if newest is not None else -1)
         self.log.info("versions_changed", model=self.name, loaded=sorted(keep), latest=newest,
                       evicted=evicted)
 
@@ -267,7 +270,7 @@ class ModelManager:
             message = f"{type(error).__name__}: {error}".strip()[:2000]
             with self._status_lock:
                 self._status[version] = VersionStatus("END", message)
-            metrics.VERSION_LOADS.labels(self.name, "error").inc()
+            self.metrics.version_loads.labels(self.name, "error").inc()
             self.log.warning("version_load_failed", model=self.name, version=version, path=path,
                              attempt=attempts, retry_in_s=backoff, error=message)
             return None
@@ -275,8 +278,8 @@ class ModelManager:
         self._failures.pop(version, None)
         with self._status_lock:
             self._status[version] = VersionStatus("AVAILABLE")
-        metrics.VERSION_LOADS.labels(self.name, "ok").inc()
-        metrics.VERSION_LOAD_SECONDS.observe(seconds)
+        self.metrics.version_loads.labels(self.name, "ok").inc()
+        self.metrics.version_load_seconds.observe(seconds)
         self.log.info("version_loaded", model=self.name, version=version, seconds=round(seconds, 3),
                       signatures=sorted(servable.signatures))
         return servable

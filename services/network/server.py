@@ -44,9 +44,9 @@ from services.common.logs import EventLogger
 from services.common.server import ServiceServer
 from services.common.tensors import TensorError, TensorTooLarge
 from services.common.tf_tensors import from_tensor_proto
-from services.network import metrics
 from services.network.batching import BatchScheduler, QueueFull, ShuttingDown
 from services.network.config import NetworkConfig
+from services.network.metrics import NetworkMetrics
 from services.network.servables import ModelManager, NotFound, ServableVersion, Signature
 from services.network.wire import TF_DTYPES, fill_tensor_proto, tf_dtype_name
 
@@ -101,13 +101,18 @@ class RequestLimits:
 
 
 class NetworkService:
-    """The served models, their poller, and the batch scheduler (if batching is on)."""
+    """The served models, their poller, and the batch scheduler (if batching is on).
 
-    def __init__(self, config: NetworkConfig, log: EventLogger) -> None:
+    `metrics` defaults to a `NetworkMetrics` in the process's registry (pass one with a fresh
+    `CollectorRegistry()` to run two services in one process)."""
+
+    def __init__(self, config: NetworkConfig, log: EventLogger, metrics: NetworkMetrics | None = None) -> None:
         self.config = config
         self.log = log
-        self.managers = {entry.name: ModelManager(entry, log) for entry in config.models}
-        self.scheduler = BatchScheduler(config.batching).start() if config.enable_batching else None
+        self.metrics = metrics = metrics if metrics is not None else NetworkMetrics()
+        self.managers = {entry.name: ModelManager(entry, log, metrics=metrics) for entry in config.models}
+        self.scheduler = (BatchScheduler(config.batching, metrics).start() if config.enable_batching
+                          else None)
         self.limits = RequestLimits.of(config)
         self._health = None
         self._nonfinite_logged: set[tuple[str, str, str]] = set()
@@ -198,11 +203,12 @@ class NetworkService:
             if self.scheduler is not None and self.scheduler.fits(rows):
                 key = (servable.model_name, servable.version, signature.name)
                 return self.scheduler.run(key, signature.run, inputs, rows, label=signature.name)
-            metrics.BATCH_SIZE.observe(rows)
-            metrics.BATCH_REQUESTS.observe(1)
+            metrics = self.metrics
+            metrics.batch_size.observe(rows)
+            metrics.batch_requests.observe(1)
             started = time.perf_counter()
             outputs = signature.run(inputs)
-            metrics.RUN_SECONDS.labels(signature.name).observe(time.perf_counter() - started)
+            metrics.run_seconds.labels(signature.name).observe(time.perf_counter() - started)
             return outputs
         except (QueueFull, ShuttingDown) as error:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
@@ -218,7 +224,7 @@ class NetworkService:
             # ~0.4 ms for a 1024-row Connect Four hidden state (11 MB), next to ~200 ms of model.
             if array.dtype.kind != "f" or np.isfinite(array).all():
                 continue
-            metrics.NONFINITE_INPUTS.labels(signature, name).inc()
+            self.metrics.nonfinite_inputs.labels(signature, name).inc()
             key = (model, signature, name)
             with self._nonfinite_lock:
                 first = key not in self._nonfinite_logged
@@ -302,6 +308,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.service = service
 
     def Predict(self, request, context):
+        metrics = self.service.metrics
         started = time.perf_counter()
         label = "unknown"
         try:
@@ -337,20 +344,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                  f"{self.service.limits.max_response_bytes} bytes "
                                  f"(max_response_bytes); send fewer rows or use output_filter")
         except RequestError as error:
-            metrics.REQUESTS.labels(label).inc()
-            metrics.REQUEST_ERRORS.labels(error.code.name).inc()
+            metrics.requests.labels(label).inc()
+            metrics.request_errors.labels(error.code.name).inc()
             context.abort(error.code, error.message)
         except Exception as error:  # noqa: BLE001 - answer INTERNAL, keep serving
-            metrics.REQUESTS.labels(label).inc()
-            metrics.REQUEST_ERRORS.labels("INTERNAL").inc()
+            metrics.requests.labels(label).inc()
+            metrics.request_errors.labels("INTERNAL").inc()
             self.service.log.error("predict_failed", error=f"{type(error).__name__}: {error}")
             context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
-        metrics.REQUESTS.labels(label).inc()
-        metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
+        metrics.requests.labels(label).inc()
+        metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
         return response
 
     def GetModelMetadata(self, request, context):
-        metrics.RPCS.labels("GetModelMetadata").inc()
+        self.service.metrics.rpcs.labels("GetModelMetadata").inc()
         return _answer(self.service, "GetModelMetadata", context, lambda: self._metadata(request))
 
     def _metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -370,13 +377,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Classify(self, request, context):
-        _unimplemented(context, "Classify")
+        _unimplemented(self.service, context, "Classify")
 
     def Regress(self, request, context):
-        _unimplemented(context, "Regress")
+        _unimplemented(self.service, context, "Regress")
 
     def MultiInference(self, request, context):
-        _unimplemented(context, "MultiInference")
+        _unimplemented(self.service, context, "MultiInference")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -384,7 +391,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.service = service
 
     def GetModelStatus(self, request, context):
-        metrics.RPCS.labels("GetModelStatus").inc()
+        self.service.metrics.rpcs.labels("GetModelStatus").inc()
         return _answer(self.service, "GetModelStatus", context, lambda: self._status(request))
 
     def _status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
@@ -418,7 +425,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
     def HandleReloadConfigRequest(self, request, context):
-        _unimplemented(context, "HandleReloadConfigRequest")
+        _unimplemented(self.service, context, "HandleReloadConfigRequest")
 
 
 def _answer(service: NetworkService, method: str, context: grpc.ServicerContext,
@@ -434,14 +441,14 @@ def _answer(service: NetworkService, method: str, context: grpc.ServicerContext,
         code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {type(error).__name__}: {error}"
         service.log.error("internal_error", method=method, error=repr(error),
                           traceback=traceback.format_exc())
-    metrics.REQUEST_ERRORS.labels(code.name).inc()
+    service.metrics.request_errors.labels(code.name).inc()
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
 
 
-def _unimplemented(context, method: str) -> None:
-    metrics.RPCS.labels(method).inc()
-    metrics.REQUEST_ERRORS.labels("UNIMPLEMENTED").inc()
+def _unimplemented(service: NetworkService, context, method: str) -> None:
+    service.metrics.rpcs.labels(method).inc()
+    service.metrics.request_errors.labels("UNIMPLEMENTED").inc()
     context.abort(grpc.StatusCode.UNIMPLEMENTED,
                   f"{method} is not implemented by MuFleet's network server (use Predict)")
 
@@ -456,7 +463,7 @@ class NetworkServiceServer(ServiceServer):
         super().__init__(log, host=host, port=port, max_workers=config.max_concurrent_rpcs,
                          max_receive_bytes=config.max_request_bytes,
                          max_send_bytes=config.max_response_bytes,
-                         on_unparsable=lambda _method: metrics.REQUEST_ERRORS.labels("INVALID_ARGUMENT").inc())
+                         on_unparsable=lambda _method: service.metrics.request_errors.labels("INVALID_ARGUMENT").inc())
         self.service = service
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(service), self.grpc_server)
@@ -495,13 +502,15 @@ class RunningNetwork:
 
 
 def serve(config: NetworkConfig, log: EventLogger, host: str = "127.0.0.1", port: int = 0,
-          rest_api_port: int = 0, stop: threading.Event | None = None) -> RunningNetwork | None:
+          rest_api_port: int = 0, stop: threading.Event | None = None,
+          metrics: NetworkMetrics | None = None) -> RunningNetwork | None:
     """Starts the network server as `python -m services.network` does: loads what is on disk
     (before the port opens), opens the gRPC and HTTP ports (0 picks free ones), then polls for
-    new versions. Returns None, having opened nothing, if `stop` is set during start-up."""
+    new versions. Returns None, having opened nothing, if `stop` is set during start-up.
+    `metrics`: as NetworkService's (the HTTP port serves its registry)."""
     from services.network.http import start_rest_server  # http imports this module
 
-    service = NetworkService(config, log)
+    service = NetworkService(config, log, metrics)
     service.poll(stop)  # load what is already there before the port opens
     if stop is not None and stop.is_set():
         service.stop()

@@ -12,56 +12,18 @@ import threading
 from typing import Callable, TypeVar
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from protos import replay_pb2, replay_pb2_grpc
 from services.common.errors import serve_rpc
 from services.common.logs import EventLogger
-from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.server import ServiceServer
 from services.replay.buffer import ReplayBuffer
 from services.replay.config import ReplayConfig
+from services.replay.metrics import ReplayMetrics
 from services.replay.records import decode_many, decode_tensor, invalid
 from services.replay.wire import SERVICE_NAME, batch_to_proto, record_to_proto, stats_to_proto
 
 T = TypeVar("T")
-
-
-class ReplayMetrics:
-    """The service's Prometheus metrics, in `registry` (a fresh one per servicer in unit tests)."""
-
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.games = Gauge("mufleet_replay_games", "Records stored.", registry=registry)
-        self.positions = Gauge("mufleet_replay_positions", "Sampleable positions stored.",
-                               registry=registry)
-        self.stored_positions = Gauge(
-            "mufleet_replay_stored_positions",
-            "Positions stored, look-ahead context included (what --capacity bounds).", registry=registry)
-        self.games_added = Counter("mufleet_replay_games_added_total", "Records stored by AddGames.",
-                                   registry=registry)
-        self.positions_added = Counter("mufleet_replay_positions_added_total",
-                                       "Sampleable positions stored by AddGames.", registry=registry)
-        self.duplicates = Counter("mufleet_replay_duplicates_total",
-                                  "Records not stored again because their id was already stored.",
-                                  registry=registry)
-        self.samples = Counter("mufleet_replay_samples_total", "Positions sampled.", registry=registry)
-        self.sample_batches = Counter("mufleet_replay_sample_batches_total", "SampleBatch calls served.",
-                                      registry=registry)
-        self.evicted_games = Counter("mufleet_replay_evicted_games_total",
-                                     "Records evicted to stay within --capacity.", registry=registry)
-        self.rate_limited = Counter("mufleet_replay_rate_limited_total",
-                                    "SampleBatch calls that had to wait for the rate limiter.",
-                                    registry=registry)
-        self.priority_updates = Counter("mufleet_replay_priority_updates_total",
-                                        "Positions whose priority UpdatePriorities set.", registry=registry)
-        self.target_updates = Counter("mufleet_replay_target_updates_total",
-                                      "Positions whose targets UpdateTargets replaced.", registry=registry)
-        self.request_seconds = Histogram(
-            "mufleet_replay_request_seconds", "Time to serve one call, by method (errors and "
-            "rate-limiter waits included).", ["method"], buckets=LATENCY_BUCKETS_S, registry=registry)
-        self.errors = Counter("mufleet_replay_errors_total",
-                              "Calls that failed, by method and gRPC status code.", ["method", "code"],
-                              registry=registry)
 
 
 def _array(request, name: str):

@@ -26,9 +26,15 @@ import pytest
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is missing: pip install -r requirements.txt")
 
+from monitor import metrics as monitor_metrics
+from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
+from services.environment import metrics as environment_metrics
 from services.launcher.local import LocalFleet
 from services.launcher.topology import FleetConfig, build_topology
+from services.network import metrics as network_metrics
+from services.replay import metrics as replay_metrics
+from services.trainer import metrics as trainer_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +42,13 @@ PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 # metric -> what it must be in the fleet once it runs (PromQL over the scraped samples).
 KEY_METRICS = {
-    "environment steps": "sum(mufleet_environment_steps_total) > 0",
-    "replay positions": "sum(mufleet_replay_positions) > 0",
-    "agent simulations": "sum(mufleet_agent_simulations_total) > 0",
-    "trainer steps": "count(mufleet_trainer_steps_total) > 0",
-    "trainer exported version": "max(mufleet_trainer_exported_version) >= 0",
-    "network requests": "sum(mufleet_network_requests_total) > 0",
-    "monitor requests": "sum(mufleet_monitor_requests_total) > 0",
+    "environment steps": f"sum({environment_metrics.STEPS_TOTAL}) > 0",
+    "replay positions": f"sum({replay_metrics.POSITIONS}) > 0",
+    "agent simulations": f"sum({agent_metrics.SIMULATIONS_TOTAL}) > 0",
+    "trainer steps": f"count({trainer_metrics.STEPS_TOTAL}) > 0",
+    "trainer exported version": f"max({trainer_metrics.EXPORTED_VERSION}) >= 0",
+    "network requests": f"sum({network_metrics.REQUESTS_TOTAL}) > 0",
+    "monitor requests": f"sum({monitor_metrics.REQUESTS_TOTAL}) > 0",
 }
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
+from services.common.metrics import sum_samples
 from services.common.processes import REPO_ROOT
-from services.launcher.local import LocalFleet, sum_samples, wait_for
+from services.launcher.local import LocalFleet, wait_for
 from services.launcher.topology import FleetConfig, build_topology
 from services.replay.client import ReplayClient
+from services.trainer import metrics as trainer_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -39,17 +42,17 @@ def test_fleet_trains_cartpole_versions_advance_and_agents_follow(tmp_path):
             assert wait_for(lambda: replay.get_stats().positions > 0, timeout_s=120), "no game reached replay"
             positions_early = replay.get_stats().positions
             trained = wait_for(
-                lambda: sum_samples(fleet.scrape("trainer"), "mufleet_trainer_steps_total") >= TRAIN_STEPS,
+                lambda: sum_samples(fleet.scrape("trainer"), trainer_metrics.STEPS_TOTAL) >= TRAIN_STEPS,
                 timeout_s=300)
             assert trained, "trainer did not reach %d steps:\n%s" % (TRAIN_STEPS, fleet.processes["trainer"].tail())
             # The agent picks up the trainer's newer versions and plays games with them.
-            assert wait_for(lambda: fleet.scrape("agent-0").get("mufleet_agent_model_version", 0) >= 50,
+            assert wait_for(lambda: fleet.scrape("agent-0").get(agent_metrics.MODEL_VERSION, 0) >= 50,
                             timeout_s=120), fleet.processes["agent-0"].tail()
             assert wait_for(lambda: max(replay.get_stats().games_per_model_version or {0: 0}) >= 50,
                             timeout_s=120)
             stats = replay.get_stats()
             assert stats.positions > positions_early, "replay keeps growing"
-        assert fleet.scrape("trainer")["mufleet_trainer_exported_version"] >= 100
+        assert fleet.scrape("trainer")[trainer_metrics.EXPORTED_VERSION] >= 100
         versions = sorted(int(p.name) for p in (config.run_dir / "models" / "muzero").iterdir() if p.name.isdigit())
         assert versions[-1] >= 100 and 0 < len(versions)
         assert not fleet.exited(), f"a service stopped: {fleet.exited()}"

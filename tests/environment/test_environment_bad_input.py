@@ -24,6 +24,7 @@ from protos import environment_pb2, environment_pb2_grpc, tensor_pb2
 from services.common.channels import is_serving, make_channel
 from services.common.processes import ServiceProcess
 from services.common.tensors import to_tensor
+from services.environment import metrics as environment_metrics
 from services.environment.client import EnvironmentClient
 from services.environment.limits import REQUEST_SLACK_BYTES, request_bytes
 from services.environment.wire import SERVICE_NAME
@@ -80,7 +81,7 @@ def gauges(world: World) -> tuple[float, float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    return samples["mufleet_environment_sessions"], samples["mufleet_environment_games"]
+    return samples[environment_metrics.SESSIONS], samples[environment_metrics.GAMES]
 
 
 def tensor(dtype: int, shape: list[int], content: bytes) -> tensor_pb2.Tensor:

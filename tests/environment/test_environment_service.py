@@ -24,6 +24,7 @@ from protos import environment_pb2, environment_pb2_grpc, tensor_pb2
 from services.common.channels import is_serving, make_channel
 from services.common.processes import REPO_ROOT
 from services.common.tensors import to_tensor
+from services.environment import metrics as environment_metrics
 from services.environment.client import EnvironmentClient
 from services.environment.wire import SERVICE_NAME
 
@@ -301,12 +302,12 @@ def test_metrics_count_steps_requests_and_errors(env, env_server):
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert delta("mufleet_environment_steps_total", game="cartpole") == 35
-    assert delta("mufleet_environment_step_requests_total", game="cartpole") == 5
-    assert delta("mufleet_environment_sessions_opened_total", game="cartpole") == 1
-    assert delta("mufleet_environment_errors_total", method="Step", code="INVALID_ARGUMENT") == 1
-    assert delta("mufleet_environment_request_seconds_count", method="Step") == 6
-    assert during[("mufleet_environment_sessions", ())] == after[("mufleet_environment_sessions", ())] + 1
+    assert delta(environment_metrics.STEPS_TOTAL, game="cartpole") == 35
+    assert delta(environment_metrics.STEP_REQUESTS_TOTAL, game="cartpole") == 5
+    assert delta(environment_metrics.SESSIONS_OPENED_TOTAL, game="cartpole") == 1
+    assert delta(environment_metrics.ERRORS_TOTAL, method="Step", code="INVALID_ARGUMENT") == 1
+    assert delta(environment_metrics.REQUEST_SECONDS + "_count", method="Step") == 6
+    assert during[(environment_metrics.SESSIONS, ())] == after[(environment_metrics.SESSIONS, ())] + 1
 
 
 def test_idle_sessions_expire(start_service):

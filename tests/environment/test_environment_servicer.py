@@ -16,9 +16,11 @@ from protos import environment_pb2, tensor_pb2
 from services.common.logs import get_logger, parse_line
 from services.common.processes import REPO_ROOT
 from services.common.tensors import to_tensor
+from services.environment import metrics as environment_metrics
 from services.environment.__main__ import parse_args
 from services.environment.config import EnvironmentConfig
-from services.environment.server import EnvironmentMetrics, EnvironmentServicer
+from services.environment.metrics import EnvironmentMetrics
+from services.environment.server import EnvironmentServicer
 from services.environment.wire import spec_from_proto, spec_to_proto, time_step_from_proto
 
 
@@ -75,16 +77,16 @@ def test_open_step_close_counts_and_logs(servicer):
     for _ in range(3):
         _, error = call(servicer, "Step", environment_pb2.StepRequest(session_id=sid, actions=actions))
         assert error is None
-    assert metric(servicer, "mufleet_environment_steps_total", game="cartpole") == 15
-    assert metric(servicer, "mufleet_environment_step_requests_total", game="cartpole") == 3
-    assert metric(servicer, "mufleet_environment_sessions") == 1
-    assert metric(servicer, "mufleet_environment_games") == 5
-    assert metric(servicer, "mufleet_environment_sessions_opened_total", game="cartpole") == 1
-    assert metric(servicer, "mufleet_environment_request_seconds_count", method="Step") == 3
+    assert metric(servicer, environment_metrics.STEPS_TOTAL, game="cartpole") == 15
+    assert metric(servicer, environment_metrics.STEP_REQUESTS_TOTAL, game="cartpole") == 3
+    assert metric(servicer, environment_metrics.SESSIONS) == 1
+    assert metric(servicer, environment_metrics.GAMES) == 5
+    assert metric(servicer, environment_metrics.SESSIONS_OPENED_TOTAL, game="cartpole") == 1
+    assert metric(servicer, environment_metrics.REQUEST_SECONDS + "_count", method="Step") == 3
     observed, _ = call(servicer, "Observe", environment_pb2.ObserveRequest(session_id=sid))
     assert observed.num_steps == 3
     call(servicer, "Close", environment_pb2.CloseRequest(session_id=sid))
-    assert metric(servicer, "mufleet_environment_sessions") == 0
+    assert metric(servicer, environment_metrics.SESSIONS) == 0
     events = [parse_line(line)["event"] for line in servicer.stream.getvalue().splitlines()]
     assert events == ["session_opened", "session_closed"]
 
@@ -119,8 +121,8 @@ def test_errors_have_codes_messages_and_metrics(servicer):
         response, context = call(servicer, method, request)
         assert context is not None, (method, request)
         assert context.code == code and context.details.startswith(message), (context.code, context.details)
-        assert metric(servicer, "mufleet_environment_errors_total", method=method, code=code.name) >= 1
-    assert metric(servicer, "mufleet_environment_errors_total", method="Step", code="INVALID_ARGUMENT") == 3
+        assert metric(servicer, environment_metrics.ERRORS_TOTAL, method=method, code=code.name) >= 1
+    assert metric(servicer, environment_metrics.ERRORS_TOTAL, method="Step", code="INVALID_ARGUMENT") == 3
 
 
 def test_a_game_that_crashes_is_internal_and_the_server_goes_on(servicer, monkeypatch):
@@ -147,8 +149,8 @@ def test_reaper_logs_and_counts_expired_sessions():
     assert servicer.reap() == 1
     expired = [parse_line(line) for line in stream.getvalue().splitlines()][-1]
     assert expired["event"] == "session_expired" and expired["session_id"] == response.session_id
-    assert registry.get_sample_value("mufleet_environment_sessions") == 0
-    assert registry.get_sample_value("mufleet_environment_sessions_expired_total", {"game": "cartpole"}) == 1
+    assert registry.get_sample_value(environment_metrics.SESSIONS) == 0
+    assert registry.get_sample_value(environment_metrics.SESSIONS_EXPIRED_TOTAL, {"game": "cartpole"}) == 1
 
 
 @pytest.mark.parametrize("name", games.names())

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from services.agent import metrics as agent_metrics
 from tests.faults.faults_helpers import address, events, free_port, metric, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,19 +26,19 @@ def test_agent_stopped_while_back_pressured_by_a_dead_replay_exits_in_its_grace_
     replay = fleet.replay(replay_port)
     agent = fleet.agent(environment.grpc_address, network.grpc_address, address(replay_port),
                         "--max-pending-records", str(MAX_PENDING), "--stop-grace-s", str(STOP_GRACE_S))
-    wait_until(lambda: metric(agent, "mufleet_agent_records_acked_total") >= 1,
+    wait_until(lambda: metric(agent, agent_metrics.RECORDS_ACKED_TOTAL) >= 1,
                "a first record acknowledged by the replay", agent)
 
     replay.kill()
     wait_until(lambda: events(agent, "replay_add_failed"), "AddGames failing", agent)
     # Pending records reach the limit; the next put then waits for acks that cannot come.
-    wait_until(lambda: metric(agent, "mufleet_agent_records_pending") >= MAX_PENDING,
+    wait_until(lambda: metric(agent, agent_metrics.RECORDS_PENDING) >= MAX_PENDING,
                f"{MAX_PENDING} records pending", agent)
 
     def self_play_paused() -> bool:
-        moves = metric(agent, "mufleet_agent_moves_total")
+        moves = metric(agent, agent_metrics.MOVES_TOTAL)
         time.sleep(2.0)  # a move of 16 games with 4 simulations takes far less (the state is polled)
-        return metric(agent, "mufleet_agent_moves_total") == moves
+        return metric(agent, agent_metrics.MOVES_TOTAL) == moves
 
     wait_until(self_play_paused, "self-play paused by back-pressure", agent)
     assert agent.poll() is None, agent.tail()

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
+from services.agent import metrics as agent_metrics
 from services.replay.client import ReplayClient
 from tests.faults.faults_helpers import (GAMES_PER_BATCH, address, events, free_port, metric, stop_agent,
                                    wait_until)
 
 pytestmark = pytest.mark.integration
 
-MOVES = "mufleet_agent_moves_total"
-ACKED = "mufleet_agent_records_acked_total"
+MOVES = agent_metrics.MOVES_TOTAL
+ACKED = agent_metrics.RECORDS_ACKED_TOTAL
 
 
 def test_network_server_restart_loses_no_game_and_self_play_goes_on(fleet):

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import games
+from monitor import metrics as monitor_metrics
 from monitor.app import create_app
 from monitor.config import MetricsTarget, MonitorConfig
+from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
 from tests.monitor.conftest import MetricsPage, closed_port, http_get, http_json
 
@@ -136,9 +138,9 @@ def test_monitor_process_reports_its_port_and_stops_on_sigterm(start_monitor, mo
     assert status == 200 and answer["model"]["action"] != 0
     status, metrics = http_get(base + "/metrics")
     assert status == 200
-    assert re.search(r'mufleet_monitor_requests_total\{code="200",endpoint="api_play"\} 1\.0', metrics)
-    assert re.search(r'mufleet_monitor_scrape_errors_total\{target="replay:grpc"\} [1-9]', metrics)
-    assert 'mufleet_monitor_play_moves_total{player="model"} 1.0' in metrics
+    assert re.search(re.escape(monitor_metrics.REQUESTS_TOTAL) + r'\{code="200",endpoint="api_play"\} 1\.0', metrics)
+    assert re.search(re.escape(monitor_metrics.SCRAPE_ERRORS_TOTAL) + r'\{target="replay:grpc"\} [1-9]', metrics)
+    assert f'{monitor_metrics.PLAY_MOVES_TOTAL}{{player="model"}} 1.0' in metrics
     assert process.stop() == 0
     assert any(e["event"] == "stopped" for e in process.events)
 
@@ -161,10 +163,10 @@ def test_a_name_with_several_addresses_is_every_replica(monkeypatch):
         monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
         client, scraper = monitor_client(game="cartpole",
                                          metrics=(MetricsTarget("agent", f"agent.compose.test:{first.port}"),))
-        first.text = second.text = "mufleet_agent_simulations_total 100\nmufleet_agent_model_version 3\n"
+        first.text = second.text = f"{agent_metrics.SIMULATIONS_TOTAL} 100\n{agent_metrics.MODEL_VERSION} 3\n"
         before = scraper.scrape_once()
-        first.text = "mufleet_agent_simulations_total 300\nmufleet_agent_model_version 4\n"
-        second.text = "mufleet_agent_simulations_total 500\nmufleet_agent_model_version 3\n"
+        first.text = f"{agent_metrics.SIMULATIONS_TOTAL} 300\n{agent_metrics.MODEL_VERSION} 4\n"
+        second.text = f"{agent_metrics.SIMULATIONS_TOTAL} 500\n{agent_metrics.MODEL_VERSION} 3\n"
         after = scraper.scrape_once()
         # Named by replica number, not by address (see test_monitor_replicas.py).
         assert {n: s.address for n, s in after.instances.items()} == {

@@ -8,14 +8,16 @@ import io
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor import metrics as monitor_metrics
 from monitor.app import create_app
 from monitor.config import MetricsTarget, MonitorConfig
 from monitor.metrics import MonitorMetrics
 from monitor.scraper import ReplicaNames, Scraper
+from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
 from tests.monitor.conftest import MetricsPage, closed_port
 
-OWN_SERIES = ("mufleet_monitor_scrapes_total", "mufleet_monitor_scrape_errors_total", "mufleet_monitor_target_up")
+OWN_SERIES = (monitor_metrics.SCRAPES_TOTAL, monitor_metrics.SCRAPE_ERRORS_TOTAL, monitor_metrics.TARGET_UP)
 
 
 def test_a_replacement_takes_the_number_of_the_replica_it_replaces():
@@ -60,7 +62,7 @@ def test_replacing_replicas_keeps_the_series_bounded():
     def advance() -> None:  # every live replica did 10 more simulations
         for page in live:
             counts[page.port] = counts.get(page.port, 0) + 10
-            page.text = f"mufleet_agent_simulations_total {counts[page.port]}\n"
+            page.text = f"{agent_metrics.SIMULATIONS_TOTAL} {counts[page.port]}\n"
 
     config = MonitorConfig(game="cartpole", metrics=(MetricsTarget("agent", "agent.compose.test:9103"),))
     log, metrics = get_logger("monitor", stream=io.StringIO()), MonitorMetrics()
@@ -78,7 +80,7 @@ def test_replacing_replicas_keeps_the_series_bounded():
                 advance()
                 down = scraper.scrape_once()
                 assert not down.instances["agent#1"].ok
-                assert own_series(client)["mufleet_monitor_scrape_errors_total"] == {"agent#1"}
+                assert own_series(client)[monitor_metrics.SCRAPE_ERRORS_TOTAL] == {"agent#1"}
                 previous = down
             else:
                 old.close()
@@ -91,8 +93,8 @@ def test_replacing_replicas_keeps_the_series_bounded():
             assert set(current.instances) == numbers
             assert current.instances[f"agent#{replaced}"].address == f"127.0.0.1:{new.port}"
             series = own_series(client)
-            assert series["mufleet_monitor_target_up"] == numbers == series["mufleet_monitor_scrapes_total"]
-            assert series["mufleet_monitor_scrape_errors_total"] <= numbers
+            assert series[monitor_metrics.TARGET_UP] == numbers == series[monitor_metrics.SCRAPES_TOTAL]
+            assert series[monitor_metrics.SCRAPE_ERRORS_TOTAL] <= numbers
             # Rates pair an instance only with itself at the same address: the new replica adds
             # nothing until its second round; the two others add 10 simulations each.
             kept = [n for n in numbers if n != f"agent#{replaced}" and previous.instances[n].ok]
@@ -105,8 +107,8 @@ def test_replacing_replicas_keeps_the_series_bounded():
         advance()
         assert set(scraper.scrape_once().instances) == {"agent"}
         assert all(values == {"agent"} for name, values in own_series(client).items()
-                   if name != "mufleet_monitor_scrape_errors_total")
-        assert own_series(client)["mufleet_monitor_scrape_errors_total"] == set()
+                   if name != monitor_metrics.SCRAPE_ERRORS_TOTAL)
+        assert own_series(client)[monitor_metrics.SCRAPE_ERRORS_TOTAL] == set()
         card = client.get("/api/fleet").get_json()["services"][0]
         assert [i["instance"] for i in card["instances"]] == ["agent"] and card["status"] == "up"
     finally:

@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from monitor import metrics as monitor_metrics
 from monitor.__main__ import parse_args
 from monitor.app import clean, create_app
 from monitor.config import MetricsTarget, MonitorConfig, role_of
@@ -19,7 +20,11 @@ from monitor.metrics import MonitorMetrics
 from monitor.play import PlayError, Player
 from monitor.ratelimit import TokenBucket
 from monitor.scraper import SERIES_BY_KEY, InstanceScrape, Round, Samples, Scraper, _Deltas, _thin
+from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
+from services.network import metrics as network_metrics
+from services.replay import metrics as replay_metrics
+from services.trainer import metrics as trainer_metrics
 
 
 def quiet_log():
@@ -80,11 +85,11 @@ def scrape(name: str, t: float, text: str, ok: bool = True) -> InstanceScrape:
 
 
 def test_rates_are_counter_deltas_summed_over_instances():
-    before = Round(100.0, {"agent-0": scrape("agent-0", 100.0, "mufleet_agent_simulations_total 1000\n"),
-                           "agent-1": scrape("agent-1", 100.0, "mufleet_agent_simulations_total 50\n")}, {}, None, None)
-    after = Round(102.0, {"agent-0": scrape("agent-0", 102.0, "mufleet_agent_simulations_total 1400\n"),
+    before = Round(100.0, {"agent-0": scrape("agent-0", 100.0, f"{agent_metrics.SIMULATIONS_TOTAL} 1000\n"),
+                           "agent-1": scrape("agent-1", 100.0, f"{agent_metrics.SIMULATIONS_TOTAL} 50\n")}, {}, None, None)
+    after = Round(102.0, {"agent-0": scrape("agent-0", 102.0, f"{agent_metrics.SIMULATIONS_TOTAL} 1400\n"),
                           # agent-1 restarted: its counter went down, so its new value is the delta
-                          "agent-1": scrape("agent-1", 102.0, "mufleet_agent_simulations_total 20\n")}, {}, None, None)
+                          "agent-1": scrape("agent-1", 102.0, f"{agent_metrics.SIMULATIONS_TOTAL} 20\n")}, {}, None, None)
     rate = SERIES_BY_KEY["agent_simulations_per_s"].compute(_Deltas(before, after))
     assert rate == pytest.approx(400 / 2 + 20 / 2)
     # No previous round (or the instance was down then): no rate yet, not zero.
@@ -95,11 +100,14 @@ def test_rates_are_counter_deltas_summed_over_instances():
 
 
 def test_histogram_means_over_the_interval():
-    text = ("mufleet_network_batch_size_sum {}\nmufleet_network_batch_size_count {}\n"
-            "mufleet_network_request_seconds_sum{{signature=\"a\"}} {}\n"
-            "mufleet_network_request_seconds_count{{signature=\"a\"}} {}\n")
-    before = Round(0.0, {"network": scrape("network", 0.0, text.format(100, 10, 1.0, 100))}, {}, None, None)
-    after = Round(2.0, {"network": scrape("network", 2.0, text.format(420, 20, 1.5, 200))}, {}, None, None)
+    rows, seconds = network_metrics.BATCH_SIZE, network_metrics.REQUEST_SECONDS
+
+    def text(rows_sum, runs, seconds_sum, requests):
+        return (f"{rows}_sum {rows_sum}\n{rows}_count {runs}\n"
+                f"{seconds}_sum{{signature=\"a\"}} {seconds_sum}\n"
+                f"{seconds}_count{{signature=\"a\"}} {requests}\n")
+    before = Round(0.0, {"network": scrape("network", 0.0, text(100, 10, 1.0, 100))}, {}, None, None)
+    after = Round(2.0, {"network": scrape("network", 2.0, text(420, 20, 1.5, 200))}, {}, None, None)
     d = _Deltas(before, after)
     assert SERIES_BY_KEY["network_batch_size"].compute(d) == pytest.approx(32.0)
     assert SERIES_BY_KEY["network_latency_ms"].compute(d) == pytest.approx(5.0)
@@ -116,8 +124,8 @@ def test_tf_serving_request_counter_is_the_fallback():
 
 def test_replay_series_prefer_get_stats_and_versions_skip_unset():
     stats = {"positions": 1234, "games": 56, "recent_games": 0, "recent_mean_return": 0.0}
-    cur = Round(1.0, {"replay": scrape("replay", 1.0, "mufleet_replay_positions 99\n"),
-                      "trainer": scrape("trainer", 1.0, "mufleet_trainer_exported_version -1\n")}, {}, stats, None)
+    cur = Round(1.0, {"replay": scrape("replay", 1.0, f"{replay_metrics.POSITIONS} 99\n"),
+                      "trainer": scrape("trainer", 1.0, f"{trainer_metrics.EXPORTED_VERSION} -1\n")}, {}, stats, None)
     d = _Deltas(None, cur)
     assert SERIES_BY_KEY["replay_positions"].compute(d) == 1234
     assert SERIES_BY_KEY["replay_recent_return"].compute(d) is None  # no recent games: no point
@@ -227,8 +235,8 @@ def test_own_metrics_follow_prometheus_conventions(client):
     response = client.get("/metrics")
     assert response.status_code == 200
     text = response.data.decode()
-    assert 'mufleet_monitor_requests_total{code="200",endpoint="dashboard"} 1.0' in text
-    assert "mufleet_monitor_scrape_errors_total" in text
+    assert f'{monitor_metrics.REQUESTS_TOTAL}{{code="200",endpoint="dashboard"}} 1.0' in text
+    assert monitor_metrics.SCRAPE_ERRORS_TOTAL in text
     families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert all(name.startswith(("mufleet_monitor_", "process_", "python_")) for name in families), families
     promtool = shutil.which("promtool")
@@ -334,8 +342,8 @@ def test_play_is_rate_limited_with_retry_after():
     assert client.post("/api/play", json=WINNING_MOVE).status_code == 200
     assert client.get("/api/play").status_code == 200  # only the POST (a search) is limited
     metrics = client.get("/metrics").data.decode()
-    assert 'mufleet_monitor_play_errors_total{reason="rate_limited"} 3.0' in metrics
-    assert 'mufleet_monitor_requests_total{code="429",endpoint="api_play"} 3.0' in metrics
+    assert f'{monitor_metrics.PLAY_ERRORS_TOTAL}{{reason="rate_limited"}} 3.0' in metrics
+    assert f'{monitor_metrics.REQUESTS_TOTAL}{{code="429",endpoint="api_play"}} 3.0' in metrics
 
 
 def test_play_limit_comes_from_the_config():

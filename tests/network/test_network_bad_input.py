@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
@@ -25,7 +25,9 @@ from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import make_channel
 from services.common.logs import get_logger
+from services.network import metrics as network_metrics
 from services.network.__main__ import build_config, build_parser
+from services.network.metrics import NetworkMetrics
 from services.network.server import serve
 from services.network.wire import fill_tensor_proto
 from tests.models.tolerances import assert_decoded_close
@@ -63,7 +65,7 @@ def running(request, base):
     parsed = parser.parse_args(args)
     config = build_config(parsed, parser)
     server = serve(config, get_logger("network"), host="127.0.0.1", port=parsed.port,
-                   rest_api_port=parsed.rest_api_port)
+                   rest_api_port=parsed.rest_api_port, metrics=NetworkMetrics(CollectorRegistry()))
     assert server is not None
     yield server
     server.stop()
@@ -274,8 +276,8 @@ CASES: dict[str, tuple[Call, grpc.StatusCode, str, bool]] = {
 }
 
 
-def error_count(code: grpc.StatusCode) -> float:
-    return REGISTRY.get_sample_value("mufleet_network_request_errors_total", {"code": code.name}) or 0.0
+def error_count(running, code: grpc.StatusCode) -> float:
+    return running.service.metrics.registry.get_sample_value(network_metrics.REQUEST_ERRORS_TOTAL, {"code": code.name}) or 0.0
 
 
 def served(channel: grpc.Channel) -> dict:
@@ -296,13 +298,13 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(running, channel, refe
     before = served(channel)
     assert before["serving"]
     loaded = running.service.loaded_versions()
-    errors_before = error_count(code)
+    errors_before = error_count(running, code)
     with pytest.raises(grpc.RpcError) as error:
         call(channel)
     assert error.value.code() == code, error.value.details()
     assert words in error.value.details()
     if counted:
-        assert error_count(code) == errors_before + 1
+        assert error_count(running, code) == errors_before + 1
     assert served(channel) == before  # still SERVING, the same versions
     assert running.service.loaded_versions() == loaded
     obs = observations(3, seed=7)  # and still answering correctly
@@ -335,30 +337,30 @@ def test_the_limits_let_the_largest_allowed_requests_through(channel, reference)
     assert broadcast.outputs["value"].tensor_shape.dim[0].size == 700
 
 
-def nonfinite(signature: str, name: str) -> float:
-    return REGISTRY.get_sample_value("mufleet_network_nonfinite_inputs_total",
+def nonfinite(running, signature: str, name: str) -> float:
+    return running.service.metrics.registry.get_sample_value(network_metrics.NONFINITE_INPUTS_TOTAL,
                                      {"signature": signature, "input": name}) or 0.0
 
 
-def test_nan_and_inf_inputs_are_answered_and_counted(channel, reference):
+def test_nan_and_inf_inputs_are_answered_and_counted(running, channel, reference):
     """As TensorFlow Serving does (the network server must be a drop-in for it): NaN and inf
     are answered OK, each request with one counts once in mufleet_network_nonfinite_inputs_total,
     and the finite rows of the request get the same answer as without them."""
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     obs = observations(4, seed=5)
     obs[0, 0], obs[1, 2] = np.nan, np.inf
-    counted_before = nonfinite("initial_inference", "observation")
+    counted_before = nonfinite(running, "initial_inference", "observation")
     response = stub.Predict(request(observation=obs), timeout=60)
-    assert nonfinite("initial_inference", "observation") == counted_before + 1
+    assert nonfinite(running, "initial_inference", "observation") == counted_before + 1
     value = np.frombuffer(response.outputs["value"].tensor_content, np.float32)
     assert value.shape == (4,)
     assert_decoded_close(value[2:], reference[("muzero", 2)].initial_inference(obs[2:])["value"],
                          CartPole.settings.support_size)
     hidden = np.zeros((2, HIDDEN), np.float32)
     hidden[1, 3] = -np.inf
-    before = nonfinite("recurrent_inference", "hidden_state")
+    before = nonfinite(running, "recurrent_inference", "hidden_state")
     stub.Predict(request("recurrent_inference", hidden_state=hidden, action=np.zeros(2, np.int32)), timeout=60)
-    assert nonfinite("recurrent_inference", "hidden_state") == before + 1
-    finite_before = nonfinite("initial_inference", "observation")
+    assert nonfinite(running, "recurrent_inference", "hidden_state") == before + 1
+    finite_before = nonfinite(running, "initial_inference", "observation")
     stub.Predict(request(observation=observations(2, seed=6)), timeout=60)
-    assert nonfinite("initial_inference", "observation") == finite_before  # finite input: not counted
+    assert nonfinite(running, "initial_inference", "observation") == finite_before  # finite input: not counted

@@ -13,6 +13,7 @@ import pytest
 from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import make_channel
+from services.network import metrics as network_metrics
 from services.network.client import NetworkClient
 from tests.models.tolerances import assert_decoded_close
 from tests.network.network_helpers import metric, publish, wait_for
@@ -51,9 +52,9 @@ def rows(batch, seed):
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(server, reference):
     clients, per_client = 8, MAX_BATCH // 8
-    runs_before = metric(server, "mufleet_network_batch_requests_count")
-    merged_before = metric(server, "mufleet_network_batch_requests_sum")
-    small_before = metric(server, "mufleet_network_batch_requests_bucket", le="4.0")
+    runs_before = metric(server, network_metrics.BATCH_REQUESTS + "_count")
+    merged_before = metric(server, network_metrics.BATCH_REQUESTS + "_sum")
+    small_before = metric(server, network_metrics.BATCH_REQUESTS + "_bucket", le="4.0")
     results: dict[int, object] = {}
     errors: list[BaseException] = []
 
@@ -81,9 +82,9 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(server, refer
         assert_decoded_close(step.value, want["value"], S)
         assert_decoded_close(step.reward, want["reward"], S, name="reward")
     # 32 rows per signature fill exactly one batch each: two runs of 8 merged requests.
-    assert metric(server, "mufleet_network_batch_requests_count") == runs_before + 2
-    assert metric(server, "mufleet_network_batch_requests_sum") == merged_before + 2 * clients
-    assert metric(server, "mufleet_network_batch_requests_bucket", le="4.0") == small_before  # no small runs
+    assert metric(server, network_metrics.BATCH_REQUESTS + "_count") == runs_before + 2
+    assert metric(server, network_metrics.BATCH_REQUESTS + "_sum") == merged_before + 2 * clients
+    assert metric(server, network_metrics.BATCH_REQUESTS + "_bucket", le="4.0") == small_before  # no small runs
 
 
 def test_full_queue_answers_unavailable_at_once(server, reference):
@@ -102,9 +103,9 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
     thread = threading.Thread(target=first)
     thread.start()
     try:
-        wait_for(lambda: metric(server, "mufleet_network_queued_rows") == MAX_BATCH - 1 or errors,
+        wait_for(lambda: metric(server, network_metrics.QUEUED_ROWS) == MAX_BATCH - 1 or errors,
                  "the first request to wait in the open batch")
-        unavailable_before = metric(server, "mufleet_network_request_errors_total", code="UNAVAILABLE")
+        unavailable_before = metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code="UNAVAILABLE")
         with make_channel(server.grpc_address) as channel:  # no retries: see the answer itself
             raw = NetworkClient(server.grpc_address, channel=channel, timeout_s=60)
             for _ in range(3):
@@ -116,7 +117,7 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
             large = raw.initial_inference(rows(MAX_BATCH + 8, 102))
             assert_decoded_close(large.value, reference.initial_inference(rows(MAX_BATCH + 8, 102))["value"], S)
             # Nothing changed: the open batch still waits with its rows, and one row fills it.
-            assert metric(server, "mufleet_network_queued_rows") == MAX_BATCH - 1
+            assert metric(server, network_metrics.QUEUED_ROWS) == MAX_BATCH - 1
             last = raw.initial_inference(rows(1, 103))
         assert_decoded_close(last.value, reference.initial_inference(rows(1, 103))["value"], S)
     finally:
@@ -124,8 +125,8 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
     assert not errors, errors
     want = reference.initial_inference(rows(MAX_BATCH - 1, 100))
     assert_decoded_close(waiting["result"].value, want["value"], S)
-    assert metric(server, "mufleet_network_request_errors_total", code="UNAVAILABLE") == unavailable_before + 3
-    errors_by_code = {code: metric(server, "mufleet_network_request_errors_total", code=code)
+    assert metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code="UNAVAILABLE") == unavailable_before + 3
+    errors_by_code = {code: metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code=code)
                       for code in ("INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL")}
     assert errors_by_code == {"INVALID_ARGUMENT": 0, "NOT_FOUND": 0, "INTERNAL": 0}
 
@@ -137,4 +138,4 @@ def test_bad_action_is_rejected_before_it_can_spoil_a_batch(server):
             raw.recurrent_inference(np.zeros((2, 64), np.float32), np.array([0, 5]))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "inputs['action']" in error.value.details()
-    assert metric(server, "mufleet_network_queued_rows") == 0
+    assert metric(server, network_metrics.QUEUED_ROWS) == 0

@@ -17,6 +17,7 @@ from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import is_serving, make_channel
 from services.common.processes import REPO_ROOT, ServiceProcess
+from services.network import metrics as network_metrics
 from services.network.client import NetworkClient
 from tests.models.tolerances import assert_decoded_close
 from tests.network.network_helpers import metric, publish, wait_for
@@ -152,7 +153,7 @@ def test_empty_base_path_first_version_then_graceful_sigterm(start_service, tmp_
 
     thread = threading.Thread(target=call)
     thread.start()
-    wait_for(lambda: metric(process, "mufleet_network_queued_rows") == 5 or "error" in result,
+    wait_for(lambda: metric(process, network_metrics.QUEUED_ROWS) == 5 or "error" in result,
              "the request to wait in a batch")
     process.signal(signal.SIGTERM)
     thread.join(120)
@@ -195,21 +196,25 @@ def test_serve_opens_nothing_when_stopped_during_start_up(tmp_path, saved_models
     """What __main__ does when SIGTERM came during start-up: `serve` loads no version, opens no
     port and returns None."""
     from services.common.logs import get_logger
-    from services.network import metrics
+    from prometheus_client import CollectorRegistry
+
     from services.network.config import ModelEntry, NetworkConfig
+    from services.network.metrics import NetworkMetrics
     from services.network.server import serve
 
     base = tmp_path / "muzero"
     publish(saved_models / "cartpole" / "1", base, 1)
     stop = threading.Event()
     stop.set()
-    loads = metrics.VERSION_LOADS.labels("stopped-model", "ok")
+    metrics = NetworkMetrics(CollectorRegistry())  # a fresh registry: both servers count in it
+    loads = metrics.version_loads.labels("stopped-model", "ok")
     loads_before = loads._value.get()
     config = NetworkConfig(models=(ModelEntry(name="stopped-model", base_path=str(base)),),
                            file_system_poll_wait_seconds=0)
-    assert serve(config, get_logger("network"), stop=stop) is None
+    assert serve(config, get_logger("network"), stop=stop, metrics=metrics) is None
     assert loads._value.get() == loads_before  # nothing loaded
-    running = serve(config, get_logger("network"), stop=threading.Event())  # not stopped: serves
+    running = serve(config, get_logger("network"), stop=threading.Event(),  # not stopped: serves
+                    metrics=metrics)
     try:
         assert running is not None and running.service.loaded_versions() == {"stopped-model": [1]}
         assert loads._value.get() == loads_before + 1

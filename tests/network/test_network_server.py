@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from games.cartpole import CartPole
 from models.export import load_version
 from services.common.channels import make_channel
+from services.network import metrics as network_metrics
 from services.network.client import NetworkClient
 from services.network.wire import fill_tensor_proto
 from tests.models.tolerances import assert_decoded_close
@@ -276,11 +277,11 @@ def test_http_status_metadata_and_metrics(server):
     assert _get(server, "/v1/models/muzero/versions/77")[0] == 404
     for path in ("/metrics", "/monitoring/prometheus/metrics"):
         code, body = _get(server, path)
-        assert code == 200 and 'mufleet_network_requests_total{signature="initial_inference"}' in body
+        assert code == 200 and f'{network_metrics.REQUESTS_TOTAL}{{signature="initial_inference"}}' in body
     samples = scrape(server)
-    assert samples[("mufleet_network_loaded_versions", (("model", "muzero"),))] == 2
-    assert samples[("mufleet_network_latest_version", (("model", "muzero"),))] == 2
-    assert samples[("mufleet_network_batch_size_count", ())] > 0
+    assert samples[(network_metrics.LOADED_VERSIONS, (("model", "muzero"),))] == 2
+    assert samples[(network_metrics.LATEST_VERSION, (("model", "muzero"),))] == 2
+    assert samples[(network_metrics.BATCH_SIZE + "_count", ())] > 0
 
 
 # --- versions (in file order) -------------------------------------------------------------------
@@ -379,9 +380,9 @@ def test_pinned_versions_in_and_out_of_the_window(client, stub):
 
 
 def test_newest_version_stays_when_its_directory_vanishes(server, client, base):
-    polls = metric(server, "mufleet_network_version_polls_total", model="muzero")
+    polls = metric(server, network_metrics.VERSION_POLLS_TOTAL, model="muzero")
     os.rename(base / "muzero" / "10", base / "muzero" / ".deleting-10")
-    wait_for(lambda: metric(server, "mufleet_network_version_polls_total", model="muzero") >= polls + 3,
+    wait_for(lambda: metric(server, network_metrics.VERSION_POLLS_TOTAL, model="muzero") >= polls + 3,
              "three more polls")
     assert client.latest_version() == 10
     assert client.initial_inference(observations(1)).version == 10

@@ -22,7 +22,8 @@ from services.common.tensors import to_tensor
 from services.replay import __main__ as replay_main
 from services.replay.config import ReplayConfig
 from services.replay.records import MAX_ID_BYTES
-from services.replay.server import ReplayMetrics, serve
+from services.replay.metrics import ReplayMetrics
+from services.replay.server import serve
 
 SPEC = TWO_PLAYER  # [3, 3, 2] boards stored as uint8, 9 actions, two players
 A = SPEC.num_actions

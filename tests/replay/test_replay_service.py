@@ -15,6 +15,7 @@ from games.base import GameSpec
 from protos import replay_pb2
 from services.common.processes import REPO_ROOT
 from services.common.tensors import to_tensor
+from services.replay import metrics as replay_metrics
 from services.replay.client import ReplayClient, make_game_record
 from services.replay.config import spec_to_json
 
@@ -93,11 +94,11 @@ def test_add_sample_update_and_stats(start_service, tmp_path):
 
     metrics = urllib.request.urlopen(
         f"http://127.0.0.1:{process.ready['metrics_port']}/metrics", timeout=10).read().decode()
-    for line in ("mufleet_replay_games 2.0", "mufleet_replay_positions 50.0",
-                 "mufleet_replay_games_added_total 2.0", "mufleet_replay_duplicates_total 1.0",
-                 "mufleet_replay_samples_total 320.0", "mufleet_replay_sample_batches_total 2.0",
-                 "mufleet_replay_evicted_games_total 0.0", "mufleet_replay_rate_limited_total 0.0",
-                 'mufleet_replay_request_seconds_count{method="SampleBatch"} 2.0'):
+    for line in (f"{replay_metrics.GAMES} 2.0", f"{replay_metrics.POSITIONS} 50.0",
+                 f"{replay_metrics.GAMES_ADDED_TOTAL} 2.0", f"{replay_metrics.DUPLICATES_TOTAL} 1.0",
+                 f"{replay_metrics.SAMPLES_TOTAL} 320.0", f"{replay_metrics.SAMPLE_BATCHES_TOTAL} 2.0",
+                 f"{replay_metrics.EVICTED_GAMES_TOTAL} 0.0", f"{replay_metrics.RATE_LIMITED_TOTAL} 0.0",
+                 f'{replay_metrics.REQUEST_SECONDS}_count{{method="SampleBatch"}} 2.0'):
         assert line in metrics, line
 
 
@@ -280,7 +281,7 @@ def test_rate_limiter_blocks_then_times_out_with_its_state(start_service, tmp_pa
         assert result["batch"].target_value.shape[0] == 8
     metrics = urllib.request.urlopen(
         f"http://127.0.0.1:{process.ready['metrics_port']}/metrics", timeout=10).read().decode()
-    assert "mufleet_replay_rate_limited_total 2.0" in metrics
+    assert f"{replay_metrics.RATE_LIMITED_TOTAL} 2.0" in metrics
 
 
 def test_samples_per_insert(start_service, tmp_path):

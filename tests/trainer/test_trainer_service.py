@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from models.export import INITIAL_INFERENCE, RECURRENT_INFERENCE, list_versions, load_version
 from services.common.processes import REPO_ROOT, ServiceProcess
+from services.replay import metrics as replay_metrics
 from services.replay.client import ReplayClient, make_game_record
+from services.trainer import metrics as trainer_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -100,8 +102,8 @@ def test_trains_exports_checkpoints_resumes_and_stops_on_sigterm(start_service, 
         assert all(np.isfinite(e["loss"]) for e in train_events)
         stopped = events(first, "stopped")[0]
         assert stopped["exit_code"] == 0 and stopped["priority_updates_sent"] == 20 * 32
-        replay_metrics = scrape(replay.ready["metrics_port"])
-        assert "mufleet_replay_priority_updates_total 640.0" in replay_metrics
+        replay_page = scrape(replay.ready["metrics_port"])
+        assert f"{replay_metrics.PRIORITY_UPDATES_TOTAL} 640.0" in replay_page
         assert list((tmp_path / "tensorboard").iterdir())
 
         # Run 2 resumes at 20 and continues to 30.
@@ -118,10 +120,10 @@ def test_trains_exports_checkpoints_resumes_and_stops_on_sigterm(start_service, 
         assert third.wait_ready(120)["step"] == 30
         wait_for(lambda: events(third, "train"), third)
         metrics = scrape(third.ready["metrics_port"])
-        for name in ("mufleet_trainer_steps_total", "mufleet_trainer_steps_per_second",
-                     'mufleet_trainer_loss{kind="policy"}', "mufleet_trainer_learning_rate",
-                     "mufleet_trainer_exported_version 30.0", "mufleet_trainer_batch_wait_seconds_count",
-                     "mufleet_trainer_step_seconds_count"):
+        for name in (trainer_metrics.STEPS_TOTAL, trainer_metrics.STEPS_PER_SECOND,
+                     f'{trainer_metrics.LOSS}{{kind="policy"}}', trainer_metrics.LEARNING_RATE,
+                     f"{trainer_metrics.EXPORTED_VERSION} 30.0", trainer_metrics.BATCH_WAIT_SECONDS + "_count",
+                     trainer_metrics.STEP_SECONDS + "_count"):
             assert name in metrics, name
         third.signal(signal.SIGTERM)
         assert wait_exit(third) == 0, third.tail()
