@@ -1,8 +1,9 @@
 """The monitor's own Prometheus metrics (`mufleet_monitor_*`), served at its /metrics.
 
-They live in a registry of their own, so the monitor's /metrics holds the monitor's metrics
-only (the play page runs the agent's search in this process, whose `mufleet_agent_*` counters
-must not show up as a second agent), plus the standard process and Python collectors.
+They live in a registry of their own (one per MonitorMetrics), so the monitor's /metrics holds
+the monitor's metrics only, plus the standard process and Python collectors, and tests can run
+several monitors in one process. The play page's search counts in a private registry of the
+agent's metrics that nothing serves (services/agent/metrics.py).
 """
 
 from __future__ import annotations
