@@ -32,7 +32,7 @@ def test_fleet_trains_cartpole_versions_advance_and_agents_follow(tmp_path):
     config = FleetConfig(
         game="cartpole", run_dir=tmp_path / "run", games_per_batch=32, simulations=8, fixed_ports=False,
         monitor=False,
-        extra_args=(("trainer", ("--export-interval", "25", "--log-interval", "25", "--batch-size", "64")),
+        extra_args=(("trainer", ("--export-interval", "25", "--log-interval", "1", "--batch-size", "64")),
                     ("replay", ("--min-positions", "300"))))
     fleet = LocalFleet(build_topology(config), log_dir=tmp_path / "logs",
                        log=get_logger("test", stream=open(tmp_path / "launcher.log", "w")))
@@ -60,9 +60,13 @@ def test_fleet_trains_cartpole_versions_advance_and_agents_follow(tmp_path):
         fleet.stop()
     codes = {name: process.poll() for name, process in fleet.processes.items()}
     assert set(codes.values()) == {0}, f"every service stops cleanly on SIGTERM: {codes}"
-    losses = _train_losses(tmp_path / "logs" / "trainer.log")
-    assert len(losses) >= 4
-    assert losses[-1][1] < losses[0][1], f"the trainer's loss goes down: {losses}"
+    # Against the untrained network's first steps, not a later logged step: the value and policy
+    # targets move as play improves (longer games, higher returns), so two losses of the training
+    # run far from its start differ by noise as much as by learning.
+    losses = [loss for _, loss in _train_losses(tmp_path / "logs" / "trainer.log")]
+    assert len(losses) >= TRAIN_STEPS
+    first, last = sum(losses[:3]) / 3, sum(losses[-25:]) / 25
+    assert last < 0.5 * first, f"the trainer's loss goes down: first steps {losses[:3]}, last {losses[-25:]}"
 
 
 def test_launcher_help_lists_its_flags():
