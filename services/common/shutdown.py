@@ -17,9 +17,15 @@ def stop_event_on_signals(log: EventLogger) -> threading.Event:
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
-        if not stop.is_set():
-            log.info("stopping", signal=signal.Signals(signum).name)
+        first = not stop.is_set()
         stop.set()
+        if first:
+            # Logged from another thread: the handler runs on the main thread between any two of
+            # its bytecodes, also while that thread holds the log's lock in the middle of a line,
+            # and taking the lock here would then wait forever (a process deaf to SIGTERM).
+            threading.Thread(target=log.info, args=("stopping",),
+                             kwargs={"signal": signal.Signals(signum).name},
+                             name="log-stopping", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
