@@ -149,7 +149,6 @@ class Prefetcher:
         self.log = log
         self.metrics = metrics
         self.sample_timeout_s = sample_timeout_s
-        self.backoff_s = backoff_s
         self.address = address
         self._policy = RetryPolicy(initial_backoff_s=backoff_s[0], max_backoff_s=backoff_s[1])
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
