@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import grpc
 
 from protos import replay_pb2
-from services.common.failures import PermanentFailure, RetryPolicy
+from services.common.failures import PermanentFailure, RetryPolicy, is_message_too_large
 from services.common.logs import EventLogger
 
 ADD_GAMES_HINTS = {
@@ -42,13 +42,6 @@ class _MessageTooLarge(Exception):
     def __init__(self, details: str) -> None:
         super().__init__(details)
         self.details = details
-
-
-def _is_message_too_large(error: grpc.RpcError) -> bool:
-    # grpcio's own refusal of a request over the server's max_receive_message_length: a
-    # RESOURCE_EXHAUSTED that waiting cannot fix (the policy treats that code as "busy").
-    return (error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            and "larger than max" in (error.details() or ""))
 
 
 class ReplayWriter:
@@ -175,7 +168,7 @@ class ReplayWriter:
             except grpc.RpcError as error:
                 if self._on_failure:
                     self._on_failure(error)
-                if _is_message_too_large(error):
+                if is_message_too_large(error):
                     if len(batch) > 1:
                         raise _MessageTooLarge(error.details()) from None
                     self._fail(PermanentFailure.from_error(error, "replay", "AddGames", self._address,

@@ -73,6 +73,13 @@ def status_code(error: BaseException) -> grpc.StatusCode | None:
     return value if isinstance(value, grpc.StatusCode) else None
 
 
+def is_message_too_large(error: BaseException) -> bool:
+    """Whether `error` is grpcio's refusal of a message over a size limit ("Received message
+    larger than max"): a RESOURCE_EXHAUSTED that waiting cannot fix, unlike a busy peer's."""
+    return (status_code(error) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "larger than max" in status_details(error))
+
+
 def status_details(error: BaseException) -> str:
     """The peer's message of `error` (str(error) when it carries none)."""
     details = getattr(error, "details", None)
@@ -186,6 +193,8 @@ class RetryPolicy:
     def is_transient(self, error: BaseException, also: Collection[grpc.StatusCode] = ()) -> bool:
         """Whether `error` is worth waiting out (`also`: the caller's context-specific codes)."""
         code = status_code(error)
+        if is_message_too_large(error):
+            return False  # the same message is refused again, however long one waits
         return code is not None and (code in self.transient_codes or code in also)
 
     def backoff(self, stop: threading.Event | Iterable[threading.Event] | None = None,

@@ -161,3 +161,10 @@ def test_policy_values_are_checked():
         RetryPolicy(initial_backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(ValueError, match="RetryPolicy.give_up_after_s must be None or >= 0, got -1"):
         RetryPolicy(give_up_after_s=-1)
+
+
+def test_a_message_over_the_size_limit_is_not_transient():
+    too_large = FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             "SERVER: Received message larger than max (5242990 vs. 4194304)")
+    assert not RetryPolicy().is_transient(too_large)
+    assert RetryPolicy().is_transient(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full"))
