@@ -28,6 +28,8 @@ class AgentConfig:
       max_moves: stop after this many moves of the whole batch (0 = run until stopped).
       stop_grace_s: on stop, how long pending records may take to reach the replay, seconds;
         the process exits within it (non-zero if some stayed unsent).
+      host: interface of the metrics endpoint.
+      metrics_port: port of the Prometheus /metrics endpoint; 0 picks a free one.
     """
 
     game: str
@@ -44,6 +46,8 @@ class AgentConfig:
     max_pending_records: int = 4096
     max_moves: int = 0
     stop_grace_s: float = 10.0
+    host: str = "127.0.0.1"
+    metrics_port: int = 9103
 
     def __post_init__(self) -> None:
         require(self.game in games.names(),
@@ -63,6 +67,9 @@ class AgentConfig:
                 f"AgentConfig.max_pending_records must be >= 1, got {self.max_pending_records}")
         require(self.max_moves >= 0, f"AgentConfig.max_moves must be >= 0, got {self.max_moves}")
         require(self.stop_grace_s > 0, f"AgentConfig.stop_grace_s must be > 0, got {self.stop_grace_s}")
+        require(bool(self.host), f"AgentConfig.host must be non-empty, got {self.host!r}")
+        require(0 <= self.metrics_port <= 65535,
+                f"AgentConfig.metrics_port must be in [0, 65535], got {self.metrics_port}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,10 @@ durations are `_seconds` histograms. Each service declares its metrics once, in
 
 from __future__ import annotations
 
-from prometheus_client import start_http_server
+import dataclasses
+import threading
+
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 PREFIX = "mufleet_"
@@ -19,10 +22,37 @@ LATENCY_BUCKETS_S = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
 Sample = tuple[dict[str, str], float]
 
 
+@dataclasses.dataclass
+class MetricsEndpoint:
+    """A running /metrics HTTP endpoint (a daemon thread) that can be closed again, so several
+    services in one process (the in-process launcher, tests) each serve their own registry.
+
+    Attributes:
+      port: the bound port.
+    """
+
+    port: int
+    _httpd: object
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        """Stops serving and frees the port; idempotent."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1",
+                  registry: CollectorRegistry = REGISTRY) -> MetricsEndpoint:
+    """Serves /metrics of `registry` on host:port (0 picks a free port)."""
+    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsEndpoint(port=httpd.server_port, _httpd=httpd, _thread=thread)
+
+
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
-    """Serves /metrics of the default registry on host:port (0 picks a free port); returns the port."""
-    httpd, _thread = start_http_server(port, addr=host)
-    return httpd.server_port
+    """Serves /metrics of the default registry on host:port (0 picks a free port) for the rest
+    of the process; returns the port."""
+    return serve_metrics(port, host).port
 
 
 def parse_metrics(text: str) -> dict[str, list[Sample]]:

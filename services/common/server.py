@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.common.logs import EventLogger
+from services.common.metrics import MetricsEndpoint
 from services.common.shutdown import stop_event_on_signals
 
 
@@ -99,6 +100,30 @@ class ServiceServer:
         self._services: list[str] = [""]
         self._stopped = threading.Event()
         self.port = 0
+        # The service's /metrics endpoint when the server owns one (a service's `serve`
+        # attaches it); closed after the gRPC server stops, so the last scrape sees the stop.
+        self.metrics_endpoint: MetricsEndpoint | None = None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The bound ports by endpoint: {"grpc": ..., "metrics": ...} (metrics when served)."""
+        ports = {"grpc": self.port}
+        if self.metrics_endpoint is not None:
+            ports["metrics"] = self.metrics_endpoint.port
+        return ports
+
+    @property
+    def address(self) -> str:
+        """`host:port` of the bound gRPC port, for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Blocks until the server was stopped (or `timeout_s` passed); True once stopped."""
+        return self._stopped.wait(timeout_s)
 
     def start(self, services: Iterable[str]) -> int:
         """Binds, starts and marks `services` (full names) and the server SERVING; returns the port."""
@@ -118,6 +143,8 @@ class ServiceServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(self.grace_s if grace_s is None else grace_s).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
 
     def wait_for_shutdown_signal(self, received: threading.Event | None = None) -> None:
         """Blocks until SIGTERM or SIGINT, then stops gracefully and logs `stopped`. Call from

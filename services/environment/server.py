@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import grpc
 import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry
 
 import games
 from games.base import Game
 from protos import environment_pb2, environment_pb2_grpc, tensor_pb2
 from services.common.errors import serve_rpc
-from services.common.logs import EventLogger
+from services.common.logs import EventLogger, get_logger
+from services.common.metrics import serve_metrics
+from services.common.server import ServiceServer
 from services.common.tensors import TensorError, TensorTooLarge, from_tensor
 from services.environment.config import EnvironmentConfig
 from services.environment.metrics import EnvironmentMetrics
+from services.environment.limits import message_limits
 from services.environment.sessions import SessionError, SessionStore, invalid
-from services.environment.wire import spec_to_proto, time_step_to_proto
+from services.environment.wire import SERVICE_NAME, spec_to_proto, time_step_to_proto
+
+if TYPE_CHECKING:
+    from services.environment.client import EnvironmentClient
 
 T = TypeVar("T")
 
@@ -192,3 +199,57 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServicer):
                               num_games=session.num_games, num_steps=session.num_steps)
             return environment_pb2.CloseResponse()
         return self._serve("Close", context, body)
+
+
+class EnvironmentServer(ServiceServer):
+    """A running environment service (`serve`): its gRPC server, servicer and /metrics.
+    `stop()` finishes in-flight calls, then stops the reaper and closes every session."""
+
+    def __init__(self, servicer: EnvironmentServicer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.servicer = servicer
+
+    def stop(self, grace_s: float | None = None) -> None:
+        if self.stopped:
+            return
+        super().stop(grace_s)
+        self.servicer.stop()
+
+    def client(self, timeout_s: float | None = None) -> "EnvironmentClient":
+        """A client of this server (the caller closes it)."""
+        from services.environment.client import EnvironmentClient
+        return EnvironmentClient(self.address) if timeout_s is None else \
+            EnvironmentClient(self.address, timeout_s=timeout_s)
+
+
+def serve(config: EnvironmentConfig, log: EventLogger | None = None,
+          registry: CollectorRegistry = REGISTRY) -> EnvironmentServer:
+    """Starts the environment service in this process: the gRPC server on `config.host` and
+    `config.port` (0: a free one), its /metrics on `config.metrics_port` serving `registry`
+    (pass a fresh `CollectorRegistry` to run several services in one process) and the reaper
+    of idle sessions. Logs `ready` with the bound ports.
+
+    Raises ValueError when the message limits cannot fit gRPC's (`limits.message_limits`) and
+    SessionError when the default game does not load; nothing is left running then.
+    """
+    log = log or get_logger("environment")
+    limits = message_limits(config)
+    servicer = EnvironmentServicer(config, log, EnvironmentMetrics(registry))
+    server = EnvironmentServer(servicer, log, host=config.host, port=config.port,
+                               max_workers=config.max_workers,
+                               max_receive_bytes=limits.max_receive_bytes,
+                               max_send_bytes=limits.max_send_bytes)
+    environment_pb2_grpc.add_EnvironmentServicer_to_server(servicer, server.grpc_server)
+    try:
+        server.start([SERVICE_NAME])
+        server.metrics_endpoint = serve_metrics(config.metrics_port, config.host, registry)
+        servicer.start_reaper()
+    except BaseException:
+        server.stop(0)
+        raise
+    log.info("ready", grpc_port=server.port, metrics_port=server.metrics_endpoint.port,
+             game=config.game, games=games.names(), session_timeout_s=config.session_timeout_s,
+             max_games_per_session=config.max_games_per_session, max_sessions=config.max_sessions,
+             max_total_games=config.max_total_games, max_receive_bytes=limits.max_receive_bytes,
+             max_send_bytes=limits.max_send_bytes)
+    return server

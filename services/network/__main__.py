@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.network.config import (DEFAULT_MAX_CONCURRENT_RPCS, DEFAULT_MAX_MESSAGE_BYTES,
-                                     DEFAULT_MAX_REQUEST_ROWS)
 
 
 def _bool(text: str) -> bool:
@@ -32,16 +30,14 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Flags in tensorflow_model_server's spelling; those of `NetworkConfig`'s scalar fields are
+    derived from its documented fields."""
+    from services.common.config_flags import add_config_flags
+    from services.network.config import NetworkConfig
+
     parser = argparse.ArgumentParser(
         prog="python -m services.network", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind the gRPC and HTTP ports (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=50002,
-                        help="gRPC port; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--rest_api_port", "--metrics-port", dest="rest_api_port", type=int, default=9102,
-                        help="HTTP port: /metrics, the monitoring path, GET /v1/models/<name>; "
-                             "0 picks a free one (default: %(default)s)")
     parser.add_argument("--model_config_file", default=None,
                         help="ModelServerConfig textproto (e.g. models/models.config)")
     parser.add_argument("--model_name", default="muzero",
@@ -54,24 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="BatchingParameters textproto (e.g. models/batching.config)")
     parser.add_argument("--monitoring_config_file", default=None,
                         help="MonitoringConfig textproto (e.g. models/monitoring.config)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                        help="seconds between scans for new versions; 0 scans once (default: %(default)s)")
-    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
-                        help="threads inside one TensorFlow op; 0 = TensorFlow's default")
-    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
-                        help="TensorFlow ops run at once; 0 = TensorFlow's default")
-    parser.add_argument("--max_concurrent_rpcs", type=int, default=DEFAULT_MAX_CONCURRENT_RPCS,
-                        help="gRPC worker threads; a request waiting for its batch holds one "
-                             "(default: %(default)s)")
-    parser.add_argument("--max_request_rows", type=int, default=DEFAULT_MAX_REQUEST_ROWS,
-                        help="most rows (batch dimension) in one Predict request; more is "
-                             "RESOURCE_EXHAUSTED (default: %(default)s)")
-    parser.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                        help="largest request message, and the most one input may decode to; "
-                             "more is RESOURCE_EXHAUSTED (default: %(default)s = 64 MiB)")
-    parser.add_argument("--max_response_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
-                        help="largest response message; more is RESOURCE_EXHAUSTED "
-                             "(default: %(default)s = 64 MiB)")
+    add_config_flags(parser, NetworkConfig, exclude=("enable_batching", "prometheus_path"),
+                     underscores=True, aliases={"rest_api_port": ("--metrics-port",)})
     return parser
 
 
@@ -80,6 +60,7 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     and a message naming the flag or the file and field."""
     import os
 
+    from services.common.config_flags import config_values
     from services.common.flags import config_or_exit
     from services.network import config as network_config
 
@@ -98,14 +79,24 @@ def build_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
             models=models,
             enable_batching=args.enable_batching,
             batching=network_config.batching_from_file(args.batching_parameters_file),
-            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             prometheus_path=network_config.prometheus_path_from_file(args.monitoring_config_file),
-            max_concurrent_rpcs=args.max_concurrent_rpcs,
-            max_request_rows=args.max_request_rows,
-            max_request_bytes=args.max_request_bytes,
-            max_response_bytes=args.max_response_bytes)
+            **config_values(parser, args))
 
     return config_or_exit(parser, build)
+
+
+def start(argv: list[str], registry=None, log=None):
+    """The service of the command line `argv`, started in this process (the in-process
+    launcher's entry): `serve(config)` with its metrics in `registry`. The TensorFlow thread
+    flags are left to the process (another TensorFlow user may have started first)."""
+    from prometheus_client import REGISTRY
+
+    from services.common.logs import get_logger
+    from services.network.server import serve
+
+    parser = build_parser()
+    config = build_config(parser.parse_args(argv), parser)
+    return serve(config, log or get_logger("network"), registry=registry or REGISTRY)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,29 +115,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf  # slow: only after the flags and config files are known to be good
 
-    if args.tensorflow_intra_op_parallelism:
-        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
-    if args.tensorflow_inter_op_parallelism:
-        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    if config.tensorflow_intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(config.tensorflow_intra_op_parallelism)
+    if config.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(config.tensorflow_inter_op_parallelism)
 
-    from services.network.metrics import NetworkMetrics
     from services.network.server import serve
 
-    running = None if stop.is_set() else serve(config, log, host=args.host, port=args.port,
-                                                rest_api_port=args.rest_api_port, stop=stop,
-                                                metrics=NetworkMetrics())  # the process's registry
+    running = None if stop.is_set() else serve(config, log, stop=stop)  # the process's registry
     if running is None:  # stopped during start-up: no port was opened
         log.info("stopped")
         return 0
-    log.info("ready", grpc_port=running.grpc_port, metrics_port=running.rest_port,
-             rest_api_port=running.rest_port, models={m.name: m.base_path for m in config.models},
-             loaded=running.service.loaded_versions(), batching=config.enable_batching,
-             max_request_rows=config.max_request_rows, max_request_bytes=config.max_request_bytes,
-             max_response_bytes=config.max_response_bytes,
-             max_concurrent_rpcs=config.max_concurrent_rpcs)
-    running.server.wait_for_shutdown_signal(stop)
-    running.service.stop()
-    running.rest.shutdown()
+    running.wait_for_shutdown_signal(stop)
     return 0
 
 

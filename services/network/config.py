@@ -125,6 +125,14 @@ class NetworkConfig:
         included); more is RESOURCE_EXHAUSTED.
       max_response_bytes: the largest response message (bytes, serialized); a larger one is
         RESOURCE_EXHAUSTED.
+      host: address the gRPC and HTTP ports bind.
+      port: gRPC port; 0 picks a free one.
+      rest_api_port: HTTP port: /metrics, the monitoring path, GET /v1/models/<name>; 0 picks a
+        free one.
+      tensorflow_intra_op_parallelism: threads inside one TensorFlow op; 0 = TensorFlow's default.
+      tensorflow_inter_op_parallelism: TensorFlow ops run at once; 0 = TensorFlow's default.
+        Both are process-wide: they apply when the server is the first TensorFlow user of its
+        process (`python -m services.network`).
     """
 
     models: tuple[ModelEntry, ...]
@@ -136,8 +144,20 @@ class NetworkConfig:
     max_request_rows: int = DEFAULT_MAX_REQUEST_ROWS
     max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_response_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    host: str = "127.0.0.1"
+    port: int = 50002
+    rest_api_port: int = 9102
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
 
     def __post_init__(self) -> None:
+        require(bool(self.host), f"NetworkConfig.host must be non-empty, got {self.host!r}")
+        for name in ("port", "rest_api_port"):
+            value = getattr(self, name)
+            require(0 <= value <= 65535, f"NetworkConfig.{name} must be in [0, 65535], got {value}")
+        for name in ("tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism"):
+            value = getattr(self, name)
+            require(value >= 0, f"NetworkConfig.{name} must be >= 0, got {value}")
         require(len(self.models) >= 1, "NetworkConfig.models must name at least one model")
         names = [m.name for m in self.models]
         require(len(set(names)) == len(names), f"NetworkConfig.models has duplicate names: {names}")

@@ -36,11 +36,12 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY, CollectorRegistry
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from services.common.logs import EventLogger
+from services.common.logs import EventLogger, get_logger
 from services.common.server import ServiceServer
 from services.common.tensors import TensorError, TensorTooLarge
 from services.common.tf_tensors import from_tensor_proto
@@ -481,43 +482,93 @@ class NetworkServiceServer(ServiceServer):
 
 @dataclasses.dataclass
 class RunningNetwork:
-    """A started network server: the gRPC server, the HTTP port and the served models."""
+    """A started network service (`serve`): the gRPC server, the HTTP port (which serves
+    /metrics) and the served models.
+
+    Attributes:
+      service: the models and the batch scheduler.
+      server: the gRPC server.
+      rest: the HTTP server.
+      grpc_port, rest_port: the bound ports.
+    """
 
     service: NetworkService
     server: NetworkServiceServer
     rest: "ThreadingHTTPServer"
     grpc_port: int
     rest_port: int
+    _stopped: threading.Event = dataclasses.field(default_factory=threading.Event)
 
     @property
     def address(self) -> str:
         return f"{self.server.host}:{self.grpc_port}"
 
+    @property
+    def ports(self) -> dict[str, int]:
+        """{"grpc": ..., "http": ..., "metrics": ...}: the HTTP port serves /metrics."""
+        return {"grpc": self.grpc_port, "http": self.rest_port, "metrics": self.rest_port}
+
+    def client(self, model_name: str | None = None, timeout_s: float | None = None) -> "NetworkClient":
+        """A client of this server for `model_name` (default: the first served model); the
+        caller closes it."""
+        from services.network.client import NetworkClient
+        name = model_name or self.service.config.models[0].name
+        return NetworkClient(self.address, model_name=name) if timeout_s is None else \
+            NetworkClient(self.address, model_name=name, timeout_s=timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Blocks until the server was stopped (or `timeout_s` passed); True once stopped."""
+        return self.server.wait(timeout_s)
+
     def stop(self, grace_s: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, queued batches run, in-flight calls finish."""
-        self.server.stop(grace_s)
+        """Graceful stop: NOT_SERVING, queued batches run, in-flight calls finish; idempotent."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop(grace_s)  # a no-op after wait_for_shutdown_signal stopped it
         self.service.stop()
         self.rest.shutdown()
         self.rest.server_close()
 
+    def wait_for_shutdown_signal(self, received: threading.Event | None = None) -> None:
+        """Blocks until SIGTERM or SIGINT (`received`: the event of `stop_event_on_signals`),
+        then stops gracefully and logs `stopped`."""
+        self.server.wait_for_shutdown_signal(received)
+        self.stop()
 
-def serve(config: NetworkConfig, log: EventLogger, host: str = "127.0.0.1", port: int = 0,
-          rest_api_port: int = 0, stop: threading.Event | None = None,
-          metrics: NetworkMetrics | None = None) -> RunningNetwork | None:
-    """Starts the network server as `python -m services.network` does: loads what is on disk
-    (before the port opens), opens the gRPC and HTTP ports (0 picks free ones), then polls for
-    new versions. Returns None, having opened nothing, if `stop` is set during start-up.
-    `metrics`: as NetworkService's (the HTTP port serves its registry)."""
+
+def serve(config: NetworkConfig, log: EventLogger | None = None,
+          stop: threading.Event | None = None, metrics: NetworkMetrics | None = None,
+          registry: CollectorRegistry = REGISTRY) -> RunningNetwork | None:
+    """Starts the network service in this process as `python -m services.network` does: loads
+    what is on disk (before the port opens), opens the gRPC port `config.port` and the HTTP port
+    `config.rest_api_port` on `config.host` (0 picks free ones), then polls for new versions.
+    Logs `ready` with the bound ports. Returns None, having opened nothing, if `stop` is set
+    during start-up. `metrics` defaults to a `NetworkMetrics` in `registry` (pass a fresh
+    `CollectorRegistry` to run several services in one process); the HTTP port serves its
+    registry."""
     from services.network.http import start_rest_server  # http imports this module
 
-    service = NetworkService(config, log, metrics)
+    log = log or get_logger("network")
+    service = NetworkService(config, log, metrics or NetworkMetrics(registry))
     service.poll(stop)  # load what is already there before the port opens
     if stop is not None and stop.is_set():
         service.stop()
         return None
-    server = NetworkServiceServer(service, log, host=host, port=port)
-    grpc_port = server.start()
-    rest = start_rest_server(service, host, rest_api_port, config.prometheus_path)
+    server = NetworkServiceServer(service, log, host=config.host, port=config.port)
+    try:
+        grpc_port = server.start()
+        rest = start_rest_server(service, config.host, config.rest_api_port, config.prometheus_path)
+    except BaseException:
+        server.stop(0)
+        service.stop()
+        raise
     service.start_polling()
+    log.info("ready", grpc_port=grpc_port, metrics_port=rest.server_port,
+             rest_api_port=rest.server_port, models={m.name: m.base_path for m in config.models},
+             loaded=service.loaded_versions(), batching=config.enable_batching,
+             max_request_rows=config.max_request_rows, max_request_bytes=config.max_request_bytes,
+             max_response_bytes=config.max_response_bytes,
+             max_concurrent_rpcs=config.max_concurrent_rpcs)
     return RunningNetwork(service=service, server=server, rest=rest, grpc_port=grpc_port,
                           rest_port=rest.server_port)

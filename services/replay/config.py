@@ -51,8 +51,11 @@ class ReplayConfig:
       error_buffer: how many sampled positions the trainer may run ahead of that ratio.
       priority_alpha: sampling probability is priority ** alpha / sum; 0 is uniform.
       priority_beta: importance-weight exponent in [0, 1].
-      num_unroll_steps, td_steps, discount, value_prefix: the target defaults (a SampleBatch
-        may override K, n and the discount).
+      num_unroll_steps: K, the unroll steps of a SampleBatch that asks for none.
+      td_steps: n of the n-step value targets of a SampleBatch that asks for none.
+      discount: the discount of the value targets of a SampleBatch that gives none.
+      value_prefix: reward targets as EfficientZero's value prefix (the discounted sum of the
+        rewards since the unroll's start) instead of single rewards.
       seed: seed of the sampling random stream; None draws one from the OS.
       synchronous: SQLite's `synchronous` in WAL mode. "FULL" (default) syncs the WAL on every
         commit: an acknowledged add survives a crash of the process and of the machine.

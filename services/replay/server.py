@@ -9,19 +9,24 @@ naming the limiter's state, so the client sees why rather than a bare deadline.
 from __future__ import annotations
 
 import threading
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import grpc
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from protos import replay_pb2, replay_pb2_grpc
 from services.common.errors import serve_rpc
-from services.common.logs import EventLogger
+from services.common.logs import EventLogger, get_logger
+from services.common.metrics import serve_metrics
 from services.common.server import ServiceServer
 from services.replay.buffer import ReplayBuffer
 from services.replay.config import ReplayConfig
 from services.replay.metrics import ReplayMetrics
 from services.replay.records import decode_many, decode_tensor, invalid
 from services.replay.wire import SERVICE_NAME, batch_to_proto, record_to_proto, stats_to_proto
+
+if TYPE_CHECKING:
+    from services.replay.client import ReplayClient
 
 T = TypeVar("T")
 
@@ -149,20 +154,35 @@ class ReplayServer(ServiceServer):
         self.servicer: ReplayServicer | None = None
 
     def stop(self, grace_s: float | None = None) -> None:
+        if self.stopped:
+            return
         self.buffer.release_waiters()
         super().stop(grace_s)
         self.buffer.close()
 
+    def client(self, timeout_s: float | None = None) -> "ReplayClient":
+        """A client of this server (the caller closes it)."""
+        from services.replay.client import ReplayClient
+        return ReplayClient(self.address) if timeout_s is None else \
+            ReplayClient(self.address, timeout_s=timeout_s)
 
-def serve(config: ReplayConfig, log: EventLogger, metrics: ReplayMetrics | None = None) -> ReplayServer:
-    """Opens the buffer of `config.data_dir` and starts a replay server on `config.host` and
-    `config.port` (0: a free one, then in `.port`), with `config.max_workers` threads and the
-    message limits `config.receive_limit` / `config.send_limit`. `stop()` closes the buffer.
 
-    Raises ValueError or RuntimeError for a data dir it cannot use (another game's, damaged);
-    `metrics` defaults to a `ReplayMetrics` in the process's registry (pass one with a fresh
-    `CollectorRegistry` to run several servers in one process).
+def serve(config: ReplayConfig, log: EventLogger | None = None, metrics: ReplayMetrics | None = None,
+          registry: CollectorRegistry = REGISTRY) -> ReplayServer:
+    """Opens the buffer of `config.data_dir` and starts the replay service in this process: a
+    gRPC server on `config.host` and `config.port` (0: a free one), with `config.max_workers`
+    threads and the message limits `config.receive_limit` / `config.send_limit`, and /metrics
+    on `config.metrics_port`. Logs `ready` with the bound ports; `stop()` closes the buffer.
+
+    `metrics` defaults to a `ReplayMetrics` in `registry` (the process's by default; pass a
+    fresh `CollectorRegistry` to run several services in one process), and the /metrics
+    endpoint serves `metrics.registry`.
+
+    Raises ValueError or RuntimeError for a data dir it cannot use (another game's, damaged),
+    leaving nothing running.
     """
+    log = log or get_logger("replay")
+    metrics = metrics or ReplayMetrics(registry)
     buffer = ReplayBuffer(config, log)
     try:
         server = ReplayServer(buffer, log, host=config.host, port=config.port,
@@ -171,8 +191,23 @@ def serve(config: ReplayConfig, log: EventLogger, metrics: ReplayMetrics | None 
                               max_send_bytes=config.send_limit)
         server.servicer = ReplayServicer(buffer, log, metrics)
         replay_pb2_grpc.add_ReplayServicer_to_server(server.servicer, server.grpc_server)
-        server.start([SERVICE_NAME])
     except BaseException:
         buffer.close()
         raise
+    try:
+        server.start([SERVICE_NAME])
+        server.metrics_endpoint = serve_metrics(config.metrics_port, config.host, metrics.registry)
+    except BaseException:
+        server.stop(0)  # closes the buffer
+        raise
+    log.info("ready", grpc_port=server.port, metrics_port=server.metrics_endpoint.port,
+             game=config.spec.name, data_dir=config.data_dir, games=buffer.num_games,
+             positions=buffer.num_positions, capacity=config.capacity,
+             min_positions=config.min_positions, samples_per_insert=config.samples_per_insert,
+             error_buffer=config.error_buffer, priority_alpha=config.priority_alpha,
+             priority_beta=config.priority_beta, num_unroll_steps=config.num_unroll_steps,
+             td_steps=config.td_steps, synchronous=config.synchronous,
+             max_workers=config.max_workers, max_receive_bytes=config.receive_limit,
+             max_send_bytes=config.send_limit, max_sample_bytes=config.max_sample_bytes,
+             priority_limit=config.priority_limit, id_window=config.id_window)
     return server

@@ -64,8 +64,7 @@ def running(request, base):
     parser = build_parser()
     parsed = parser.parse_args(args)
     config = build_config(parsed, parser)
-    server = serve(config, get_logger("network"), host="127.0.0.1", port=parsed.port,
-                   rest_api_port=parsed.rest_api_port, metrics=NetworkMetrics(CollectorRegistry()))
+    server = serve(config, get_logger("network"), metrics=NetworkMetrics(CollectorRegistry()))
     assert server is not None
     yield server
     server.stop()

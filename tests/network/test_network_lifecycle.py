@@ -210,7 +210,7 @@ def test_serve_opens_nothing_when_stopped_during_start_up(tmp_path, saved_models
     loads = metrics.version_loads.labels("stopped-model", "ok")
     loads_before = loads._value.get()
     config = NetworkConfig(models=(ModelEntry(name="stopped-model", base_path=str(base)),),
-                           file_system_poll_wait_seconds=0)
+                           file_system_poll_wait_seconds=0, port=0, rest_api_port=0)
     assert serve(config, get_logger("network"), stop=stop, metrics=metrics) is None
     assert loads._value.get() == loads_before  # nothing loaded
     running = serve(config, get_logger("network"), stop=threading.Event(),  # not stopped: serves

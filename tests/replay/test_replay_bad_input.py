@@ -58,7 +58,7 @@ class Replay:
 @pytest.fixture
 def replay(tmp_path):
     config = ReplayConfig(spec=SPEC, data_dir=str(tmp_path / "replay"), capacity=CAPACITY,
-                          min_positions=0, seed=0, port=0, discount=1.0)
+                          min_positions=0, seed=0, port=0, metrics_port=0, discount=1.0)
     server = serve(config, get_logger("replay"), ReplayMetrics(CollectorRegistry()))
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
                                     options=[("grpc.max_send_message_length", 64 << 20)])
