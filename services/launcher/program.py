@@ -24,12 +24,10 @@ Launchers (each apart from the program, as in launchpad):
   order the nodes were added (a node can only refer to nodes added before it, so that order
   starts every node after the ones it needs).
 * `services.launcher.compose`: `docker-compose.yml` and its GPU override, generated.
-* In-process threads (planned): a third launcher will start every node as a library in one
-  process. It needs each service's `serve(config) -> server` (its ports and a client) next to
-  its `__main__`; the program needs no change for it: the launcher maps `Node.module` to that
-  module's `serve`, parses `Node.args` with the module's own flag parser, and resolves handles
-  from the ports the returned servers bound, exactly as the local launcher does from the
-  `ready` events of its processes.
+* `services.launcher.inprocess`: every node as a library in this process (tests): it calls
+  `start(argv)` of `Node.module`'s `__main__`, which parses `Node.args` with the module's own
+  flag parser and calls its `serve(config)`, and resolves handles from the ports the returned
+  services bound, exactly as the local launcher does from the `ready` events of its processes.
 
 Attributes that only one launcher reads say so: `Node.container` and `Node.container_args`
 (compose), `Health.start_period_s` and `Node.publish` (compose), `Ports`' base offsets (local).
