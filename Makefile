@@ -57,7 +57,7 @@ LAUNCHER_PORTS = $(if $(filter-out fixed free,$(PORTS)),$(error PORTS must be fi
 run: venv protos
 	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR) $(LAUNCHER_PORTS)
 
-# docker-compose.yml and docker-compose.gpu.yml are generated from the fleet's program
+# docker-compose.yml, docker-compose.gpu.yml and docker/prometheus.yml are generated from the fleet's program
 # (services/launcher/topology.py); tests/deploy/test_compose_rendering.py fails when they drift.
 compose: venv
 	$(PY) -m services.launcher.compose --write

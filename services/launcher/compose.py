@@ -64,6 +64,11 @@ class ComposeConfig:
       gpu_image: the image of Python nodes on a GPU.
       gpu_build_args: the build arguments of that image.
       gpu_environment: variables added to GPU nodes' Python containers.
+      prometheus_header: the comment at the top of docker/prometheus.yml.
+      scrape_interval_s: how often Prometheus scrapes every node, seconds.
+      scrape_timeout_s: how long one scrape may take, seconds (below the interval).
+      dns_refresh_s: how often the addresses of a scalable node's replicas are looked up again.
+      prometheus_node: the program's node that is Prometheus (its job scrapes localhost).
     """
 
     header: tuple[str, ...]
@@ -83,8 +88,16 @@ class ComposeConfig:
     gpu_image: str = "mufleet:gpu"
     gpu_build_args: tuple[tuple[str, str], ...] = (("GPU", "1"),)
     gpu_environment: tuple[tuple[str, str], ...] = (("TF_FORCE_GPU_ALLOW_GROWTH", "true"),)
+    prometheus_header: tuple[str, ...] = ()
+    scrape_interval_s: int = 5
+    scrape_timeout_s: int = 4
+    dns_refresh_s: int = 10
+    prometheus_node: str = "prometheus"
 
     def __post_init__(self) -> None:
+        require(0 < self.scrape_timeout_s <= self.scrape_interval_s,
+                f"ComposeConfig.scrape_timeout_s must be in (0, scrape_interval_s="
+                f"{self.scrape_interval_s}], got {self.scrape_timeout_s}")
         for field in ("stop_grace_period_s", "health_interval_s", "health_timeout_s", "health_retries"):
             require(getattr(self, field) >= 1, f"ComposeConfig.{field} must be >= 1, got {getattr(self, field)}")
 
@@ -116,6 +129,12 @@ MUFLEET = ComposeConfig(
                 "",
                 "The trainer gets the image built with TensorFlow's CUDA libraries (build arg GPU=1); the other",
                 "Python services keep the CPU image."),
+    prometheus_header=(*_GENERATED,
+                       "Prometheus scrape configuration of the compose fleet (docker-compose.yml mounts it):",
+                       "one job per node of the program, at the node's metrics endpoint in its container",
+                       "(TensorFlow Serving serves its metrics on the REST port at models/monitoring.config's",
+                       "path). A scalable node (agents: `--scale agent=N`) is found by DNS: Docker's DNS",
+                       "answers its name with one address per replica."),
 )
 
 
@@ -389,6 +408,37 @@ class ComposeRenderer:
         return "\n".join([*_header(c.gpu_header), "", *_emit([("services", services)])]) + "\n"
 
 
+    def prometheus(self) -> str:
+        """docker/prometheus.yml: one scrape job per node, Prometheus itself last."""
+        c = self.config
+        jobs: _Map = []
+        scraper = None
+        for node in self.program.nodes:
+            if node.name == c.prometheus_node:
+                scraper = node  # it scrapes itself, on localhost
+                continue
+            main, metrics, path = self._ports(node)
+            port = metrics or main
+            job: _Map = [("job_name", node.name)]
+            if path != "/metrics":
+                job.append(("metrics_path", path))
+            if node.scalable:
+                job.append(("dns_sd_configs", ([("names", _Flow((node.name,))), ("type", "A"),
+                                                 ("port", port), ("refresh_interval", f"{c.dns_refresh_s}s")],)))
+            else:
+                job.append(("static_configs", ([("targets", _Flow((f"{node.name}:{port}",)))],)))
+            jobs.append(job)
+        if scraper is not None:
+            jobs.append([("job_name", scraper.name),
+                         ("static_configs", ([("targets", _Flow((f"localhost:{self._ports(scraper)[0]}",)))],))])
+        document: _Map = [("global", [("scrape_interval", f"{c.scrape_interval_s}s"),
+                                      ("scrape_timeout", f"{c.scrape_timeout_s}s"),
+                                      ("evaluation_interval", "15s"),
+                                      ("external_labels", [("fleet", self.program.name)])]),
+                          _BLANK, ("scrape_configs", tuple(jobs))]
+        return "\n".join([*_header(c.prometheus_header), "", *_emit(document)]) + "\n"
+
+
 def _escape(text: str) -> str:
     """Literal text in compose: `$` would start a variable."""
     return text.replace("$", "$$")
@@ -403,7 +453,8 @@ def rendered_files(program: Program | None = None, config: ComposeConfig = MUFLE
         program = build_program(FleetConfig(game="cartpole", run_dir=Path("runs") / "cartpole"))
     renderer = ComposeRenderer(program, config)
     return {REPO_ROOT / "docker-compose.yml": renderer.compose(),
-            REPO_ROOT / "docker-compose.gpu.yml": renderer.gpu_override()}
+            REPO_ROOT / "docker-compose.gpu.yml": renderer.gpu_override(),
+            REPO_ROOT / "docker" / "prometheus.yml": renderer.prometheus()}
 
 
 def stale_files(files: dict[Path, str]) -> dict[Path, str]:
@@ -422,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--gpu", action="store_true", help="print the GPU override instead of docker-compose.yml")
-    what.add_argument("--write", action="store_true", help="write both files at the repository root")
+    what.add_argument("--prometheus", action="store_true",
+                      help="print docker/prometheus.yml instead of docker-compose.yml")
+    what.add_argument("--write", action="store_true",
+                      help="write docker-compose.yml, docker-compose.gpu.yml and docker/prometheus.yml")
     what.add_argument("--check", action="store_true",
                       help="exit 1, showing the difference, when a committed file is not the rendering")
     args = parser.parse_args(argv)
     files = rendered_files()
-    base, gpu = files
+    base, gpu, prometheus = files
     if args.write:
         for path, text in files.items():
             path.write_text(text)
@@ -441,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"python -m services.launcher.compose --write", file=sys.stderr)
         return 1 if stale else 0
     else:
-        sys.stdout.write(files[gpu if args.gpu else base])
+        sys.stdout.write(files[gpu if args.gpu else prometheus if args.prometheus else base])
     return 0
 
 
