@@ -228,7 +228,7 @@ SERIES: tuple[Series, ...] = (
     Series("network_batch_size", "rows per model run", "rows",
            lambda d: d.interval_mean("network", network_metrics.BATCH_SIZE)),
     Series("network_latency_ms", "network Predict latency (server)", "ms",
-           lambda d: d.interval_mean("network", network_metrics.REQUEST_SECONDS, 1e3)),
+           lambda d: d.interval_mean("network", network_metrics.PREDICT_SECONDS, 1e3)),
     Series("agent_request_latency_ms", "network request latency (agents)", "ms",
            lambda d: d.interval_mean("agent", agent_metrics.NETWORK_REQUEST_SECONDS, 1e3)),
     Series("agent_move_ms", "time of one move of B games", "ms",
@@ -562,7 +562,7 @@ class Scraper:
                 "requests_per_s": d.rate(scrape.role, network_metrics.REQUESTS_TOTAL, *TF_SERVING_REQUESTS),
                 "inserts_per_s": d.rate(scrape.role, replay_metrics.POSITIONS_ADDED_TOTAL),
                 "batch_size": d.interval_mean(scrape.role, network_metrics.BATCH_SIZE),
-                "latency_ms": d.interval_mean(scrape.role, network_metrics.REQUEST_SECONDS, 1e3),
+                "latency_ms": d.interval_mean(scrape.role, network_metrics.PREDICT_SECONDS, 1e3),
             }
 
     # -- views --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ REQUESTS_TOTAL = "mufleet_network_requests_total"
 RPCS_TOTAL = "mufleet_network_rpcs_total"
 REQUEST_ERRORS_TOTAL = "mufleet_network_request_errors_total"
 REQUEST_SECONDS = "mufleet_network_request_seconds"
+PREDICT_SECONDS = "mufleet_network_predict_seconds"
 RUN_SECONDS = "mufleet_network_run_seconds"
 BATCH_SIZE = "mufleet_network_batch_size"
 BATCH_REQUESTS = "mufleet_network_batch_requests"
@@ -37,11 +38,15 @@ class NetworkMetrics:
         self.requests = Counter(REQUESTS_TOTAL, "Predict requests received, by signature.",
                                 ["signature"], registry=registry)
         self.rpcs = Counter(RPCS_TOTAL, "RPCs received, by method.", ["method"], registry=registry)
+        # The same two metrics, with the same labels, as every MuFleet server (`serve_rpc`).
         self.request_errors = Counter(REQUEST_ERRORS_TOTAL,
-                                      "RPCs answered with an error, by gRPC status code.", ["code"],
-                                      registry=registry)
-        self.request_seconds = Histogram(REQUEST_SECONDS,
-                                         "Predict time in the server, from decode to encoded response.",
+                                      "RPCs answered with an error, by method and gRPC status code.",
+                                      ["method", "code"], registry=registry)
+        self.request_seconds = Histogram(REQUEST_SECONDS, "Time in the server's handler, by method.",
+                                         ["method"], buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.predict_seconds = Histogram(PREDICT_SECONDS,
+                                         "Predict time in the server, from decode to encoded response, "
+                                         "of answered requests, by signature.",
                                          ["signature"], buckets=LATENCY_BUCKETS_S, registry=registry)
         self.run_seconds = Histogram(RUN_SECONDS,
                                      "Time of one model run (one merged batch, or one request without "

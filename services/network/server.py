@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import traceback
 from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 import grpc
@@ -41,6 +40,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from services.common.errors import ServiceError, serve_rpc
 from services.common.logs import EventLogger, get_logger
 from services.common.server import ServiceServer
 from services.common.tensors import TensorError, TensorTooLarge
@@ -64,13 +64,12 @@ _STATE_CODES = {name: get_model_status_pb2.ModelVersionStatus.State.Value(name)
                 for name in ("UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END")}
 
 
-class RequestError(Exception):
-    """An RPC answered with `code` and `message`."""
+class RequestError(ServiceError):
+    """An RPC answered with the status `code` and `message` (a `ServiceError`, as `serve_rpc`
+    answers every MuFleet server's errors)."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code.name, message)
 
 
 def _invalid(message: str) -> RequestError:
@@ -311,8 +310,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         metrics = self.service.metrics
         started = time.perf_counter()
-        label = "unknown"
-        try:
+        label = ["unknown"]  # the signature, once the request names one that exists
+
+        def body() -> predict_pb2.PredictResponse:
             servable = self.service.servable(request.model_spec)
             name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             signature = servable.signatures.get(name)
@@ -320,7 +320,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise _invalid(f"model_spec.signature_name: signature '{name}' not found in model "
                                f"'{servable.model_name}' version {servable.version} "
                                f"(it has: {', '.join(sorted(servable.signatures))})")
-            label = name
+            label[0] = name
             inputs, rows = decode_inputs(signature, request.inputs, self.service.limits)
             self.service.count_nonfinite(servable.model_name, name, inputs)
             wanted = signature.output_names
@@ -344,22 +344,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise _too_large(f"response: {size} bytes for {rows} rows is over the limit of "
                                  f"{self.service.limits.max_response_bytes} bytes "
                                  f"(max_response_bytes); send fewer rows or use output_filter")
-        except RequestError as error:
-            metrics.requests.labels(label).inc()
-            metrics.request_errors.labels(error.code.name).inc()
-            context.abort(error.code, error.message)
-        except Exception as error:  # noqa: BLE001 - answer INTERNAL, keep serving
-            metrics.requests.labels(label).inc()
-            metrics.request_errors.labels("INTERNAL").inc()
-            self.service.log.error("predict_failed", error=f"{type(error).__name__}: {error}")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
-        metrics.requests.labels(label).inc()
-        metrics.request_seconds.labels(label).observe(time.perf_counter() - started)
+            return response
+
+        try:
+            response = _serve(self.service, "Predict", context, body)
+        finally:
+            metrics.requests.labels(label[0]).inc()
+        metrics.predict_seconds.labels(label[0]).observe(time.perf_counter() - started)
         return response
 
     def GetModelMetadata(self, request, context):
         self.service.metrics.rpcs.labels("GetModelMetadata").inc()
-        return _answer(self.service, "GetModelMetadata", context, lambda: self._metadata(request))
+        return _serve(self.service, "GetModelMetadata", context, lambda: self._metadata(request))
 
     def _metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         fields = list(request.metadata_field)
@@ -393,7 +389,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         self.service.metrics.rpcs.labels("GetModelStatus").inc()
-        return _answer(self.service, "GetModelStatus", context, lambda: self._status(request))
+        return _serve(self.service, "GetModelStatus", context, lambda: self._status(request))
 
     def _status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
         manager = self.service.manager(request.model_spec.name)
@@ -429,29 +425,23 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         _unimplemented(self.service, context, "HandleReloadConfigRequest")
 
 
-def _answer(service: NetworkService, method: str, context: grpc.ServicerContext,
-            body: Callable[[], T]) -> T:
-    """`body()`; a RequestError aborts the call with its code and message, any other exception
-    (a bug) is logged with its traceback and answers INTERNAL, and the server keeps serving.
-    Each error counts in mufleet_network_request_errors_total{code}."""
-    try:
-        return body()
-    except RequestError as error:
-        code, message = error.code, error.message
-    except Exception as error:  # noqa: BLE001 - a bug: report it, keep serving
-        code, message = grpc.StatusCode.INTERNAL, f"{method} failed: {type(error).__name__}: {error}"
-        service.log.error("internal_error", method=method, error=repr(error),
-                          traceback=traceback.format_exc())
-    service.metrics.request_errors.labels(code.name).inc()
-    context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")
+def _serve(service: NetworkService, method: str, context: grpc.ServicerContext,
+           body: Callable[[], T]) -> T:
+    """`serve_rpc` with the network's metrics: a RequestError aborts the call with its code and
+    message, a bug answers INTERNAL and the server keeps serving; each error counts in
+    mufleet_network_request_errors_total{method, code} and logs one `request_rejected` line."""
+    return serve_rpc(method, context, body, service.log, service.metrics.request_seconds,
+                     service.metrics.request_errors)
 
 
 def _unimplemented(service: NetworkService, context, method: str) -> None:
     service.metrics.rpcs.labels(method).inc()
-    service.metrics.request_errors.labels("UNIMPLEMENTED").inc()
-    context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                  f"{method} is not implemented by MuFleet's network server (use Predict)")
+
+    def body() -> None:
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                           f"{method} is not implemented by MuFleet's network server (use Predict)")
+
+    _serve(service, method, context, body)
 
 
 class NetworkServiceServer(ServiceServer):
@@ -464,7 +454,8 @@ class NetworkServiceServer(ServiceServer):
         super().__init__(log, host=host, port=port, max_workers=config.max_concurrent_rpcs,
                          max_receive_bytes=config.max_request_bytes,
                          max_send_bytes=config.max_response_bytes,
-                         on_unparsable=lambda _method: service.metrics.request_errors.labels("INVALID_ARGUMENT").inc())
+                         on_unparsable=lambda method: service.metrics.request_errors.labels(
+                             method.rsplit("/", 1)[-1], "INVALID_ARGUMENT").inc())
         self.service = service
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(service), self.grpc_server)

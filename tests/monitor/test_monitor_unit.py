@@ -100,7 +100,7 @@ def test_rates_are_counter_deltas_summed_over_instances():
 
 
 def test_histogram_means_over_the_interval():
-    rows, seconds = network_metrics.BATCH_SIZE, network_metrics.REQUEST_SECONDS
+    rows, seconds = network_metrics.BATCH_SIZE, network_metrics.PREDICT_SECONDS
 
     def text(rows_sum, runs, seconds_sum, requests):
         return (f"{rows}_sum {rows_sum}\n{rows}_count {runs}\n"

@@ -105,7 +105,7 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
     try:
         wait_for(lambda: metric(server, network_metrics.QUEUED_ROWS) == MAX_BATCH - 1 or errors,
                  "the first request to wait in the open batch")
-        unavailable_before = metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code="UNAVAILABLE")
+        unavailable_before = metric(server, network_metrics.REQUEST_ERRORS_TOTAL, method="Predict", code="UNAVAILABLE")
         with make_channel(server.grpc_address) as channel:  # no retries: see the answer itself
             raw = NetworkClient(server.grpc_address, channel=channel, timeout_s=60)
             for _ in range(3):
@@ -125,8 +125,8 @@ def test_full_queue_answers_unavailable_at_once(server, reference):
     assert not errors, errors
     want = reference.initial_inference(rows(MAX_BATCH - 1, 100))
     assert_decoded_close(waiting["result"].value, want["value"], S)
-    assert metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code="UNAVAILABLE") == unavailable_before + 3
-    errors_by_code = {code: metric(server, network_metrics.REQUEST_ERRORS_TOTAL, code=code)
+    assert metric(server, network_metrics.REQUEST_ERRORS_TOTAL, method="Predict", code="UNAVAILABLE") == unavailable_before + 3
+    errors_by_code = {code: metric(server, network_metrics.REQUEST_ERRORS_TOTAL, method="Predict", code=code)
                       for code in ("INVALID_ARGUMENT", "NOT_FOUND", "INTERNAL")}
     assert errors_by_code == {"INVALID_ARGUMENT": 0, "NOT_FOUND": 0, "INTERNAL": 0}
 
