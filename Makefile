@@ -8,7 +8,7 @@ RUN_DIR ?= runs/$(GAME)
 PROTO_SRC := $(wildcard protos/*.proto)
 PROTO_OUT := $(PROTO_SRC:.proto=_pb2.py)
 
-.PHONY: system-packages venv protos test test-fast bench bench-learn run up compose clean
+.PHONY: system-packages venv test-deps protos test test-fast bench bench-learn run up compose clean
 
 venv: $(VENV)/.installed
 
@@ -16,6 +16,14 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Test-only packages (google-deepmind/mctx and JAX, for the search cross-check): never in the
+# runtime requirements, installed by the test targets only.
+test-deps: $(VENV)/.crosscheck
+
+$(VENV)/.crosscheck: requirements-crosscheck.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-crosscheck.txt
 	touch $@
 
 protos: $(PROTO_OUT)
@@ -31,10 +39,10 @@ system-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium prometheus docker-compose >/dev/null; fi
 
-test: system-packages venv protos
+test: system-packages venv test-deps protos
 	$(PY) -m pytest -q tests
 
-test-fast: venv protos
+test-fast: venv test-deps protos
 	$(PY) -m pytest -q -m "not integration and not e2e" tests
 
 bench: venv protos

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Mapping
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from services.agent.search import BatchedSearch, ModelOutput, SearchConfig
+from services.agent.inference import Answered, VersionedOutput
+from services.agent.search import BatchedSearch, SearchConfig
 
 BATCH_SIZES = (1, 16, 64, 256, 1024)
 SIMULATIONS = (16, 32, 50)
@@ -32,23 +34,21 @@ SECONDS_PER_ROW = 0.6
 
 
 class InstantNetwork:
-    """Returns one of a few precomputed random outputs per call: no inference cost."""
+    """A `services.agent.inference.Model` that answers every request at once with one of a few
+    precomputed random outputs: no inference cost."""
 
     def __init__(self, batch: int, num_actions: int, seed: int = 0, pool: int = 8) -> None:
         rng = np.random.default_rng(seed)
-        self.outputs = [ModelOutput(hidden_state=rng.normal(size=(batch, HIDDEN)).astype(np.float32),
-                                    value=rng.uniform(-1, 1, batch).astype(np.float32),
-                                    reward=rng.uniform(-1, 1, batch).astype(np.float32),
-                                    policy_logits=rng.normal(size=(batch, num_actions)).astype(np.float32))
-                        for _ in range(pool)]
+        self.answers = [Answered(VersionedOutput(
+            hidden_state=rng.normal(size=(batch, HIDDEN)).astype(np.float32),
+            value=rng.uniform(-1, 1, batch).astype(np.float32), reward=rng.uniform(-1, 1, batch).astype(np.float32),
+            policy_logits=rng.normal(size=(batch, num_actions)).astype(np.float32))) for _ in range(pool)]
         self.calls = 0
 
-    def initial_inference(self, observation: np.ndarray) -> ModelOutput:
-        return self.recurrent_inference(observation, None)
-
-    def recurrent_inference(self, hidden_state: np.ndarray, action: np.ndarray | None) -> ModelOutput:
+    def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                       timeout_s: float | None = None) -> Answered:
         self.calls += 1
-        return self.outputs[self.calls % len(self.outputs)]
+        return self.answers[self.calls % len(self.answers)]
 
 
 def measure(batch: int, num_actions: int, two_player: bool, search_kind: str, simulations: int,

@@ -1,16 +1,16 @@
 """Gumbel MuZero's pieces as pure, batched NumPy functions.
 
 They follow "Policy improvement by planning with Gumbel" (Danihelka et al., ICLR 2022) as
-google-deepmind/mctx implements it (`seq_halving.py`, `qtransforms.py`,
-`action_selection.py`), with a leading batch dimension instead of `vmap`:
+google-deepmind/mctx implements it (`seq_halving.py`, `action_selection.py`), with a leading
+batch dimension instead of `vmap`:
 
   * `get_sequence_of_considered_visits` / `get_table_of_considered_visits`: Sequential
     Halving's visit schedule at the root.
-  * `completed_qvalues`: mctx's `qtransform_completed_by_mix_value` (mixed value for unvisited
-    actions, min-max rescale over the actions unless `rescale_values` is off, scale by
-    (maxvisit_init + max N) * value_scale).
   * `improved_policy`: softmax(logits + sigma(completed q)) over the legal actions.
   * `score_considered`: the root's Sequential Halving score.
+
+Completed Q-values (mctx's `qtransform_completed_by_mix_value`) are a Q transform of the
+search: `services.agent.search.qtransforms.completed_qvalues`.
 """
 
 from __future__ import annotations
@@ -56,43 +56,6 @@ def get_table_of_considered_visits(max_num_considered_actions: int, num_simulati
     return np.array([get_sequence_of_considered_visits(k, num_simulations)
                      for k in range(max_num_considered_actions + 1)], dtype=np.int32).reshape(
                          max_num_considered_actions + 1, num_simulations)
-
-
-def completed_qvalues(qvalues: np.ndarray, visit_counts: np.ndarray, raw_value: np.ndarray,
-                      prior_probs: np.ndarray, *, value_scale: float, maxvisit_init: float,
-                      rescale_values: bool = True, epsilon: float = 1e-8) -> np.ndarray:
-    """sigma(completed Q): mctx's `qtransform_completed_by_mix_value` for k nodes at once.
-
-    Args:
-      qvalues: float [k, A], Q(s, a) from the view of the player to move at s; read only
-        where visit_counts > 0.
-      visit_counts: [k, A] child visit counts N(s, a).
-      raw_value: float [k], the network's value of s (same view).
-      prior_probs: float [k, A], softmax of the node's (masked) prior logits.
-      value_scale, maxvisit_init: sigma(q) = (maxvisit_init + max_a N(s, a)) * value_scale * q.
-      rescale_values: rescale the completed rows to [0, 1] (mctx's default); False keeps Q.
-      epsilon: smallest denominator of the min-max rescale.
-    Returns:
-      float64 [k, A]: unvisited actions get the mixed value
-      (v + sum N * sum_visited(p q) / sum_visited(p)) / (1 + sum N); then the k rows are
-      rescaled to [0, 1] by their own min and max (with rescale_values), then scaled by
-      sigma's factor.
-    """
-    visits = np.asarray(visit_counts)
-    visited = visits > 0
-    sum_visits = visits.sum(axis=-1)
-    probs = np.maximum(prior_probs, np.finfo(np.float64).tiny)
-    sum_probs = np.where(visited, probs, 0.0).sum(axis=-1)
-    safe_sum = np.where(sum_probs > 0, sum_probs, 1.0)
-    weighted_q = np.where(visited, probs * qvalues / safe_sum[..., None], 0.0).sum(axis=-1)
-    mixed = (raw_value + sum_visits * weighted_q) / (sum_visits + 1)
-    completed = np.where(visited, qvalues, mixed[..., None])
-    if rescale_values:
-        low = completed.min(axis=-1, keepdims=True)
-        high = completed.max(axis=-1, keepdims=True)
-        completed = (completed - low) / np.maximum(high - low, epsilon)
-    scale = (maxvisit_init + visits.max(axis=-1)) * value_scale
-    return scale[..., None] * completed
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -11,21 +11,11 @@ from typing import Mapping
 import numpy as np
 
 from models.export import LoadedModel
-from services.network.client import Inference
-
-
-class _Done:
-    """A finished call, shaped like `services.network.client.InferenceFuture`."""
-
-    def __init__(self, inference: Inference) -> None:
-        self._inference = inference
-
-    def result(self) -> Inference:
-        return self._inference
+from services.agent.inference import Answered, VersionedOutput
 
 
 class LocalNetwork:
-    """`predict_future` of `NetworkClient`, answered in process by `model`."""
+    """A `services.agent.inference.Model` answered in process by `model`, one loaded version."""
 
     def __init__(self, model: LoadedModel) -> None:
         if model.version is None:
@@ -33,13 +23,15 @@ class LocalNetwork:
         self.model = model
 
     def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-                       timeout_s: float | None = None) -> _Done:
+                       timeout_s: float | None = None) -> Answered:
+        """Runs `signature` now (`timeout_s` is ignored); a `version` other than the held one is
+        a ValueError."""
         if version is not None and version != self.model.version:
             raise ValueError(f"version {version} asked of a LocalNetwork holding version {self.model.version}")
         outputs = self.model.run(signature, inputs)
-        return _Done(Inference(hidden_state=outputs["hidden_state"], value=outputs["value"],
-                               reward=outputs["reward"], policy_logits=outputs["policy_logits"],
-                               version=int(self.model.version)))
+        return Answered(VersionedOutput(hidden_state=outputs["hidden_state"], value=outputs["value"],
+                                        reward=outputs["reward"], policy_logits=outputs["policy_logits"],
+                                        version=int(self.model.version)))
 
     def wait_until_available(self, version: int | None = None, timeout_s: float = 0.0,
                              stop=None) -> int:

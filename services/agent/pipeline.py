@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
+from services.agent.inference import INITIAL_INFERENCE, RECURRENT_INFERENCE, Model, PendingPrediction, Prediction
 from services.agent.metrics import AgentMetrics, private_metrics
 from services.agent.search import BatchedSearch, SearchConfig
-from services.network.client import INITIAL_INFERENCE, RECURRENT_INFERENCE, NetworkClient
 
 
 @dataclasses.dataclass
@@ -39,7 +39,8 @@ class PipelinedSearch:
     """Runs one move's search for B games through `network`.
 
     Args:
-      network: a NetworkClient (ours or TensorFlow Serving behind it).
+      network: any `services.agent.inference.Model`: a NetworkClient (ours or TensorFlow
+        Serving behind it), a LocalNetwork, a fake.
       config: the search settings.
       batch_size: B.
       num_actions: A.
@@ -49,7 +50,7 @@ class PipelinedSearch:
       metrics: where the search counts (default: a registry of its own).
     """
 
-    def __init__(self, network: NetworkClient, config: SearchConfig, batch_size: int, num_actions: int,
+    def __init__(self, network: Model, config: SearchConfig, batch_size: int, num_actions: int,
                  groups: int = 1, two_player: bool = False, timeout_s: float = 30.0,
                  metrics: AgentMetrics | None = None) -> None:
         self.network = network
@@ -67,12 +68,13 @@ class PipelinedSearch:
                                             two_player=self.two_player) for g in self.groups]
         return self._searches
 
-    def _submit(self, signature: str, inputs: dict[str, np.ndarray], version: int | None):
+    def _submit(self, signature: str, inputs: dict[str, np.ndarray], version: int | None
+                ) -> tuple[PendingPrediction, float, str]:
         started = time.perf_counter()
         future = self.network.predict_future(signature, inputs, version, timeout_s=self.timeout_s)
         return future, started, signature
 
-    def _result(self, pending):
+    def _result(self, pending: tuple[PendingPrediction, float, str]) -> Prediction:
         future, started, signature = pending
         inference = future.result()
         self.metrics.network_seconds.labels(signature).observe(time.perf_counter() - started)
@@ -84,9 +86,9 @@ class PipelinedSearch:
         """Searches every game once: 1 initial_inference + S recurrent_inference per group.
 
         observation float32 [B, *obs], legal_actions bool [B, A]; `version` pins the model
-        version (None: the newest, then pinned for the rest of the group's search). Raises
-        grpc.RpcError if the network fails; nothing is changed then, so the caller may simply
-        search again.
+        version (None: the newest, then pinned for the rest of the group's search). Raises what
+        `network` raises when it fails (grpc.RpcError for a NetworkClient); nothing is changed
+        then, so the caller may simply search again.
         """
         roots = [self._submit(INITIAL_INFERENCE, {"observation": observation[g]}, version)
                  for g in self.groups]
@@ -115,10 +117,7 @@ class PipelinedSearch:
         for i, g in enumerate(self.groups):
             move = searches[i].finish_move(temperature=temperature)
             result.actions[g] = move.action
-            if self.config.search == "gumbel":
-                result.greedy_actions[g] = np.argmax(move.policy, axis=1)
-            else:
-                result.greedy_actions[g] = np.argmax(move.visit_counts, axis=1)
+            result.greedy_actions[g] = move.greedy_action
             result.root_values[g] = move.value
             result.policies[g] = move.policy
             result.versions[g] = versions[i]

@@ -4,15 +4,20 @@ A hidden state is [node id, game index] (float32, exact for ids < 2**24). The ch
 action a is (id * 7919 + a * 104729 + 1) mod P, and a node's value, reward and policy logits
 are looked up by id in tables drawn once per game. Game b of a `FakeTreeModel` and
 `model.game(b)` (one game, plain Python floats) answer the same.
+
+`PredictsFromMethods` turns a fake's initial_inference / recurrent_inference into the one model
+protocol (`services.agent.inference.Model.predict_future`), which `BatchedSearch.run` speaks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 import numpy as np
 
-from services.agent.search import ModelOutput
+from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, Answered, ModelOutput,
+                                      VersionedOutput)
 
 TABLE_SIZE = 10_007   # a prime; collisions just make two paths share outputs
 
@@ -21,7 +26,25 @@ def child_id(node_id: np.ndarray | int, action: np.ndarray | int) -> np.ndarray 
     return (node_id * 7919 + action * 104729 + 1) % TABLE_SIZE
 
 
-class FakeTreeModel:
+class PredictsFromMethods:
+    """`predict_future` (the model protocol) answered at once by the fake's own
+    `initial_inference(observation)` / `recurrent_inference(hidden_state, action)`; every answer
+    is version `version`."""
+
+    version = 1
+
+    def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                       timeout_s: float | None = None) -> Answered:
+        assert version in (None, self.version), version
+        if signature == INITIAL_INFERENCE:
+            output = self.initial_inference(inputs["observation"])
+        else:
+            assert signature == RECURRENT_INFERENCE, signature
+            output = self.recurrent_inference(inputs["hidden_state"], inputs["action"])
+        return Answered(VersionedOutput(**dataclasses.asdict(output), version=self.version))
+
+
+class FakeTreeModel(PredictsFromMethods):
     """B fake models in one, game b reading its own tables (values, rewards, logits)."""
 
     def __init__(self, batch_size: int, num_actions: int, seed: int, logit_scale: float = 1.5) -> None:

@@ -10,10 +10,10 @@ import pytest
 from games.base import MuZeroSettings
 from services.agent.search import BatchedSearch, ModelOutput, SearchConfig, SearchResult, select_actions
 
-from tests.agent.search_fakes import FakeTreeModel
+from tests.agent.search_fakes import FakeTreeModel, PredictsFromMethods
 
 
-class RandomModel:
+class RandomModel(PredictsFromMethods):
     """Random outputs for any hidden shape; reseeded per instance."""
 
     def __init__(self, batch: int, num_actions: int, hidden_shape: tuple[int, ...], seed: int = 0) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from services.agent import gumbel as gumbel_lib
 from services.agent.search import BatchedSearch, SearchConfig
+from services.agent.search.qtransforms import completed_qvalues
 
 from tests.agent.search_fakes import FakeTreeModel, OneGameModel
 
@@ -59,8 +60,8 @@ def test_completed_qvalues_by_hand():
     #   (v + sum N * 0.625) / (sum N + 1) = (0.5 + 3 * 0.625) / 4 = 0.59375.
     # Completed: (1, 0, 0.59375), already in [0, 1]; scale (50 + max N = 2) * 0.1 = 5.2.
     q = np.array([[1.0, 0.0, 123.0]])                 # the unvisited entry is never read
-    sigma = gumbel_lib.completed_qvalues(q, np.array([[2, 1, 0]]), np.array([0.5]), np.array([[0.5, 0.3, 0.2]]),
-                                         value_scale=0.1, maxvisit_init=50.0)
+    sigma = completed_qvalues(q, np.array([[2, 1, 0]]), np.array([0.5]), np.array([[0.5, 0.3, 0.2]]),
+                              value_scale=0.1, maxvisit_init=50.0)
     np.testing.assert_allclose(sigma, [[5.2, 0.0, 0.59375 * 5.2]], rtol=1e-12)
     # Improved policy: softmax(log p + sigma) = (0.5 e^5.2, 0.3, 0.2 e^3.0875) / sum.
     pi = gumbel_lib.improved_policy(np.log([[0.5, 0.3, 0.2]]), sigma)
@@ -73,28 +74,28 @@ def test_completed_qvalues_rescale_and_no_visits():
     # Q = (0.4, -0.2) with N = (1, 3), an unvisited third action with p = 0.25 (p = 0.5, 0.25),
     # v = 0: weighted q = (0.5*0.4 + 0.25*-0.2) / 0.75 = 0.2, mixed = (0 + 4 * 0.2) / 5 = 0.16.
     # Rescaled over (0.4, -0.2, 0.16): ((0.6, 0, 0.36) / 0.6) = (1, 0, 0.6); scale (10 + 3) * 1.
-    sigma = gumbel_lib.completed_qvalues(np.array([[0.4, -0.2, 0.0]]), np.array([[1, 3, 0]]), np.array([0.0]),
-                                         np.array([[0.5, 0.25, 0.25]]), value_scale=1.0, maxvisit_init=10.0)
+    sigma = completed_qvalues(np.array([[0.4, -0.2, 0.0]]), np.array([[1, 3, 0]]), np.array([0.0]),
+                              np.array([[0.5, 0.25, 0.25]]), value_scale=1.0, maxvisit_init=10.0)
     np.testing.assert_allclose(sigma, [[13.0, 0.0, 0.6 * 13.0]], rtol=1e-12)
     # No visits: everything completes to v, the rescale gives 0 everywhere (no NaN).
-    sigma = gumbel_lib.completed_qvalues(np.zeros((1, 3)), np.zeros((1, 3), int), np.array([0.7]),
-                                         np.full((1, 3), 1 / 3), value_scale=0.1, maxvisit_init=50.0)
+    sigma = completed_qvalues(np.zeros((1, 3)), np.zeros((1, 3), int), np.array([0.7]),
+                              np.full((1, 3), 1 / 3), value_scale=0.1, maxvisit_init=50.0)
     np.testing.assert_array_equal(sigma, np.zeros((1, 3)))
 
 
 def test_completed_qvalues_without_rescale_keep_q():
     # The case above without the rescale: (0.4, -0.2, 0.16) times (10 + 3) * 1.
-    sigma = gumbel_lib.completed_qvalues(np.array([[0.4, -0.2, 0.0]]), np.array([[1, 3, 0]]), np.array([0.0]),
-                                         np.array([[0.5, 0.25, 0.25]]), value_scale=1.0, maxvisit_init=10.0,
-                                         rescale_values=False)
+    sigma = completed_qvalues(np.array([[0.4, -0.2, 0.0]]), np.array([[1, 3, 0]]), np.array([0.0]),
+                              np.array([[0.5, 0.25, 0.25]]), value_scale=1.0, maxvisit_init=10.0,
+                              rescale_values=False)
     np.testing.assert_allclose(sigma, [[0.4 * 13.0, -0.2 * 13.0, 0.16 * 13.0]], rtol=1e-12)
     # Nearly equal Q values (a position where every move draws): the rescale blows their
     # differences up to the full range of sigma, the plain transform keeps them negligible.
     flat = np.array([[1e-3, -1e-3, 0.0]])
     visits, prior = np.array([[3, 3, 3]]), np.full((1, 3), 1 / 3)
-    rescaled = gumbel_lib.completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0)
-    plain = gumbel_lib.completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0,
-                                         rescale_values=False)
+    rescaled = completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0)
+    plain = completed_qvalues(flat, visits, np.array([0.0]), prior, value_scale=0.1, maxvisit_init=50.0,
+                              rescale_values=False)
     assert np.ptp(rescaled) == pytest.approx(5.3) and np.ptp(plain) == pytest.approx(0.0106)
 
 

@@ -1,0 +1,277 @@
+"""Search policies: a tree, selectors and a Q transform composed into one algorithm (mctx's
+`policies.py`).
+
+`BatchedSearch` (`services.agent.search.batched`) owns the tree and the loop (simulate,
+expand, backup); a `Policy` decides everything else through eight hooks:
+
+    num_edges(num_actions, cfg)  edges per node of the tree (classmethod; default the A actions)
+    start_move(rng, training)    root statistics and root noise (the root node is written)
+    prepare_select()             per-simulation state of the selectors (PUCT: freeze min-max)
+    select_root(simulation)      int64 [B]: the edge taken at the B roots
+    select_interior(games, rows) int64 [k]: the edge taken at k interior nodes, one depth (a
+                                 selector object set in __init__: it runs once per depth)
+    on_expand(n, log_prior)      what the policy keeps of the new nodes n
+    observe_q                    None or a `QObserver` fed every Q the backup writes
+    finish_move(rng, training, temperature) -> Choice: action, policy target, greedy action
+
+`POLICIES` maps `SearchConfig.search` to the class. A new policy is a new class here (or in a
+module of its own) and one entry in `POLICIES` (plus the name in `games.base.MuZeroSettings`'s
+check of `search`); nothing branches on the policy's name.
+
+Adding chance nodes (Stochastic MuZero, Antonoglou et al. 2022), as mctx's
+`stochastic_muzero_policy` does, is one more policy; the hooks suffice:
+  * Edges: `num_edges` returns A + C (C chance outcomes), mctx's trick: edges 0..A-1 of a
+    decision node are actions, edges A..A+C-1 of a chance node (an afterstate) are outcomes;
+    the other part of each row has logits -inf (prior 0) and is never selected. The root's
+    outcome edges are illegal (`Tree.reset`); `BatchedSearch` reports the first A.
+  * Node kinds: the policy keeps its own is_chance bool [B, N] (like `GumbelInterior`'s log
+    priors), written in `on_expand(n, ...)`: a child of a decision node is a chance node and
+    vice versa. Its `select_interior` is a selector object that gathers is_chance at `rows`
+    and takes, per node, either PUCT's choice (`PuctSelector` on the action half) or the
+    chance rule argmax P(c) / (N(c) + 1), with one `np.where` over the k rows: no loop over
+    nodes, and the root stays a decision node (`select_root` as PUCT's).
+  * Backup: `on_expand` also overwrites `tree.node_discount[:, n]` per node: 1 on a decision
+    -> chance edge (same player, no time passes, reward 0) and discount * sign on a chance
+    -> decision edge; `Tree.backup` already reads the factor per node, so values and Q keep
+    their meaning with two kinds of edge.
+  * Inference: `select()` still returns ONE (hidden_state, action) pair per game, and the
+    model answers each with the inference its parent's kind needs (afterstate dynamics from a
+    decision node, dynamics from a chance node), batched in the one request; which signature
+    carries it is the model's business (`services.agent.inference`), not the tree's.
+  * Result: `finish_move` reads the root's action half, like PUCT (visit distribution).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+import numpy as np
+
+from games.validation import require
+from services.agent import gumbel as gumbel_lib
+from services.agent.search.qtransforms import MinMaxStats
+from services.agent.search.selectors import CompletedQ, GumbelInterior, PuctSelector, SequentialHalvingRoot
+from services.agent.search.tree import QObserver, Tree
+
+if TYPE_CHECKING:
+    from services.agent.search.config import SearchConfig
+
+_NEG_INF = -np.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A policy's answer for one move of B games, over the game's A actions.
+
+    action int32 [B]: what to play; policy float64 [B, A]: the policy target (0 on illegal
+    actions); greedy_action int32 [B]: what a greedy player would play.
+    """
+
+    action: np.ndarray
+    policy: np.ndarray
+    greedy_action: np.ndarray
+
+
+def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """One action per row of `visit_counts` ([B, A]); int32 [B].
+
+    temperature == 0: the most visited action (lowest index among ties). Otherwise a sample
+    with probability proportional to N(a)^(1 / temperature); unvisited actions are never chosen.
+    Every row needs a positive count unless temperature == 0.
+    """
+    counts = np.asarray(visit_counts)
+    require(counts.ndim == 2, f"visit_counts must be [B, A], got shape {counts.shape}")
+    require(temperature >= 0, f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return np.argmax(counts, axis=1).astype(np.int32)
+    counts = counts.astype(np.float64)
+    positive = counts > 0
+    require(bool(positive.any(axis=1).all()), "visit_counts: every row needs a positive count")
+    with np.errstate(divide="ignore"):
+        logits = np.log(counts) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    cdf = np.cumsum(weights, axis=1)
+    u = rng.random((len(counts), 1)) * cdf[:, -1:]
+    chosen = (cdf <= u).sum(axis=1)
+    # Rounding could push `chosen` past the last action with a positive weight.
+    last_positive = counts.shape[1] - 1 - np.argmax(positive[:, ::-1], axis=1)
+    return np.minimum(chosen, last_positive).astype(np.int32)
+
+
+class Policy(abc.ABC):
+    """One search algorithm over a `Tree`, driven by `BatchedSearch` (see the module docstring).
+
+    STATE names the policy's public arrays, readable as attributes of the `BatchedSearch` too.
+    """
+
+    STATE: ClassVar[tuple[str, ...]] = ()
+    observe_q: QObserver | None = None
+    select_interior: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    """(games int64 [k], rows int64 [k]) -> int64 [k]: the action taken at the interior nodes
+    `rows` (flat) of `games`. A selector set by the subclass's __init__, called directly
+    (no method in between) because it runs at every depth of every simulation."""
+
+    def __init__(self, tree: Tree, config: "SearchConfig") -> None:
+        self.tree = tree
+        self.config = config
+
+    @classmethod
+    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
+        """Edges per node of the tree this policy searches (asked before the tree is built):
+        the game's A actions, or more (A + C for chance outcomes). With more, every inference's
+        policy_logits cover all edges and the root's edges past A are illegal."""
+        return num_actions
+
+    @abc.abstractmethod
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        """Sets the roots' visit count and value sum, and any root noise.
+
+        Called after `Tree.reset` and `Tree.set_root` (prior = softmax of the masked logits).
+        """
+
+    def prepare_select(self) -> None:
+        """Called once per simulation before `select_root`."""
+
+    @abc.abstractmethod
+    def select_root(self, simulation: int) -> np.ndarray:
+        """int64 [B]: the action taken at every root in simulation `simulation` (0-based)."""
+
+    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
+        """Sees node n of every tree just created (log_prior float64 [B, A])."""
+
+    @abc.abstractmethod
+    def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
+        """The move's choice once all simulations are backed up (see `BatchedSearch.finish_move`)."""
+
+
+class PuctPolicy(Policy):
+    """MuZero (Schrittwieser et al. 2020) as in the paper's pseudocode (Appendix B).
+
+    PUCT at every node with one min-max normalization of Q per tree (`MinMaxStats`), Dirichlet
+    noise on the root prior in training, the root starting with 0 visits (so the first
+    simulation of a move takes the lowest legal action: all scores are 0). The action is
+    sampled from N(a)^(1/T) (`select_actions`); the policy target is the visit distribution.
+
+    State: q_min, q_max float64 [B], the extremes of each tree's Q values.
+    """
+
+    STATE = ("q_min", "q_max")
+
+    def __init__(self, tree: Tree, config: "SearchConfig") -> None:
+        super().__init__(tree, config)
+        self.min_max = MinMaxStats(tree.batch_size)
+        self.observe_q = self.min_max.update
+        self.selector = PuctSelector(tree, config.pb_c_base, config.pb_c_init, self.min_max)
+        self.select_interior = self.selector
+        self._root_mask = np.zeros((tree.batch_size, tree.num_actions), np.float64)
+
+    @property
+    def q_min(self) -> np.ndarray:
+        return self.min_max.minimum
+
+    @property
+    def q_max(self) -> np.ndarray:
+        return self.min_max.maximum
+
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        tree, config = self.tree, self.config
+        legal = tree.legal
+        if training and config.root_exploration_fraction > 0:
+            noise = rng.standard_gamma(config.root_dirichlet_alpha, size=legal.shape)
+            noise = np.where(legal, noise, 0.0)
+            total = noise.sum(axis=1, keepdims=True)
+            # A tiny alpha can underflow every draw of a game to 0: fall back to uniform there.
+            noise = np.where(total > 0, noise / np.where(total > 0, total, 1.0), legal / legal.sum(1, keepdims=True))
+            fraction = config.root_exploration_fraction
+            prior = tree.children_prior[:, 0]
+            tree.children_prior[:, 0] = np.where(legal, prior * (1 - fraction) + noise * fraction, 0.0)
+        # Pseudocode: the root's visit count starts at 0.
+        tree.node_visits[:, 0] = 0
+        tree.node_value_sum[:, 0] = 0.0
+        self.min_max.reset()
+        self._root_mask[:] = np.where(legal, 0.0, _NEG_INF)
+
+    def prepare_select(self) -> None:
+        self.min_max.freeze()
+
+    def select_root(self, simulation: int) -> np.ndarray:
+        return self.selector(self.tree.all_games, self.tree.game_rows, self._root_mask)
+
+    def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
+        visits = self.tree.children_visits[:, 0]
+        if temperature is None:
+            temperature = self.config.temperature if training else 0.0
+        return Choice(action=select_actions(visits, temperature, rng),
+                      policy=visits / visits.sum(axis=1, keepdims=True),
+                      greedy_action=np.argmax(visits, axis=1).astype(np.int32))
+
+
+class GumbelPolicy(Policy):
+    """Gumbel MuZero (Danihelka et al. 2022) as mctx's `gumbel_muzero_policy`.
+
+    Gumbel-top-k and Sequential Halving at the root (`SequentialHalvingRoot`), the
+    deterministic improved-policy rule below it (`GumbelInterior`), both on completed Q
+    (`CompletedQ`, mixed value). The root starts with one visit carrying the network's value,
+    as in mctx. The action is Sequential Halving's choice; the policy target is the improved
+    policy softmax(logits + sigma(completed Q)) over the legal actions.
+
+    State: root_gumbel float64 [B, A] (the scaled noise, 0 in evaluation) and considered bool
+    [B, A] (the considered actions), see `SequentialHalvingRoot`.
+    """
+
+    STATE = ("root_gumbel", "considered")
+
+    def __init__(self, tree: Tree, config: "SearchConfig") -> None:
+        super().__init__(tree, config)
+        self.qtransform = CompletedQ(tree, config.value_scale, config.maxvisit_init, config.rescale_values)
+        self.root = SequentialHalvingRoot(tree, config.max_considered_actions, config.num_simulations, self.qtransform)
+        # With the rescale, completed Q lies in [0, 1], so sigma <= (maxvisit_init + S) * value_scale.
+        bound = (config.maxvisit_init + config.num_simulations) * config.value_scale if config.rescale_values else None
+        self.interior = GumbelInterior(tree, self.qtransform, bound)
+        self.select_interior = self.interior
+
+    @property
+    def root_gumbel(self) -> np.ndarray:
+        return self.root.root_gumbel
+
+    @property
+    def considered(self) -> np.ndarray:
+        return self.root.considered
+
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        tree = self.tree
+        # mctx: the root starts with one visit carrying the network's value.
+        tree.node_visits[:, 0] = 1
+        tree.node_value_sum[:, 0] = tree.node_raw_value[:, 0]
+        scale = self.config.gumbel_scale if training else 0.0
+        self.root.start(scale * rng.gumbel(size=tree.legal.shape) if scale > 0 else None)
+
+    def select_root(self, simulation: int) -> np.ndarray:
+        return self.root(simulation)
+
+    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
+        self.interior.remember(n, log_prior)
+
+    def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
+        """Sequential Halving's choice: the argmax of g + logits + sigma(completed Q) over the
+        considered actions with the most visits; greedy (g = 0) in evaluation or when
+        `temperature` is 0; other temperatures are not used."""
+        tree = self.tree
+        rows = tree.game_rows
+        visits = tree.children_visits[:, 0]
+        sigma_q = self.qtransform(rows, tree.cvis_rows.take(rows, axis=0), tree.cq_rows.take(rows, axis=0),
+                                  tree.cprior_rows.take(rows, axis=0), tree.nvis.take(rows))
+        logits = tree.children_logits[:, 0]
+        policy = gumbel_lib.improved_policy(logits, sigma_q, tree.legal)
+        greedy = (not training) or temperature == 0
+        noise = 0.0 if greedy else self.root.root_gumbel
+        score = gumbel_lib.score_considered(visits.max(axis=1), noise, logits, sigma_q, visits)
+        action = np.argmax(score + self.root.mask, axis=1).astype(np.int32)
+        return Choice(action=action, policy=policy, greedy_action=np.argmax(policy, axis=1).astype(np.int32))
+
+
+POLICIES: dict[str, type[Policy]] = {"puct": PuctPolicy, "gumbel": GumbelPolicy}
+"""`SearchConfig.search` -> the policy class."""
