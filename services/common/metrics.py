@@ -7,9 +7,13 @@ durations are `_seconds` histograms. Each service declares its metrics once, in
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.parser import text_string_to_metric_families
 
 PREFIX = "mufleet_"
@@ -22,6 +26,16 @@ LATENCY_BUCKETS_S = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2,
 Sample = tuple[dict[str, str], float]
 
 
+# How often the endpoint's serving loop looks for a stop: prometheus_client's own server polls
+# every 0.5 s, which a stop waits for; services stop often in tests and in-process fleets.
+_STOP_POLL_S = 0.02
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # no unstructured access lines
+        pass
+
+
 @dataclasses.dataclass
 class MetricsEndpoint:
     """A running /metrics HTTP endpoint (a daemon thread) that can be closed again, so several
@@ -32,7 +46,7 @@ class MetricsEndpoint:
     """
 
     port: int
-    _httpd: object
+    _httpd: ThreadingWSGIServer
     _thread: threading.Thread
 
     def close(self) -> None:
@@ -44,8 +58,17 @@ class MetricsEndpoint:
 
 def serve_metrics(port: int, host: str = "127.0.0.1",
                   registry: CollectorRegistry = REGISTRY) -> MetricsEndpoint:
-    """Serves /metrics of `registry` on host:port (0 picks a free port)."""
-    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    """Serves /metrics (and any path) of `registry` on host:port (0 picks a free port), as
+    prometheus_client's `start_http_server` does, on a thread that stops within 20 ms."""
+    class Server(ThreadingWSGIServer):
+        pass  # its own class: the address family is set per endpoint (IPv4 or IPv6 host)
+
+    Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": _STOP_POLL_S},
+                              name=f"metrics-{httpd.server_port}", daemon=True)
+    thread.start()
     return MetricsEndpoint(port=httpd.server_port, _httpd=httpd, _thread=thread)
 
 
