@@ -10,13 +10,26 @@ for cartpole (float32 [4] observations, ~200-move games) and connect4 ([6, 7, 2]
   * SampleBatch with B = 256, K = 5 (n = 10) from a buffer of ~100k positions, alone and
     followed by UpdatePriorities of the batch (a trainer's step), and with unroll observations.
 
+A second table scales the buffer: cartpole with 300,000 and with 3,000,000 stored positions
+(server capacity 400,000 and 3,200,000, synchronous=FULL). A trainer loop in this process
+(SampleBatch B = 256, K = 5, n = 10, then UpdatePriorities of every batch) runs while an agent
+process adds games (32 per AddGames call) as fast as it can, as agent and trainer do in a fleet;
+the rows give SampleBatch's latency (p50, p95, measured by the trainer around the call) and
+the agent's AddGames rate, and the last row the ratio 3M / 300k. Both servers are started
+and filled first, then measured in alternating segments, 3 x --seconds per row in all (9 s by
+default), so that other jobs on a shared machine weigh on both rows alike. The fill uses big
+AddGames calls (500 games, ~100k positions each) on the same synchronous=FULL server; its time
+is printed.
+
     python -m benchmarks replay
     python -m benchmarks.replay --seconds 1      # shorter rows
+    python -m benchmarks.replay --only scale     # only the second table
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -37,6 +50,17 @@ NUM_UNROLL_STEPS = 5
 FILL_POSITIONS = 100_000
 SECONDS_PER_ROW = 3.0
 ID_WINDOW = 1000  # small enough that the filled buffer's adds forget ids at once
+TD_STEPS = 10
+# The scaling rows: (stored positions, server capacity). The capacity leaves room for the
+# agent's adds during a row before they start to evict.
+SCALES = ((300_000, 400_000), (3_000_000, 3_200_000))
+FILL_GAMES_PER_CALL = 500  # ~100k cartpole positions (~4 MB) per AddGames while filling
+AGENT_GAMES_PER_CALL = 32
+CARTPOLE_MEAN_LENGTH = 200
+# The scaling rows measure this many times --seconds: their latencies mix calls that meet an
+# add in the server with calls that do not, and need more calls than a rate to settle.
+SCALE_ROW_FACTOR = 3
+SCALE_SEGMENTS = 6  # alternating segments per scale, see bench_scales
 
 FAKE_CONNECT4 = GameSpec(name="connect4", observation_shape=(6, 7, 2), observation_dtype="uint8",
                          num_actions=7, num_players=2, discount=1.0, max_moves=42)
@@ -82,12 +106,14 @@ def timed(seconds: float, step: Callable[[], int]) -> tuple[float, int]:
 
 
 def start_server(flags: list[str], data_dir: str, synchronous: str = "FULL",
-                 extra: tuple[str, ...] = ()) -> ServiceProcess:
+                 extra: tuple[str, ...] = (), capacity: int = FILL_POSITIONS) -> ServiceProcess:
+    """A replay server process, not started yet: `with start_server(...) as server` starts it
+    (and stops it at the end)."""
     return ServiceProcess("services.replay", [
         *flags, "--data-dir", data_dir, "--port", "0", "--metrics-port", "0",
-        "--capacity", str(FILL_POSITIONS), "--min-positions", "0", "--priority-alpha", "1",
-        "--num-unroll-steps", str(NUM_UNROLL_STEPS), "--td-steps", "10",
-        "--synchronous", synchronous, *extra]).start()
+        "--capacity", str(capacity), "--min-positions", "0", "--samples-per-insert", "0",
+        "--priority-alpha", "1", "--num-unroll-steps", str(NUM_UNROLL_STEPS),
+        "--td-steps", str(TD_STEPS), "--synchronous", synchronous, *extra])
 
 
 def fill(client: ReplayClient, spec: GameSpec, mean_length: int) -> replay_pb2.ReplayStats:
@@ -191,20 +217,190 @@ def bench_game(name: str, mean_length: int, seconds: float, status) -> list[tupl
     return rows
 
 
+# --- scaling: 300k and 3M stored positions, a trainer and an agent at once -------------------
+
+def renamed(pool: list[replay_pb2.GameRecord], count: int, prefix: str,
+            start: int = 0) -> list[replay_pb2.GameRecord]:
+    """`count` copies of records of `pool` with new ids `<prefix>-<i>` (no call is a duplicate)."""
+    records = []
+    for i in range(start, start + count):
+        record = replay_pb2.GameRecord()
+        record.CopyFrom(pool[i % len(pool)])
+        record.id = f"{prefix}-{i}"
+        records.append(record)
+    return records
+
+
+def fill_to(client: ReplayClient, pool: list[replay_pb2.GameRecord], positions: int,
+            status) -> tuple[int, float]:
+    """Adds big calls of new games until `positions` are stored; (positions stored, seconds)."""
+    started = time.perf_counter()
+    stored, calls = 0, 0
+    mean_length = float(np.mean([r.actions.shape[0] for r in pool]))
+    while stored < positions:
+        count = int(min(FILL_GAMES_PER_CALL, np.ceil((positions - stored) / mean_length)))
+        client.add_games(renamed(pool, count, f"fill{calls}"), timeout_s=600)
+        calls += 1
+        stored = client.get_stats().stored_positions
+        status.update(f"cartpole: filling {stored:,} / {positions:,} positions "
+                      f"({time.perf_counter() - started:.0f}s)")
+    return stored, time.perf_counter() - started
+
+
+def agent_process(commands, go, stop, results) -> None:
+    """An agent: for each server address read from `commands` (None: exit), AddGames of
+    AGENT_GAMES_PER_CALL new cartpole games per call, as fast as the server takes them, from
+    `go` until `stop`; puts (games, positions, seconds) on `results` after each."""
+    import games
+    spec = games.make("cartpole").spec
+    pool = make_games(spec, 256, CARTPOLE_MEAN_LENGTH, seed=7, prefix="agent")
+    clients: dict[str, ReplayClient] = {}
+    calls = 0
+    while (address := commands.get()) is not None:
+        client = clients.get(address) or clients.setdefault(address, ReplayClient(address, timeout_s=120))
+        results.put("ready")
+        go.wait()
+        added, positions = 0, 0
+        started = time.perf_counter()
+        while not stop.is_set():
+            result = client.add_games(renamed(pool, AGENT_GAMES_PER_CALL, "agent",
+                                              calls * AGENT_GAMES_PER_CALL))
+            added += result.added
+            positions += result.positions_added
+            calls += 1
+        results.put((added, positions, time.perf_counter() - started))
+    for client in clients.values():
+        client.close()
+
+
+def trainer_loop(client: ReplayClient, seconds: float) -> tuple[list[float], int, float]:
+    """SampleBatch then UpdatePriorities of the batch, for `seconds`: (SampleBatch latencies
+    [calls] in seconds, steps, seconds)."""
+    latencies = []
+    for _ in range(3):  # warm-up
+        client.sample_batch(BATCH_SIZE, NUM_UNROLL_STEPS, TD_STEPS)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        before = time.perf_counter()
+        batch = client.sample_batch(BATCH_SIZE, NUM_UNROLL_STEPS, TD_STEPS)
+        latencies.append(time.perf_counter() - before)
+        client.update_priorities(batch.record_keys, batch.positions,
+                                 np.abs(batch.target_value[:, 0]) + 0.01)
+    return latencies, len(latencies), time.perf_counter() - started
+
+
+def bench_scales(seconds: float, status) -> list[dict[str, float]]:
+    """The rows of the scaling table: one fresh server per scale, filled, then a trainer (this
+    process) and an agent (a child process) against one server at a time for `seconds` per
+    scale in all, in SCALE_SEGMENTS alternating segments (so that the other jobs of a shared
+    machine weigh on both scales alike, not on whichever row ran while they did)."""
+    import contextlib
+
+    import games
+    spec = games.make("cartpole").spec
+    pool = make_games(spec, 256, CARTPOLE_MEAN_LENGTH, seed=3, prefix="pool")
+    context = multiprocessing.get_context("spawn")  # no fork of a process with gRPC threads
+    with contextlib.ExitStack() as stack:
+        rows, clients = [], []
+        for stored, capacity in SCALES:
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mufleet-replay-bench-"))
+            status.update(f"cartpole: starting a replay server of capacity {capacity:,}")
+            server = stack.enter_context(start_server(["--game", "cartpole"], data_dir,
+                                                      capacity=capacity))
+            server.wait_ready(120)
+            client = stack.enter_context(ReplayClient(server.grpc_address, timeout_s=60))
+            filled, fill_s = fill_to(client, pool, stored, status)
+            clients.append((server.grpc_address, client))
+            rows.append(dict(stored=filled, capacity=capacity, fill_s=fill_s, latencies=[],
+                             steps=0, trained_s=0.0, games=0, positions=0, added_s=0.0))
+        commands, go, stop, results = context.Queue(), context.Event(), context.Event(), context.Queue()
+        agent = context.Process(target=agent_process, name="replay-bench-agent",
+                                args=(commands, go, stop, results), daemon=True)
+        agent.start()
+        try:
+            for segment in range(SCALE_SEGMENTS):
+                order = range(len(rows)) if segment % 2 == 0 else reversed(range(len(rows)))
+                for i in order:
+                    row, (address, client) = rows[i], clients[i]
+                    status.update(f"cartpole: trainer and agent, {row['stored']:,} positions "
+                                  f"stored (segment {segment + 1}/{SCALE_SEGMENTS})")
+                    commands.put(address)
+                    assert results.get(timeout=120) == "ready"
+                    stop.clear()
+                    go.set()
+                    latencies, steps, trained_s = trainer_loop(client, seconds / SCALE_SEGMENTS)
+                    stop.set()
+                    added, positions, added_s = results.get(timeout=120)
+                    go.clear()
+                    row["latencies"] += latencies
+                    row["steps"] += steps
+                    row["trained_s"] += trained_s
+                    row["games"] += added
+                    row["positions"] += positions
+                    row["added_s"] += added_s
+            commands.put(None)
+        finally:
+            stop.set()
+            go.set()
+            agent.join(60)
+            if agent.is_alive():
+                agent.terminate()
+        for row, (_, client) in zip(rows, clients):
+            row["end"] = client.get_stats().stored_positions
+    for row in rows:
+        latencies = 1e3 * np.array(row.pop("latencies"))
+        row.update(p50=float(np.percentile(latencies, 50)), p95=float(np.percentile(latencies, 95)),
+                   steps=row["steps"] / row["trained_s"], games=row["games"] / row["added_s"],
+                   positions=row["positions"] / row["added_s"])
+    return rows
+
+
+def scale_table(seconds: float, status) -> Table:
+    table = Table(title=f"Replay at scale (cartpole, synchronous=FULL): a trainer (SampleBatch "
+                        f"B={BATCH_SIZE}, K={NUM_UNROLL_STEPS}, n={TD_STEPS}, then "
+                        f"UpdatePriorities) and an agent process (AddGames, "
+                        f"{AGENT_GAMES_PER_CALL} games/call) at once, {seconds:g}s per row")
+    for column in ("stored positions", "capacity", "fill", "SampleBatch p50 ms",
+                   "SampleBatch p95 ms", "trainer steps/s", "AddGames games/s",
+                   "AddGames positions/s"):
+        table.add_column(column, justify="right")
+    rows = bench_scales(seconds, status)
+    for row in rows:
+        table.add_row(f"{row['stored']:,} -> {row['end']:,}", f"{row['capacity']:,}",
+                      f"{row['fill_s']:.1f}s", f"{row['p50']:.2f}", f"{row['p95']:.2f}",
+                      f"{row['steps']:,.0f}", f"{row['games']:,.0f}", f"{row['positions']:,.0f}")
+    small, large = rows[0], rows[-1]
+    table.add_row("ratio 3M / 300k", "", "", f"{large['p50'] / small['p50']:.2f}x",
+                  f"{large['p95'] / small['p95']:.2f}x", f"{large['steps'] / small['steps']:.2f}x",
+                  f"{large['games'] / small['games']:.2f}x",
+                  f"{large['positions'] / small['positions']:.2f}x")
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=SECONDS_PER_ROW, help="measuring time per row")
+    parser.add_argument("--seconds", type=float, default=SECONDS_PER_ROW,
+                        help=f"measuring time per row; the scaling rows take {SCALE_ROW_FACTOR} "
+                             f"times as long (default: %(default)s)")
+    parser.add_argument("--only", choices=("calls", "scale"), default=None,
+                        help="run one table: the calls at 100k positions, or the scaling rows")
     args = parser.parse_args([] if argv is None else argv)  # `python -m benchmarks` passes none
-    console = Console()
-    table = Table(title=f"Replay service through gRPC: one client, a server process, SQLite "
-                        f"synchronous=FULL, buffer full at {FILL_POSITIONS:,} positions")
-    for column in ("game", "call", "rate", "throughput", "ms/call"):
-        table.add_column(column, justify="left" if column in ("game", "call") else "right")
+    console = Console(width=170)  # wide enough for the tables even when stdout is not a terminal
+    tables = []
     with console.status("") as status:
-        for name, mean_length in (("cartpole", 200), ("connect4", 30)):
-            for row in bench_game(name, mean_length, args.seconds, status):
-                table.add_row(*row)
-    console.print(table)
+        if args.only != "scale":
+            table = Table(title=f"Replay service through gRPC: one client, a server process, SQLite "
+                                f"synchronous=FULL, buffer full at {FILL_POSITIONS:,} positions")
+            for column in ("game", "call", "rate", "throughput", "ms/call"):
+                table.add_column(column, justify="left" if column in ("game", "call") else "right")
+            for name, mean_length in (("cartpole", CARTPOLE_MEAN_LENGTH), ("connect4", 30)):
+                for row in bench_game(name, mean_length, args.seconds, status):
+                    table.add_row(*row)
+            tables.append(table)
+        if args.only != "calls":
+            tables.append(scale_table(SCALE_ROW_FACTOR * args.seconds, status))
+    for table in tables:
+        console.print(table)
 
 
 if __name__ == "__main__":

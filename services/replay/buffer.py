@@ -1,20 +1,36 @@
-"""The replay buffer: durable records (SQLite) mirrored in NumPy ring arrays for fast sampling.
+"""The replay buffer: a table composed of parts, the way a Reverb table is.
 
-Memory layout. Every stored position lives in one slot of ring arrays of `capacity` slots
-(observation, action, reward, to-play, root value, policy, legal mask, positions left in its
-record, its record's key, priority). Records occupy consecutive slots (modulo capacity) in the
-order they were added and leave oldest first, so the live slots are one contiguous run and a
-new record always lands on free or just-evicted slots. Record keys are consecutive integers and
-the live records are always the keys [first_key, last_key], so per-record metadata sits in a
-second ring indexed by `key % capacity`, and a (key, position) pair maps to its slot with array
-arithmetic.
+Parts (each in its own module, with its own tests, none of them touching SQLite):
+  * `storage.GameDatabase`: the durable store (SQLite, WAL); every write one transaction.
+  * `ring.Ring`: where records and positions live: ring counters, slots, record extents,
+    which records an add evicts.
+  * `selectors`: which positions a sample draws: `PrioritizedSelector` (probability
+    priority^alpha / sum, on a sum-tree: O(log C) draws and updates, vectorized over a batch)
+    or `UniformSelector` (alpha = 0).
+  * `rate_limiter.RateLimiter`: whether a sample may go now (min positions, samples per
+    insert) and the waiting when it may not.
+  * `targets`: the MuZero targets of gathered windows, array arithmetic over the batch.
 
-Locks. `_lock` (with the condition `_changed`) guards the memory; sampling holds it only while
-it draws indices and gathers windows, the target arithmetic runs outside. `_write_lock`
-serialises the writers (add, update_targets, the priority flush) so that each one's SQLite
-transaction and memory update happen in the same order; it is always taken before `_lock`.
-A write commits to SQLite first and updates memory after, so an acknowledged add is on disk and
-a crash never leaves memory ahead of disk.
+What the buffer adds: the position arrays the ring's slots index (observation, action, reward,
+to-play, root value, policy, legal mask, positions left in the record, record key, priority),
+per-record metadata in the record ring (`key % C`), the ids, the write ordering, the priority
+flusher and running statistics.
+
+Locks. `_lock` (with the condition `_changed`, shared with the rate limiter) guards the memory.
+`_write_lock` serialises the writers (add, update_targets, the priority flush) so that each
+one's SQLite transaction and memory update happen in the same order; it is always taken before
+`_lock`. A write commits to SQLite first and updates memory after, so an acknowledged add is on
+disk and a crash never leaves memory ahead of disk.
+
+Sampling holds `_lock` only to wait for the rate limiter, draw B slots from the selector and
+copy what it needs of them ([B] arrays: record keys, positions left, metadata; the ring counter
+of the oldest draw; the targets epoch). The windows are gathered and the targets computed after
+the lock is released, so AddGames is never held up by them. That read is optimistic and checked
+after the gather (a sequence lock): the position arrays change only where an add overwrites the
+slots of evicted records (the ring's `next_counter` moves past a counter + C first, then the
+slots are written) and where UpdateTargets rewrites a record (`_targets_epoch` moves first).
+If either happened to a drawn record during the gather, the sample is drawn and gathered again
+wholly under the lock (`sample_retries` counts it), so a batch is always one consistent state.
 
 Bounds. Priorities lie in [0, priority_limit] (checked on update, repaired on load), so the
 running max, the weights and the importance weights stay finite; a sample is refused before it
@@ -25,16 +41,20 @@ only (docs/replay.md, Limits and Idempotence).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from services.common.logs import EventLogger
 from services.replay.config import MESSAGE_SLACK_BYTES, MIB, ReplayConfig
+from services.replay.rate_limiter import RateLimiter
 from services.replay.records import (RECORD_HEADER_BYTES, ReplayError, invalid, not_found,
                                      position_bytes, sample_bytes)
+from services.replay.ring import Ring
+from services.replay.selectors import last_writes, make_selector
 from services.replay.storage import GameDatabase
 from services.replay.targets import reward_targets, unroll_mask, value_targets
 from services.replay.wire import AddResult, Batch, GameArrays, Stats, StoredGame
@@ -43,6 +63,8 @@ RECENT_GAMES = 100
 MAX_BATCH_SIZE = 1 << 16
 MAX_UNROLL_STEPS = 1000
 MAX_TD_STEPS = 10_000
+# Records loaded from the database per memory update at start-up (bounds the temporaries).
+LOAD_CHUNK_POSITIONS = 1 << 16
 
 
 def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
@@ -52,6 +74,39 @@ def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
     if np.all((priorities >= 0) & (priorities <= limit)):
         return priorities
     return np.where(np.isnan(priorities), limit, np.clip(priorities, 0.0, limit))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Draw:
+    """What a sample takes under the lock: the drawn slots and their small per-sample data.
+
+    B = batch size, K = unroll steps.
+    """
+
+    slots: np.ndarray  # int64 [B]: position slots drawn
+    probability: np.ndarray  # float64 [B]: each draw's probability
+    population: int  # N: sampleable positions when drawn
+    remaining: np.ndarray  # int64 [B]: T - t, positions of the record from t on
+    keys: np.ndarray  # int64 [B]
+    positions: np.ndarray  # int32 [B]
+    terminated: np.ndarray  # bool [B]
+    model_version: np.ndarray  # int64 [B]
+    random_actions: np.ndarray  # int32 [B, K]: the actions past a record's end
+    oldest_counter: int  # ring counter of the oldest position drawn
+    targets_epoch: int  # `_targets_epoch` when drawn
+
+
+@dataclasses.dataclass(frozen=True)
+class _Windows:
+    """The gathered windows of a draw (W = K + n + 1 positions from each t)."""
+
+    rewards: np.ndarray  # float32 [B, W]
+    values: np.ndarray  # float32 [B, W]
+    to_play: np.ndarray  # int8 [B, W]
+    policy: np.ndarray  # float32 [B, K+1, A]
+    actions: np.ndarray  # int32 [B, K]
+    observation: np.ndarray  # [B, *obs] in the stored dtype
+    unroll: np.ndarray | None  # [B, K+1, *obs] in the stored dtype, when asked
 
 
 class ReplayBuffer:
@@ -72,7 +127,6 @@ class ReplayBuffer:
         self.config = config
         self.spec = config.spec
         self.log = log
-        self._clock = clock
         C, A = config.capacity, config.spec.num_actions
         self._C, self._A = C, A
         self._alpha, self._beta = config.priority_alpha, config.priority_beta
@@ -80,7 +134,12 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when positions are added
         self._write_lock = threading.Lock()
-        # Position ring: slot = ring counter % C.
+        self._ring = Ring(C)
+        self._selector = make_selector(C, config.priority_alpha)
+        self._limiter = RateLimiter(self._changed, config.min_positions, config.samples_per_insert,
+                                    config.error_buffer, config.max_workers // 2, clock)
+        self.max_waiting_samplers = self._limiter.max_waiters
+        # Position arrays, indexed by slot (ring counter % C).
         obs_dtype = np.dtype(config.spec.observation_dtype)
         self._obs = np.zeros((C, *config.spec.observation_shape), obs_dtype)
         self._actions = np.zeros(C, np.int32)
@@ -92,28 +151,20 @@ class ReplayBuffer:
         self._remaining = np.zeros(C, np.int32)  # T - position: slots of the record from here on
         self._position = np.zeros(C, np.int32)
         self._key = np.zeros(C, np.int64)
-        self._priority = np.zeros(C, np.float64)
-        self._weight = np.zeros(C, np.float64)  # priority ** alpha where sampleable and live, else 0
+        self._priority = np.zeros(C, np.float64)  # 0 where not sampleable or not live
         self._sampleable_slot = np.zeros(C, bool)  # live and position < its num_sampleable
-        self._cumulative: np.ndarray | None = None  # cumsum of _weight, rebuilt lazily
-        # Record ring: slot = key % C (live keys span at most C consecutive integers).
-        self._g_start = np.zeros(C, np.int64)  # ring counter of the record's first position
-        self._g_length = np.zeros(C, np.int64)
-        self._g_sampleable = np.zeros(C, np.int64)
+        # Record metadata, indexed by record slot (key % C).
         self._g_model_version = np.zeros(C, np.int64)
         self._g_targets_version = np.zeros(C, np.int64)
         self._g_terminated = np.zeros(C, bool)
         self._g_first_move = np.zeros(C, np.int64)
         self._g_ids: dict[int, tuple[str, str]] = {}  # key -> (id, episode_id), live records
         self._keys_by_id: dict[str, int] = {}  # live records
-        self._next_counter = 0  # ring counter of the next position to store
-        self._first_key = 1  # live records are keys [first_key, last_key]
-        self._last_key = 0
-        self._stored = 0  # live positions, context included
-        self._sampleable = 0  # live sampleable positions
+        self._targets_epoch = 0  # moves before UpdateTargets rewrites a record's arrays
         self._max_priority = 1.0
         self._dirty_priorities: set[int] = set()
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=RECENT_GAMES)
+        self._games_per_version: collections.Counter[int] = collections.Counter()  # live records
         # Counters since this process started.
         self._games_added = 0
         self._inserts = 0
@@ -121,13 +172,7 @@ class ReplayBuffer:
         self._sample_batches = 0
         self._duplicates = 0
         self._evicted_games = 0
-        self._rate_limited = 0
-        # Rate limiter: positions inserted and sampled, as the limiter counts them.
-        self._limit_inserts = 0.0
-        self._limit_samples = 0.0
-        self._waiters_released = False
-        self._waiting = 0  # samplers waiting on the rate limiter
-        self.max_waiting_samplers = max(1, config.max_workers // 2)
+        self.sample_retries = 0  # samples drawn again because a write overlapped their gather
         self._closed = False
         self._db = GameDatabase(config.data_dir, config.spec, config.synchronous)
         self._load()
@@ -141,29 +186,41 @@ class ReplayBuffer:
     def _load(self) -> None:
         started = time.perf_counter()
         lengths = self._db.live_lengths()
-        self._last_key = self._db.last_key()
+        last_key = self._db.last_key()
         keys = np.array([k for k, _ in lengths], np.int64)
-        if len(keys) and (keys[-1] != self._last_key or np.any(np.diff(keys) != 1)):
+        if len(keys) and (keys[-1] != last_key or np.any(np.diff(keys) != 1)):
             raise RuntimeError(f"{self._db.path}: live records are not the newest consecutive keys "
-                               f"(keys {keys[0]}..{keys[-1]}, last key {self._last_key})")
+                               f"(keys {keys[0]}..{keys[-1]}, last key {last_key})")
         sizes = np.array([n for _, n in lengths], np.int64)
-        evict = self._eviction_count(sizes, 0)
-        if evict:
+        evict = 0
+        excess = int(sizes.sum()) - self._C
+        if excess > 0:
+            evict = int(np.searchsorted(np.cumsum(sizes), excess, side="left")) + 1
             self._db.evict(int(keys[0]), int(keys[evict - 1]))
             self._log("evicted_at_start", games=evict, positions=int(sizes[:evict].sum()),
                       capacity=self._C)
-        self._first_key = int(keys[evict]) if evict < len(keys) else self._last_key + 1
+        first_key = int(keys[evict]) if evict < len(keys) else last_key + 1
+        self._ring.first_key, self._ring.last_key = first_key, first_key - 1
         limit = self.config.priority_limit
         repaired: dict[int, np.ndarray] = {}
         loaded_max = 0.0
-        for stored in self._db.load(self._first_key):
+        chunk: list[tuple[int, GameArrays, np.ndarray, int]] = []
+        chunk_positions = 0
+        for stored in self._db.load(first_key):
             priorities = bounded_priorities(stored.priorities, limit)
             if priorities is not stored.priorities:
                 repaired[stored.key] = priorities.astype(np.float32)
             if stored.game.num_sampleable:
                 loaded_max = max(loaded_max, float(priorities[:stored.game.num_sampleable].max()))
-            self._append(stored.key, stored.game, priorities, stored.targets_model_version)
+            chunk.append((stored.key, stored.game, priorities, stored.targets_model_version))
+            chunk_positions += stored.game.length
             self._recent.append((stored.game.player0_return(), stored.game.num_sampleable))
+            if chunk_positions >= LOAD_CHUNK_POSITIONS:
+                self._store(chunk)
+                chunk, chunk_positions = [], 0
+        self._store(chunk)
+        self._ring.first_key = first_key  # when nothing is live: keys go on after the last one
+        self._ring.last_key = last_key
         stored_max = self._db.max_priority()
         # The running max only grows from 1.0; one that is not a number in [1, limit] (written
         # before priorities were bounded, or above a lowered limit) would let every new position
@@ -173,89 +230,93 @@ class ReplayBuffer:
             self._db.update_priorities(repaired, self._max_priority)
             self._log("priorities_repaired", records=len(repaired), max_priority_was=repr(stored_max),
                       max_priority=self._max_priority, priority_limit=limit)
-        removed = self._db.forget_ids(min(self._last_key - self.config.id_window, self._first_key - 1))
+        removed = self._db.forget_ids(min(last_key - self.config.id_window, first_key - 1))
         if removed:
             self._log("ids_forgotten", records=removed, id_window=self.config.id_window)
-        # The limiter starts balanced: loaded positions count as inserted and as already sampled
-        # at the target ratio, so a restarted trainer neither waits for min_positions new
-        # positions nor replays a burst of old ones.
-        self._limit_inserts = float(self._sampleable)
-        self._limit_samples = max(0.0, self.config.samples_per_insert
-                                  * (self._sampleable - self.config.min_positions))
-        self._log("loaded", games=self.num_games, positions=self._sampleable,
-                  stored_positions=self._stored, last_key=self._last_key,
+        self._limiter.restore(self._ring.sampleable)
+        self._log("loaded", games=self.num_games, positions=self._ring.sampleable,
+                  stored_positions=self._ring.stored, last_key=last_key,
                   seconds=round(time.perf_counter() - started, 3))
 
     def _log(self, event: str, **fields) -> None:
         if self.log is not None:
             self.log.info(event, **fields)
 
-    def _eviction_count(self, sizes: np.ndarray, stored: int) -> int:
-        """How many of the oldest of `sizes` (live records then new ones, oldest first) must go
-        so that the rest fits the capacity; `stored` counts positions not in `sizes`."""
-        excess = stored + int(sizes.sum()) - self._C
-        if excess <= 0:
-            return 0
-        return int(np.searchsorted(np.cumsum(sizes), excess, side="left")) + 1
+    # --- memory updates (hold _lock, or run before the buffer is shared) ---------------------
 
-    # --- memory updates (hold _lock) ---------------------------------------------------------
+    def _put(self, column: np.ndarray, first_slot: int, values: np.ndarray) -> None:
+        """Writes `values` ([M, ...]) into the M slots from `first_slot` on, wrapping at C:
+        two slice copies at most (a new run of positions is contiguous in the ring)."""
+        end = first_slot + len(values)
+        if end <= self._C:
+            column[first_slot:end] = values
+        else:
+            split = self._C - first_slot
+            column[first_slot:] = values[:split]
+            column[:end - self._C] = values[split:]
 
-    def _slots(self, key: int) -> np.ndarray:
-        g = key % self._C
-        return (self._g_start[g] + np.arange(self._g_length[g])) % self._C
-
-    def _append(self, key: int, game: GameArrays, priorities: np.ndarray, targets_version: int) -> None:
-        T, ns = game.length, game.num_sampleable
-        steps = np.arange(T)
-        slots = (self._next_counter + steps) % self._C
-        self._obs[slots] = game.observations
-        self._actions[slots] = game.actions
-        self._rewards[slots] = game.rewards
-        self._to_play[slots] = game.to_play
-        self._values[slots] = game.root_values
-        self._policies[slots] = game.policies
-        self._legal[slots] = game.legal_actions
-        self._remaining[slots] = T - steps
-        self._position[slots] = steps
-        self._key[slots] = key
-        sampleable = steps < ns
-        priorities = np.where(sampleable, np.asarray(priorities, np.float64), 0.0)
-        self._priority[slots] = priorities
-        self._weight[slots] = np.where(sampleable, np.power(priorities, self._alpha), 0.0)
-        self._sampleable_slot[slots] = sampleable
-        g = key % self._C
-        self._g_start[g] = self._next_counter
-        self._g_length[g] = T
-        self._g_sampleable[g] = ns
-        self._g_model_version[g] = game.model_version
-        self._g_targets_version[g] = targets_version
-        self._g_terminated[g] = game.terminated
-        self._g_first_move[g] = game.first_move
-        self._g_ids[key] = (game.id, game.episode_id)
-        self._keys_by_id[game.id] = key
-        self._next_counter += T
-        self._stored += T
-        self._sampleable += ns
-        self._cumulative = None
+    def _store(self, records: Sequence[tuple[int, GameArrays, np.ndarray, int]]) -> None:
+        """Places new records ((key, game, priorities [T], targets model version), keys
+        consecutive after the newest) in memory: the ring first (so a sampler gathering outside
+        the lock sees its slots taken before they change), then the arrays, then the selector."""
+        if not records:
+            return
+        games = [game for _, game, _, _ in records]
+        keys = np.array([key for key, _, _, _ in records], np.int64)
+        lengths = np.array([g.length for g in games], np.int64)
+        sampleable = np.array([g.num_sampleable for g in games], np.int64)
+        starts = self._ring.append(keys, lengths, sampleable)
+        total = int(lengths.sum())
+        first = int(starts[0] % self._C)
+        steps = np.arange(total) - np.repeat(starts - starts[0], lengths)  # position in its record
+        # one record (an agent's add of one game) needs no concatenation
+        join = (lambda arrays: arrays[0]) if len(records) == 1 else np.concatenate
+        put = self._put
+        put(self._obs, first, join([g.observations for g in games]))
+        put(self._actions, first, join([g.actions for g in games]))
+        put(self._rewards, first, join([g.rewards for g in games]))
+        put(self._to_play, first, join([g.to_play for g in games]))
+        put(self._values, first, join([g.root_values for g in games]))
+        put(self._policies, first, join([g.policies for g in games]))
+        put(self._legal, first, join([g.legal_actions for g in games]))
+        put(self._remaining, first, np.repeat(lengths, lengths) - steps)
+        put(self._position, first, steps)
+        put(self._key, first, np.repeat(keys, lengths))
+        is_sampleable = steps < np.repeat(sampleable, lengths)
+        priorities = np.where(is_sampleable, join([p for _, _, p, _ in records]), 0.0)
+        put(self._priority, first, priorities)
+        put(self._sampleable_slot, first, is_sampleable)
+        slots = (first + np.flatnonzero(is_sampleable)) % self._C
+        self._selector.insert(slots, priorities[is_sampleable])
+        g = self._ring.record_slots(keys)
+        self._g_model_version[g] = [game.model_version for game in games]
+        self._g_targets_version[g] = [version for _, _, _, version in records]
+        self._g_terminated[g] = [game.terminated for game in games]
+        self._g_first_move[g] = [game.first_move for game in games]
+        for key, game in zip(keys.tolist(), games):
+            self._g_ids[key] = (game.id, game.episode_id)
+            self._keys_by_id[game.id] = key
+        self._games_per_version.update(game.model_version for game in games)
 
     def _evict_through(self, last: int) -> int:
         """Drops the records with keys <= last (live ones from memory; new ones of the add in
         progress are simply never appended); returns how many live records were dropped."""
-        if last < self._first_key:
-            return 0
-        keys = np.arange(self._first_key, min(last, self._last_key) + 1)
-        self._first_key = last + 1
-        self._cumulative = None
+        keys, slots = self._ring.evict_through(last)
         if not len(keys):
             return 0
-        g = keys % self._C
-        count = int(self._g_length[g].sum())
-        slots = (self._g_start[keys[0] % self._C] + np.arange(count)) % self._C
-        self._weight[slots] = 0.0
+        sampleable = slots[self._sampleable_slot[slots]]
+        self._selector.delete(sampleable)
+        self._limiter.delete(len(sampleable))
         self._priority[slots] = 0.0
         self._sampleable_slot[slots] = False
-        self._stored -= count
-        self._sampleable -= int(self._g_sampleable[g].sum())
+        versions, counts = np.unique(self._g_model_version[self._ring.record_slots(keys)],
+                                     return_counts=True)
+        for version, count in zip(versions.tolist(), counts.tolist()):
+            left = self._games_per_version[version] - count
+            if left:
+                self._games_per_version[version] = left
+            else:
+                del self._games_per_version[version]
         for key in keys.tolist():
             game_id, _ = self._g_ids.pop(key)
             del self._keys_by_id[game_id]
@@ -279,24 +340,24 @@ class ReplayBuffer:
         with self._write_lock:
             self._check_open()
             existing = self._db.existing_keys([g.id for g in games])
+            # Only writers change the ring, and they hold _write_lock: its keys and extents can
+            # be read here without _lock.
+            ring = self._ring
             keys: list[int] = []
             new: list[tuple[int, GameArrays]] = []
             for game in games:
                 key = existing.get(game.id)
                 if key is None:
-                    key = self._last_key + 1 + len(new)
+                    key = ring.last_key + 1 + len(new)
                     existing[game.id] = key
                     new.append((key, game))
                 keys.append(key)
             duplicates = len(games) - len(new)
+            evict = ring.eviction_count(np.array([g.length for _, g in new], np.int64))
+            # the live keys and then the new ones are consecutive from first_key
+            evict_range = (ring.first_key, ring.first_key + evict - 1) if evict else None
             with self._lock:
-                live = np.arange(self._first_key, self._last_key + 1)
-                sizes = np.concatenate([self._g_length[live % self._C],
-                                        np.array([g.length for _, g in new], np.int64)])
                 max_priority = self._max_priority
-            evict = self._eviction_count(sizes, 0)
-            all_keys = np.concatenate([live, np.array([k for k, _ in new], np.int64)])
-            evict_range = (int(all_keys[0]), int(all_keys[evict - 1])) if evict else None
             records = [(key, game, np.where(np.arange(game.length) < game.num_sampleable,
                                             max_priority, 0.0).astype(np.float32))
                        for key, game in new]
@@ -305,27 +366,30 @@ class ReplayBuffer:
                 # the same transaction: the tombstones stay bounded (docs/replay.md, Idempotence).
                 # Below the first live key every row is a tombstone, so the delete reads only
                 # the rows it deletes.
-                newest = new[-1][0] if new else self._last_key
-                first_live = evict_range[1] + 1 if evict_range else self._first_key
+                newest = new[-1][0] if new else ring.last_key
+                first_live = evict_range[1] + 1 if evict_range else ring.first_key
                 self._db.add(records, evict_range,
                              forget_through=min(newest - self.config.id_window, first_live - 1))
                 # committed: from here on the add is durable
             with self._changed:
                 if evict_range:
                     self._evict_through(evict_range[1])
-                for key, game, priorities in records:
-                    if not evict_range or key > evict_range[1]:
-                        self._append(key, game, priorities, game.model_version)
+                kept = [(key, game, priorities, game.model_version)
+                        for key, game, priorities in records
+                        if not evict_range or key > evict_range[1]]
+                self._store(kept)
+                for _, game, _ in records:
                     self._recent.append((game.player0_return(), game.num_sampleable))
                 if new:
-                    self._last_key = new[-1][0]
+                    ring.last_key = max(ring.last_key, new[-1][0])
                 inserted = sum(g.num_sampleable for _, g in new)
                 self._games_added += len(new)
                 self._inserts += inserted
-                self._limit_inserts += inserted
                 self._duplicates += duplicates
                 self._evicted_games += evict
-                self._changed.notify_all()
+                # records evicted by their own add count as inserted, and as deleted at once
+                self._limiter.delete(inserted - sum(g.num_sampleable for _, g, _, _ in kept))
+                self._limiter.insert(inserted)  # wakes the waiting samplers
         return AddResult(added=len(new), duplicates=duplicates, keys=keys, evicted=evict,
                          positions_added=inserted)
 
@@ -361,7 +425,7 @@ class ReplayBuffer:
                 key = self._keys_by_id.get(game_id)
                 if key is None:
                     raise not_found(f"game_id: no stored record {game_id!r} (never added, or evicted)")
-                slots = self._slots(key)
+                slots = self._ring.slots(key)
                 T = len(slots)
                 if P and (positions.min() < 0 or positions.max() >= T):
                     raise invalid(f"positions: must be in [0, T = {T}) for record {game_id!r}, got "
@@ -372,6 +436,7 @@ class ReplayBuffer:
             new_policies[positions] = policies.astype(np.float32)
             self._db.update_targets(key, values, new_policies, model_version)
             with self._lock:  # the record is still live: evictions take the write lock
+                self._targets_epoch += 1  # before the arrays change: see "Sampling" above
                 self._values[slots] = values
                 self._policies[slots] = new_policies
                 self._g_targets_version[key % self._C] = model_version
@@ -380,7 +445,8 @@ class ReplayBuffer:
     def update_priorities(self, record_keys: np.ndarray, positions: np.ndarray,
                           priorities: np.ndarray) -> tuple[int, int]:
         """Sets the priorities of (key, position) pairs; returns (updated, skipped): pairs of
-        records evicted since they were sampled are skipped. Persisted lazily (flush thread)."""
+        records evicted since they were sampled are skipped. A pair given twice gets the
+        priority given last. Persisted lazily (flush thread). O(P log C)."""
         P = len(record_keys) if record_keys.ndim == 1 else -1
         if P < 0:
             raise invalid(f"record_keys: shape {list(record_keys.shape)}, expected [P]")
@@ -407,25 +473,26 @@ class ReplayBuffer:
         keys = record_keys.astype(np.int64)
         positions = positions.astype(np.int64)
         with self._lock:
-            never = (keys < 1) | (keys > self._last_key)
+            ring = self._ring
+            never = (keys < 1) | (keys > ring.last_key)
             if np.any(never):
                 raise not_found(f"record_keys: key {keys[never][0]} was never issued by this buffer")
-            live = keys >= self._first_key
-            g = keys[live] % self._C
+            live = keys >= ring.first_key
+            g = ring.record_slots(keys[live])
             pos = positions[live]
-            bad = (pos < 0) | (pos >= self._g_sampleable[g])
+            sampleable = ring.num_sampleable[g]
+            bad = (pos < 0) | (pos >= sampleable)
             if np.any(bad):
                 i = int(np.flatnonzero(bad)[0])
                 raise invalid(f"positions: position {pos[i]} of record key {keys[live][i]} is not "
-                              f"sampleable (must be in [0, {self._g_sampleable[g][i]}))")
-            slots = (self._g_start[g] + pos) % self._C
+                              f"sampleable (must be in [0, {sampleable[i]}))")
             p = priorities[live]
-            self._priority[slots] = p
-            self._weight[slots] = np.power(p, self._alpha)
+            slots, p_set = last_writes(ring.position_slots(keys[live], pos), p)
+            self._priority[slots] = p_set
+            self._selector.update(slots, p_set)
             if len(p):  # p <= priority_limit, so the running max stays bounded by it
                 self._max_priority = max(self._max_priority, float(p.max()))
             self._dirty_priorities.update(np.unique(keys[live]).tolist())
-            self._cumulative = None
             updated = int(live.sum())
         return updated, P - updated
 
@@ -435,13 +502,15 @@ class ReplayBuffer:
             if self._closed:
                 return 0
             with self._lock:
-                dirty = sorted(self._dirty_priorities)
+                dirty = np.array(sorted(self._dirty_priorities), np.int64)
                 self._dirty_priorities.clear()
-                snapshot = {key: self._priority[self._slots(key)].astype(np.float32) for key in dirty}
+                values = self._priority[self._ring.slots_of(dirty)].astype(np.float32)
+                lengths = self._ring.length[self._ring.record_slots(dirty)]
                 max_priority = self._max_priority
-            if snapshot:
-                self._db.update_priorities(snapshot, max_priority)
-        return len(snapshot)
+            if len(dirty):
+                parts = np.split(values, np.cumsum(lengths)[:-1])
+                self._db.update_priorities(dict(zip(dirty.tolist(), parts)), max_priority)
+        return len(dirty)
 
     def _flush_forever(self) -> None:
         while not self._stop_flusher.wait(self.config.priorities_flush_s):
@@ -453,54 +522,41 @@ class ReplayBuffer:
 
     # --- sampling ----------------------------------------------------------------------------
 
-    def _allowed(self, batch_size: int) -> bool:
-        if self._sampleable < max(1, self.config.min_positions):
-            return False
-        spi = self.config.samples_per_insert
-        if spi <= 0:
-            return True
-        return (self._limit_samples + batch_size
-                <= spi * (self._limit_inserts - self.config.min_positions) + self.config.error_buffer)
+    def _draw(self, B: int, K: int) -> _Draw:
+        """Holds `_lock`. Draws B slots and copies their per-sample data."""
+        t, probability = self._selector.sample(B, self._rng)
+        keys = self._key[t]
+        positions = self._position[t]
+        g = self._ring.record_slots(keys)
+        return _Draw(
+            slots=t, probability=probability, population=len(self._selector),
+            remaining=self._remaining[t].astype(np.int64), keys=keys, positions=positions,
+            terminated=self._g_terminated[g], model_version=self._g_model_version[g],
+            random_actions=self._rng.integers(0, self._A, size=(B, K), dtype=np.int32),
+            oldest_counter=int(self._ring.counters(keys, positions).min()),
+            targets_epoch=self._targets_epoch)
 
-    def _limiter_state(self, batch_size: int) -> str:
-        c = self.config
-        if self._sampleable < max(1, c.min_positions):
-            return (f"positions={self._sampleable} sampleable positions stored < "
-                    f"min_positions={max(1, c.min_positions)}")
-        return (f"samples_per_insert={c.samples_per_insert:g}: {self._limit_samples:.0f} positions "
-                f"sampled + batch_size={batch_size} > samples_per_insert * ({self._limit_inserts:.0f} "
-                f"inserted - min_positions={c.min_positions}) + error_buffer={c.error_buffer:g}; "
-                f"positions={self._sampleable}")
+    def _gather(self, draw: _Draw, K: int, n: int, include_unroll_observations: bool) -> _Windows:
+        """The windows of W = K + n + 1 consecutive slots from each draw (modulo C by take's
+        "wrap"); entries past a record's end hold anything and are masked by the targets."""
+        t = draw.slots
+        windows = self._ring.windows(t, K + n + 1)
+        return _Windows(
+            rewards=np.take(self._rewards, windows, mode="wrap"),
+            values=np.take(self._values, windows, mode="wrap"),
+            to_play=np.take(self._to_play, windows, mode="wrap"),
+            policy=np.take(self._policies, windows[:, :K + 1], axis=0, mode="wrap"),
+            actions=np.take(self._actions, windows[:, :K], mode="wrap"),
+            observation=self._obs[t],
+            unroll=(np.take(self._obs, windows[:, :K + 1], axis=0, mode="wrap")
+                    if include_unroll_observations else None))
 
-    def _wait_until_allowed(self, batch_size: int, timeout_s: float | None) -> None:
-        """Holds `_lock`. Waits for the rate limiter; DEADLINE_EXCEEDED after `timeout_s`.
-
-        At most `max_waiting_samplers` calls wait at once (each holds one of the server's
-        threads); more get RESOURCE_EXHAUSTED at once, so that adds always find a thread.
-        """
-        if self._allowed(batch_size):
-            return
-        self._rate_limited += 1
-        if self._waiting >= self.max_waiting_samplers:
-            raise ReplayError("RESOURCE_EXHAUSTED",
-                              f"rate limiter: {self._waiting} SampleBatch calls are already waiting "
-                              f"(the most allowed); sampling is not allowed: "
-                              f"{self._limiter_state(batch_size)}")
-        started = self._clock()
-        self._waiting += 1
-        try:
-            while not self._allowed(batch_size):
-                if self._waiters_released:
-                    raise ReplayError("UNAVAILABLE", "replay server is shutting down; sample again "
-                                                     "from another server or after the restart")
-                left = None if timeout_s is None else timeout_s - (self._clock() - started)
-                if left is not None and left <= 0:
-                    raise ReplayError("DEADLINE_EXCEEDED",
-                                      f"rate limiter: waited {self._clock() - started:.2f}s and "
-                                      f"sampling is still not allowed: {self._limiter_state(batch_size)}")
-                self._changed.wait(left)
-        finally:
-            self._waiting -= 1
+    def _intact(self, draw: _Draw) -> bool:
+        """Whether no write changed a drawn record since `draw` was taken: no slot from its
+        oldest position on was given to a newer position, and no targets were rewritten.
+        Reads two ints without the lock: writers move them before they change the arrays."""
+        return (not self._ring.overwritten(draw.oldest_counter)
+                and self._targets_epoch == draw.targets_epoch)
 
     def sample(self, batch_size: int, num_unroll_steps: int = 0, td_steps: int = 0,
                discount: float = 0.0, include_unroll_observations: bool = False,
@@ -536,66 +592,51 @@ class ReplayBuffer:
                 f"about {nbytes / MIB:.1f} MiB of arrays, over the limit max_sample_bytes = "
                 f"{c.max_sample_bytes} ({c.max_sample_bytes / MIB:g} MiB); ask for fewer "
                 f"positions or a smaller K or n")
-        W = K + n + 1
-        C, A = self._C, self._A
+        A = self._A
         with self._changed:
-            self._wait_until_allowed(B, timeout_s)
-            if self._cumulative is None:
-                self._cumulative = np.cumsum(self._weight)
-            cumulative = self._cumulative
-            total = float(cumulative[-1])
-            if total > 0:
-                draws = np.minimum(self._rng.random(B) * total, np.nextafter(total, 0.0))
-                t = np.searchsorted(cumulative, draws, side="right")
-                probability = self._weight[t] / total
-            else:  # every priority is 0: uniform over the sampleable positions
-                sampleable = np.flatnonzero(self._sampleable_slot)
-                t = self._rng.choice(sampleable, B)
-                probability = np.full(B, 1.0 / len(sampleable))
-            N = self._sampleable
-            windows = t[:, None] + np.arange(W)[None, :]  # slots, modulo C by take's "wrap"
-            remaining = self._remaining[t].astype(np.int64)
-            rewards_w = np.take(self._rewards, windows, mode="wrap")
-            values_w = np.take(self._values, windows, mode="wrap")
-            to_play_w = np.take(self._to_play, windows, mode="wrap")
-            policy = np.take(self._policies, windows[:, :K + 1], axis=0, mode="wrap")
-            actions = np.take(self._actions, windows[:, :K], mode="wrap")
-            observation = self._obs[t]
-            unroll = (np.take(self._obs, windows[:, :K + 1], axis=0, mode="wrap")
-                      if include_unroll_observations else None)
-            keys = self._key[t]
-            g = keys % C
-            terminated = self._g_terminated[g]
-            model_version = self._g_model_version[g]
-            positions = self._position[t]
-            random_actions = self._rng.integers(0, A, size=(B, K), dtype=np.int32)
+            self._limiter.await_can_sample(B, timeout_s)
+            draw = self._draw(B, K)
             self._samples += B
             self._sample_batches += 1
-            self._limit_samples += B
+            self._limiter.sample(B)
+        windows = self._gather(draw, K, n, include_unroll_observations)  # outside the lock
+        if not self._intact(draw):
+            # A write reused a drawn record's slots (or rewrote its targets) while they were
+            # read: draw again, and gather under the lock this time.
+            with self._lock:
+                self.sample_retries += 1
+                draw = self._draw(B, K)
+                windows = self._gather(draw, K, n, include_unroll_observations)
         # Targets, outside the lock.
         # N P(i) underflows to 0 only for a weight below ~1e-308 of the total (drawn with that
         # probability); the floor keeps its weight finite, so the batch's max is never inf.
-        weights = np.power(np.maximum(N * probability, np.finfo(np.float64).tiny), -self._beta)
+        weights = np.power(np.maximum(draw.population * draw.probability, np.finfo(np.float64).tiny),
+                           -self._beta)
         weights /= weights.max()
+        remaining = draw.remaining
         inside = np.arange(K + 1)[None, :] < remaining[:, None]
+        policy = windows.policy
         policy_real = inside & (policy.sum(axis=-1) > 0)
         policy = np.where(policy_real[:, :, None], policy, np.float32(1.0 / A))
-        actions = np.where(np.arange(K)[None, :] < remaining[:, None], actions, random_actions)
+        actions = np.where(np.arange(K)[None, :] < remaining[:, None], windows.actions,
+                           draw.random_actions)
+        unroll = windows.unroll
         if unroll is not None:
             unroll = np.where(inside.reshape(inside.shape + (1,) * (unroll.ndim - 2)), unroll, 0)
             unroll = unroll.astype(np.float32)
         return Batch(
-            observation=observation.astype(np.float32),
+            observation=windows.observation.astype(np.float32),
             actions=actions.astype(np.int32),
-            target_value=value_targets(rewards_w, values_w, to_play_w, remaining, terminated, K, n, gamma),
-            target_reward=reward_targets(rewards_w, remaining, K, c.value_prefix),
+            target_value=value_targets(windows.rewards, windows.values, windows.to_play, remaining,
+                                       draw.terminated, K, n, gamma),
+            target_reward=reward_targets(windows.rewards, remaining, K, c.value_prefix),
             target_policy=policy.astype(np.float32, copy=False),
             mask=unroll_mask(remaining, K),
             policy_mask=policy_real.astype(np.float32),
             importance_weight=weights.astype(np.float32),
-            record_keys=keys.astype(np.int64),
-            positions=positions.astype(np.int32),
-            model_version=model_version.astype(np.int64),
+            record_keys=draw.keys.astype(np.int64),
+            positions=draw.positions.astype(np.int32),
+            model_version=draw.model_version.astype(np.int64),
             unroll_observations=unroll,
             value_prefix=c.value_prefix, num_unroll_steps=K, td_steps=n, discount=gamma)
 
@@ -603,13 +644,12 @@ class ReplayBuffer:
         """Wakes every sampler waiting on the rate limiter with UNAVAILABLE (at shutdown, so
         that the server's in-flight calls finish promptly); later waits fail the same way."""
         with self._changed:
-            self._waiters_released = True
-            self._changed.notify_all()
+            self._limiter.cancel()
 
     # --- reads -------------------------------------------------------------------------------
 
     def _game(self, key: int) -> StoredGame:
-        slots = self._slots(key)
+        slots = self._ring.slots(key)
         g = key % self._C
         game_id, episode_id = self._g_ids[key]
         game = GameArrays(
@@ -618,7 +658,7 @@ class ReplayBuffer:
             rewards=self._rewards[slots], to_play=self._to_play[slots].astype(np.int32),
             root_values=self._values[slots], policies=self._policies[slots],
             legal_actions=self._legal[slots], model_version=int(self._g_model_version[g]),
-            num_sampleable=int(self._g_sampleable[g]), terminated=bool(self._g_terminated[g]))
+            num_sampleable=int(self._ring.num_sampleable[g]), terminated=bool(self._g_terminated[g]))
         return StoredGame(key, game, int(self._g_targets_version[g]))
 
     def sample_games(self, num_games: int, newest_first: bool = False) -> list[StoredGame]:
@@ -629,18 +669,19 @@ class ReplayBuffer:
             raise invalid(f"num_games: must be >= 1, got {num_games}")
         budget = min(self.config.max_sample_bytes, self.config.send_limit - MESSAGE_SLACK_BYTES)
         with self._lock:
-            count = self._last_key - self._first_key + 1 if self._g_ids else 0
+            ring = self._ring
+            count = ring.num_records
             chosen = min(num_games, count)
             if newest_first:
-                keys = np.arange(self._last_key, self._last_key - chosen, -1)
+                keys = np.arange(ring.last_key, ring.last_key - chosen, -1)
             else:
-                keys = self._first_key + self._rng.choice(count, chosen, replace=False)
+                keys = ring.first_key + self._rng.choice(count, chosen, replace=False)
             per_position = position_bytes(self.spec)
             taken: list[StoredGame] = []
             total = 0
             for key in keys.tolist():
                 game_id, episode_id = self._g_ids[key]
-                size = (int(self._g_length[key % self._C]) * per_position + RECORD_HEADER_BYTES
+                size = (int(ring.length[key % self._C]) * per_position + RECORD_HEADER_BYTES
                         + len(game_id.encode()) + len(episode_id.encode()))
                 if taken and total + size > budget:
                     break
@@ -666,7 +707,7 @@ class ReplayBuffer:
             key = self._keys_by_id.get(game_id)
             if key is None:
                 raise not_found(f"game_id: no stored record {game_id!r} (never added, or evicted)")
-            return self._priority[self._slots(key)]
+            return self._priority[self._ring.slots(key)]
 
     @property
     def num_games(self) -> int:
@@ -675,27 +716,27 @@ class ReplayBuffer:
     @property
     def num_positions(self) -> int:
         """Sampleable positions stored."""
-        return self._sampleable
+        return self._ring.sampleable
 
     @property
     def stored_positions(self) -> int:
-        return self._stored
+        return self._ring.stored
 
     @property
     def rate_limited_total(self) -> int:
         """Samples that had to wait for the rate limiter, since this process started."""
-        return self._rate_limited
+        return self._limiter.waited_total
 
     def stats(self) -> Stats:
+        """Contents and counters, from running counts (O(model versions + RECENT_GAMES), not
+        O(records))."""
         c = self.config
         with self._lock:
-            live = np.arange(self._first_key, self._last_key + 1) if self._g_ids else np.zeros(0, np.int64)
-            versions, counts = np.unique(self._g_model_version[live % self._C], return_counts=True)
             recent = np.array(self._recent, np.float64).reshape(-1, 2)
             return Stats(
-                game=c.spec.name, games=len(self._g_ids), positions=self._sampleable,
-                stored_positions=self._stored, capacity=self._C,
-                games_per_model_version={int(v): int(n) for v, n in zip(versions, counts)},
+                game=c.spec.name, games=len(self._g_ids), positions=self._ring.sampleable,
+                stored_positions=self._ring.stored, capacity=self._C,
+                games_per_model_version=dict(sorted(self._games_per_version.items())),
                 recent_games=len(recent),
                 recent_mean_return=float(recent[:, 0].mean()) if len(recent) else 0.0,
                 recent_max_return=float(recent[:, 0].max()) if len(recent) else 0.0,
@@ -703,7 +744,7 @@ class ReplayBuffer:
                 games_added_total=self._games_added, inserts_total=self._inserts,
                 samples_total=self._samples, sample_batches_total=self._sample_batches,
                 duplicates_total=self._duplicates, evicted_games_total=self._evicted_games,
-                rate_limited_total=self._rate_limited, min_positions=c.min_positions,
+                rate_limited_total=self._limiter.waited_total, min_positions=c.min_positions,
                 samples_per_insert=c.samples_per_insert, error_buffer=c.error_buffer,
                 max_priority=self._max_priority, priority_alpha=c.priority_alpha,
                 priority_beta=c.priority_beta)
