@@ -17,6 +17,7 @@ SAMPLES_TOTAL = "mufleet_replay_samples_total"
 SAMPLE_BATCHES_TOTAL = "mufleet_replay_sample_batches_total"
 EVICTED_GAMES_TOTAL = "mufleet_replay_evicted_games_total"
 RATE_LIMITED_TOTAL = "mufleet_replay_rate_limited_total"
+SAMPLE_RETRIES_TOTAL = "mufleet_replay_sample_retries_total"
 PRIORITY_UPDATES_TOTAL = "mufleet_replay_priority_updates_total"
 TARGET_UPDATES_TOTAL = "mufleet_replay_target_updates_total"
 REQUEST_SECONDS = "mufleet_replay_request_seconds"
@@ -47,6 +48,10 @@ class ReplayMetrics:
         self.rate_limited = Counter(RATE_LIMITED_TOTAL,
                                     "SampleBatch calls that had to wait for the rate limiter.",
                                     registry=registry)
+        self.sample_retries = Counter(SAMPLE_RETRIES_TOTAL,
+                                      "Samples drawn again under the lock because an add or "
+                                      "UpdateTargets rewrote a drawn record during the gather.",
+                                      registry=registry)
         self.priority_updates = Counter(PRIORITY_UPDATES_TOTAL, "Positions whose priority UpdatePriorities set.",
                                         registry=registry)
         self.target_updates = Counter(TARGET_UPDATES_TOTAL, "Positions whose targets UpdateTargets replaced.",

@@ -61,6 +61,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         self.log = log
         self.metrics = metrics or ReplayMetrics()
         self._rate_limited_seen = buffer.rate_limited_total
+        self._retries_seen = buffer.sample_retries
         self._rate_limited_lock = threading.Lock()
         self._update_gauges()
 
@@ -108,6 +109,10 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             if total > self._rate_limited_seen:
                 self.metrics.rate_limited.inc(total - self._rate_limited_seen)
                 self._rate_limited_seen = total
+            retries = self.buffer.sample_retries
+            if retries > self._retries_seen:
+                self.metrics.sample_retries.inc(retries - self._retries_seen)
+                self._retries_seen = retries
 
     def UpdatePriorities(self, request: replay_pb2.UpdatePrioritiesRequest,
                          context) -> replay_pb2.UpdatePrioritiesResponse:

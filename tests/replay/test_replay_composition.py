@@ -127,3 +127,35 @@ def test_targets_rewritten_during_the_gather_force_a_retry(racing):
     assert buffer.sample_retries == 1
     # z_0 = r_0 + 0.5 v_1 with the new v_1 = 4: the batch saw the update whole
     np.testing.assert_allclose(batch.target_value[batch.positions == 0, 0], 3.0)
+
+
+class CallContext:
+    """What a servicer reads of a gRPC call's context in these tests."""
+
+    def time_remaining(self) -> float:
+        return 30.0
+
+    def abort(self, code, details):
+        raise AssertionError(f"the call was aborted: {code} {details}")
+
+
+def test_the_servicer_counts_a_retried_sample_in_its_metrics(racing):
+    from prometheus_client import CollectorRegistry
+
+    from protos import replay_pb2
+    from services.common.logs import get_logger
+    from services.replay import metrics as replay_metrics
+    from services.replay.metrics import ReplayMetrics
+    from services.replay.server import ReplayServicer
+
+    buffer = racing(capacity=20)
+    add(buffer, record(ONE_PLAYER, "old", 10, seed=1))
+    add(buffer, record(ONE_PLAYER, "mid", 10, seed=2))
+    registry = CollectorRegistry()
+    servicer = ReplayServicer(buffer, get_logger("replay"), ReplayMetrics(registry))
+    buffer.race = lambda: (add(buffer, record(ONE_PLAYER, "new1", 10, seed=3)),
+                           add(buffer, record(ONE_PLAYER, "new2", 10, seed=4)))
+    servicer.SampleBatch(replay_pb2.SampleBatchRequest(batch_size=8), CallContext())
+    assert registry.get_sample_value(replay_metrics.SAMPLE_RETRIES_TOTAL) == 1
+    servicer.SampleBatch(replay_pb2.SampleBatchRequest(batch_size=8), CallContext())  # no race
+    assert registry.get_sample_value(replay_metrics.SAMPLE_RETRIES_TOTAL) == 1
