@@ -86,7 +86,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     evaluations = []
     reached_at = None
     started = time.monotonic()
-    simulations = games.make(game).settings.num_simulations
+    simulations = games.make(game).settings.search.num_simulations
     try:
         fleet.start()
         with EnvironmentClient(fleet.grpc_addresses["environment"], timeout_s=120) as environment, \

@@ -45,8 +45,7 @@ def _networks():
 
     connect4 = GameSpec(name="connect4", observation_shape=(6, 7, 2), observation_dtype="uint8", num_actions=7,
                         num_players=2, discount=1.0, max_moves=42)
-    connect4_settings = MuZeroSettings(network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2,
-                                       support_size=10)
+    connect4_settings = MuZeroSettings.of(architecture="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=10)
     return {"cartpole (fc)": (CartPole.spec, CartPole.settings),
             "connect4 (resnet 6x7x2)": (connect4, connect4_settings)}
 

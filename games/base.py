@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from games.settings import MuZeroSettings  # noqa: F401 - games declare their settings with it
 from games.validation import require
 
 if TYPE_CHECKING:
@@ -63,128 +64,6 @@ class GameSpec:
         require(self.max_moves >= 1, f"GameSpec.max_moves must be >= 1, got {self.max_moves}")
 
 
-@dataclasses.dataclass(frozen=True)
-class MuZeroSettings:
-    """A game's default MuZero hyperparameters; every service reads its defaults from here.
-
-    Network:
-      network: "fc" (vector observations) or "resnet" (boards, channels-last).
-      hidden_size: size of the hidden state vector ("fc") or channels ("resnet").
-      fc_layers: widths of the hidden layers of each "fc" head and trunk.
-      res_blocks: residual blocks in each "resnet" trunk.
-      support_size: value and reward are categorical over the integers [-S, S]
-        after MuZero's transform h(x); S = support_size. Such a support holds scalars of
-        magnitude up to h^-1(S) (`support_limit`); targets beyond are clipped. A game refuses
-        settings whose support cannot hold its `value_range`, `reward_range` and, with
-        value_prefix, its `value_prefix_range` (`Game.check_settings`).
-    Search:
-      num_simulations: simulations per move.
-      search: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct" (MuZero's PUCT).
-      pb_c_base, pb_c_init: PUCT exploration constants.
-      root_dirichlet_alpha, root_exploration_fraction: root noise for "puct".
-      max_considered_actions: Gumbel-top-k size m at the root for "gumbel".
-      gumbel_scale: scale of the Gumbel noise (1.0 in training, 0.0 is deterministic).
-      value_scale, maxvisit_init: the completed-Q transform sigma(q) = (maxvisit_init + max N) * value_scale * q.
-      rescale_values: min-max rescale each node's completed Q to [0, 1] before sigma ("gumbel",
-        mctx's `rescale_values`). False uses Q as it is: for games whose values already lie in
-        a known range such as [-1, 1], where rescaling would blow the noise of a flat set of
-        Q values (a position where every move draws) up to the full range.
-      temperature: visit-count temperature for action choice in self-play (first moves).
-      temperature_moves: moves played with `temperature`; later moves are greedy.
-    Learning targets and training:
-      discount: discount used in targets and search; equals the game spec's discount.
-      num_unroll_steps: K, dynamics steps unrolled in training.
-      td_steps: n of the n-step value target.
-      value_prefix: EfficientZero's value-prefix reward targets instead of per-step rewards.
-      batch_size: training batch size (positions).
-      learning_rate, lr_decay_steps, lr_decay_rate: exponential learning-rate schedule.
-      weight_decay: L2 coefficient.
-      optimizer: "adam" or "sgd" (momentum 0.9).
-      augment_symmetries: train each sampled position under a random one of the game's board
-        symmetries (`Game.symmetries()`; games without symmetries ignore it).
-      replay_capacity: positions kept by the replay server; oldest games go first.
-      min_replay_positions: no sampling below this many stored positions.
-      samples_per_insert: target ratio of sampled to inserted positions (0 = no limit).
-      priority_alpha, priority_beta: prioritized replay exponent and importance-weight exponent.
-      export_interval: trainer steps between exported model versions.
-      games_per_batch: B, games one agent process plays at once.
-    """
-
-    network: Literal["fc", "resnet"]
-    hidden_size: int
-    fc_layers: tuple[int, ...] = (64,)
-    res_blocks: int = 1
-    support_size: int = 10
-    num_simulations: int = 16
-    search: Literal["gumbel", "puct"] = "gumbel"
-    pb_c_base: float = 19652.0
-    pb_c_init: float = 1.25
-    root_dirichlet_alpha: float = 0.25
-    root_exploration_fraction: float = 0.25
-    max_considered_actions: int = 16
-    gumbel_scale: float = 1.0
-    value_scale: float = 0.1
-    maxvisit_init: float = 50.0
-    rescale_values: bool = True
-    temperature: float = 1.0
-    temperature_moves: int = 1_000_000
-    discount: float = 0.997
-    num_unroll_steps: int = 5
-    td_steps: int = 10
-    value_prefix: bool = False
-    batch_size: int = 256
-    learning_rate: float = 3e-3
-    lr_decay_steps: int = 10_000
-    lr_decay_rate: float = 0.5
-    weight_decay: float = 1e-4
-    optimizer: Literal["adam", "sgd"] = "adam"
-    augment_symmetries: bool = False
-    replay_capacity: int = 200_000
-    min_replay_positions: int = 2_000
-    samples_per_insert: float = 0.0
-    priority_alpha: float = 1.0
-    priority_beta: float = 1.0
-    export_interval: int = 100
-    games_per_batch: int = 256
-
-    def __post_init__(self) -> None:
-        require(self.network in ("fc", "resnet"),
-                f"MuZeroSettings.network must be 'fc' or 'resnet', got {self.network!r}")
-        require(self.search in ("gumbel", "puct"),
-                f"MuZeroSettings.search must be 'gumbel' or 'puct', got {self.search!r}")
-        require(self.optimizer in ("adam", "sgd"),
-                f"MuZeroSettings.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("hidden_size", "support_size", "num_simulations", "max_considered_actions",
-                     "num_unroll_steps", "td_steps", "batch_size", "lr_decay_steps",
-                     "replay_capacity", "export_interval", "games_per_batch"):
-            value = getattr(self, name)
-            require(value >= 1, f"MuZeroSettings.{name} must be >= 1, got {value}")
-        require(all(w >= 1 for w in self.fc_layers),
-                f"MuZeroSettings.fc_layers must be positive widths, got {self.fc_layers}")
-        require(self.res_blocks >= 0, f"MuZeroSettings.res_blocks must be >= 0, got {self.res_blocks}")
-        require(0.0 < self.discount <= 1.0, f"MuZeroSettings.discount must be in (0, 1], got {self.discount}")
-        require(self.learning_rate > 0, f"MuZeroSettings.learning_rate must be > 0, got {self.learning_rate}")
-        require(0.0 < self.lr_decay_rate <= 1.0,
-                f"MuZeroSettings.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}")
-        require(self.weight_decay >= 0, f"MuZeroSettings.weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.min_replay_positions >= 0,
-                f"MuZeroSettings.min_replay_positions must be >= 0, got {self.min_replay_positions}")
-        require(self.samples_per_insert >= 0,
-                f"MuZeroSettings.samples_per_insert must be >= 0, got {self.samples_per_insert}")
-        require(self.priority_alpha >= 0, f"MuZeroSettings.priority_alpha must be >= 0, got {self.priority_alpha}")
-        require(0 <= self.priority_beta <= 1,
-                f"MuZeroSettings.priority_beta must be in [0, 1], got {self.priority_beta}")
-        require(0 <= self.root_exploration_fraction <= 1,
-                f"MuZeroSettings.root_exploration_fraction must be in [0, 1], got {self.root_exploration_fraction}")
-        require(self.temperature >= 0, f"MuZeroSettings.temperature must be >= 0, got {self.temperature}")
-        require(self.temperature_moves >= 0,
-                f"MuZeroSettings.temperature_moves must be >= 0, got {self.temperature_moves}")
-
-    def replace(self, **changes: Any) -> "MuZeroSettings":
-        """A copy with `changes` applied and validated."""
-        return dataclasses.replace(self, **changes)
-
-
 # MuZero's invertible transform h (models/support.py: the networks' TensorFlow and NumPy
 # versions). Games import no TensorFlow, so the scalar formulas are repeated here, with the same
 # epsilon; tests/games checks that both agree.
@@ -222,17 +101,17 @@ def discounted_steps(discount: float, moves: int) -> float:
 def check_support(settings: MuZeroSettings, game: str, value_range: tuple[float, float],
                   reward_range: tuple[float, float],
                   value_prefix_range: tuple[float, float] | None = None) -> None:
-    """ValueError naming both numbers unless `settings.support_size` holds `game`'s values,
-    rewards and (with settings.value_prefix) value prefixes."""
+    """ValueError naming both numbers unless `settings.network.support_size` holds `game`'s values,
+    rewards and (with settings.training.value_prefix) value prefixes."""
     ranges = [(value_range, "values", f"{game}'s returns"),
               (reward_range, "rewards", f"{game}'s rewards")]
-    if settings.value_prefix:
+    if settings.training.value_prefix:
         require(value_prefix_range is not None,
                 f"MuZeroSettings.value_prefix: {game} declares no value_prefix_range")
         ranges.append((value_prefix_range, "value prefixes",
                        f"{game}'s value prefixes (sums of up to num_unroll_steps="
-                       f"{settings.num_unroll_steps} rewards)"))
-    S = settings.support_size
+                       f"{settings.training.num_unroll_steps} rewards)"))
+    S = settings.network.support_size
     limit = support_limit(S)
     for (low, high), what, whose in ranges:
         extreme = high if abs(high) >= abs(low) else low
@@ -330,7 +209,7 @@ class Game(abc.ABC):
         value prefixes; ValueError naming the support size, what it holds and what the game
         reaches otherwise. For services that change a game's settings (e.g. support_size)."""
         check_support(settings, cls.spec.name, cls.value_range, cls.reward_range,
-                      cls.value_prefix_range(settings.num_unroll_steps))
+                      cls.value_prefix_range(settings.training.num_unroll_steps))
         return settings
 
     @abc.abstractmethod

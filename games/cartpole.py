@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps
 
 GRAVITY = 9.8
@@ -47,12 +48,13 @@ class CartPole(Game):
     reward_range = (0.0, 1.0)  # 1 a step; 0 in the targets at the root and past the end
     value_range = (0.0, discounted_steps(DISCOUNT, MAX_STEPS))  # 259.1
     settings = MuZeroSettings(
-        network="fc", hidden_size=64, fc_layers=(64,), support_size=16,
-        num_simulations=16, search="gumbel", max_considered_actions=2,
-        discount=DISCOUNT, num_unroll_steps=5, td_steps=10,
-        batch_size=256, learning_rate=3e-3, weight_decay=1e-4,
-        replay_capacity=100_000, min_replay_positions=2_000,
-        export_interval=100, games_per_batch=256)
+        network=NetworkSettings(architecture="fc", hidden_size=64, fc_layers=(64,), support_size=16),
+        search=SearchSettings(num_simulations=16, search="gumbel", max_considered_actions=2),
+        replay=ReplaySettings(capacity=100_000, min_positions=2_000),
+        training=TrainingSettings(num_unroll_steps=5, td_steps=10, batch_size=256,
+                                  learning_rate=3e-3, weight_decay=1e-4, export_interval=100),
+        fleet=FleetSettings(games_per_batch=256),
+        discount=DISCOUNT)
 
     def reset(self, n: int, seed: int | np.random.Generator | None = None) -> CartPoleState:
         rng = np.random.default_rng(seed)

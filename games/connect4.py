@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import GameSpec, MuZeroSettings
 from games.validation import require
 from games.boards import BoardState, LineGame
@@ -29,12 +30,15 @@ class ConnectFour(LineGame):
     spec = GameSpec(name="connect4", observation_shape=(ROWS, COLS, 2), observation_dtype="uint8",
                     num_actions=COLS, num_players=2, discount=1.0, max_moves=MAX_MOVES)
     settings = MuZeroSettings(
-        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=1,
-        num_simulations=32, search="gumbel", max_considered_actions=COLS,
-        discount=1.0, num_unroll_steps=5, td_steps=MAX_MOVES,
-        batch_size=256, learning_rate=3e-3, lr_decay_steps=20_000, weight_decay=1e-4,
-        replay_capacity=200_000, min_replay_positions=5_000,
-        export_interval=100, games_per_batch=256)
+        network=NetworkSettings(architecture="resnet", hidden_size=64, fc_layers=(64,),
+                                res_blocks=2, support_size=1),
+        search=SearchSettings(num_simulations=32, search="gumbel", max_considered_actions=COLS),
+        replay=ReplaySettings(capacity=200_000, min_positions=5_000),
+        training=TrainingSettings(num_unroll_steps=5, td_steps=MAX_MOVES, batch_size=256,
+                                  learning_rate=3e-3, lr_decay_steps=20_000, weight_decay=1e-4,
+                                  export_interval=100),
+        fleet=FleetSettings(games_per_batch=256),
+        discount=1.0)
 
     def symmetries(self) -> Symmetries:
         """The left-right mirror (gravity rules out the others); it mirrors the columns too."""

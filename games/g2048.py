@@ -51,6 +51,7 @@ import dataclasses
 
 import numpy as np
 
+from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps
 from games.validation import require
 from games.boards import as_rng, check_actions, reject_illegal, truncated_at
@@ -210,12 +211,15 @@ class Game2048(Game):
                             max_future_score(discounted_steps(DISCOUNT, MAX_MOVES))))
     # The smallest support that holds value_range (module docstring): h(1,069,909) = 2103.3.
     settings = MuZeroSettings(
-        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=2104,
-        num_simulations=16, search="gumbel", max_considered_actions=4,
-        discount=DISCOUNT, num_unroll_steps=5, td_steps=10,
-        batch_size=256, learning_rate=3e-3, lr_decay_steps=50_000, weight_decay=1e-4,
-        replay_capacity=500_000, min_replay_positions=10_000,
-        export_interval=100, games_per_batch=256)
+        network=NetworkSettings(architecture="resnet", hidden_size=64, fc_layers=(64,),
+                                res_blocks=2, support_size=2104),
+        search=SearchSettings(num_simulations=16, search="gumbel", max_considered_actions=4),
+        replay=ReplaySettings(capacity=500_000, min_positions=10_000),
+        training=TrainingSettings(num_unroll_steps=5, td_steps=10, batch_size=256,
+                                  learning_rate=3e-3, lr_decay_steps=50_000, weight_decay=1e-4,
+                                  export_interval=100),
+        fleet=FleetSettings(games_per_batch=256),
+        discount=DISCOUNT)
 
     @classmethod
     def value_prefix_range(cls, num_unroll_steps: int) -> tuple[float, float]:

@@ -30,6 +30,7 @@ import dataclasses
 
 import numpy as np
 
+from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import Game, GameSpec, MuZeroSettings, State
 from games.validation import require
 from games.boards import (as_rng, check_actions, check_board, check_to_play, reject_illegal,
@@ -111,12 +112,15 @@ class Othello(Game):
     value_range = (-1.0, 1.0)
     rewarded_moves = 1
     settings = MuZeroSettings(
-        network="resnet", hidden_size=64, fc_layers=(64,), res_blocks=2, support_size=1,
-        num_simulations=32, search="gumbel", max_considered_actions=16,
-        discount=1.0, num_unroll_steps=5, td_steps=MAX_MOVES,
-        batch_size=256, learning_rate=3e-3, lr_decay_steps=30_000, weight_decay=1e-4,
-        replay_capacity=300_000, min_replay_positions=10_000,
-        export_interval=100, games_per_batch=256)
+        network=NetworkSettings(architecture="resnet", hidden_size=64, fc_layers=(64,),
+                                res_blocks=2, support_size=1),
+        search=SearchSettings(num_simulations=32, search="gumbel", max_considered_actions=16),
+        replay=ReplaySettings(capacity=300_000, min_positions=10_000),
+        training=TrainingSettings(num_unroll_steps=5, td_steps=MAX_MOVES, batch_size=256,
+                                  learning_rate=3e-3, lr_decay_steps=30_000, weight_decay=1e-4,
+                                  export_interval=100),
+        fleet=FleetSettings(games_per_batch=256),
+        discount=1.0)
 
     def symmetries(self) -> Symmetries:
         """The 4 maps of the 8 board symmetries that keep the standard start: the identity, the

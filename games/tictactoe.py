@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import GameSpec, MuZeroSettings
 from games.boards import BoardState, LineGame
 from games.symmetry import Symmetries, dihedral_cells
@@ -32,12 +33,16 @@ class TicTacToe(LineGame):
     # of the board's 8 symmetries; the replay keeps about 7 minutes of self-play, so older,
     # more varied games stay in the mix; a version every 250 steps keeps export time small.
     settings = MuZeroSettings(
-        network="resnet", hidden_size=32, fc_layers=(32,), res_blocks=1, support_size=1,
-        num_simulations=32, search="gumbel", max_considered_actions=9, rescale_values=False,
-        discount=1.0, num_unroll_steps=5, td_steps=MAX_MOVES,
-        batch_size=128, learning_rate=3e-3, lr_decay_steps=5_000, weight_decay=1e-4,
-        replay_capacity=300_000, min_replay_positions=500,
-        export_interval=250, games_per_batch=128, augment_symmetries=True)
+        network=NetworkSettings(architecture="resnet", hidden_size=32, fc_layers=(32,),
+                                res_blocks=1, support_size=1),
+        search=SearchSettings(num_simulations=32, search="gumbel", max_considered_actions=9,
+                              rescale_values=False),
+        replay=ReplaySettings(capacity=300_000, min_positions=500),
+        training=TrainingSettings(num_unroll_steps=5, td_steps=MAX_MOVES, batch_size=128,
+                                  learning_rate=3e-3, lr_decay_steps=5_000, weight_decay=1e-4,
+                                  export_interval=250, augment_symmetries=True),
+        fleet=FleetSettings(games_per_batch=128),
+        discount=1.0)
 
     def symmetries(self) -> Symmetries:
         """The 8 rotations and reflections of the board; an action is the cell it fills."""

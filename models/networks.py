@@ -167,7 +167,7 @@ class FcRepresentation(keras.layers.Layer):
     def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
         super().__init__(name="representation")
         self.flatten = keras.layers.Flatten()
-        self.mlp = _mlp(settings.fc_layers, settings.hidden_size, init, "representation_mlp")
+        self.mlp = _mlp(settings.network.fc_layers, settings.network.hidden_size, init, "representation_mlp")
 
     def call(self, observation, training=False):
         return min_max_normalize(self.mlp(self.flatten(observation), training=training))
@@ -177,8 +177,8 @@ class FcDynamics(keras.layers.Layer):
     def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
         super().__init__(name="dynamics")
         self.num_actions = num_actions
-        self.state_mlp = _mlp(settings.fc_layers, settings.hidden_size, init, "dynamics_state")
-        self.reward_mlp = _mlp(settings.fc_layers, support_width(settings.support_size), init,
+        self.state_mlp = _mlp(settings.network.fc_layers, settings.network.hidden_size, init, "dynamics_state")
+        self.reward_mlp = _mlp(settings.network.fc_layers, support_width(settings.network.support_size), init,
                                "dynamics_reward", zero_output=True)
 
     def call(self, inputs, training=False):
@@ -191,8 +191,8 @@ class FcDynamics(keras.layers.Layer):
 class FcPrediction(keras.layers.Layer):
     def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
         super().__init__(name="prediction")
-        self.policy_mlp = _mlp(settings.fc_layers, num_actions, init, "prediction_policy")
-        self.value_mlp = _mlp(settings.fc_layers, support_width(settings.support_size), init,
+        self.policy_mlp = _mlp(settings.network.fc_layers, num_actions, init, "prediction_policy")
+        self.value_mlp = _mlp(settings.network.fc_layers, support_width(settings.network.support_size), init,
                               "prediction_value", zero_output=True)
 
     def call(self, hidden, training=False):
@@ -207,12 +207,12 @@ HEAD_CHANNELS = 2
 class ResnetRepresentation(keras.layers.Layer):
     def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
         super().__init__(name="representation")
-        self.stem = keras.layers.Conv2D(settings.hidden_size, 3, padding="same", use_bias=False,
+        self.stem = keras.layers.Conv2D(settings.network.hidden_size, 3, padding="same", use_bias=False,
                                         kernel_initializer=init.conv())
         self.stem_bn = keras.layers.BatchNormalization()
-        self.num_blocks = settings.res_blocks
-        for i in range(settings.res_blocks):  # attributes, not a list (see _Mlp)
-            setattr(self, f"block_{i}", _ResidualBlock(settings.hidden_size, init, name=f"representation_block_{i}"))
+        self.num_blocks = settings.network.res_blocks
+        for i in range(settings.network.res_blocks):  # attributes, not a list (see _Mlp)
+            setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init, name=f"representation_block_{i}"))
 
     def call(self, observation, training=False):
         x = tf.nn.relu(self.stem_bn(self.stem(observation), training=training))
@@ -228,14 +228,14 @@ class ResnetDynamics(keras.layers.Layer):
         self.board = board
         self.num_actions = num_actions
         self.action_encoding = action_encoding
-        self.stem = keras.layers.Conv2D(settings.hidden_size, 3, padding="same", use_bias=False,
+        self.stem = keras.layers.Conv2D(settings.network.hidden_size, 3, padding="same", use_bias=False,
                                         kernel_initializer=init.conv())
         self.stem_bn = keras.layers.BatchNormalization()
-        self.num_blocks = settings.res_blocks
-        for i in range(settings.res_blocks):  # attributes, not a list (see _Mlp)
-            setattr(self, f"block_{i}", _ResidualBlock(settings.hidden_size, init, name=f"dynamics_block_{i}"))
-        self.reward_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers,
-                                     support_width(settings.support_size), init, zero_output=True,
+        self.num_blocks = settings.network.res_blocks
+        for i in range(settings.network.res_blocks):  # attributes, not a list (see _Mlp)
+            setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init, name=f"dynamics_block_{i}"))
+        self.reward_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
+                                     support_width(settings.network.support_size), init, zero_output=True,
                                      name="dynamics_reward")
 
     def action_planes(self, action: tf.Tensor) -> tf.Tensor:
@@ -261,10 +261,10 @@ class ResnetDynamics(keras.layers.Layer):
 class ResnetPrediction(keras.layers.Layer):
     def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
         super().__init__(name="prediction")
-        self.policy_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers, num_actions, init,
+        self.policy_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers, num_actions, init,
                                      name="prediction_policy")
-        self.value_head = _ConvHead(HEAD_CHANNELS, settings.fc_layers,
-                                    support_width(settings.support_size), init, zero_output=True,
+        self.value_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
+                                    support_width(settings.network.support_size), init, zero_output=True,
                                     name="prediction_value")
 
     def call(self, hidden, training=False):
@@ -312,13 +312,13 @@ class MuZeroNetwork(tf.Module):
         self.settings = settings
         self.observation_shape = tuple(spec.observation_shape)
         self.num_actions = spec.num_actions
-        self.support_size = settings.support_size
+        self.support_size = settings.network.support_size
         init = _Initializers(seed)
-        if settings.network == "fc":
+        if settings.network.architecture == "fc":
             require(action_encoding in ("auto",),
                     f"action_encoding applies to 'resnet' only, got {action_encoding!r} for 'fc'")
             self.action_encoding = "one_hot"
-            self.hidden_shape: tuple[int, ...] = (settings.hidden_size,)
+            self.hidden_shape: tuple[int, ...] = (settings.network.hidden_size,)
             self.representation = FcRepresentation(settings, init)
             self.dynamics = FcDynamics(settings, spec.num_actions, init)
             self.prediction = FcPrediction(settings, spec.num_actions, init)
@@ -335,7 +335,7 @@ class MuZeroNetwork(tf.Module):
                     f"for a {board[0]}x{board[1]} board")
             self.action_encoding = action_encoding
             self._board_shape = board
-            self.hidden_shape = (board[0], board[1], settings.hidden_size)
+            self.hidden_shape = (board[0], board[1], settings.network.hidden_size)
             self.representation = ResnetRepresentation(settings, init)
             self.dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding, init)
             self.prediction = ResnetPrediction(settings, spec.num_actions, init)
@@ -413,6 +413,6 @@ class MuZeroNetwork(tf.Module):
     def summary(self) -> str:
         """One line: variant, shapes and parameter count."""
         params = sum(int(np.prod(v.shape)) for v in self.trainable_variables)
-        return (f"{self.settings.network} network: observation {list(self.observation_shape)}, "
+        return (f"{self.settings.network.architecture} network: observation {list(self.observation_shape)}, "
                 f"hidden {list(self.hidden_shape)}, {self.num_actions} actions, support "
                 f"{support_width(self.support_size)}, {params} parameters")

@@ -51,7 +51,7 @@ class Player:
         self.game_name = config.game
         self.game = games.make(config.game)
         self.playable = config.game in PLAYABLE
-        self.simulations = config.play_simulations or self.game.settings.num_simulations
+        self.simulations = config.play_simulations or self.game.settings.search.num_simulations
         self._network = None
         self._lock = threading.Lock()
         if self.playable:

@@ -75,8 +75,8 @@ def agent_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> A
         parser.error("--replay is required for self-play (or pass --evaluate M)")
     settings = games.make(args.game).settings
     fields = config_values(parser, args, AgentConfig)
-    fields["games_per_batch"] = games_per_batch = args.games_per_batch or settings.games_per_batch
-    fields["simulations"] = args.simulations or settings.num_simulations
+    fields["games_per_batch"] = games_per_batch = args.games_per_batch or settings.fleet.games_per_batch
+    fields["simulations"] = args.simulations or settings.search.num_simulations
     # The default is clamped to B (one group per game at most); a --groups given is kept as
     # it is, so a value above --games-per-batch is refused naming both flags.
     fields["groups"] = args.groups if args.groups is not None else min(DEFAULT_GROUPS, max(games_per_batch, 1))
@@ -91,7 +91,7 @@ def evaluation_config(parser: argparse.ArgumentParser, args: argparse.Namespace)
     settings = games.make(args.game).settings
     return config_or_exit(parser, lambda: EvaluationConfig(
         game=args.game, environment=args.environment, network=args.network,
-        num_games=args.num_games, simulations=args.simulations or settings.num_simulations,
+        num_games=args.num_games, simulations=args.simulations or settings.search.num_simulations,
         opponent=args.opponent, version=args.version, seed=args.seed, model_name=args.model_name,
         request_timeout_s=args.request_timeout_s))
 

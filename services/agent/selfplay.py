@@ -78,7 +78,7 @@ class SelfPlay:
                                       timeout_s=config.request_timeout_s, metrics=metrics)
         self.recorder = TrajectoryRecorder(
             self.spec, config.games_per_batch, config.chunk_length,
-            lookahead=self.settings.num_unroll_steps + self.settings.td_steps)
+            lookahead=self.settings.training.num_unroll_steps + self.settings.training.td_steps)
         self.writer = ReplayWriter(
             self.replay.add_games, log, max_pending=config.max_pending_records,
             on_acked=metrics.records_acked.inc,
@@ -204,7 +204,7 @@ class SelfPlay:
                 self._retrying("network", error, delay)
                 search_backoff.pause(delay)
                 continue  # nothing was played: search the same positions again
-            explore = move_index < self.settings.temperature_moves
+            explore = move_index < self.settings.search.temperature_moves
             actions = np.where(explore, result.actions, result.greedy_actions).astype(np.int32)
             next_step = self._step(session, actions, steps, stop)
             if next_step is None:

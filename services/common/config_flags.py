@@ -33,9 +33,18 @@ _ATTRIBUTE = "_mufleet_config_flags"
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """field name -> its text in the `Attributes:` section of `cls`'s docstring, continuation
+    """field name -> its text in the `Attributes:` section of the docstrings of `cls` and its
+    base classes (a field inherited from a settings section is documented there), continuation
     lines joined with single spaces. Fields documented together ("a, b: ...") share the text."""
-    doc = inspect.cleandoc(cls.__doc__ or "")
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__doc__ and klass is not object:
+            docs.update(_own_field_docs(klass.__doc__))
+    return docs
+
+
+def _own_field_docs(docstring: str) -> dict[str, str]:
+    doc = inspect.cleandoc(docstring)
     docs: dict[str, str] = {}
     names: list[str] = []
     inside = False
@@ -70,6 +79,11 @@ def _scalar_type(annotation: Any) -> tuple[type, bool]:
         if len(members) != 1:
             raise TypeError(f"no flag type for {annotation!r}")
         annotation = members[0]
+    if typing.get_origin(annotation) is typing.Literal:
+        kinds = {type(value) for value in typing.get_args(annotation)}
+        if len(kinds) != 1:
+            raise TypeError(f"no flag type for {annotation!r}")
+        annotation = kinds.pop()
     if annotation not in (int, float, str, bool):
         raise TypeError(f"no flag type for {annotation!r}")
     return annotation, optional
@@ -126,9 +140,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *,
         has a scalar type (int, float, str, bool, or one of them | None) and is not excluded.
       exclude: fields the caller declares by hand (positional meaning, other names).
       derived: field -> what its default is when the flag is not given ("the game's
-        replay_capacity"); such flags default to None and `values` leaves them out while unset.
+        replay.capacity"); such flags default to None and `values` leaves them out while unset.
       defaults: field -> a default other than the dataclass's (a required field's default).
-      choices: field -> the allowed values.
+      choices: field -> the allowed values (a `Literal` field's values by default).
       aliases: field -> more option strings for its flag ("--metrics-port").
       names: field -> its flag's name when it is not the field's ("--prefetch" for
         `prefetch_batches`): the name errors and `--help` use.
@@ -168,6 +182,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *,
             raise TypeError(f"{cls.__name__}.{name} has no entry in the Attributes section of "
                             "its docstring, so its flag would have no help")
         kind, optional = _scalar_type(hints[name])
+        if typing.get_origin(hints[name]) is typing.Literal and name not in choices:
+            choices[name] = typing.get_args(hints[name])
         field = by_name[name]
         if name in derived:
             default = None

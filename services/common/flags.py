@@ -9,10 +9,10 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-# One pass over the message: a qualified field ("AgentConfig.groups") or a bare snake_case
+# One pass over the message: a qualified field ("AgentConfig.groups", "TrainingSettings.batch_size") or a bare snake_case
 # word ("games_per_batch"), so a flag spelled like its field (--max_request_rows) is not
 # rewritten twice.
-_FIELD_NAME = re.compile(r"\b[A-Z]\w*Config\.(\w+)\b|(?<![-.\w])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
+_FIELD_NAME = re.compile(r"\b[A-Z]\w*(?:Config|Settings)\.(\w+)\b|(?<![-.\w])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)\b")
 
 
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -23,16 +23,16 @@ from services.replay.config import SYNCHRONOUS_MODES, ReplayConfig, spec_from_js
 
 # Fields whose default comes from the game's MuZeroSettings (`ReplayConfig.for_game`).
 FROM_GAME = {
-    "capacity": "the game's replay_capacity",
-    "min_positions": "the game's min_replay_positions",
-    "samples_per_insert": "the game's samples_per_insert",
-    "error_buffer": "10 x the game's batch_size",
-    "priority_alpha": "the game's priority_alpha",
-    "priority_beta": "the game's priority_beta",
-    "num_unroll_steps": "the game's num_unroll_steps",
-    "td_steps": "the game's td_steps",
+    "capacity": "the game's replay.capacity",
+    "min_positions": "the game's replay.min_positions",
+    "samples_per_insert": "the game's replay.samples_per_insert",
+    "error_buffer": "10 x the game's training.batch_size",
+    "priority_alpha": "the game's replay.priority_alpha",
+    "priority_beta": "the game's replay.priority_beta",
+    "num_unroll_steps": "the game's training.num_unroll_steps",
+    "td_steps": "the game's training.td_steps",
     "discount": "the game's discount",
-    "value_prefix": "the game's value_prefix",
+    "value_prefix": "the game's training.value_prefix",
     "priority_limit": "10 x the largest value error of the game, at least 1e6",
 }
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import games
 from games.base import GameSpec, MuZeroSettings, support_limit
+from games.settings import ReplaySettings
 from games.validation import require
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.replay.records import position_bytes
@@ -31,26 +32,20 @@ DEFAULT_PRIORITY_LIMIT = 1e6
 PRIORITY_MARGIN = 10.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ReplayConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReplayConfig(ReplaySettings):
     """What a replay server stores, how it samples, and where it listens.
 
     `ReplayConfig.for_game(name, data_dir, ...)` fills the sampling defaults from the game's
-    `MuZeroSettings`; tests build one directly around any `GameSpec`.
+    `MuZeroSettings`; tests build one directly around any `GameSpec`. It extends the game's
+    `ReplaySettings` (capacity, min_positions, samples_per_insert, priority_alpha,
+    priority_beta: declared, documented and validated there) with the server's own fields.
 
     Attributes:
       spec: the game whose records are stored (observation shape and dtype, actions, players).
       data_dir: directory of the SQLite database (`replay.sqlite`); created if missing. A data
         dir holds one game's records: starting on it with another game's spec fails.
-      capacity: stored positions kept (look-ahead context included); when an add would exceed
-        it, the oldest records are evicted, from memory and disk, in the add's transaction.
-      min_positions: no sampling until this many sampleable positions are stored.
-      samples_per_insert: target ratio of sampled to inserted (sampleable) positions; 0 turns the
-        ratio limit off. With it on, a sample of B positions waits until
-        samples + B <= samples_per_insert * (inserts - min_positions) + error_buffer.
       error_buffer: how many sampled positions the trainer may run ahead of that ratio.
-      priority_alpha: sampling probability is priority ** alpha / sum; 0 is uniform.
-      priority_beta: importance-weight exponent in [0, 1].
       num_unroll_steps: K, the unroll steps of a SampleBatch that asks for none.
       td_steps: n of the n-step value targets of a SampleBatch that asks for none.
       discount: the discount of the value targets of a SampleBatch that gives none.
@@ -92,12 +87,11 @@ class ReplayConfig:
 
     spec: GameSpec
     data_dir: str
-    capacity: int
+    # A server's own defaults differ from a game's: no capacity without a decision, and a
+    # bare config (tests, benchmarks) samples from its first position.
+    capacity: int = dataclasses.field()
     min_positions: int = 0
-    samples_per_insert: float = 0.0
     error_buffer: float = 2560.0
-    priority_alpha: float = 1.0
-    priority_beta: float = 1.0
     num_unroll_steps: int = 5
     td_steps: int = 10
     discount: float = 0.997
@@ -116,16 +110,10 @@ class ReplayConfig:
     max_send_bytes: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the section's fields: capacity, min_positions, priorities
         require(isinstance(self.spec, GameSpec), f"ReplayConfig.spec must be a GameSpec, got {self.spec!r}")
         require(bool(self.data_dir), f"ReplayConfig.data_dir must be non-empty, got {self.data_dir!r}")
-        require(self.capacity >= 1, f"ReplayConfig.capacity must be >= 1, got {self.capacity}")
-        require(self.min_positions >= 0, f"ReplayConfig.min_positions must be >= 0, got {self.min_positions}")
-        require(self.samples_per_insert >= 0,
-                f"ReplayConfig.samples_per_insert must be >= 0, got {self.samples_per_insert}")
         require(self.error_buffer >= 0, f"ReplayConfig.error_buffer must be >= 0, got {self.error_buffer}")
-        require(self.priority_alpha >= 0, f"ReplayConfig.priority_alpha must be >= 0, got {self.priority_alpha}")
-        require(0 <= self.priority_beta <= 1,
-                f"ReplayConfig.priority_beta must be in [0, 1], got {self.priority_beta}")
         require(self.num_unroll_steps >= 1,
                 f"ReplayConfig.num_unroll_steps must be >= 1, got {self.num_unroll_steps}")
         require(self.td_steps >= 1, f"ReplayConfig.td_steps must be >= 1, got {self.td_steps}")
@@ -192,17 +180,17 @@ class ReplayConfig:
         if isinstance(game, str):
             loaded = games.make(game)
             spec, settings = loaded.spec, settings or loaded.settings
-            limit = priority_limit_for(type(loaded).value_range, settings.support_size)
+            limit = priority_limit_for(type(loaded).value_range, settings.network.support_size)
         else:
             spec, settings = game, settings or default_settings(game)
         fields = dict(
-            spec=spec, data_dir=data_dir, capacity=settings.replay_capacity,
-            min_positions=settings.min_replay_positions,
-            samples_per_insert=settings.samples_per_insert,
-            error_buffer=float(10 * settings.batch_size),
-            priority_alpha=settings.priority_alpha, priority_beta=settings.priority_beta,
-            num_unroll_steps=settings.num_unroll_steps, td_steps=settings.td_steps,
-            discount=settings.discount, value_prefix=settings.value_prefix, priority_limit=limit)
+            spec=spec, data_dir=data_dir, capacity=settings.replay.capacity,
+            min_positions=settings.replay.min_positions,
+            samples_per_insert=settings.replay.samples_per_insert,
+            error_buffer=float(10 * settings.training.batch_size),
+            priority_alpha=settings.replay.priority_alpha, priority_beta=settings.replay.priority_beta,
+            num_unroll_steps=settings.training.num_unroll_steps, td_steps=settings.training.td_steps,
+            discount=settings.discount, value_prefix=settings.training.value_prefix, priority_limit=limit)
         fields.update(overrides)
         return cls(**fields)
 
@@ -221,7 +209,7 @@ def _clamp_message(nbytes: int) -> int:
 
 def default_settings(spec: GameSpec) -> MuZeroSettings:
     """MuZeroSettings for a game outside the registry: the library defaults, its discount."""
-    return MuZeroSettings(network="fc", hidden_size=64, discount=spec.discount)
+    return MuZeroSettings.of(architecture="fc", hidden_size=64, discount=spec.discount)
 
 
 def spec_from_json(text: str) -> GameSpec:

@@ -29,7 +29,8 @@ from services.common.config_flags import add_config_flags, config_values
 from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.common.shutdown import stop_event_on_signals
-from services.trainer.config import TrainerConfig
+from games.settings import TrainingSettings
+from services.trainer.config import SETTINGS_OVERRIDES, TrainerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,19 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(parser, TrainerConfig,
                      exclude=("models_dir", "checkpoint_dir", "replay_address", "train_past_end"),
                      names={"prefetch_batches": "--prefetch", "sample_timeout_s": "--sample-timeout"})
-    overrides = parser.add_argument_group("the game's settings (default: games/<game>.py)")
-    overrides.add_argument("--batch-size", type=int, default=None,
-                           help="positions per batch (default: the game's batch_size)")
-    overrides.add_argument("--learning-rate", type=float, default=None,
-                           help="initial learning rate (default: the game's learning_rate)")
-    overrides.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
-                           help="adam, or sgd with momentum 0.9 (default: the game's optimizer)")
-    overrides.add_argument("--weight-decay", type=float, default=None,
-                           help="L2 coefficient (default: the game's weight_decay)")
-    overrides.add_argument("--num-unroll-steps", type=int, default=None,
-                           help="K, dynamics steps unrolled (default: the game's num_unroll_steps)")
-    overrides.add_argument("--export-interval", type=int, default=None,
-                           help="steps between exported versions (default: the game's export_interval)")
+    # The game's training settings that a command line may override: flags of the section's
+    # documented fields, defaulting to the game's values.
+    add_config_flags(parser, TrainingSettings, include=SETTINGS_OVERRIDES,
+                     derived={name: f"the game's training.{name}" for name in SETTINGS_OVERRIDES},
+                     group="the game's training settings (default: games/<game>.py)")
     return parser
 
 
@@ -74,10 +67,7 @@ def parse_args(argv: list[str] | None = None) -> TrainerConfig:
     args = parser.parse_args(argv)
     return config_or_exit(parser, lambda: TrainerConfig.for_game(
         args.game, args.models_dir, args.checkpoint_dir, replay_address=args.replay_address,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, num_unroll_steps=args.num_unroll_steps,
-        export_interval=args.export_interval, train_past_end=not args.mask_past_end,
-        **config_values(parser, args)))
+        train_past_end=not args.mask_past_end, **config_values(parser, args)))
 
 
 def start(argv: list[str], registry=None, log=None):

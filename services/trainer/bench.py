@@ -25,7 +25,7 @@ def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0
     """A valid batch for a registered game at its default settings."""
     game = games.make(game_name)
     spec, settings = game.spec, game.settings
-    B, K, A = batch_size or settings.batch_size, settings.num_unroll_steps, spec.num_actions
+    B, K, A = batch_size or settings.training.batch_size, settings.training.num_unroll_steps, spec.num_actions
     rng = np.random.default_rng(seed)
     if spec.observation_dtype == "uint8":
         observation = rng.integers(0, 2, (B, *spec.observation_shape)).astype(np.float32)
@@ -53,7 +53,7 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
         config = TrainerConfig(spec=game.spec, settings=settings, models_dir=f"{directory}/models",
                                checkpoint_dir=f"{directory}/checkpoints", jit_compile=jit_compile, seed=0)
         trainer = Trainer(config, log=get_logger("trainer", io.StringIO()))
-        batch = synthetic_batch(game_name, settings.batch_size)
+        batch = synthetic_batch(game_name, settings.training.batch_size)
         started = time.perf_counter()
         trainer.train_step(batch)
         first = time.perf_counter() - started
@@ -67,8 +67,8 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
         trainer.export()
         export = time.perf_counter() - started
     return {"steps_per_second": steps / seconds, "ms_per_step": 1000 * seconds / steps,
-            "positions_per_second": steps * settings.batch_size / seconds, "first_step_s": first,
-            "export_s": export, "batch_size": settings.batch_size, "device": trainer.device}
+            "positions_per_second": steps * settings.training.batch_size / seconds, "first_step_s": first,
+            "export_s": export, "batch_size": settings.training.batch_size, "device": trainer.device}
 
 
 def main(argv: list[str] | None = None) -> None:

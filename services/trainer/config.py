@@ -27,9 +27,8 @@ class TrainerConfig:
 
     Attributes:
       spec: the game (observation shape, number of actions).
-      settings: network and training hyperparameters: network, hidden_size, fc_layers, res_blocks,
-        support_size, num_unroll_steps (K), batch_size, learning_rate, lr_decay_steps,
-        lr_decay_rate, weight_decay, optimizer, export_interval.
+      settings: the game's settings; the trainer reads the `network` and `training` sections
+        (K = settings.training.num_unroll_steps).
       models_dir: the model's base path: version v (= training step v) is written as
         `<models_dir>/<v>/`, a SavedModel (models/export.py).
       checkpoint_dir: where `tf.train.CheckpointManager` keeps checkpoints (network, optimizer,
@@ -124,7 +123,7 @@ class TrainerConfig:
 
     @property
     def num_unroll_steps(self) -> int:
-        return self.settings.num_unroll_steps
+        return self.settings.training.num_unroll_steps
 
     @property
     def summary_dir(self) -> str:
@@ -143,12 +142,9 @@ class TrainerConfig:
         overrides = {name: value for name, value in overrides.items() if value is not None}
         changes = {name: overrides.pop(name) for name in SETTINGS_OVERRIDES if name in overrides}
         if changes:
-            try:
-                settings = settings.replace(**changes)
-            except ValueError as error:
-                # Name the override as the field of this config that carries it (and that a
-                # command-line flag sets), not as the game's MuZeroSettings.
-                raise ValueError(str(error).replace("MuZeroSettings.", "TrainerConfig.")) from None
-        symmetries = loaded.symmetries() if settings.augment_symmetries else None
+            # A bad value is refused by its section ("TrainingSettings.batch_size must be ..."),
+            # which the command line names as its flag.
+            settings = settings.replace(**changes)
+        symmetries = loaded.symmetries() if settings.training.augment_symmetries else None
         return cls(spec=loaded.spec, settings=settings, models_dir=models_dir,
                    checkpoint_dir=checkpoint_dir, symmetries=symmetries, **overrides)

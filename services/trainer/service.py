@@ -61,7 +61,7 @@ def _train(config: TrainerConfig, log: EventLogger, stop: threading.Event, ready
     if owns_client:
         from services.replay.client import ReplayClient
         replay = ReplayClient(config.replay_address, timeout_s=config.sample_timeout_s)
-    batch_size, K = config.settings.batch_size, config.num_unroll_steps
+    batch_size, K = config.settings.training.batch_size, config.num_unroll_steps
     prefetcher = Prefetcher(
         lambda timeout_s: replay.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s),
         prepare(config), log, metrics, capacity=config.prefetch_batches,

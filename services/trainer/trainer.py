@@ -93,15 +93,15 @@ def select_device(log: EventLogger | None = None) -> str:
 def make_optimizer(settings) -> keras.optimizers.Optimizer:
     """Adam or SGD (momentum 0.9) with learning_rate * lr_decay_rate ** (step / lr_decay_steps)."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
-        settings.learning_rate, settings.lr_decay_steps, settings.lr_decay_rate, staircase=False)
-    if settings.optimizer == "adam":
+        settings.training.learning_rate, settings.training.lr_decay_steps, settings.training.lr_decay_rate, staircase=False)
+    if settings.training.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=schedule)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
 
 
 def learning_rate_at(settings, step: int) -> float:
     """The schedule's learning rate after `step` optimizer steps."""
-    return float(settings.learning_rate * settings.lr_decay_rate ** (step / settings.lr_decay_steps))
+    return float(settings.training.learning_rate * settings.training.lr_decay_rate ** (step / settings.training.lr_decay_steps))
 
 
 # TensorBoard's scalar plugin metadata, so event files are written without the tensorboard
@@ -194,11 +194,11 @@ class Trainer:
 
     def _losses_eager(self, batch, training: bool) -> Losses:
         with tf.device(self.device):
-            losses = muzero_loss(self.network, batch, self.settings.support_size,
+            losses = muzero_loss(self.network, batch, self.settings.network.support_size,
                                  value_loss_weight=self.config.value_loss_weight,
                                  gradient_scale=self.config.gradient_scale,
                                  train_past_end=self.config.train_past_end, training=training)
-            return add_l2(losses, l2_loss(self.network.trainable_variables, self.settings.weight_decay))
+            return add_l2(losses, l2_loss(self.network.trainable_variables, self.settings.training.weight_decay))
 
     def _losses_fn(self, batch) -> Losses:
         return self._losses_eager(batch, training=False)
@@ -272,7 +272,7 @@ class Trainer:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             raise CheckpointMismatch(
-                f"checkpoint {latest} does not fit the {self.settings.network} network of "
+                f"checkpoint {latest} does not fit the {self.settings.network.architecture} network of "
                 f"{config.spec.name} with these settings: run with the --game and network "
                 f"settings that wrote it, or {start_over} ({_first_line(str(error))})") from error
         step = self.current_step
@@ -321,8 +321,8 @@ class Trainer:
         self.log.info("started", step=step, resumed=restored is not None,
                       checkpoint=self.manager.latest_checkpoint, versions=versions[-5:],
                       removed_temporaries=removed, network=self.network.summary(),
-                      batch_size=self.settings.batch_size, num_unroll_steps=self.config.num_unroll_steps,
-                      learning_rate=self.learning_rate(), optimizer=self.settings.optimizer)
+                      batch_size=self.settings.training.batch_size, num_unroll_steps=self.config.num_unroll_steps,
+                      learning_rate=self.learning_rate(), optimizer=self.settings.training.optimizer)
         self.metrics.steps.inc(step)
         if versions:
             self.latest_version = versions[-1]
@@ -380,7 +380,7 @@ class Trainer:
                     self._report(result, learning_rate, steps_per_second,
                                  window_wait / max(step - window_step, 1), model_versions)
                     window_start, window_step, window_wait, model_versions = now, step, 0.0, []
-                if step % self.settings.export_interval == 0:
+                if step % self.settings.training.export_interval == 0:
                     self.export()
                 elif step % config.checkpoint_interval == 0:
                     self.save_checkpoint()

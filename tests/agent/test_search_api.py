@@ -187,8 +187,7 @@ def test_puct_temperature_defaults():
 
 
 def test_config_from_settings_and_validation():
-    settings = MuZeroSettings(network="fc", hidden_size=16, num_simulations=32, search="puct", discount=0.99,
-                              max_considered_actions=4)
+    settings = MuZeroSettings.of(architecture="fc", hidden_size=16, num_simulations=32, search="puct", discount=0.99, max_considered_actions=4)
     config = SearchConfig.from_settings(settings)
     assert (config.num_simulations, config.search, config.discount,
             config.max_considered_actions) == (32, "puct", 0.99, 4)

@@ -51,15 +51,15 @@ def test_spec_and_settings_agree(name):
     assert spec.name == name
     assert isinstance(settings, MuZeroSettings)
     assert settings.discount == spec.discount
-    assert 2 <= settings.max_considered_actions <= spec.num_actions
-    assert settings.max_considered_actions == min(16, spec.num_actions)
-    assert settings.search == "gumbel" and 16 <= settings.num_simulations <= 32
-    assert settings.num_unroll_steps == 5
+    assert 2 <= settings.search.max_considered_actions <= spec.num_actions
+    assert settings.search.max_considered_actions == min(16, spec.num_actions)
+    assert settings.search.search == "gumbel" and 16 <= settings.search.num_simulations <= 32
+    assert settings.training.num_unroll_steps == 5
     if len(spec.observation_shape) == 3:
-        assert settings.network == "resnet" and 32 <= settings.hidden_size <= 64
-        assert 1 <= settings.res_blocks <= 2 and spec.observation_dtype == "uint8"
+        assert settings.network.architecture == "resnet" and 32 <= settings.network.hidden_size <= 64
+        assert 1 <= settings.network.res_blocks <= 2 and spec.observation_dtype == "uint8"
     if spec.num_players == 2:
-        assert spec.discount == 1.0 and settings.td_steps >= spec.max_moves
+        assert spec.discount == 1.0 and settings.training.td_steps >= spec.max_moves
 
 
 @pytest.mark.parametrize("name", NAMES)

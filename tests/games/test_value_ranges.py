@@ -47,11 +47,11 @@ def test_every_game_declares_ranges_its_default_support_holds(name):
     for low, high in (game.value_range, game.reward_range):
         assert low <= 0.0 <= high
     assert game.check_settings(game.settings) is game.settings
-    S = game.settings.support_size
+    S = game.settings.network.support_size
     assert support_limit(S) >= max(abs(v) for v in (*game.value_range, *game.reward_range))
     # No support larger than needed: the smallest that holds the values and rewards.
     assert S == max(smallest_support(*game.value_range), smallest_support(*game.reward_range))
-    K = game.settings.num_unroll_steps
+    K = game.settings.training.num_unroll_steps
     game.check_settings(game.settings.replace(value_prefix=True))  # the prefixes fit as well
     low, high = game.value_prefix_range(K)
     assert low <= 0.0 <= high
@@ -76,7 +76,7 @@ def test_cartpole_returns_reach_the_geometric_sum():
     np.testing.assert_allclose(returns, CartPole.value_range[1], rtol=1e-9)
     # The old support clips them; the new one, the smallest that holds them, does not.
     assert support_limit(10) < 117.5 < returns.min()
-    assert support_limit(15) < returns.min() <= support_limit(16) == support_limit(CartPole.settings.support_size)
+    assert support_limit(15) < returns.min() <= support_limit(16) == support_limit(CartPole.settings.network.support_size)
 
 
 def signed_returns(rewards: np.ndarray, to_play: np.ndarray) -> np.ndarray:
@@ -185,7 +185,7 @@ def test_2048_declared_ranges_follow_from_its_constants():
     assert g2048.Game2048.value_range == (0.0, pytest.approx(2 ** 20 + 64 * geometric, rel=1e-9))
     assert g2048.Game2048.value_range[1] == pytest.approx(1_069_909.3, abs=0.1)
     assert g2048.Game2048.value_prefix_range(5) == (0.0, 2 ** 20 + 64 * 5)
-    assert g2048.Game2048.settings.support_size == 2104
+    assert g2048.Game2048.settings.network.support_size == 2104
     assert support_limit(2103) < g2048.Game2048.value_range[1] <= support_limit(2104)
 
 
@@ -208,7 +208,7 @@ def test_a_game_defined_with_too_small_a_support_is_refused_at_once():
     class Enough(CartPole):  # the smallest that holds the range is accepted
         settings = CartPole.settings.replace(support_size=16)
 
-    assert Enough.settings.support_size == 16
+    assert Enough.settings.network.support_size == 16
 
 
 def test_rewards_and_value_prefixes_are_checked_too():

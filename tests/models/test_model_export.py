@@ -17,7 +17,7 @@ from tests.models.tolerances import assert_decoded_matches_logits
 
 BOARD = GameSpec(name="board6x7", observation_shape=(6, 7, 2), observation_dtype="uint8", num_actions=7,
                  num_players=2, discount=1.0, max_moves=42)
-RESNET = MuZeroSettings(network="resnet", hidden_size=8, fc_layers=(16,), res_blocks=1, support_size=5)
+RESNET = MuZeroSettings.of(architecture="resnet", hidden_size=8, fc_layers=(16,), res_blocks=1, support_size=5)
 FC = CartPole.settings.replace(hidden_size=16, fc_layers=(16,))
 
 

@@ -19,8 +19,8 @@ CELLS_PASS = GameSpec(name="cells4x4pass", observation_shape=(4, 4, 2), observat
                       num_actions=17, num_players=2, discount=1.0, max_moves=60)
 PLANES = GameSpec(name="planes4x4", observation_shape=(4, 4, 16), observation_dtype="uint8", num_actions=4,
                   num_players=1, discount=0.997, max_moves=1000)
-FC = MuZeroSettings(network="fc", hidden_size=16, fc_layers=(32, 16), support_size=S)
-RESNET = MuZeroSettings(network="resnet", hidden_size=8, fc_layers=(16,), res_blocks=2, support_size=S)
+FC = MuZeroSettings.of(architecture="fc", hidden_size=16, fc_layers=(32, 16), support_size=S)
+RESNET = MuZeroSettings.of(architecture="resnet", hidden_size=8, fc_layers=(16,), res_blocks=2, support_size=S)
 
 CASES = [
     pytest.param(CartPole.spec, CartPole.settings.replace(support_size=S), (64,), id="fc-cartpole"),
@@ -142,7 +142,7 @@ def test_every_trainable_variable_gets_a_gradient_through_an_unroll(spec, settin
     grads = tape.gradient(loss, variables)
     missing = [v.path for v, g in zip(variables, grads) if g is None]
     assert not missing, missing
-    assert len(variables) < len(network.variables) if settings.network == "resnet" else True
+    assert len(variables) < len(network.variables) if settings.network.architecture == "resnet" else True
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -16,7 +16,7 @@ from tests.network.network_helpers import start_network
 
 BOARD = GameSpec(name="board6x7", observation_shape=(6, 7, 2), observation_dtype="uint8", num_actions=7,
                  num_players=2, discount=1.0, max_moves=42)
-BOARD_SETTINGS = MuZeroSettings(network="resnet", hidden_size=8, fc_layers=(16,), res_blocks=1, support_size=5)
+BOARD_SETTINGS = MuZeroSettings.of(architecture="resnet", hidden_size=8, fc_layers=(16,), res_blocks=1, support_size=5)
 
 
 @pytest.fixture(scope="session")

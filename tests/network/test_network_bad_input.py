@@ -38,8 +38,8 @@ pytestmark = pytest.mark.integration
 
 MAX_ROWS = 1024
 LIMIT_BYTES = 1 << 20  # request and response limit of the server under test
-HIDDEN = CartPole.settings.hidden_size
-BOARD_HIDDEN = (6, 7, BOARD_SETTINGS.hidden_size)  # 1344 bytes a row: 1000 rows are over 1 MiB
+HIDDEN = CartPole.settings.network.hidden_size
+BOARD_HIDDEN = (6, 7, BOARD_SETTINGS.network.hidden_size)  # 1344 bytes a row: 1000 rows are over 1 MiB
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 TOO_LARGE = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -314,7 +314,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(running, channel, refe
         request(observation=obs), timeout=60)
     assert response.model_spec.version.value == 2
     assert_decoded_close(np.frombuffer(response.outputs["value"].tensor_content, np.float32),
-                         reference[("muzero", 2)].initial_inference(obs)["value"], CartPole.settings.support_size)
+                         reference[("muzero", 2)].initial_inference(obs)["value"], CartPole.settings.network.support_size)
 
 
 def test_versions_under_test(channel):
@@ -328,13 +328,13 @@ def test_the_limits_let_the_largest_allowed_requests_through(channel, reference)
     obs = observations(MAX_ROWS, seed=3)
     response = stub.Predict(request(observation=obs), timeout=60)
     assert_decoded_close(np.frombuffer(response.outputs["value"].tensor_content, np.float32),
-                         reference[("muzero", 2)].initial_inference(obs)["value"], CartPole.settings.support_size)
+                         reference[("muzero", 2)].initial_inference(obs)["value"], CartPole.settings.network.support_size)
     board_obs = observations(800, (6, 7, 2), seed=4)
     response = stub.Predict(filtered(request(model="board", observation=board_obs), ["value", "policy_logits"]),
                             timeout=60)
     assert sorted(response.outputs) == ["policy_logits", "value"]
     assert_decoded_close(np.frombuffer(response.outputs["value"].tensor_content, np.float32),
-                         reference[("board", 1)].initial_inference(board_obs)["value"], BOARD_SETTINGS.support_size)
+                         reference[("board", 1)].initial_inference(board_obs)["value"], BOARD_SETTINGS.network.support_size)
     broadcast = stub.Predict(board_recurrent(700, "broadcast"), timeout=60)  # 941 KB decoded, under 1 MiB
     assert broadcast.outputs["value"].tensor_shape.dim[0].size == 700
 
@@ -357,7 +357,7 @@ def test_nan_and_inf_inputs_are_answered_and_counted(running, channel, reference
     value = np.frombuffer(response.outputs["value"].tensor_content, np.float32)
     assert value.shape == (4,)
     assert_decoded_close(value[2:], reference[("muzero", 2)].initial_inference(obs[2:])["value"],
-                         CartPole.settings.support_size)
+                         CartPole.settings.network.support_size)
     hidden = np.zeros((2, HIDDEN), np.float32)
     hidden[1, 3] = -np.inf
     before = nonfinite(running, "recurrent_inference", "hidden_state")

@@ -21,7 +21,7 @@ from tests.network.network_helpers import metric, publish, wait_for
 pytestmark = pytest.mark.integration
 
 MAX_BATCH = 32
-S = CartPole.settings.support_size
+S = CartPole.settings.network.support_size
 
 
 @pytest.fixture(scope="module")

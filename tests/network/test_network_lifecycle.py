@@ -160,7 +160,7 @@ def test_empty_base_path_first_version_then_graceful_sigterm(start_service, tmp_
     client.close()
     assert "error" not in result, result.get("error")
     want = load_version(saved_models / "cartpole", 2).initial_inference(observation)
-    assert_decoded_close(result["root"].value, want["value"], CartPole.settings.support_size)
+    assert_decoded_close(result["root"].value, want["value"], CartPole.settings.network.support_size)
     assert result["root"].version == 0
     wait_for(lambda: process.poll() is not None, "the server to exit", timeout_s=60)
     assert process.poll() == 0

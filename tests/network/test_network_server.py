@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 A = 2  # cartpole's actions
 HIDDEN = 64  # cartpole's hidden state
-S = CartPole.settings.support_size
+S = CartPole.settings.network.support_size
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +155,11 @@ def test_second_model_with_a_resnet(server, reference):
         obs = observations(3, (6, 7, 2), seed=4)
         outputs, version = board.predict("initial_inference", {"observation": obs})
         assert version == 1
-        assert_outputs_equal(outputs, reference[("board", 1)].initial_inference(obs), BOARD_SETTINGS.support_size)
+        assert_outputs_equal(outputs, reference[("board", 1)].initial_inference(obs), BOARD_SETTINGS.network.support_size)
         action = np.array([0, 6, 3], np.int32)
         outputs, _ = board.predict("recurrent_inference", {"hidden_state": outputs["hidden_state"], "action": action})
         assert_outputs_equal(outputs, reference[("board", 1)].recurrent_inference(
-            reference[("board", 1)].initial_inference(obs)["hidden_state"], action), BOARD_SETTINGS.support_size)
+            reference[("board", 1)].initial_inference(obs)["hidden_state"], action), BOARD_SETTINGS.network.support_size)
 
 
 def test_output_filter_and_version_label(stub, reference):

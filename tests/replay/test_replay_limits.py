@@ -200,7 +200,7 @@ def test_the_priority_limit_follows_the_games_values_and_support():
     assert ReplayConfig.for_game("cartpole", "unused").priority_limit == 1e6  # 10 x (259 + 279)
     g2048 = type(games.make("2048"))
     limit = ReplayConfig.for_game("2048", "unused").priority_limit
-    error = g2048.value_range[1] + support_limit(g2048.settings.support_size)  # |z - v| at most
+    error = g2048.value_range[1] + support_limit(g2048.settings.network.support_size)  # |z - v| at most
     assert limit == pytest.approx(10 * error) and 2e7 < limit < 2.2e7
     assert ReplayConfig.for_game("2048", "unused", priority_limit=5e6).priority_limit == 5e6
     assert priority_limit_for((-1.0, 1.0), 1) == 1e6

@@ -64,7 +64,7 @@ def test_train_loop_exports_checkpoints_sends_priorities_and_resumes(tmp_path):
     # Compared before the support decode, which amplifies another CPU's rounding of the logits.
     assert_decoded_matches_logits(exported["value"],
                                   trainer.network.initial_inference(observation).value_logits.numpy(),
-                                  trainer.config.settings.support_size, logit_atol=1e-5, logit_rtol=1e-5)
+                                  trainer.config.settings.network.support_size, logit_atol=1e-5, logit_rtol=1e-5)
     step = model.recurrent_inference(exported["hidden_state"], np.array([0, 1, 0], np.int32))
     assert step["policy_logits"].shape == (3, 2)
 
@@ -141,8 +141,8 @@ def test_device_is_logged():
 def test_config_validation_and_overrides(tmp_path):
     cfg = TrainerConfig.for_game("cartpole", str(tmp_path / "m"), str(tmp_path / "c"), batch_size=32,
                                  learning_rate=None, export_interval=7, steps=3)
-    assert (cfg.settings.batch_size, cfg.settings.export_interval, cfg.steps) == (32, 7, 3)
-    assert cfg.settings.learning_rate == CartPole.settings.learning_rate  # None: the game's
+    assert (cfg.settings.training.batch_size, cfg.settings.training.export_interval, cfg.steps) == (32, 7, 3)
+    assert cfg.settings.training.learning_rate == CartPole.settings.training.learning_rate  # None: the game's
     assert cfg.summary_dir == str((tmp_path / "tensorboard").resolve())
     with pytest.raises(ValueError, match="keep_versions must be >= 1, got 0"):
         config(tmp_path, keep_versions=0)

@@ -22,8 +22,7 @@ TINY = CartPole.settings.replace(hidden_size=8, fc_layers=(16,), support_size=S,
                                  lr_decay_steps=1000)
 BOARD = GameSpec(name="tictactoe", observation_shape=(3, 3, 2), observation_dtype="uint8",
                  num_actions=9, num_players=2, discount=1.0, max_moves=9)
-TINY_RESNET = MuZeroSettings(network="resnet", hidden_size=4, fc_layers=(8,), res_blocks=1,
-                             support_size=1, num_unroll_steps=K, batch_size=8)
+TINY_RESNET = MuZeroSettings.of(architecture="resnet", hidden_size=4, fc_layers=(8,), res_blocks=1, support_size=1, num_unroll_steps=K, batch_size=8)
 
 
 def batch(spec: GameSpec = SPEC, B: int = 16, K: int = K, seed: int = 0, learnable: bool = False,
