@@ -66,6 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def parse_command_line(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser and the parsed flags, with a fresh seed drawn when none was given (so scaled
+    replicas play different games)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = secrets.randbits(31)
+    return parser, args
+
+
 def agent_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> AgentConfig:
     """The self-play config of `args`; argparse's error (exit 2) naming the flag otherwise."""
     for flag, value in (("--opponent", args.opponent), ("--version", args.version)):
@@ -102,18 +112,12 @@ def start(argv: list[str], registry=None, log=None):
     from prometheus_client import REGISTRY
 
     from services.agent.service import serve
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.seed is None:
-        args.seed = secrets.randbits(31)
+    parser, args = parse_command_line(argv)
     return serve(agent_config(parser, args), log or get_logger("agent"), registry=registry or REGISTRY)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.seed is None:
-        args.seed = secrets.randbits(31)
+    parser, args = parse_command_line(argv)
     evaluating = args.num_games != 0
     config = evaluation_config(parser, args) if evaluating else agent_config(parser, args)
     log = get_logger("agent")
