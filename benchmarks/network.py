@@ -8,16 +8,30 @@ processes (batching off, and batching on with models/batching.config). For every
 the table compares `recurrent_inference` (what the agent calls at every search step) called
 in-process (the loaded SavedModel signature, NumPy in and out) with the same call through
 the server (NetworkClient over loopback gRPC). A second table runs 8 concurrent clients.
+
+The memory row presents 1,000 versions of one cartpole SavedModel to a real server process as
+the trainer does (atomic rename into the base path, old versions pruned), waits for each to be
+served, runs Predict on it, and prints the server's resident memory (VmRSS) along the way and
+its ratio after 1,000 versions to after the first 50: a version that is not released when it
+is evicted shows up as growth.
+
+    python -m benchmarks network                          # both
+    python -m benchmarks.network --only latency
+    python -m benchmarks.network --only memory --versions 200
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from rich import box
 
-from services.common.metrics import flat_metrics, sum_samples
+from services.common.metrics import flat_metrics, sample_key, sum_samples
 from services.network import metrics as network_metrics
 
 BATCH_SIZES = (1, 16, 64, 256, 1024)
@@ -34,6 +48,11 @@ CLIENTS = 8
 CONCURRENT_BATCH = 64
 CELL_SECONDS = 0.6
 CONCURRENT_SECONDS = 2.0
+MEMORY_VERSIONS = 1000
+MEMORY_SAMPLES = (1, 10, 50, 100, 250, 500, 750, 1000)  # versions after which RSS is read
+MEMORY_BASELINE = 50  # the ratio's denominator: RSS once the first versions have come and gone
+MEMORY_KEEP = 5  # versions left on disk after each export (the trainer's default keep_versions)
+MEMORY_POLL_S = 0.02  # the server's --file_system_poll_wait_seconds: small, so loading dominates
 
 console = Console()
 tables = Console(width=170)  # wide enough for the tables even when stdout is not a terminal
@@ -77,8 +96,23 @@ def _scrape(process, name: str) -> float:
     return sum_samples(flat_metrics(text), name)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("latency", "memory"), help="run one part (default: both)")
+    parser.add_argument("--versions", type=int, default=MEMORY_VERSIONS,
+                        help=f"versions the memory row loads (default {MEMORY_VERSIONS})")
+    args = parser.parse_args(argv if argv is not None else [])
+    if args.versions < 1:
+        parser.error(f"--versions must be >= 1, got {args.versions}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.only != "memory":
+        _latency()
+    if args.only != "latency":
+        _memory(args.versions)
+
+
+def _latency() -> None:
+    """The two latency tables: in-process vs through the server, and concurrent clients."""
     with console.status("network benchmark: importing TensorFlow") as status, \
             tempfile.TemporaryDirectory(prefix="mufleet-bench-network-") as tmp:
         root = Path(tmp)
@@ -188,3 +222,99 @@ def _concurrent(server, model_name: str, model, spec) -> tuple[float, float, flo
     every = [x for per_client in latencies for x in per_client]
     p50, p99, _ = _stats(every, CONCURRENT_BATCH)
     return p50, p99, len(every) * CONCURRENT_BATCH / elapsed, rows / runs if runs else 0.0
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (VmRSS of /proc/<pid>/status, which is in kB)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def _publish(source: Path, base: Path, version: int) -> None:
+    """Presents a copy of the SavedModel `source` as <base>/<version> the way export_version
+    publishes one: written under a temporary name, then one rename (a real, complete copy, so
+    the server loads it from its own files like any new version)."""
+    from models.export import TEMP_PREFIX
+
+    temporary = base / f"{TEMP_PREFIX}{version}-{uuid.uuid4().hex}"
+    shutil.copytree(source, temporary)
+    os.rename(temporary, base / str(version))
+
+
+def _memory(versions: int) -> None:
+    """The memory row: server RSS while `versions` versions are published, served, used and
+    evicted one after another, and the ratio of the last sample to the one at MEMORY_BASELINE."""
+    import games
+    from models.export import export_version, prune_versions
+    from models.networks import MuZeroNetwork
+    from services.common.processes import ServiceProcess
+    from services.network.client import NetworkClient
+
+    samples = sorted({v for v in MEMORY_SAMPLES if v <= versions} | {versions})
+    baseline = min(MEMORY_BASELINE, versions)
+    rows: list[tuple[int, float, float]] = []  # (versions, RSS MiB, seconds since the first)
+    with console.status("network memory: exporting a cartpole version") as status, \
+            tempfile.TemporaryDirectory(prefix="mufleet-bench-network-memory-") as tmp:
+        root = Path(tmp)
+        game = games.make("cartpole")
+        source = export_version(MuZeroNetwork(game.spec, game.settings, seed=0), root / "source", 0)
+        base = root / "muzero"
+        base.mkdir()
+        # As the local launcher runs it (batching on, so per-version batch queues are exercised
+        # too), with a short poll interval so that the time per version is the load's own.
+        server = ServiceProcess("services.network", [
+            "--port", "0", "--metrics-port", "0", "--model_name", "muzero", "--model_base_path", str(base),
+            "--enable_batching", "--file_system_poll_wait_seconds", str(MEMORY_POLL_S)],
+            log_path=root / "network.log").start()
+        try:
+            server.wait_ready()
+            rng = np.random.default_rng(0)
+            observation = rng.uniform(-1, 1, (16, *game.spec.observation_shape)).astype(np.float32)
+            action = rng.integers(0, game.spec.num_actions, 16).astype(np.int32)
+            with NetworkClient(server.grpc_address, model_name="muzero", timeout_s=60) as client:
+                started = time.perf_counter()
+                for version in range(1, versions + 1):
+                    _publish(source, base, version)
+                    prune_versions(base, MEMORY_KEEP)
+                    client.wait_until_available(version, timeout_s=120, poll_s=0.01)
+                    # Every version answers both signatures (pinned, as an agent's search is), so
+                    # each one's functions and batch queues are really used before it is evicted.
+                    first = client.initial_inference(observation, version=version)
+                    client.recurrent_inference(first.hidden_state, action, version=version)
+                    if version in samples:
+                        rows.append((version, _rss_mib(server.pid), time.perf_counter() - started))
+                    elapsed = time.perf_counter() - started
+                    status.update(f"network memory: version {version}/{versions}, "
+                                  f"{elapsed / version:.3f} s per version, RSS {_rss_mib(server.pid):.0f} MiB")
+                wall_s = time.perf_counter() - started
+            metrics = flat_metrics(urllib.request.urlopen(
+                f"http://127.0.0.1:{server.ready['metrics_port']}/metrics", timeout=10).read().decode())
+        finally:
+            status.update("network memory: stopping the server")
+            server.stop()
+
+    loads = metrics.get(sample_key(network_metrics.VERSION_LOADS_TOTAL, {"model": "muzero", "result": "ok"}), 0.0)
+    load_s = sum_samples(metrics, network_metrics.VERSION_LOAD_SECONDS + "_sum")
+    load_count = sum_samples(metrics, network_metrics.VERSION_LOAD_SECONDS + "_count")
+    base_rss = next(rss for v, rss, _ in rows if v == baseline)
+    table = Table(title=f"network server memory (VmRSS) while {versions:,} cartpole versions come and go "
+                        f"(keep {MEMORY_KEEP} on disk, 3 loaded)", box=box.MARKDOWN)
+    for column in ("versions", "RSS MiB", f"vs {baseline}", "elapsed s"):
+        table.add_column(column, justify="right")
+    for version, rss, elapsed in rows:
+        table.add_row(f"{version:,}", f"{rss:.1f}", f"{rss / base_rss:.3f}", f"{elapsed:.1f}")
+    tables.print(table)
+    last_version, last_rss, _ = rows[-1]
+    per_version_kib = (last_rss - base_rss) * 1024 / (last_version - baseline) if last_version > baseline else 0.0
+    tables.print(f"memory ratio {last_version}/{baseline}: {last_rss / base_rss:.3f} "
+                 f"({per_version_kib:+.1f} KiB per version after {baseline}); "
+                 f"{loads:.0f} loads, {1e3 * load_s / max(load_count, 1):.0f} ms per load and warm-up in the server, "
+                 f"{1e3 * wall_s / versions:.0f} ms per version end to end (copy, rename, prune, load, "
+                 f"two Predicts)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

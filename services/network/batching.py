@@ -161,40 +161,53 @@ class BatchScheduler:
         with self._cond:
             while True:
                 now = time.monotonic()
-                best: tuple[_Queue, _Batch] | None = None
-                next_deadline: float | None = None
-                empty_keys = []
-                for key, queue in self._queues.items():
-                    if not queue.batches:
-                        empty_keys.append(key)
-                        continue
-                    head = queue.batches[0]
-                    ready_at = head.created + self._timeout_s
-                    if head.closed or self._draining or now >= ready_at:
-                        if best is None or head.created < best[1].created:
-                            best = (queue, head)
-                    elif next_deadline is None or ready_at < next_deadline:
-                        next_deadline = ready_at
-                for key in empty_keys:  # queues of evicted versions must not pile up
-                    del self._queues[key]
-                if best is not None:
-                    queue, batch = best
-                    queue.batches.popleft()
-                    batch.closed = True
-                    self._queued_rows -= batch.rows
-                    self.metrics.queued_rows.set(self._queued_rows)
-                    return best
+                taken, next_deadline = self._take_ready(now)
+                if taken is not None:
+                    return taken
                 if self._stopping:
                     return None
                 self._cond.wait(None if next_deadline is None else max(0.0, next_deadline - now))
+
+    def _take_ready(self, now: float) -> tuple[tuple[_Queue, _Batch] | None, float | None]:
+        """(the oldest ready batch, taken off its queue, or None; when the next batch is due,
+        monotonic seconds, or None). Call with `_cond` held.
+
+        A separate function so that the scan's loop variables die with it: left in the frame of
+        a thread that then waits, they would keep the last queue scanned, and the evicted
+        version its runner belongs to, alive until the next request."""
+        best: tuple[_Queue, _Batch] | None = None
+        next_deadline: float | None = None
+        for queue in self._queues.values():
+            head = queue.batches[0]  # a queue exists only while it holds batches
+            ready_at = head.created + self._timeout_s
+            if head.closed or self._draining or now >= ready_at:
+                if best is None or head.created < best[1].created:
+                    best = (queue, head)
+            elif next_deadline is None or ready_at < next_deadline:
+                next_deadline = ready_at
+        if best is None:
+            return None, next_deadline
+        queue, batch = best
+        queue.batches.popleft()
+        if not queue.batches:
+            # Queues are keyed by version: dropped when empty, so the queues (and runners) of
+            # evicted versions never pile up; the next request of a key makes a new one.
+            del self._queues[queue.key]
+        batch.closed = True
+        self._queued_rows -= batch.rows
+        self.metrics.queued_rows.set(self._queued_rows)
+        return best, next_deadline
 
     def _work(self) -> None:
         while True:
             taken = self._next_batch()
             if taken is None:
                 return
-            queue, batch = taken
-            self._run_batch(queue, batch)
+            self._run_batch(*taken)
+            # Let go before waiting for the next batch: an idle thread holding the last queue it
+            # ran would keep that queue's runner, and so an evicted version's whole SavedModel,
+            # alive (and the batch's arrays) until the next request comes.
+            del taken
 
     def _run_batch(self, queue: _Queue, batch: _Batch) -> None:
         tasks = batch.tasks

@@ -4,8 +4,11 @@ A `ModelManager` owns one model's base path. `poll()` (called at startup and the
 file_system_poll_wait_seconds by the server's poller thread) lists the integer-named
 directories, loads and warms the versions the version policy wants, then swaps the new set in
 with one assignment, so a request sees either the old set or the new one, never a version that
-is still loading. Versions that fell out of the window are dropped afterwards; requests already
-running on them finish normally (they hold a reference).
+is still loading; GetModelStatus reports a version AVAILABLE only from that swap on, so a client
+that waited for AVAILABLE can pin it at once. Versions that fell out of the window are dropped
+in the same step; requests already running on them finish normally (they hold a reference),
+and nothing else in the server keeps one (no cache, metric label or batch queue per version
+outlives it), so an evicted version's SavedModel is freed (tests/network/test_servables_release.py).
 
 Rules:
   * Names that are not all digits (".tmp-5-<uuid>", ".deleting-3-...") are not versions.
@@ -219,12 +222,16 @@ class ModelManager:
         if self._latest is not None and (newest is None or newest < self._latest.version):
             keep[self._latest.version] = self._latest  # cannot happen by construction; be safe
             newest = self._latest.version
-        self._versions = keep
-        self._latest = keep[newest] if newest is not None else None
         evicted = sorted(set(loaded) - set(keep))
         with self._status_lock:
             for version in evicted:
                 self._status[version] = VersionStatus("END")
+            self._versions = keep
+            self._latest = keep[newest] if newest is not None else None
+            # AVAILABLE only now that get() finds them: a client that saw AVAILABLE (e.g.
+            # NetworkClient.wait_until_available) and then pins the version must not get NOT_FOUND.
+            for version in keep.keys() - loaded.keys():
+                self._status[version] = VersionStatus("AVAILABLE")
             self._trim_status()
         self.metrics.loaded_versions.labels(self.name).set(len(keep))
         self.metrics.latest_version.labels(self.name).set(newest if newest is not None else -1)
@@ -275,9 +282,7 @@ class ModelManager:
                              attempt=attempts, retry_in_s=backoff, error=message)
             return None
         seconds = time.perf_counter() - started
-        self._failures.pop(version, None)
-        with self._status_lock:
-            self._status[version] = VersionStatus("AVAILABLE")
+        self._failures.pop(version, None)  # LOADING until _poll swaps it in, then AVAILABLE
         self.metrics.version_loads.labels(self.name, "ok").inc()
         self.metrics.version_load_seconds.observe(seconds)
         self.log.info("version_loaded", model=self.name, version=version, seconds=round(seconds, 3),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -158,3 +159,30 @@ def test_stop_runs_what_is_queued_then_refuses():
     assert queued.result["y"].tolist() == [2.0]
     with pytest.raises(ShuttingDown):
         s.run(KEY, runner, {"x": np.ones(1, np.float32)}, 1)
+
+
+class Doubler:
+    """A runner without reference cycles: freed as soon as nothing refers to it."""
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": inputs["x"] * 2}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_idle_scheduler_keeps_no_runner_alive(threads):
+    # The runner stands for an evicted version's signature: a queue, a batch or an idle batch
+    # thread that still held it would keep that version's whole SavedModel alive.
+    s = BatchScheduler(BatchingConfig(num_batch_threads=threads), NetworkMetrics(CollectorRegistry())).start()
+    try:
+        runners = [Doubler() for _ in range(3)]
+        for version, runner in enumerate(runners):
+            out = s.run(("muzero", version, "initial_inference"), runner, {"x": np.ones(2, np.float32)}, 2)
+            assert out["y"].tolist() == [2.0, 2.0]
+        references = [weakref.ref(r) for r in runners]
+        del runners, runner
+        # run() returns once the results are handed over, possibly before the thread is back
+        # to waiting: wait for the references to die (observable state, not the clock).
+        wait_until(lambda: all(r() is None for r in references), "the runners to be released")
+        assert queued_rows(s) == 0
+    finally:
+        s.stop()
