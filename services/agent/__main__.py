@@ -28,13 +28,10 @@ from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.common.shutdown import stop_event_on_signals
 
-DEFAULT_GROUPS = 2
-
 # Self-play fields whose default is computed from the game or at start-up.
 DERIVED = {
     "games_per_batch": "the game's settings",
     "simulations": "the game's settings",
-    "groups": f"{DEFAULT_GROUPS}, or --games-per-batch when that is smaller",
     "seed": "a fresh one, so scaled replicas play different games",
 }
 
@@ -85,11 +82,8 @@ def agent_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> A
         parser.error("--replay is required for self-play (or pass --evaluate M)")
     settings = games.make(args.game).settings
     fields = config_values(parser, args, AgentConfig)
-    fields["games_per_batch"] = games_per_batch = args.games_per_batch or settings.fleet.games_per_batch
+    fields["games_per_batch"] = args.games_per_batch or settings.fleet.games_per_batch
     fields["simulations"] = args.simulations or settings.search.num_simulations
-    # The default is clamped to B (one group per game at most); a --groups given is kept as
-    # it is, so a value above --games-per-batch is refused naming both flags.
-    fields["groups"] = args.groups if args.groups is not None else min(DEFAULT_GROUPS, max(games_per_batch, 1))
     return config_or_exit(parser, lambda: AgentConfig(
         game=args.game, environment=args.environment, network=args.network, replay=args.replay,
         **fields))

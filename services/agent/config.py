@@ -20,6 +20,10 @@ class AgentConfig:
       simulations: MCTS simulations per move.
       groups: the B games are split into this many groups whose searches are pipelined: the
         tree work of one group overlaps the network request of another (1 = no pipelining).
+        Each group sends its own requests, so G groups cost the network server G times its
+        per-request overhead per search step: G > 1 pays only when the server has cores (or
+        a GPU) of its own to overlap with, e.g. on another machine. On a machine the fleet
+        shares, 1 group costs the least CPU per simulation (benchmarks/selfplay.py, docs/agent.md).
       chunk_length: sampleable moves per record of a long game (games shorter are sent whole).
       seed: seeds the environment session and the search's random stream.
       model_name: the served model's name.
@@ -38,7 +42,7 @@ class AgentConfig:
     replay: str
     games_per_batch: int
     simulations: int
-    groups: int = 2
+    groups: int = 1
     chunk_length: int = 200
     seed: int = 0
     model_name: str = "muzero"

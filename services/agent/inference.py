@@ -7,7 +7,8 @@
 
 Who speaks it:
   * callers: `services.agent.pipeline.PipelinedSearch` (the agent, the evaluator, the play
-    page) and `services.agent.search.BatchedSearch.run`;
+    page: blocking calls, one thread per group, through `blocking_infer`) and
+    `services.agent.search.BatchedSearch.run`;
   * answerers: `services.network.client.NetworkClient` (over gRPC, structurally: it is not
     changed to know this module), `services.agent.local_network.LocalNetwork` (one exported
     version in process) and the tests' and benchmarks' fakes.
@@ -19,7 +20,7 @@ pipeline load neither.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -100,6 +101,30 @@ class Model(Protocol):
           timeout_s: the request's deadline in seconds (None: the answerer's default).
         """
         ...
+
+
+class BlockingModel(Model, Protocol):
+    """A `Model` that can also answer with a blocking call, more cheaply than through a future
+    (a NetworkClient: a gRPC future's answer goes through the channel's polling thread)."""
+
+    def infer(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+              timeout_s: float | None = None) -> Prediction:
+        """`predict_future(...).result()` in one blocking call."""
+        ...
+
+
+def blocking_infer(model: Model) -> Callable[..., Prediction]:
+    """`model.infer` where the model has one, else `predict_future(...).result()`:
+    (signature, inputs, version, timeout_s) -> Prediction."""
+    infer = getattr(model, "infer", None)
+    if infer is not None:
+        return infer
+
+    def via_future(signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                   timeout_s: float | None = None) -> Prediction:
+        return model.predict_future(signature, inputs, version, timeout_s=timeout_s).result()
+
+    return via_future
 
 
 class Answered:

@@ -33,6 +33,11 @@ class LocalNetwork:
                                         reward=outputs["reward"], policy_logits=outputs["policy_logits"],
                                         version=int(self.model.version)))
 
+    def infer(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+              timeout_s: float | None = None) -> VersionedOutput:
+        """`predict_future(...).result()`: the blocking call of `services.agent.inference.BlockingModel`."""
+        return self.predict_future(signature, inputs, version, timeout_s).result()
+
     def wait_until_available(self, version: int | None = None, timeout_s: float = 0.0,
                              stop=None) -> int:
         """The held version (it is always available); `timeout_s` and `stop` are ignored."""

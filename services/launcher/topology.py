@@ -154,8 +154,15 @@ def build_program(config: FleetConfig) -> Program:
             "base_path)."))
     network = program.add_node(Node(
         "network", "services.network", kind=GRPC, ports=_ports("network"),
-        args=("--model_name", "muzero", "--model_base_path", model_dir, "--enable_batching",
-              "--file_system_poll_wait_seconds", "1"),
+        # TensorFlow on one thread: its pools spin while they wait, and on a machine the whole
+        # fleet shares that CPU is the agent's and the trainer's. Batching merges the requests of
+        # several agents; one agent's requests never meet (each waits for the last), so there it
+        # would only add its timeout to every search step (benchmarks/selfplay.py measured the
+        # agent at half speed with it).
+        args=("--model_name", "muzero", "--model_base_path", model_dir,
+              *(("--enable_batching",) if config.num_agents > 1 else ()),
+              "--file_system_poll_wait_seconds", "1", "--tensorflow_intra_op_parallelism", "1",
+              "--tensorflow_inter_op_parallelism", "1"),
         health=Health(service="tensorflow.serving.PredictionService", start_period_s=180),
         # The trainer exports version 0 before it trains, so the network has a model to load.
         after=(trainer,), gpu=True,

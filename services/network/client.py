@@ -104,6 +104,13 @@ class NetworkClient:
         request = self._request(signature, inputs, version, output_filter)
         return _decode(self._predict.Predict(request, timeout=self._timeout(timeout_s)))
 
+    def infer(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+              timeout_s: float | None = None) -> Inference:
+        """One blocking Predict call, answered as an `Inference` (the search's blocking path:
+        cheaper than `predict_future(...).result()`, whose answer goes through the channel's
+        polling thread)."""
+        return _inference(*self.predict(signature, inputs, version, timeout_s=timeout_s))
+
     def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
                        timeout_s: float | None = None) -> "InferenceFuture":
         """Starts one Predict call without waiting (the agent pipelines groups of games with

@@ -27,7 +27,7 @@ DEFAULT_NUM_VERSIONS = 3
 DEFAULT_MAX_REQUEST_ROWS = 2048
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # A request waiting for its batch holds a gRPC worker: 64 leave room for a few dozen agents
-# with two pipelined groups each, plus status calls.
+# with a request or two in flight each (`--groups`), plus status calls.
 DEFAULT_MAX_CONCURRENT_RPCS = 64
 
 M = TypeVar("M", bound=protobuf_message.Message)

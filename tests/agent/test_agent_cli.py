@@ -19,14 +19,15 @@ def refused(capsys, *argv: str) -> str:
     return err
 
 
-def test_the_default_groups_are_clamped_to_a_small_batch():
+def test_the_default_is_one_group_and_a_given_one_is_kept():
     parser = build_parser()
+    for games_per_batch in ("1", "8"):
+        args = parser.parse_args(["--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
+                                  "--games-per-batch", games_per_batch, "--seed", "0"])
+        assert agent_config(parser, args).groups == 1
     args = parser.parse_args(["--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
-                              "--games-per-batch", "1", "--seed", "0"])
-    assert agent_config(parser, args).groups == 1
-    args = parser.parse_args(["--game", "cartpole", *PEERS, "--replay", "127.0.0.1:3",
-                              "--games-per-batch", "8", "--seed", "0"])
-    assert agent_config(parser, args).groups == 2
+                              "--games-per-batch", "8", "--groups", "4", "--seed", "0"])
+    assert agent_config(parser, args).groups == 4
 
 
 def test_groups_above_games_per_batch_names_both_flags(capsys):

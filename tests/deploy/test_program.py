@@ -53,8 +53,10 @@ def test_local_rendering_is_the_launchers_command_lines():
                                    "--models", "runs/cartpole/models/muzero", "--checkpoint-dir",
                                    "runs/cartpole/checkpoints", "--resume", "--metrics-port", "9104"]
     assert commands["network"] == ["services.network", "--model_name", "muzero", "--model_base_path",
-                                   "runs/cartpole/models/muzero", "--enable_batching",
-                                   "--file_system_poll_wait_seconds", "1", "--port", "50002", "--metrics-port", "9102"]
+                                   "runs/cartpole/models/muzero",
+                                   "--file_system_poll_wait_seconds", "1", "--tensorflow_intra_op_parallelism", "1",
+                                   "--tensorflow_inter_op_parallelism", "1", "--port", "50002",
+                                   "--metrics-port", "9102"]
     assert commands["agent-0"] == ["services.agent", "--game", "cartpole", "--environment", "127.0.0.1:6000",
                                    "--network", "127.0.0.1:6002", "--replay", "127.0.0.1:6001",
                                    "--metrics-port", "9103"]
@@ -78,6 +80,8 @@ def test_replicas_are_numbered_and_each_is_scraped():
     trainer = specs["trainer"].args
     assert trainer[trainer.index("--steps") + 1] == "9"
     assert "--simulations" in specs["agent-1"].args and "--games-per-batch" in specs["agent-1"].args
+    # Several agents' requests can meet: the network merges them (one agent's never do).
+    assert "--enable_batching" in specs["network"].args
     fleet = fleet_of(list(specs.values()))
     started(fleet, ["environment", "replay", "network", "trainer", "agent-0", "agent-1", "agent-2"])
     monitor = fleet.command(specs["monitor"])
