@@ -21,9 +21,21 @@ default), so that other jobs on a shared machine weigh on both rows alike. The f
 AddGames calls (500 games, ~100k positions each) on the same synchronous=FULL server; its time
 is printed.
 
+A third table measures the agent's adds under priority load: cartpole with 1,000,000 stored
+positions (capacity 1,100,000, synchronous=FULL), the agent process (AddGames of 32 games per
+call, as fast as it goes) alone, with a trainer loop in this process (SampleBatch B = 256, K = 5,
+then UpdatePriorities of every batch, paced at --trainer-steps-per-s) on a server that flushes
+priorities every --priorities-flush-s (1 s: 30 times as often as the default, so that the rows
+meet flushes), and with the same trainer on a server that never flushes during the run (what
+the trainer's calls cost the adds by themselves). The rows alternate in six rounds, 3 x
+--seconds per row in all; the table prints each row's AddGames rate, its ratio to the agent
+alone (target >= 0.80), and the flushes the flushing server made (their count, records written
+and mean seconds, from its /metrics).
+
     python -m benchmarks replay
     python -m benchmarks.replay --seconds 1      # shorter rows
     python -m benchmarks.replay --only scale     # only the second table
+    python -m benchmarks.replay --only priorities --trainer-steps-per-s 0   # trainer unpaced
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ from protos import replay_pb2
 from services.common.processes import ServiceProcess
 from services.replay.client import ReplayClient, make_game_record
 from services.replay.config import spec_to_json
+from services.replay.metrics import PRIORITY_FLUSH_SECONDS as FLUSH_SECONDS
+from services.replay.metrics import PRIORITY_FLUSHED_RECORDS_TOTAL as FLUSHED_RECORDS
 
 BATCH_SIZE = 256
 NUM_UNROLL_STEPS = 5
@@ -61,6 +75,16 @@ CARTPOLE_MEAN_LENGTH = 200
 # add in the server with calls that do not, and need more calls than a rate to settle.
 SCALE_ROW_FACTOR = 3
 SCALE_SEGMENTS = 6  # alternating segments per scale, see bench_scales
+# The priorities table (bench_priorities): a buffer of 1M positions (~5,000 records, nearly all
+# of them dirty after a second of training at 150 steps/s), flushed every second (30 times as
+# often as the default, so that every round of a row meets flushes).
+PRIORITY_STORED, PRIORITY_CAPACITY = 1_000_000, 1_100_000
+PRIORITY_FLUSH_S = 1.0
+NEVER_FLUSH_S = 1e9  # the server whose rows measure the trainer's calls without flushes
+PRIORITY_SEGMENTS = 6  # rounds of the three rows
+PRIORITY_ROW_FACTOR = 3  # seconds per row: this many times --seconds
+TRAINER_STEPS_PER_S = 150.0  # a trainer's rate on one accelerator, in the 80-200 steps/s range
+PRIORITY_TARGET = 0.80
 
 FAKE_CONNECT4 = GameSpec(name="connect4", observation_shape=(6, 7, 2), observation_dtype="uint8",
                          num_actions=7, num_players=2, discount=1.0, max_moves=42)
@@ -273,14 +297,23 @@ def agent_process(commands, go, stop, results) -> None:
         client.close()
 
 
-def trainer_loop(client: ReplayClient, seconds: float) -> tuple[list[float], int, float]:
+def trainer_loop(client: ReplayClient, seconds: float,
+                 steps_per_s: float = 0.0) -> tuple[list[float], int, float]:
     """SampleBatch then UpdatePriorities of the batch, for `seconds`: (SampleBatch latencies
-    [calls] in seconds, steps, seconds)."""
+    [calls] in seconds, steps, seconds). With `steps_per_s` > 0 the steps are paced at that
+    rate (a trainer whose own step, on its accelerator, takes the rest of the time); a loop
+    that falls behind runs as fast as it goes without catching up in a burst."""
     latencies = []
     for _ in range(3):  # warm-up
         client.sample_batch(BATCH_SIZE, NUM_UNROLL_STEPS, TD_STEPS)
     started = time.perf_counter()
+    next_step = started
     while time.perf_counter() - started < seconds:
+        if steps_per_s > 0:
+            wait = next_step - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            next_step = max(next_step + 1.0 / steps_per_s, time.perf_counter() - 1.0 / steps_per_s)
         before = time.perf_counter()
         batch = client.sample_batch(BATCH_SIZE, NUM_UNROLL_STEPS, TD_STEPS)
         latencies.append(time.perf_counter() - before)
@@ -377,18 +410,148 @@ def scale_table(seconds: float, status) -> Table:
     return table
 
 
+# --- priorities under load: the agent's adds while a trainer samples and updates --------------
+
+def scrape(metrics_port: int) -> dict[str, float]:
+    """The unlabelled samples of a server's /metrics (name -> value)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            values[name] = float(value)
+    return values
+
+
+def bench_priorities(seconds: float, steps_per_s: float, flush_s: float,
+                     status) -> list[dict[str, float]]:
+    """The rows of the priorities table. Two servers of PRIORITY_CAPACITY, each filled to
+    PRIORITY_STORED positions: one flushing priorities every `flush_s`, one that never flushes
+    during the run. An agent process adds AGENT_GAMES_PER_CALL games per call as fast as the
+    server takes them: alone (on the non-flushing server, so that no flush of the trainer's
+    updates lands in it), with the trainer loop (this process) sampling and updating every
+    batch on the flushing server, and the same on the non-flushing one (what the trainer's
+    calls cost the adds without any flush). `seconds` per row in all, in PRIORITY_SEGMENTS
+    rounds of the three rows, their order alternating round by round."""
+    import contextlib
+
+    import games
+    spec = games.make("cartpole").spec
+    pool = make_games(spec, 256, CARTPOLE_MEAN_LENGTH, seed=5, prefix="pool")
+    context = multiprocessing.get_context("spawn")  # no fork of a process with gRPC threads
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for interval in (flush_s, NEVER_FLUSH_S):
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mufleet-replay-bench-"))
+            status.update(f"cartpole: starting a replay server of capacity {PRIORITY_CAPACITY:,}")
+            server = stack.enter_context(start_server(
+                ["--game", "cartpole"], data_dir, capacity=PRIORITY_CAPACITY,
+                extra=("--priorities-flush-s", f"{interval:g}")))
+            server.wait_ready(120)
+            client = stack.enter_context(ReplayClient(server.grpc_address, timeout_s=60))
+            fill_to(client, pool, PRIORITY_STORED, status)
+            servers.append((server, client))
+        rows = [dict(name="agent alone", server=1, trainer=False),
+                dict(name=f"agent + trainer, flush every {flush_s:g}s", server=0, trainer=True),
+                dict(name="agent + trainer, no flush", server=1, trainer=True)]
+        for row in rows:
+            row.update(latencies=[], steps=0, trained_s=0.0, games=0, added_s=0.0)
+        before = scrape(servers[0][0].ready["metrics_port"])
+        commands, go, stop, results = context.Queue(), context.Event(), context.Event(), context.Queue()
+        agent = context.Process(target=agent_process, name="replay-bench-agent",
+                                args=(commands, go, stop, results), daemon=True)
+        agent.start()
+        segment_s = seconds / PRIORITY_SEGMENTS
+        try:
+            for segment in range(PRIORITY_SEGMENTS):
+                order = rows if segment % 2 == 0 else rows[::-1]
+                for row in order:
+                    server, client = servers[row["server"]]
+                    status.update(f"cartpole: {row['name']} (round {segment + 1}/{PRIORITY_SEGMENTS})")
+                    commands.put(server.grpc_address)
+                    assert results.get(timeout=120) == "ready"
+                    stop.clear()
+                    go.set()
+                    if row["trainer"]:
+                        latencies, steps, trained_s = trainer_loop(client, segment_s, steps_per_s)
+                        row["latencies"] += latencies
+                        row["steps"] += steps
+                        row["trained_s"] += trained_s
+                    else:
+                        time.sleep(segment_s)
+                    stop.set()
+                    added, _, added_s = results.get(timeout=120)
+                    go.clear()
+                    row["games"] += added
+                    row["added_s"] += added_s
+            commands.put(None)
+        finally:
+            stop.set()
+            go.set()
+            agent.join(60)
+            if agent.is_alive():
+                agent.terminate()
+        after = scrape(servers[0][0].ready["metrics_port"])
+    flushes = {name: after.get(name, 0.0) - before.get(name, 0.0)
+               for name in (FLUSH_SECONDS + "_count", FLUSH_SECONDS + "_sum", FLUSHED_RECORDS)}
+    for row in rows:
+        latencies = 1e3 * np.array(row.pop("latencies") or [np.nan])
+        row.update(p50=float(np.percentile(latencies, 50)),
+                   steps=row["steps"] / row["trained_s"] if row["trained_s"] else 0.0,
+                   games=row["games"] / row["added_s"])
+        if row["server"] == 0 and row["trainer"]:
+            row["flushes"] = flushes if FLUSH_SECONDS + "_count" in after else None
+    return rows
+
+
+def priorities_table(seconds: float, steps_per_s: float, flush_s: float, status) -> Table:
+    pace = f"paced at {steps_per_s:g} steps/s" if steps_per_s > 0 else "as fast as it goes"
+    table = Table(title=f"Replay under priority load (cartpole, synchronous=FULL, "
+                        f"{PRIORITY_STORED:,} positions stored, capacity {PRIORITY_CAPACITY:,}): an "
+                        f"agent process (AddGames, {AGENT_GAMES_PER_CALL} games/call) alone and with a "
+                        f"trainer (SampleBatch B={BATCH_SIZE}, K={NUM_UNROLL_STEPS}, then "
+                        f"UpdatePriorities of every batch, {pace}), {seconds:g}s per row")
+    for column in ("row", "trainer steps/s", "SampleBatch p50 ms", "AddGames games/s", "vs alone",
+                   "flushes (records, mean s)"):
+        table.add_column(column, justify="left" if column == "row" else "right")
+    rows = bench_priorities(seconds, steps_per_s, flush_s, status)
+    alone = rows[0]["games"]
+    for row in rows:
+        flushes = row.get("flushes")
+        if flushes is None:
+            flushed = "-" if row["server"] else "not measured"  # a server without the metric
+        else:
+            count = flushes[FLUSH_SECONDS + "_count"]
+            flushed = (f"{count:.0f} ({flushes[FLUSHED_RECORDS]:,.0f}, "
+                       f"{flushes[FLUSH_SECONDS + '_sum'] / max(count, 1):.3f})")
+        table.add_row(row["name"], f"{row['steps']:,.0f}" if row["trainer"] else "-",
+                      f"{row['p50']:.2f}" if row["trainer"] else "-", f"{row['games']:,.0f}",
+                      f"{row['games'] / alone:.2f}", flushed)
+    table.caption = f"target: agent + trainer with flushes / agent alone >= {PRIORITY_TARGET:.2f}"
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=SECONDS_PER_ROW,
                         help=f"measuring time per row; the scaling rows take {SCALE_ROW_FACTOR} "
                              f"times as long (default: %(default)s)")
-    parser.add_argument("--only", choices=("calls", "scale"), default=None,
-                        help="run one table: the calls at 100k positions, or the scaling rows")
+    parser.add_argument("--only", choices=("calls", "scale", "priorities"), default=None,
+                        help="run one table: the calls at 100k positions, the scaling rows, or "
+                             "the adds under priority load")
+    parser.add_argument("--trainer-steps-per-s", type=float, default=TRAINER_STEPS_PER_S,
+                        help="the priorities table's trainer pace; 0: as fast as it goes "
+                             "(default: %(default)s)")
+    parser.add_argument("--priorities-flush-s", type=float, default=PRIORITY_FLUSH_S,
+                        help="the priorities table's flush interval (the server's default is "
+                             "30 s; default: %(default)s)")
     args = parser.parse_args([] if argv is None else argv)  # `python -m benchmarks` passes none
     console = Console(width=170)  # wide enough for the tables even when stdout is not a terminal
     tables = []
     with console.status("") as status:
-        if args.only != "scale":
+        if args.only in (None, "calls"):
             table = Table(title=f"Replay service through gRPC: one client, a server process, SQLite "
                                 f"synchronous=FULL, buffer full at {FILL_POSITIONS:,} positions")
             for column in ("game", "call", "rate", "throughput", "ms/call"):
@@ -397,8 +560,11 @@ def main(argv: list[str] | None = None) -> None:
                 for row in bench_game(name, mean_length, args.seconds, status):
                     table.add_row(*row)
             tables.append(table)
-        if args.only != "calls":
+        if args.only in (None, "scale"):
             tables.append(scale_table(SCALE_ROW_FACTOR * args.seconds, status))
+        if args.only in (None, "priorities"):
+            tables.append(priorities_table(PRIORITY_ROW_FACTOR * args.seconds,
+                                           args.trainer_steps_per_s, args.priorities_flush_s, status))
     for table in tables:
         console.print(table)
 

@@ -2,6 +2,8 @@
 
 Parts (each in its own module, with its own tests, none of them touching SQLite):
   * `storage.GameDatabase`: the durable store (SQLite, WAL); every write one transaction.
+  * `storage.PriorityStore`: the priorities flushed since records were added, in a second
+    SQLite file with its own connection and write lock.
   * `ring.Ring`: where records and positions live: ring counters, slots, record extents,
     which records an add evicts.
   * `selectors`: which positions a sample draws: `PrioritizedSelector` (probability
@@ -17,10 +19,18 @@ per-record metadata in the record ring (`key % C`), the ids, the write ordering,
 flusher and running statistics.
 
 Locks. `_lock` (with the condition `_changed`, shared with the rate limiter) guards the memory.
-`_write_lock` serialises the writers (add, update_targets, the priority flush) so that each
-one's SQLite transaction and memory update happen in the same order; it is always taken before
-`_lock`. A write commits to SQLite first and updates memory after, so an acknowledged add is on
-disk and a crash never leaves memory ahead of disk.
+`_write_lock` serialises the writers of records (add, update_targets) so that each one's SQLite
+transaction and memory update happen in the same order; it is always taken before `_lock`. A
+write commits to SQLite first and updates memory after, so an acknowledged add is on disk and a
+crash never leaves memory ahead of disk.
+
+Priorities are the exception: UpdatePriorities changes memory only (the sum-tree at once) and
+marks the records dirty; the flusher writes them to the `PriorityStore` every
+`priorities_flush_s`. A flush takes neither `_write_lock` nor SQLite's lock of the game
+database: it holds `_flush_lock` (flushes and close, one at a time), takes `_lock` only to copy
+a chunk of FLUSH_CHUNK_RECORDS records' priorities, and writes them all in one transaction of
+its own file with no buffer lock held, so adds, samples and updates go on meanwhile. A flush
+that fails marks its records dirty again (the next one retries them).
 
 Sampling holds `_lock` only to wait for the rate limiter, draw B slots from the selector and
 copy what it needs of them ([B] arrays: record keys, positions left, metadata; the ring counter
@@ -55,7 +65,7 @@ from services.replay.records import (RECORD_HEADER_BYTES, ReplayError, invalid, 
                                      position_bytes, sample_bytes)
 from services.replay.ring import Ring
 from services.replay.selectors import last_writes, make_selector
-from services.replay.storage import GameDatabase
+from services.replay.storage import GameDatabase, PriorityStore
 from services.replay.targets import reward_targets, unroll_mask, value_targets
 from services.replay.wire import AddResult, Batch, GameArrays, Stats, StoredGame
 
@@ -65,6 +75,9 @@ MAX_UNROLL_STEPS = 1000
 MAX_TD_STEPS = 10_000
 # Records loaded from the database per memory update at start-up (bounds the temporaries).
 LOAD_CHUNK_POSITIONS = 1 << 16
+# Records whose priorities a flush copies per hold of `_lock` (~200 positions each for cartpole:
+# a 2 MB copy at most, so that samplers and adds never wait long for the flusher).
+FLUSH_CHUNK_RECORDS = 1024
 
 
 def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
@@ -74,6 +87,38 @@ def bounded_priorities(priorities: np.ndarray, limit: float) -> np.ndarray:
     if np.all((priorities >= 0) & (priorities <= limit)):
         return priorities
     return np.where(np.isnan(priorities), limit, np.clip(priorities, 0.0, limit))
+
+
+def _extents(games: Sequence[GameArrays]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int64 [R] lengths and [R] first indices of records joined one after another, and
+    bool [sum T]: whether each joined position is sampleable."""
+    lengths = np.array([g.length for g in games], np.int64)
+    starts = np.cumsum(lengths) - lengths
+    steps = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+    sampleable = steps < np.repeat(np.array([g.num_sampleable for g in games], np.int64), lengths)
+    return lengths, starts, sampleable
+
+
+def entry_priorities(new: Sequence[tuple[int, GameArrays]], max_priority: float) -> list[np.ndarray]:
+    """float32 [T] per new record: `max_priority` at its sampleable positions, 0 at its
+    look-ahead context. One array for the whole request, sliced (an agent's add of 32 records
+    costs a few NumPy calls, not a few per record)."""
+    if not new:
+        return []
+    lengths, starts, sampleable = _extents([g for _, g in new])
+    joined = np.where(sampleable, np.float32(max_priority), np.float32(0.0))
+    return [joined[start:start + length] for start, length in zip(starts.tolist(), lengths.tolist())]
+
+
+def player0_returns(games: Sequence[GameArrays]) -> list[float]:
+    """`GameArrays.player0_return` of each record, over the request's positions at once."""
+    if len(games) <= 1:
+        return [g.player0_return() for g in games]
+    _, starts, sampleable = _extents(games)
+    rewards = np.concatenate([g.rewards for g in games]).astype(np.float64)
+    mover = np.concatenate([g.to_play for g in games]) == 0
+    signed = np.where(sampleable, np.where(mover, rewards, -rewards), 0.0)
+    return np.add.reduceat(signed, starts).tolist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +165,13 @@ class ReplayBuffer:
       config: storage, sampling and rate-limit settings.
       log: where events go (loaded, evicted_at_start, priorities_flush_failed); None: nowhere.
       clock: monotonic seconds (rate-limiter waits).
+      on_flush: None, or called after every priority flush that succeeded (empty ones too) with
+        its wall time in seconds and the records it wrote (the server's flush metrics).
     """
 
     def __init__(self, config: ReplayConfig, log: EventLogger | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_flush: Callable[[float, int], None] | None = None) -> None:
         self.config = config
         self.spec = config.spec
         self.log = log
@@ -134,6 +182,8 @@ class ReplayBuffer:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when positions are added
         self._write_lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one flush at a time; close waits for it
+        self._on_flush = on_flush
         self._ring = Ring(C)
         self._selector = make_selector(C, config.priority_alpha)
         self._limiter = RateLimiter(self._changed, config.min_positions, config.samples_per_insert,
@@ -175,8 +225,18 @@ class ReplayBuffer:
         self.sample_retries = 0  # samples drawn again because a write overlapped their gather
         self._closed = False
         self._db = GameDatabase(config.data_dir, config.spec, config.synchronous)
+        self._priorities = PriorityStore(config.data_dir, self._db.identity)
+        if self._priorities.damaged or self._priorities.discarded:
+            self._log("priorities_discarded", records=self._priorities.discarded,
+                      reason=(f"priorities.sqlite could not be read: {self._priorities.damaged}"
+                              if self._priorities.damaged else
+                              "priorities.sqlite belongs to another replay.sqlite"))
         self._load()
         self._stop_flusher = threading.Event()
+        # The running max and first live key the last flush wrote (None: none yet), so that a
+        # flush with nothing new writes nothing.
+        self._flushed_max: float | None = None
+        self._flushed_first: int | None = None
         self._flusher = threading.Thread(target=self._flush_forever, name="replay-priorities",
                                          daemon=True)
         self._flusher.start()
@@ -206,9 +266,14 @@ class ReplayBuffer:
         loaded_max = 0.0
         chunk: list[tuple[int, GameArrays, np.ndarray, int]] = []
         chunk_positions = 0
+        flushed = self._priorities.load(first_key)
         for stored in self._db.load(first_key):
-            priorities = bounded_priorities(stored.priorities, limit)
-            if priorities is not stored.priorities:
+            # the last flush's priorities, where one wrote this record (and the length agrees:
+            # keys are never reused, so only a damaged file could disagree)
+            found = flushed.pop(stored.key, None)
+            loaded = found if found is not None and len(found) == stored.game.length else stored.priorities
+            priorities = bounded_priorities(loaded, limit)
+            if priorities is not loaded:
                 repaired[stored.key] = priorities.astype(np.float32)
             if stored.game.num_sampleable:
                 loaded_max = max(loaded_max, float(priorities[:stored.game.num_sampleable].max()))
@@ -221,13 +286,15 @@ class ReplayBuffer:
         self._store(chunk)
         self._ring.first_key = first_key  # when nothing is live: keys go on after the last one
         self._ring.last_key = last_key
-        stored_max = self._db.max_priority()
+        stored_max = self._priorities.max_priority()
+        if stored_max is None:  # never flushed here: the value as added, or an older server's
+            stored_max = self._db.max_priority()
         # The running max only grows from 1.0; one that is not a number in [1, limit] (written
         # before priorities were bounded, or above a lowered limit) would let every new position
         # enter at inf or NaN, so it is repaired here and on disk.
         self._max_priority = min(limit, stored_max if stored_max >= 1.0 else max(1.0, loaded_max))
         if repaired or not self._max_priority == stored_max:
-            self._db.update_priorities(repaired, self._max_priority)
+            self._priorities.write(repaired.items(), self._max_priority, forget_below=first_key)
             self._log("priorities_repaired", records=len(repaired), max_priority_was=repr(stored_max),
                       max_priority=self._max_priority, priority_limit=limit)
         removed = self._db.forget_ids(min(last_key - self.config.id_window, first_key - 1))
@@ -358,9 +425,8 @@ class ReplayBuffer:
             evict_range = (ring.first_key, ring.first_key + evict - 1) if evict else None
             with self._lock:
                 max_priority = self._max_priority
-            records = [(key, game, np.where(np.arange(game.length) < game.num_sampleable,
-                                            max_priority, 0.0).astype(np.float32))
-                       for key, game in new]
+            records = [(key, game, priorities)
+                       for (key, game), priorities in zip(new, entry_priorities(new, max_priority))]
             if new or evict_range:
                 # Ids of evicted records older than the newest id_window keys are forgotten in
                 # the same transaction: the tombstones stay bounded (docs/replay.md, Idempotence).
@@ -378,8 +444,8 @@ class ReplayBuffer:
                         for key, game, priorities in records
                         if not evict_range or key > evict_range[1]]
                 self._store(kept)
-                for _, game, _ in records:
-                    self._recent.append((game.player0_return(), game.num_sampleable))
+                self._recent.extend(zip(player0_returns([g for _, g in new]),
+                                        [g.num_sampleable for _, g in new]))
                 if new:
                     ring.last_key = max(ring.last_key, new[-1][0])
                 inserted = sum(g.num_sampleable for _, g in new)
@@ -497,20 +563,51 @@ class ReplayBuffer:
         return updated, P - updated
 
     def flush_priorities(self) -> int:
-        """Writes the priorities changed since the last flush; returns how many records."""
-        with self._write_lock:
+        """Writes the priorities changed since the last flush to the `PriorityStore`, in one
+        transaction and without holding `_write_lock` (adds are never held up by it, nor by
+        SQLite: the store is another file); returns how many records it wrote.
+
+        The dirty set is taken whole first; each chunk of FLUSH_CHUNK_RECORDS records is copied
+        under `_lock` (records evicted meanwhile are skipped), so each record's priorities are
+        one state of it; an update after its copy marks it dirty for the next flush. The
+        running max is read after the last copy (it only grows), so no stored priority exceeds
+        the stored max. On failure the records still live are marked dirty again.
+        """
+        with self._flush_lock:
             if self._closed:
                 return 0
+            started = time.perf_counter()
             with self._lock:
                 dirty = np.array(sorted(self._dirty_priorities), np.int64)
                 self._dirty_priorities.clear()
-                values = self._priority[self._ring.slots_of(dirty)].astype(np.float32)
-                lengths = self._ring.length[self._ring.record_slots(dirty)]
-                max_priority = self._max_priority
-            if len(dirty):
-                parts = np.split(values, np.cumsum(lengths)[:-1])
-                self._db.update_priorities(dict(zip(dirty.tolist(), parts)), max_priority)
-        return len(dirty)
+            rows: list[tuple[int, np.ndarray]] = []
+            first_live = 0
+            for start in range(0, max(len(dirty), 1), FLUSH_CHUNK_RECORDS):
+                chunk = dirty[start:start + FLUSH_CHUNK_RECORDS]
+                with self._lock:
+                    ring = self._ring
+                    first_live = ring.first_key
+                    chunk = chunk[chunk >= first_live]  # dirty keys are live when marked
+                    values = self._priority[ring.slots_of(chunk)].astype(np.float32)
+                    lengths = ring.length[ring.record_slots(chunk)]
+                    max_priority = self._max_priority
+                ends = np.cumsum(lengths).tolist()  # slices, not np.split: ~10x less per record
+                rows.extend((key, values[end - length:end])
+                            for key, length, end in zip(chunk.tolist(), lengths.tolist(), ends))
+            try:
+                # Rows of records evicted before the last copy are deleted (they stay bounded).
+                # Nothing new: no transaction (an idle buffer writes nothing every interval).
+                if rows or max_priority != self._flushed_max or first_live != self._flushed_first:
+                    self._priorities.write(rows, max_priority, forget_below=first_live)
+                    self._flushed_max, self._flushed_first = max_priority, first_live
+            except BaseException:
+                with self._lock:
+                    self._dirty_priorities.update(key for key, _ in rows if key >= self._ring.first_key)
+                raise
+            seconds = time.perf_counter() - started
+        if self._on_flush is not None:
+            self._on_flush(seconds, len(rows))
+        return len(rows)
 
     def _flush_forever(self) -> None:
         while not self._stop_flusher.wait(self.config.priorities_flush_s):
@@ -764,9 +861,12 @@ class ReplayBuffer:
         if self._closed:
             return
         self.flush_priorities()
-        with self._write_lock:
+        with self._write_lock, self._flush_lock:
             self._closed = True
-            self._db.close()
+            try:
+                self._priorities.close()
+            finally:
+                self._db.close()
 
     def __enter__(self) -> "ReplayBuffer":
         return self

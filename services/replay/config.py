@@ -55,8 +55,10 @@ class ReplayConfig(ReplaySettings):
       synchronous: SQLite's `synchronous` in WAL mode. "FULL" (default) syncs the WAL on every
         commit: an acknowledged add survives a crash of the process and of the machine.
         "NORMAL" survives a crash of the process (kill -9) but not a power loss.
-      priorities_flush_s: priorities changed by UpdatePriorities are written to disk this often
-        (and at shutdown); a crash loses at most this many seconds of priority updates.
+      priorities_flush_s: priorities changed by UpdatePriorities (in memory at once) are
+        written to `priorities.sqlite` this often and at shutdown, outside the add path: kill -9
+        loses at most the updates since the last flush (a power loss may lose more: that file
+        is not synced at every flush); records are never lost with them.
       host, port, metrics_port: where the gRPC server and the /metrics endpoint listen (port 0
         picks a free one).
       max_workers: threads serving gRPC calls; at most half of them (at least one) wait on the

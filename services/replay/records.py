@@ -198,5 +198,81 @@ def _convert_observations(array: np.ndarray, dtype: np.dtype, field: str) -> np.
 
 def decode_many(records: Sequence[replay_pb2.GameRecord], spec: GameSpec,
                 capacity: int | None = None) -> list[GameArrays]:
-    """`decode_record` of every record of an AddGames request (`games[i]` in messages)."""
+    """`decode_record` of every record of an AddGames request (`games[i]` in messages).
+
+    The value checks run once over the request's arrays joined (`_decode_joined`): an agent's
+    add of 32 records then costs a dozen NumPy calls instead of ten per record, GIL time the
+    server's samplers share. Only a request that fails a check there (or whose records differ
+    in dtypes) goes record by record, so that its error names the first bad field exactly as
+    `decode_record` would."""
+    if len(records) > 1:
+        decoded = _decode_joined(records, spec, capacity)
+        if decoded is not None:
+            return decoded
     return [decode_record(r, spec, f"games[{i}]", capacity) for i, r in enumerate(records)]
+
+
+def _decode_joined(records: Sequence[replay_pb2.GameRecord], spec: GameSpec,
+                   capacity: int | None) -> list[GameArrays] | None:
+    """The records' arrays, checked as `decode_record` checks them but over all positions of
+    the request at once; None when anything is wrong or unusual (the caller then decodes
+    record by record and raises the exact error). The returned arrays are views of the joined
+    arrays, a record's positions contiguous."""
+    A = spec.num_actions
+    obs_shape = tuple(spec.observation_shape)
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ARRAY_FIELDS}
+    lengths = []
+    for record in records:
+        if (not record.id or len(record.id.encode()) > MAX_ID_BYTES
+                or len(record.episode_id.encode()) > MAX_ID_BYTES
+                or record.first_move < 0 or record.model_version < 0):
+            return None
+        try:
+            raw = {name: from_tensor(getattr(record, name), name) for name in ARRAY_FIELDS
+                   if record.HasField(name)}
+        except TensorError:
+            return None
+        if len(raw) != len(ARRAY_FIELDS):
+            return None
+        observations = raw["observations"]
+        T = observations.shape[0] if observations.ndim else 0
+        if (observations.shape[1:] != obs_shape or observations.ndim != 1 + len(obs_shape) or T < 1
+                or (capacity is not None and T > capacity) or not 0 <= record.num_sampleable <= T
+                or any(raw[name].shape != (T,) for name in ("actions", "rewards", "to_play", "root_values"))
+                or any(raw[name].shape != (T, A) for name in ("policies", "legal_actions"))):
+            return None
+        for name in ARRAY_FIELDS:
+            column = columns[name]
+            if column and column[0].dtype != raw[name].dtype:
+                return None
+            column.append(raw[name])
+        lengths.append(T)
+    joined = {name: np.concatenate(column) for name, column in columns.items()}
+    try:
+        observations = _convert_observations(joined["observations"], np.dtype(spec.observation_dtype),
+                                             "observations")
+        actions = as_ints(joined["actions"], "actions", 0, A)
+        to_play = as_ints(joined["to_play"], "to_play", 0, spec.num_players)
+        rewards = as_floats(joined["rewards"], "rewards")
+        root_values = as_floats(joined["root_values"], "root_values")
+        policies = as_floats(joined["policies"], "policies")
+    except ReplayError:
+        return None
+    legal = joined["legal_actions"]
+    if np.any(policies < 0) or legal.dtype != np.bool_:
+        return None  # integer 0/1 masks are rare: the record-by-record path converts them
+    if not np.all(legal[np.arange(len(actions)), actions]):
+        return None
+    bounds = np.cumsum(lengths)[:-1]
+    parts = {name: np.split(array, bounds) for name, array in (
+        ("observations", observations), ("actions", actions), ("rewards", rewards),
+        ("to_play", to_play), ("root_values", root_values), ("policies", policies),
+        ("legal_actions", legal))}
+    return [GameArrays(
+        id=record.id, episode_id=record.episode_id or record.id, first_move=record.first_move,
+        observations=parts["observations"][i], actions=parts["actions"][i],
+        rewards=parts["rewards"][i], to_play=parts["to_play"][i],
+        root_values=parts["root_values"][i], policies=parts["policies"][i],
+        legal_actions=parts["legal_actions"][i], model_version=record.model_version,
+        num_sampleable=record.num_sampleable or T, terminated=record.terminated)
+        for i, (record, T) in enumerate(zip(records, lengths))]

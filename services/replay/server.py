@@ -188,7 +188,7 @@ def serve(config: ReplayConfig, log: EventLogger | None = None, metrics: ReplayM
     """
     log = log or get_logger("replay")
     metrics = metrics or ReplayMetrics(registry)
-    buffer = ReplayBuffer(config, log)
+    buffer = ReplayBuffer(config, log, on_flush=metrics.observe_flush)
     try:
         server = ReplayServer(buffer, log, host=config.host, port=config.port,
                               max_workers=config.max_workers,

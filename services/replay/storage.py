@@ -16,6 +16,16 @@ Tables:
 Every write is one transaction (BEGIN IMMEDIATE ... COMMIT); with synchronous=FULL the WAL is
 synced at each commit, so once `add` returns the records survive kill -9 and power loss
 (synchronous=NORMAL: kill -9 only). A crash mid-transaction leaves no trace of it.
+
+Priorities set after an add live in a second database of the same data dir,
+`priorities.sqlite` (`PriorityStore`), with its own connection and so its own write lock: the
+priority flush never waits for an add's transaction and no add ever waits for a flush's
+(SQLite allows one writer per database file; WAL alone would still serialise the two). The
+`arrays` row "priorities" holds a record's priorities as added (the running max then), or as a
+server before this split last flushed them; a `priorities` row of the second database, when
+there is one of the record's length, replaces it on load. Priorities are a sampling hint, so
+that database is written with synchronous=NORMAL: what a flush committed survives kill -9, and
+a power loss may take it back to an earlier flush, never to a state that breaks a load.
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -37,6 +48,7 @@ from services.replay.wire import GameArrays
 
 SCHEMA_VERSION = "1"
 DB_NAME = "replay.sqlite"
+PRIORITIES_DB_NAME = "priorities.sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -117,6 +129,16 @@ class GameDatabase:
         self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.executescript(_SCHEMA)
         self._check_meta(spec)
+        self.identity = self._identity()
+
+    def _identity(self) -> str:
+        """A random name of this database, made once (databases of older servers get theirs
+        now): the priority store keeps it, so that its rows are never applied to the records
+        of another database that reuses the same keys (a replay.sqlite deleted or replaced)."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('identity', ?)",
+                         (uuid.uuid4().hex,))
+        return self._conn.execute("SELECT value FROM meta WHERE name = 'identity'").fetchone()[0]
 
     def _check_meta(self, spec: GameSpec) -> None:
         wanted = _spec_identity(spec)
@@ -252,13 +274,124 @@ class GameDatabase:
             conn.execute("UPDATE games SET targets_model_version = ? WHERE key = ?",
                          (model_version, key))
 
-    def update_priorities(self, priorities: dict[int, np.ndarray], max_priority: float) -> None:
-        """Writes records' priorities (key -> float32 [T]) and the largest priority ever set."""
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE arrays SET data = ? WHERE key = ? AND name = 'priorities'",
-                [(_encode(np.asarray(p, np.float32))[2], key) for key, p in priorities.items()])
-            conn.execute("UPDATE meta SET value = ? WHERE name = 'max_priority'", (repr(max_priority),))
+    def close(self) -> None:
+        """Checkpoints the WAL into the database file and closes it."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+
+
+_PRIORITIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS priorities (
+  key INTEGER PRIMARY KEY,
+  length INTEGER NOT NULL,
+  data BLOB NOT NULL
+);
+"""
+
+
+class PriorityStore:
+    """`<data_dir>/priorities.sqlite`: the priorities flushed since records were added (one row
+    per record: key, T, float32 [T] little-endian bytes) and the largest priority ever set.
+
+    Its own file and connection, so that its writes never take the game database's write lock
+    (see the module docstring). Not thread-safe: the buffer serialises its flushes.
+
+    Args:
+      data_dir: the data dir of the game database.
+      games_identity: `GameDatabase.identity` of that database; rows kept for another one (a
+        replay.sqlite deleted or replaced since) are deleted on open (`discarded` says so).
+
+    Attributes:
+      before_commit: None, or called inside every `write` transaction just before COMMIT, with
+        the transaction open (tests hold a flush open there to check that adds go on).
+      discarded: how many rows of another game database were deleted on open.
+      damaged: None, or why the file could not be read (it was then deleted and made anew).
+    """
+
+    def __init__(self, data_dir: str | Path, games_identity: str) -> None:
+        self.path = Path(data_dir) / PRIORITIES_DB_NAME
+        os.makedirs(data_dir, exist_ok=True)
+        self.before_commit: Callable[[], None] | None = None
+        self.discarded = 0
+        self.damaged: str | None = None
+        try:
+            self._open(games_identity)
+        except sqlite3.DatabaseError as error:
+            # A hint that cannot be read must not stop the records from loading: start afresh
+            # (the records keep their priorities as added).
+            self.damaged = repr(error)
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._open(games_identity)
+
+    def _open(self, games_identity: str) -> None:
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{self.path}: could not switch SQLite to WAL mode (got {mode})")
+        # A hint, not a record: kill -9 keeps every commit, a power loss may lose the latest.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_PRIORITIES_SCHEMA)
+        check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'games'").fetchone()
+        if row is None or row[0] != games_identity:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.discarded = self._conn.execute("DELETE FROM priorities").rowcount
+                self._conn.execute("DELETE FROM meta")
+                self._conn.execute("INSERT INTO meta(name, value) VALUES ('games', ?)", (games_identity,))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def max_priority(self) -> float | None:
+        """The running max of the last write, None if there was none."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'max_priority'").fetchone()
+        try:
+            return None if row is None else float(row[0])
+        except ValueError:  # not a number at all: as if never written (NaN and inf are repaired)
+            return None
+
+    def load(self, first_key: int) -> dict[int, np.ndarray]:
+        """key -> float32 [T] of the stored rows with key >= first_key (older ones belong to
+        evicted records)."""
+        return {key: np.frombuffer(data, np.dtype("float32").newbyteorder("<")).astype(np.float32)
+                for key, length, data in self._conn.execute(
+                    "SELECT key, length, data FROM priorities WHERE key >= ?", (first_key,))
+                if len(data) == 4 * length}
+
+    def write(self, priorities: Iterable[tuple[int, np.ndarray]], max_priority: float,
+              forget_below: int) -> int:
+        """One transaction: replaces the rows of `priorities` ((key, float32 [T]) pairs), sets
+        the running max, and deletes the rows of keys < `forget_below` (evicted records);
+        returns how many rows it wrote."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = [(key, len(p), np.asarray(p, "<f4").tobytes()) for key, p in priorities]
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO priorities(key, length, data) VALUES (?, ?, ?)", rows)
+            self._conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('max_priority', ?)",
+                               (repr(float(max_priority)),))
+            self._conn.execute("DELETE FROM priorities WHERE key < ?", (forget_below,))
+            if self.before_commit is not None:
+                self.before_commit()
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:  # a failed COMMIT (disk full) may leave it open
+                self._conn.execute("ROLLBACK")
+            raise
+        return len(rows)
 
     def close(self) -> None:
         """Checkpoints the WAL into the database file and closes it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from games.base import GameSpec
@@ -40,3 +42,20 @@ def record(spec: GameSpec, id: str, T: int, rewards=None, values=None, to_play=N
 def arrays(spec: GameSpec, message: replay_pb2.GameRecord) -> GameArrays:
     return decode_record(message, spec)
 
+
+def check_parts_agree(buffer) -> None:
+    """Every part's count of the live records matches a recount from the position arrays."""
+    ring, selector, limiter = buffer._ring, buffer._selector, buffer._limiter
+    keys = ring.live_keys()
+    sampleable = int(ring.num_sampleable[ring.record_slots(keys)].sum())
+    assert ring.sampleable == sampleable == len(selector) == limiter.size == buffer._sampleable_slot.sum()
+    assert ring.stored == int(ring.length[ring.record_slots(keys)].sum())
+    live_slots = ring.slots_of(keys)
+    np.testing.assert_array_equal(buffer._key[live_slots],
+                                  np.repeat(keys, ring.length[ring.record_slots(keys)]))
+    expected_weights = np.zeros(buffer._C)
+    mask = buffer._sampleable_slot
+    expected_weights[mask] = buffer._priority[mask] ** buffer._alpha
+    np.testing.assert_allclose(selector.tree.leaves, expected_weights, rtol=1e-12)
+    versions = collections.Counter(int(v) for v in buffer._g_model_version[ring.record_slots(keys)])
+    assert buffer.stats().games_per_model_version == dict(sorted(versions.items()))

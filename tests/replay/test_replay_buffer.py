@@ -308,6 +308,25 @@ def test_bad_records_are_rejected_whole(make_buffer, changes, field):
     assert buffer.num_games == 0
 
 
+@pytest.mark.parametrize("spec", [ONE_PLAYER, TWO_PLAYER], ids=lambda s: s.name)
+def test_a_request_decoded_joined_equals_its_records_decoded_one_by_one(spec):
+    from services.replay.records import decode_record
+    messages = [record(spec, f"g{i}", T, seed=i, num_sampleable=ns, terminated=ns == 0,
+                       episode_id="ep" if i % 2 else "", first_move=3 * i, model_version=i)
+                for i, (T, ns) in enumerate([(1, 0), (7, 4), (3, 0), (12, 12)])]
+    joined = decode_many(messages, spec, capacity=100)
+    for i, (got, message) in enumerate(zip(joined, messages)):
+        expected = decode_record(message, spec, f"games[{i}]", 100)
+        for field in ("id", "episode_id", "first_move", "model_version", "num_sampleable",
+                      "terminated"):
+            assert getattr(got, field) == getattr(expected, field), field
+        for field in ("observations", "actions", "rewards", "to_play", "root_values", "policies",
+                      "legal_actions"):
+            a, b = getattr(got, field), getattr(expected, field)
+            assert a.dtype == b.dtype and a.flags.c_contiguous, field
+            np.testing.assert_array_equal(a, b, err_msg=field)
+
+
 def test_observations_must_convert_exactly_to_the_stored_dtype(make_buffer):
     buffer = make_buffer(TWO_PLAYER)
     obs = np.zeros((3, 3, 3, 2), np.float32)

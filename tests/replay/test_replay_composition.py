@@ -3,36 +3,16 @@ step through adds, evictions and restarts, and the sample read outside the lock 
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 
-from replay_helpers import ONE_PLAYER, arrays, record
+from replay_helpers import ONE_PLAYER, arrays, check_parts_agree, record
 from services.replay.buffer import ReplayBuffer
 from services.replay.config import ReplayConfig
 
 
 def add(buffer, *messages):
     return buffer.add_games([arrays(buffer.spec, m) for m in messages])
-
-
-def check_parts_agree(buffer: ReplayBuffer) -> None:
-    """Every part's count of the live records matches a recount from the position arrays."""
-    ring, selector, limiter = buffer._ring, buffer._selector, buffer._limiter
-    keys = ring.live_keys()
-    sampleable = int(ring.num_sampleable[ring.record_slots(keys)].sum())
-    assert ring.sampleable == sampleable == len(selector) == limiter.size == buffer._sampleable_slot.sum()
-    assert ring.stored == int(ring.length[ring.record_slots(keys)].sum())
-    live_slots = ring.slots_of(keys)
-    np.testing.assert_array_equal(buffer._key[live_slots],
-                                  np.repeat(keys, ring.length[ring.record_slots(keys)]))
-    expected_weights = np.zeros(buffer._C)
-    mask = buffer._sampleable_slot
-    expected_weights[mask] = buffer._priority[mask] ** buffer._alpha
-    np.testing.assert_allclose(selector.tree.leaves, expected_weights, rtol=1e-12)
-    versions = collections.Counter(int(v) for v in buffer._g_model_version[ring.record_slots(keys)])
-    assert buffer.stats().games_per_model_version == dict(sorted(versions.items()))
 
 
 def test_parts_agree_through_adds_evictions_updates_and_a_restart(make_buffer, tmp_path):

@@ -17,7 +17,7 @@ from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.common.channels import MAX_MESSAGE_BYTES
 from services.replay.config import MIB, ReplayConfig, priority_limit_for
 from services.replay.records import ReplayError, position_bytes, sample_bytes
-from services.replay.storage import DB_NAME
+from services.replay.storage import DB_NAME, PRIORITIES_DB_NAME
 from services.replay.wire import batch_to_proto
 
 
@@ -64,40 +64,57 @@ def test_priorities_at_the_limit_keep_every_weight_finite(make_buffer):
         finite_weights(buffer)
 
 
-def _poison(data_dir, key: int, max_priority: str, priorities: np.ndarray) -> None:
-    """Writes what an unbounded server could leave on disk (as the database stores it)."""
-    with sqlite3.connect(data_dir / DB_NAME) as conn:
-        conn.execute("UPDATE meta SET value = ? WHERE name = 'max_priority'", (max_priority,))
-        conn.execute("UPDATE arrays SET data = ? WHERE key = ? AND name = 'priorities'",
-                     (np.asarray(priorities, "<f4").tobytes(), key))
+def _poison(data_dir, where: str, key: int, max_priority: str, priorities: np.ndarray) -> None:
+    """Writes what an unbounded server could leave on disk, as the database stores it: in the
+    game database, as a server before the priority store wrote it ("games": the priority
+    store is removed), or in the priority store ("priorities")."""
+    data = np.asarray(priorities, "<f4").tobytes()
+    if where == "games":
+        (data_dir / PRIORITIES_DB_NAME).unlink()
+        with sqlite3.connect(data_dir / DB_NAME) as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE name = 'max_priority'", (max_priority,))
+            conn.execute("UPDATE arrays SET data = ? WHERE key = ? AND name = 'priorities'", (data, key))
+    else:
+        with sqlite3.connect(data_dir / PRIORITIES_DB_NAME) as conn:
+            conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('max_priority', ?)",
+                         (max_priority,))
+            conn.execute("INSERT OR REPLACE INTO priorities(key, length, data) VALUES (?, ?, ?)",
+                         (key, len(priorities), data))
     conn.close()
 
 
 def _on_disk(data_dir, key: int) -> tuple[str, np.ndarray]:
-    with sqlite3.connect(data_dir / DB_NAME) as conn:
+    """The running max and a record's priorities as the next load reads them: the priority
+    store's, where it has them."""
+    with sqlite3.connect(data_dir / PRIORITIES_DB_NAME) as conn:
         meta = conn.execute("SELECT value FROM meta WHERE name = 'max_priority'").fetchone()[0]
-        data = conn.execute("SELECT data FROM arrays WHERE key = ? AND name = 'priorities'",
-                            (key,)).fetchone()[0]
+        row = conn.execute("SELECT data FROM priorities WHERE key = ?", (key,)).fetchone()
     conn.close()
-    return meta, np.frombuffer(data, "<f4")
+    if row is None:  # never flushed nor repaired: the priorities as added
+        with sqlite3.connect(data_dir / DB_NAME) as conn:
+            row = conn.execute("SELECT data FROM arrays WHERE key = ? AND name = 'priorities'",
+                               (key,)).fetchone()
+        conn.close()
+    return meta, np.frombuffer(row[0], "<f4")
 
 
 INF, NAN = np.inf, np.nan
 
 
+@pytest.mark.parametrize("where", ["games", "priorities"])
 @pytest.mark.parametrize("meta, stored, repaired, max_priority", [
     ("1e+39", [INF, INF, INF, INF], [1e6] * 4, 1e6),  # what a 1e39 update left behind
     ("inf", [INF, NAN, 5.0, -1.0], [1e6, 1e6, 5.0, 0.0], 1e6),
     ("nan", [1.0, 2.0, 3.0, 0.5], [1.0, 2.0, 3.0, 0.5], 3.0),
     ("2e6", [2e6, 1.0, 1.0, 1.0], [1e6, 1.0, 1.0, 1.0], 1e6),  # above a limit lowered since
 ])
-def test_a_poisoned_database_is_repaired_on_load(make_buffer, tmp_path, meta, stored, repaired,
-                                                 max_priority):
+def test_a_poisoned_database_is_repaired_on_load(make_buffer, tmp_path, where, meta, stored,
+                                                 repaired, max_priority):
     data_dir = tmp_path / "replay"
     buffer = make_buffer(data_dir=data_dir)
     key = add(buffer, record(ONE_PLAYER, "g", 4)).keys[0]
     buffer.close()
-    _poison(data_dir, key, meta, np.array(stored))
+    _poison(data_dir, where, key, meta, np.array(stored))
 
     reopened = make_buffer(data_dir=data_dir)
     np.testing.assert_array_equal(reopened.priorities("g"), repaired)
