@@ -58,6 +58,17 @@ class TrainerConfig:
       sample_timeout_s: deadline of one SampleBatch call (the replay's rate limiter holds a
         call up to it and then answers DEADLINE_EXCEEDED; the trainer then asks again).
       priority_queue: priority updates waiting to be sent before the oldest is dropped.
+      priority_merge: steps whose new priorities go to the replay in one UpdatePriorities call
+        (sent at the latest 0.5 s after the first of them; 1: a call per step). Each call costs
+        the replay about 1 ms of CPU whatever its size, so merging leaves that CPU to the
+        trainer and the replay's sampling when they share a machine; the priorities arrive a
+        few steps later, as hints.
+      sample_merge: batches drawn in one SampleBatch call (of sample_merge * batch_size
+        positions, split into batches with their importance weights normalized per batch).
+        Each call costs the replay about 0.5 ms of CPU besides its positions' work, so fewer
+        calls leave more CPU to training when both share a machine. If the replay refuses the
+        bigger call (INVALID_ARGUMENT, e.g. over its max_sample_bytes) the trainer logs
+        `sample_merge_refused` and asks for one batch per call from then on.
       jit_compile: compile the train step with XLA.
       symmetries: the game's board symmetries when its settings ask for `augment_symmetries`
         (every batch is then trained under a random map per sample), else None.
@@ -84,6 +95,8 @@ class TrainerConfig:
     prefetch_batches: int = 4
     sample_timeout_s: float = 10.0
     priority_queue: int = 64
+    priority_merge: int = 8
+    sample_merge: int = 2
     jit_compile: bool = False
     symmetries: Symmetries | None = None
     host: str = "127.0.0.1"
@@ -100,7 +113,7 @@ class TrainerConfig:
                 f"TrainerConfig.replay_address must be host:port, got {self.replay_address!r}")
         require(self.steps >= 0, f"TrainerConfig.steps must be >= 0, got {self.steps}")
         for name in ("keep_versions", "checkpoint_interval", "keep_checkpoints", "log_interval",
-                     "prefetch_batches", "priority_queue"):
+                     "prefetch_batches", "priority_queue", "priority_merge", "sample_merge"):
             value = getattr(self, name)
             require(value >= 1, f"TrainerConfig.{name} must be >= 1, got {value}")
         require(self.value_loss_weight >= 0,

@@ -18,6 +18,7 @@ EXPORT_SECONDS = "mufleet_trainer_export_seconds"
 CHECKPOINTS_TOTAL = "mufleet_trainer_checkpoints_total"
 BATCH_WAIT_SECONDS = "mufleet_trainer_batch_wait_seconds"
 STEP_SECONDS = "mufleet_trainer_step_seconds"
+SNAPSHOT_WAIT_SECONDS = "mufleet_trainer_snapshot_wait_seconds"
 PREFETCHED_BATCHES = "mufleet_trainer_prefetched_batches"
 REPLAY_WAITS_TOTAL = "mufleet_trainer_replay_waits_total"
 PRIORITY_UPDATES_TOTAL = "mufleet_trainer_priority_updates_total"
@@ -67,8 +68,14 @@ class TrainerMetrics:
             "Time the train loop waited for the next batch (0 when the prefetch queue had one).",
             buckets=LATENCY_BUCKETS_S, registry=registry)
         self.step_seconds = Histogram(STEP_SECONDS,
-                                      "Time of one training step (forward, backward, update).",
+                                      "Host time of one training step: its dispatch (forward, backward, "
+                                      "update; all of it on a CPU) and the read of its outputs.",
                                       buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.snapshot_wait_seconds = Histogram(
+            SNAPSHOT_WAIT_SECONDS,
+            "Time the train loop waited, at a checkpoint or export step, for the previous "
+            "background checkpoint/export to finish before taking the next snapshot (0 when it "
+            "had).", buckets=LATENCY_BUCKETS_S, registry=registry)
         self.prefetched_batches = Gauge(PREFETCHED_BATCHES,
                                         "Decoded batches waiting in the prefetch queue.",
                                         registry=registry)

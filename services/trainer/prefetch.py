@@ -17,7 +17,10 @@ waits and asks again, with one log line per failed call:
 
 `PrioritySender` sends UpdatePriorities on its own thread so training never waits for it; when
 its queue is full the oldest update is dropped (priorities are a hint: a lost update leaves the
-previous priority).
+previous priority). It merges the updates of `merge` steps into one call (older first, so a
+position sampled twice keeps its newest priority), sent at the latest `max_delay_s` after the
+first of them: each call costs the replay about 1 ms of CPU whatever its size, and the replay
+shares the machine with the trainer.
 
 Neither imports TensorFlow.
 """
@@ -105,6 +108,27 @@ def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str
     return arrays
 
 
+def split_batch(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """`arrays` (from `prepare_batch`) of n * batch_size positions, drawn by one SampleBatch
+    call, as n batches of batch_size, each one's importance weights normalized to max 1 as the
+    replay normalizes a batch's. The replay draws with replacement, independently per position,
+    so each part is what a call for batch_size positions would have drawn (with the priorities
+    of that moment). ValueError if the size is not a multiple of batch_size."""
+    total = len(arrays["observation"])
+    if total == batch_size:
+        return [arrays]
+    if total % batch_size:
+        raise ValueError(f"batch: {total} positions, not a multiple of the batch size {batch_size}")
+    parts = []
+    for start in range(0, total, batch_size):
+        part = {name: value[start:start + batch_size] for name, value in arrays.items()}
+        weights = part["importance_weight"]
+        part["importance_weight"] = (weights / max(float(weights.max()), np.finfo(np.float32).tiny)
+                                     ).astype(np.float32)
+        parts.append(part)
+    return parts
+
+
 def augment_batch(arrays: dict[str, np.ndarray], symmetries: Symmetries,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
     """`arrays` (from `prepare_batch`) with each sample under a uniformly drawn symmetry:
@@ -127,7 +151,8 @@ class Prefetcher:
     Args:
       sample: draws one batch, e.g. `lambda t: client.sample_batch(B, K, timeout_s=t)`; raises
         grpc.RpcError on failure.
-      prepare: turns what `sample` returns into the dict the trainer takes (`prepare_batch`).
+      prepare: turns what `sample` returns into the dict the trainer takes (`prepare_batch`),
+        or into a list of them (one call's positions split into batches, `split_batch`).
       log: where `waiting_for_replay`, `replay_unavailable` and `replay_ready` go.
       metrics: a TrainerMetrics (prefetched_batches, replay_waits) or None.
       capacity: batches the queue holds.
@@ -251,8 +276,10 @@ class Prefetcher:
             except (ValueError, TypeError) as error:
                 self._put(_Fatal(ReplayFailed.of(error, self.address)))
                 return
-            self.batches_fetched += 1
-            self._put(arrays)
+            # `prepare` may split one call's positions into several batches (`split_batch`).
+            for part in arrays if isinstance(arrays, list) else [arrays]:
+                self.batches_fetched += 1
+                self._put(part)
 
     def _count_wait(self, reason: str) -> None:
         if self.metrics is not None:
@@ -269,14 +296,19 @@ class PrioritySender:
       metrics: a TrainerMetrics (priority_updates, priority_updates_dropped) or None.
       capacity: updates waiting before the oldest is dropped.
       timeout_s: deadline of each call.
+      merge: updates (one per step) sent together in one call.
+      max_delay_s: the longest an update waits for others to merge with.
     """
 
     def __init__(self, update: Callable[..., Any], log: EventLogger, metrics: Any = None,
-                 capacity: int = 64, timeout_s: float = 5.0) -> None:
+                 capacity: int = 64, timeout_s: float = 5.0, merge: int = 1,
+                 max_delay_s: float = 0.5) -> None:
         self._update = update
         self.log = log
         self.metrics = metrics
         self.timeout_s = timeout_s
+        self.merge = max(1, merge)
+        self.max_delay_s = max_delay_s
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="trainer-priorities", daemon=True)
@@ -307,31 +339,56 @@ class PrioritySender:
         if self.metrics is not None:
             self.metrics.priority_updates_dropped.inc(n)
 
+    def _collect(self) -> tuple[list[tuple[np.ndarray, ...]], bool]:
+        """The next updates to send together (up to `merge`, waiting at most `max_delay_s`
+        after the first), and whether close() asked to stop."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        items = [first]
+        deadline = time.monotonic() + self.max_delay_s
+        while len(items) < self.merge:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                return items, True
+            items.append(item)
+        return items, False
+
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            items, closing = self._collect()
+            if items:
+                self._send(items)
+            if closing:
                 return
-            keys, positions, priorities = item
-            try:
-                self._update(keys, positions, priorities, timeout_s=self.timeout_s)
-            except grpc.RpcError as error:
-                self._drop(len(keys))
-                now = time.monotonic()
-                if now - self._last_failure_log >= 30.0:
-                    self._last_failure_log = now
-                    code = error.code() if callable(getattr(error, "code", None)) else None
-                    self.log.warning("priority_update_failed", code=getattr(code, "name", None),
-                                     message=error.details() if callable(getattr(error, "details", None))
-                                     else str(error), dropped_total=self.dropped)
-                continue
-            except Exception as error:  # never let the sender die silently
-                self._drop(len(keys))
-                self.log.error("priority_update_failed", code=None, message=repr(error))
-                continue
-            self.sent += len(keys)
-            if self.metrics is not None:
-                self.metrics.priority_updates.inc(len(keys))
+
+    def _send(self, items: list[tuple[np.ndarray, ...]]) -> None:
+        if len(items) == 1:
+            keys, positions, priorities = items[0]
+        else:
+            keys, positions, priorities = (np.concatenate(column) for column in zip(*items))
+        try:
+            self._update(keys, positions, priorities, timeout_s=self.timeout_s)
+        except grpc.RpcError as error:
+            self._drop(len(keys))
+            now = time.monotonic()
+            if now - self._last_failure_log >= 30.0:
+                self._last_failure_log = now
+                code = error.code() if callable(getattr(error, "code", None)) else None
+                self.log.warning("priority_update_failed", code=getattr(code, "name", None),
+                                 message=error.details() if callable(getattr(error, "details", None))
+                                 else str(error), dropped_total=self.dropped)
+            return
+        except Exception as error:  # never let the sender die silently
+            self._drop(len(keys))
+            self.log.error("priority_update_failed", code=None, message=repr(error))
+            return
+        self.sent += len(keys)
+        if self.metrics is not None:
+            self.metrics.priority_updates.inc(len(keys))
 
     def close(self, timeout_s: float = 5.0) -> bool:
         """Sends what is queued (within `timeout_s`) and stops; True if everything was sent."""

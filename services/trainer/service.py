@@ -43,7 +43,10 @@ def _train(config: TrainerConfig, log: EventLogger, stop: threading.Event, ready
              models=config.models_dir, resume=config.resume)
 
     from services.trainer.metrics import TrainerMetrics
-    from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed
+    import grpc
+
+    from services.common.failures import status_code, status_details
+    from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed, split_batch
     from services.trainer.trainer import CheckpointExists, CheckpointMismatch, Trainer, prepare
 
     metrics = TrainerMetrics(registry)
@@ -62,11 +65,31 @@ def _train(config: TrainerConfig, log: EventLogger, stop: threading.Event, ready
         from services.replay.client import ReplayClient
         replay = ReplayClient(config.replay_address, timeout_s=config.sample_timeout_s)
     batch_size, K = config.settings.training.batch_size, config.num_unroll_steps
+    prepare_batch = prepare(config)
+    merge = [config.sample_merge]  # set to 1 if the replay refuses the merged call
+
+    def sample(timeout_s: float):
+        if merge[0] > 1:
+            try:
+                return replay.sample_batch(batch_size * merge[0], num_unroll_steps=K,
+                                           timeout_s=timeout_s)
+            except grpc.RpcError as error:
+                if status_code(error) != grpc.StatusCode.INVALID_ARGUMENT:
+                    raise
+                log.warning("sample_merge_refused", sample_merge=merge[0], message=status_details(error),
+                            action="asking for one batch per SampleBatch call from now on")
+                merge[0] = 1
+        return replay.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s)
+
     prefetcher = Prefetcher(
-        lambda timeout_s: replay.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s),
-        prepare(config), log, metrics, capacity=config.prefetch_batches,
+        sample,
+        # Decoded, split and turned into device tensors on the prefetch thread, not the
+        # training one.
+        lambda batch: [trainer.stage(part) for part in split_batch(prepare_batch(batch), batch_size)],
+        log, metrics, capacity=config.prefetch_batches,
         sample_timeout_s=config.sample_timeout_s, stop=stop, address=config.replay_address)
-    sender = PrioritySender(replay.update_priorities, log, metrics, capacity=config.priority_queue)
+    sender = PrioritySender(replay.update_priorities, log, metrics, capacity=config.priority_queue,
+                            merge=config.priority_merge)
     log.info("ready", grpc_port=None, metrics_port=metrics_port, step=step,
              version=trainer.latest_version, replay=config.replay_address,
              models=config.models_dir, checkpoint_dir=config.checkpoint_dir,

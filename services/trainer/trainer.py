@@ -14,10 +14,20 @@ steps. Versions are exported at step 0 (before training) and every export_interv
 at the end of a --steps run; a checkpoint is always written *before* a version is exported, so
 no version is ever ahead of the newest checkpoint and a resumed run never re-exports a number
 with different weights.
+
+Writes off the training thread: at an export or checkpoint step the training thread copies the
+network, the optimizer (slots, iteration count) and the step into a second set of variables on
+the same device (the snapshot: one compiled call, about a millisecond) and hands the writing of
+that snapshot to one background thread; training goes on meanwhile. At most one write is in
+flight: when the next one is due before the previous has finished, the training thread waits
+for it (`mufleet_trainer_snapshot_wait_seconds`), so every due checkpoint and version is written,
+each of exactly its step. `save_checkpoint()`, `export()` and the end of `train()` write
+synchronously: they return once the files are on disk.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import platform
 import threading
@@ -29,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.export import export_version, list_versions, prune_versions, remove_stale_temporaries
+from models.export import VersionExporter, list_versions, prune_versions, remove_stale_temporaries
 from models.networks import MuZeroNetwork
 from services.common.logs import EventLogger, get_logger
 from services.trainer.config import TrainerConfig
@@ -141,6 +151,15 @@ class Summaries:
             self._writer = None
 
 
+class _Pending(NamedTuple):
+    """A dispatched step whose outputs the loop has not read yet."""
+
+    step: int
+    batch: Mapping[str, Any]
+    outputs: tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # scalars [6], priorities [B], value_prediction [B]
+    host_seconds: float  # the loop's time on this step so far (dispatch)
+
+
 class Trainer:
     """Trains one MuZeroNetwork; see the module docstring.
 
@@ -153,7 +172,10 @@ class Trainer:
     Attributes:
       network, optimizer: the model and its Keras optimizer (built, so its slots exist).
       step: tf.Variable int64, completed training steps (checkpointed).
-      checkpoint, manager: tf.train.Checkpoint(network, optimizer, step) and its manager.
+      checkpoint: tf.train.Checkpoint(network, optimizer, step) of the live objects (what a
+        resume restores into).
+      manager: the CheckpointManager that writes checkpoints, of the snapshot (the same object
+        graph as `checkpoint`, so either restores the other's files).
     """
 
     def __init__(self, config: TrainerConfig, log: EventLogger | None = None,
@@ -170,11 +192,33 @@ class Trainer:
             self.optimizer = make_optimizer(config.settings)
             self.optimizer.build(self.network.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            # The snapshot: the same objects once more, built after the live ones so that their
+            # initial values (seeded) do not change. Checkpoints and versions are written from
+            # it, on the writer thread, while training updates the live variables.
+            self._snapshot_network = MuZeroNetwork(config.spec, config.settings, seed=config.seed)
+            self._snapshot_optimizer = make_optimizer(config.settings)
+            self._snapshot_optimizer.build(self._snapshot_network.trainable_variables)
+            self._snapshot_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        live = [*self.network.variables, *self.optimizer.variables, self.step]
+        copies = [*self._snapshot_network.variables, *self._snapshot_optimizer.variables,
+                  self._snapshot_step]
+        if len(live) != len(copies) or any(a.shape != b.shape or a.dtype != b.dtype
+                                            for a, b in zip(live, copies)):
+            raise RuntimeError("the snapshot's variables do not match the trainer's")
+        self._snapshot_pairs = list(zip(copies, live))
+        self._copy_snapshot = tf.function(self._copy_snapshot_fn, autograph=False)
         self.checkpoint = tf.train.Checkpoint(network=self.network, optimizer=self.optimizer,
                                               step=self.step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, config.checkpoint_dir,
+        self._snapshot_checkpoint = tf.train.Checkpoint(
+            network=self._snapshot_network, optimizer=self._snapshot_optimizer,
+            step=self._snapshot_step)
+        self.manager = tf.train.CheckpointManager(self._snapshot_checkpoint, config.checkpoint_dir,
                                                   max_to_keep=config.keep_checkpoints,
                                                   checkpoint_name="ckpt")
+        self._exporter = VersionExporter(self._snapshot_network)
+        # One writer thread: at most one checkpoint/export in flight (the snapshot is one).
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer-writer")
+        self._writing: concurrent.futures.Future | None = None
         self.summaries = Summaries(config.summary_dir)
         self.models_dir = Path(config.models_dir)
         self._checkpointed_step: int | None = None
@@ -182,6 +226,8 @@ class Trainer:
         self._signature = batch_signature(config.spec, config.num_unroll_steps)
         self._train_step = tf.function(self._train_step_fn, input_signature=[self._signature],
                                        jit_compile=config.jit_compile or None, reduce_retracing=True)
+        self._train_step_concrete = None  # traced at the first step: calling it skips the
+        # tf.function's per-call signature matching and casting (0.5 ms of the training thread)
         self._losses = tf.function(self._losses_fn, input_signature=[self._signature],
                                    reduce_retracing=True)
 
@@ -220,9 +266,34 @@ class Trainer:
                                 norm])
         return scalars, losses.priorities, losses.value_prediction
 
+    def _copy_snapshot_fn(self) -> None:
+        with tf.device(self.device):
+            for copy, live in self._snapshot_pairs:
+                copy.assign(live)
+
     def _tensors(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: np.asarray(batch[name], self._signature[name].dtype.as_numpy_dtype)
-                for name in BATCH_KEYS}
+        tensors = {}
+        for name in BATCH_KEYS:
+            value = batch[name]
+            # Staged batches (`stage`) already hold tensors of the right dtype.
+            tensors[name] = value if isinstance(value, tf.Tensor) else np.asarray(
+                value, self._signature[name].dtype.as_numpy_dtype)
+        return tensors
+
+    def stage(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """`batch` (a prepared batch dict) with the step's inputs as tensors on the trainer's
+        device; the host entries (record_keys, positions, model_version) stay NumPy. Meant for
+        the prefetch thread: the conversion (and on a GPU the copy to the device) then happens
+        there, not on the training thread."""
+        staged = dict(batch)
+        for name in BATCH_KEYS:
+            array = np.asarray(batch[name], self._signature[name].dtype.as_numpy_dtype)
+            if self.device.startswith("/CPU"):
+                staged[name] = tf.constant(array)  # a host tensor: no op to run (0.02 ms each)
+            else:
+                with tf.device(self.device):
+                    staged[name] = tf.identity(array)  # copied to the device here
+        return staged
 
     def train_step(self, batch: Mapping[str, Any]) -> StepResult:
         """One optimizer step on `batch` (a prepared batch dict); returns losses and priorities.
@@ -230,10 +301,22 @@ class Trainer:
         FloatingPointError if the loss is not finite (the weights are then not trustworthy;
         the last checkpoint is).
         """
-        scalars, priorities, value_prediction = self._train_step(self._tensors(batch))
+        outputs = self._dispatch(batch)
+        return self._result(int(self.step.numpy()), outputs)
+
+    def _dispatch(self, batch: Mapping[str, Any]):
+        """Runs (on a GPU: enqueues) one train step; returns its output tensors unread."""
+        if self._train_step_concrete is None:
+            self._train_step_concrete = self._train_step.get_concrete_function()
+        return self._train_step_concrete(self._tensors(batch))
+
+    def _result(self, step: int, outputs) -> StepResult:
+        """The StepResult of step `step` from its outputs (reading them waits for the step);
+        FloatingPointError (logged) if its loss is not finite."""
+        scalars, priorities, value_prediction = outputs
         total, value, reward, policy, l2, norm = (float(x) for x in scalars.numpy())
-        result = StepResult(step=int(self.step.numpy()), loss=total, value_loss=value,
-                            reward_loss=reward, policy_loss=policy, l2=l2, gradient_norm=norm,
+        result = StepResult(step=step, loss=total, value_loss=value, reward_loss=reward,
+                            policy_loss=policy, l2=l2, gradient_norm=norm,
                             priorities=priorities.numpy(), value_prediction=value_prediction.numpy())
         if not np.isfinite(result.loss):
             self.log.error("non_finite_loss", step=result.step, loss=result.loss,
@@ -280,27 +363,68 @@ class Trainer:
         return step
 
     def save_checkpoint(self) -> str | None:
-        """Writes a checkpoint of the current step (nothing if one exists already)."""
+        """Writes a checkpoint of the current step (nothing if one exists already); returns
+        once it is on disk (after any background write in flight)."""
+        self.wait_for_writes()
         step = self.current_step
         if self._checkpointed_step == step:
             return None
-        path = self.manager.save(checkpoint_number=step)
-        self._checkpointed_step = step
-        self.metrics.checkpoints.inc()
-        self.log.info("checkpoint", step=step, path=path)
-        return path
+        self._copy_snapshot()
+        return self._write_checkpoint(step)
 
     def export(self) -> Path | None:
         """Checkpoints, then exports the current step as a version (atomically) and prunes to
-        keep_versions; None (and a warning) if that version exists already."""
+        keep_versions; None (and a warning) if that version exists already. Returns once both
+        are on disk (after any background write in flight)."""
+        self.wait_for_writes()
         step = self.current_step
-        self.save_checkpoint()
+        self._copy_snapshot()
+        self._write_checkpoint(step)
+        return self._write_version(step)
+
+    def wait_for_writes(self) -> float:
+        """Blocks until the background write in flight (if any) has finished and re-raises its
+        error; returns the seconds waited."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return 0.0
+        started = time.perf_counter()
+        writing.result()
+        return time.perf_counter() - started
+
+    def _write_in_background(self, step: int, export: bool) -> None:
+        """Snapshots step `step` (the live variables' step now) and writes its checkpoint (and
+        with `export` its version) on the writer thread; first waits for the write before."""
+        waited = self.wait_for_writes()
+        self.metrics.snapshot_wait_seconds.observe(waited)
+        self._copy_snapshot()
+        self._writing = self._writer.submit(self._write_snapshot, step, export, waited)
+
+    def _write_snapshot(self, step: int, export: bool, waited: float) -> None:
+        self._write_checkpoint(step)
+        if export:
+            self._write_version(step, waited)
+
+    def _write_checkpoint(self, step: int) -> str | None:
+        """Writes the snapshot (of step `step`) as checkpoint ckpt-<step>, unless one exists."""
+        if self._checkpointed_step == step:
+            return None
+        started = time.perf_counter()
+        path = self.manager.save(checkpoint_number=step)
+        self._checkpointed_step = step
+        self.metrics.checkpoints.inc()
+        self.log.info("checkpoint", step=step, path=path, seconds=round(time.perf_counter() - started, 3))
+        return path
+
+    def _write_version(self, step: int, waited: float = 0.0) -> Path | None:
+        """Exports the snapshot (of step `step`) as version `step` and prunes; None (and a
+        warning) if that version exists."""
         if (self.models_dir / str(step)).exists():
             self.log.warning("version_exists", version=step, path=str(self.models_dir / str(step)),
                              message="kept the existing version; not exported again")
             return None
         started = time.perf_counter()
-        path = export_version(self.network, self.models_dir, step)
+        path = self._exporter.export(self.models_dir, step)
         pruned = prune_versions(self.models_dir, self.config.keep_versions)
         seconds = time.perf_counter() - started
         self.metrics.exports.inc()
@@ -308,7 +432,7 @@ class Trainer:
         self.metrics.exported_version.set(step)
         self.latest_version = max(step, self.latest_version or 0)
         self.log.info("exported", version=step, path=str(path), seconds=round(seconds, 3),
-                      pruned=pruned)
+                      pruned=pruned, waited_s=round(waited, 3))
         return path
 
     def start(self) -> int:
@@ -339,13 +463,23 @@ class Trainer:
     def train(self, batches: Iterable[Mapping[str, Any]], priority_sink: PrioritySink | None = None,
               stop: threading.Event | None = None) -> int:
         """Trains until config.steps (then checkpoint + export), until `batches` ends or until
-        `stop` is set (then checkpoint); returns the final step."""
-        config, metrics = self.config, self.metrics
+        `stop` is set (then checkpoint); returns the final step once the last checkpoint (and
+        version) is on disk.
+
+        The loop reads a step's outputs (losses, priorities) only after it has dispatched the
+        next step, so that on a GPU the host's work for step N (the priority update, metrics)
+        overlaps step N+1 on the device; at a step that is checkpointed or exported it reads
+        them at once, so no snapshot of a non-finite step is ever written.
+        """
+        config = self.config
         stop = stop or threading.Event()
         iterator = iter(batches)
-        step = self.current_step
-        window_start, window_step, window_wait = time.perf_counter(), step, 0.0
-        model_versions: list[int] = []
+        step = self.current_step  # counted here from now on: a variable read costs a sync
+        self._iterations = int(self.optimizer.iterations.numpy())
+        self._window = (time.perf_counter(), step, 0.0)  # (started, step, batch wait seconds)
+        self._model_versions: list[int] = []
+        export_interval = self.settings.training.export_interval
+        pending: _Pending | None = None
         try:
             while not stop.is_set() and (config.steps == 0 or step < config.steps):
                 waited = time.perf_counter()
@@ -355,37 +489,33 @@ class Trainer:
                     break
                 if stop.is_set():  # stopped while waiting: do not start another step
                     break
-                waited = time.perf_counter() - waited
-                metrics.batch_wait_seconds.observe(waited)
-                window_wait += waited
                 started = time.perf_counter()
-                result = self.train_step(batch)
-                metrics.step_seconds.observe(time.perf_counter() - started)
-                step = result.step
-                if priority_sink is not None and "record_keys" in batch:
-                    priority_sink(batch["record_keys"], batch["positions"], result.priorities)
-                if "model_version" in batch:
-                    model_versions.append(int(np.min(batch["model_version"])))
-                metrics.steps.inc()
-                metrics.gradient_norm.set(result.gradient_norm)
-                for kind, value in (("total", result.loss), ("value", result.value_loss),
-                                    ("reward", result.reward_loss), ("policy", result.policy_loss)):
-                    metrics.loss.labels(kind).set(value)
-                learning_rate = self.learning_rate()
-                metrics.learning_rate.set(learning_rate)
-                if step % config.log_interval == 0:
-                    now = time.perf_counter()
-                    steps_per_second = (step - window_step) / max(now - window_start, 1e-9)
-                    metrics.steps_per_second.set(steps_per_second)
-                    self._report(result, learning_rate, steps_per_second,
-                                 window_wait / max(step - window_step, 1), model_versions)
-                    window_start, window_step, window_wait, model_versions = now, step, 0.0, []
-                if step % self.settings.training.export_interval == 0:
-                    self.export()
-                elif step % config.checkpoint_interval == 0:
-                    self.save_checkpoint()
+                waited = started - waited
+                self.metrics.batch_wait_seconds.observe(waited)
+                self._window = (*self._window[:2], self._window[2] + waited)
+                outputs = self._dispatch(batch)
+                step += 1
+                current = _Pending(step, batch, outputs, time.perf_counter() - started)
+                if pending is not None:
+                    self._finish(pending, priority_sink)
+                pending = None
+                writes = step % export_interval == 0 or step % config.checkpoint_interval == 0
+                if writes or (config.steps and step >= config.steps):
+                    self._finish(current, priority_sink)
+                    if step % export_interval == 0:
+                        self._write_in_background(step, export=True)
+                    elif step % config.checkpoint_interval == 0:
+                        self._write_in_background(step, export=False)
+                else:
+                    pending = current
+            if pending is not None:
+                self._finish(pending, priority_sink)
+        except BaseException:
+            self._settle_writes()
+            raise
         finally:
             self.summaries.flush()
+        self.wait_for_writes()
         reason = ("steps" if config.steps and step >= config.steps
                   else "stopped" if stop.is_set() else "batches_ended")
         if reason == "steps" and not (self.models_dir / str(step)).exists():
@@ -394,6 +524,42 @@ class Trainer:
             self.save_checkpoint()
         self.log.info("finished", step=step, reason=reason)
         return step
+
+    def _settle_writes(self) -> None:
+        """Waits for the write in flight while an error ends the loop; its own failure is logged,
+        not raised, so that it does not hide the error that ended the loop."""
+        try:
+            self.wait_for_writes()
+        except Exception as error:  # noqa: BLE001 - reported, the loop's error goes on
+            self.log.error("write_failed", error=repr(error))
+
+    def _finish(self, pending: _Pending, priority_sink: PrioritySink | None) -> None:
+        """Reads a dispatched step's outputs and does the host's part of it: priorities,
+        metrics, the `train` line every log_interval steps."""
+        read = time.perf_counter()
+        result = self._result(pending.step, pending.outputs)
+        metrics, batch = self.metrics, pending.batch
+        metrics.step_seconds.observe(pending.host_seconds + time.perf_counter() - read)
+        if priority_sink is not None and "record_keys" in batch:
+            priority_sink(batch["record_keys"], batch["positions"], result.priorities)
+        if "model_version" in batch:
+            self._model_versions.append(int(np.min(batch["model_version"])))
+        self._iterations += 1
+        metrics.steps.inc()
+        metrics.gradient_norm.set(result.gradient_norm)
+        for kind, value in (("total", result.loss), ("value", result.value_loss),
+                            ("reward", result.reward_loss), ("policy", result.policy_loss)):
+            metrics.loss.labels(kind).set(value)
+        learning_rate = learning_rate_at(self.settings, self._iterations)
+        metrics.learning_rate.set(learning_rate)
+        if result.step % self.config.log_interval == 0:
+            now = time.perf_counter()
+            window_start, window_step, window_wait = self._window
+            steps_per_second = (result.step - window_step) / max(now - window_start, 1e-9)
+            metrics.steps_per_second.set(steps_per_second)
+            self._report(result, learning_rate, steps_per_second,
+                         window_wait / max(result.step - window_step, 1), self._model_versions)
+            self._window, self._model_versions = (now, result.step, 0.0), []
 
     def run(self, batches: Iterable[Mapping[str, Any]], priority_sink: PrioritySink | None = None,
             stop: threading.Event | None = None, on_ready: Callable[[int], None] | None = None) -> int:
@@ -424,8 +590,12 @@ class Trainer:
             "train/priority": float(np.mean(result.priorities))})
 
     def close(self) -> None:
-        self.summaries.close()
-
+        """Waits for a background write in flight, stops the writer thread, closes summaries."""
+        try:
+            self.wait_for_writes()
+        finally:
+            self._writer.shutdown(wait=True)
+            self.summaries.close()
 
 def _first_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]

@@ -10,7 +10,7 @@ import pytest
 
 from services.common.failures import PermanentFailure
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed, prepare_batch
+from services.trainer.prefetch import Prefetcher, PrioritySender, ReplayFailed, prepare_batch, split_batch
 from trainer_helpers import K, SPEC, LogSink, batch
 from tests.grpc_fakes import FakeRpcError
 
@@ -167,6 +167,71 @@ def test_priority_sender_sends_off_thread_and_survives_failures():
     sender(np.array([3]), np.array([1]), np.array([1.0]))
     assert sender.close(timeout_s=10)
     assert sender.dropped == 1 and sink.events("priority_update_failed")
+
+
+def test_one_call_split_into_batches_with_their_own_importance_weights():
+    drawn = prepare_batch(batch(B=48, seed=3), SPEC, K)
+    drawn["importance_weight"] = np.linspace(0.1, 1.0, 48).astype(np.float32)  # max in the last
+    parts = split_batch(drawn, 16)
+    assert [len(p["observation"]) for p in parts] == [16, 16, 16]
+    for i, part in enumerate(parts):
+        np.testing.assert_array_equal(part["record_keys"], drawn["record_keys"][16 * i:16 * (i + 1)])
+        np.testing.assert_array_equal(part["target_policy"], drawn["target_policy"][16 * i:16 * (i + 1)])
+        weights = drawn["importance_weight"][16 * i:16 * (i + 1)]
+        np.testing.assert_allclose(part["importance_weight"], weights / weights.max(), rtol=1e-6)
+        assert part["importance_weight"].max() == 1.0 and part["importance_weight"].dtype == np.float32
+    assert split_batch(parts[0], 16) == [parts[0]]  # one batch: unchanged
+    with pytest.raises(ValueError, match="not a multiple of the batch size 20"):
+        split_batch(drawn, 20)
+
+    # The prefetcher hands out every part of a call, in order.
+    sample, _ = scripted(batch(B=32, seed=1))
+    fetcher = Prefetcher(sample, lambda b: split_batch(prepare_batch(b, SPEC, K), 16), LogSink().log,
+                         TrainerMetrics(), backoff_s=(0.01, 0.02)).start()
+    try:
+        first, second = next(fetcher), next(fetcher)
+        np.testing.assert_array_equal(np.concatenate([first["positions"], second["positions"]]),
+                                      batch(B=32, seed=1)["positions"])
+    finally:
+        fetcher.close()
+
+
+def test_priority_sender_merges_steps_into_one_call_in_order():
+    received = []
+
+    def update(keys, positions, priorities, timeout_s):
+        received.append((keys.copy(), positions.copy(), priorities.copy()))
+
+    metrics = TrainerMetrics()
+    # A long max delay: each call waits for `merge` updates; close() sends the rest.
+    sender = PrioritySender(update, LogSink().log, metrics, merge=3, max_delay_s=60.0)
+    for step in range(7):
+        sender(np.array([10 + step, 7]), np.array([step, 0]), np.array([step, step], np.float32))
+    assert sender.close(timeout_s=10)
+    assert [len(keys) for keys, _, _ in received] == [6, 6, 2]
+    keys = np.concatenate([k for k, _, _ in received])
+    priorities = np.concatenate([p for _, _, p in received])
+    np.testing.assert_array_equal(keys[0::2], np.arange(7) + 10)  # oldest first
+    # Position (7, 0) is in every update; within a call its newest priority comes last, which
+    # is the one the replay keeps.
+    np.testing.assert_array_equal(received[0][2][[1, 3, 5]], [0, 1, 2])
+    assert sender.sent == 14 and metrics.priority_updates._value.get() == 14
+    assert priorities.dtype == np.float32
+
+
+def test_priority_sender_sends_a_partial_merge_after_its_delay():
+    received = threading.Event()
+    calls = []
+
+    def update(keys, positions, priorities, timeout_s):
+        calls.append(len(keys))
+        received.set()
+
+    sender = PrioritySender(update, LogSink().log, merge=100, max_delay_s=0.01)
+    sender(np.array([1]), np.array([0]), np.array([1.0]))
+    assert received.wait(30)  # sent without 99 more updates and without close()
+    assert calls == [1]
+    assert sender.close(timeout_s=10)
 
 
 def test_prepare_augments_with_the_games_symmetries_when_asked(tmp_path):
