@@ -135,21 +135,44 @@ class ReplaySettings:
       samples_per_insert: target ratio of sampled to inserted (sampleable) positions; 0 turns the
         ratio limit off. With it on, a sample of B positions waits until
         samples + B <= samples_per_insert * (inserts - min_positions) + error_buffer.
+      block_inserts: with samples_per_insert > 0, an AddGames waits too while the inserts are
+        ahead of the ratio: while min_positions have been reached and samples_per_insert *
+        (inserts - min_positions) > samples + error_buffer (checked on the state before the
+        add, which then goes in whole), so that self-play is held back when it runs ahead of
+        training (EfficientZero's many samples per environment step), as in Reverb. Deadlock-free
+        while error_buffer >= B / 2 for the trainer's batch B (the replay refuses larger
+        batches then); the replay's default error_buffer is 10 x batch_size. False (the
+        default): inserts are never blocked, only samplers wait. docs/replay.md, Rate limiter.
       priority_alpha: sampling probability is priority ** alpha / sum; 0 is uniform.
       priority_beta: importance-weight exponent in [0, 1].
+      reanalysed_target_fraction: in [0, 1]: the probability that a sampled position whose
+        targets have been reanalysed uses the reanalysed root values (the value bootstraps of
+        its n-step targets) and policies (its policy targets) instead of the self-play ones;
+        drawn per sampled position. 1 always uses a reanalysis where there is one, 0 never.
+      td_age_versions_per_step: EfficientZero's off-policy correction: the n of a value target
+        shrinks by one for every this many model versions its data is older than the newest
+        version the buffer has seen, n = clip(td_steps - age // this, 1, td_steps); 0 turns it
+        off (n = td_steps).
     """
 
     capacity: int = 200_000
     min_positions: int = 2_000
     samples_per_insert: float = 0.0
+    block_inserts: bool = False
     priority_alpha: float = 1.0
     priority_beta: float = 1.0
+    reanalysed_target_fraction: float = 1.0
+    td_age_versions_per_step: int = 0
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "capacity")
-        _at_least(self, 0, "min_positions", "samples_per_insert", "priority_alpha")
+        _at_least(self, 0, "min_positions", "samples_per_insert", "priority_alpha",
+                  "td_age_versions_per_step")
         require(0 <= self.priority_beta <= 1,
                 f"{type(self).__name__}.priority_beta must be in [0, 1], got {self.priority_beta}")
+        require(0 <= self.reanalysed_target_fraction <= 1,  # also refuses NaN
+                f"{type(self).__name__}.reanalysed_target_fraction must be in [0, 1], got "
+                f"{self.reanalysed_target_fraction}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -170,6 +193,16 @@ class TrainingSettings:
       augment_symmetries: train each sampled position under a random one of the game's board
         symmetries (`Game.symmetries()`; games without symmetries ignore it).
       export_interval: trainer steps between exported model versions.
+      consistency_weight: factor (>= 0) of EfficientZero's self-supervised temporal
+        consistency loss in the total loss; 0 turns it off (no projection heads, no unroll
+        observations asked of the replay). EfficientZero uses 2.0. docs/trainer.md.
+      projection_hidden_size: width of the two hidden layers of the consistency loss's
+        projection head (hidden state, flattened -> [projection_hidden_size] x 2 ->
+        [projection_size]); only built when consistency_weight > 0.
+      projection_size: width of the projection (the vectors whose cosine similarity the
+        consistency loss takes).
+      prediction_hidden_size: width of the hidden layer of the consistency loss's prediction
+        head ([projection_size] -> [prediction_hidden_size] -> [projection_size]).
     """
 
     num_unroll_steps: int = 5
@@ -183,11 +216,24 @@ class TrainingSettings:
     optimizer: Literal["adam", "sgd"] = "adam"
     augment_symmetries: bool = False
     export_interval: int = 100
+    consistency_weight: float = 0.0
+    projection_hidden_size: int = 256
+    projection_size: int = 256
+    prediction_hidden_size: int = 128
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "num_unroll_steps", "td_steps", "batch_size", "lr_decay_steps",
                   "export_interval")
         _at_least(self, 0, "weight_decay")
+        require(isinstance(self.consistency_weight, numbers.Real)
+                and not isinstance(self.consistency_weight, bool)
+                and 0 <= self.consistency_weight < float("inf"),  # NaN fails too
+                f"TrainingSettings.consistency_weight must be a finite number >= 0 (0 = off), "
+                f"got {self.consistency_weight!r}")
+        for field in ("projection_hidden_size", "projection_size", "prediction_hidden_size"):
+            value = getattr(self, field)
+            require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1,
+                    f"TrainingSettings.{field} must be an int >= 1, got {value!r}")
         require(self.optimizer in ("adam", "sgd"),
                 f"TrainingSettings.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         require(self.learning_rate > 0,

@@ -7,6 +7,18 @@ idempotent by record id, so a retry after a lost answer never stores a game twic
 that fails permanently (INVALID_ARGUMENT: a record longer than the replay's --capacity, a record
 of another game) is not retried: the writer stops and the next `put` raises the
 `PermanentFailure`, so self-play ends and says what to fix.
+
+A replay started with --block-inserts holds an AddGames back while self-play is ahead of
+training (its rate limiter), and answers one still held at its deadline DEADLINE_EXCEEDED (or,
+when too many adds already wait, RESOURCE_EXHAUSTED at once) with a message that starts with
+"rate limiter:". That is normal operation, not a failure: the same records are sent again (at
+once after a DEADLINE_EXCEEDED, which the replay answers only after waiting the call's deadline;
+after the policy's backoff after a RESOURCE_EXHAUSTED), never given up on, not passed to
+`on_failure` and not logged as `replay_add_failed`: one info event `replay_add_held_back` when a
+batch is first held and one `replay_add_resumed` (with the seconds and the times it was held)
+when it goes, and `held_back` / `on_held_back` count every held call. Meanwhile `put` blocks
+once `max_pending` records wait, so self-play pauses and resumes with nothing lost or stored
+twice.
 """
 
 from __future__ import annotations
@@ -21,7 +33,8 @@ from typing import Callable, Sequence
 import grpc
 
 from protos import replay_pb2
-from services.common.failures import PermanentFailure, RetryPolicy, is_message_too_large
+from services.common.failures import (PermanentFailure, RetryPolicy, is_message_too_large,
+                                      status_code, status_details)
 from services.common.logs import EventLogger
 
 ADD_GAMES_HINTS = {
@@ -30,6 +43,18 @@ ADD_GAMES_HINTS = {
         "and keep a record (--chunk-length plus the look-ahead of num_unroll_steps + td_steps "
         "moves) within the replay's --capacity"),
 }
+
+
+# The start of the replay's messages for a call its rate limiter held back (rate_limiter.py).
+RATE_LIMITER_PREFIX = "rate limiter:"
+
+
+def held_back(error: BaseException) -> bool:
+    """Whether `error` is the replay's rate limiter holding an AddGames back (--block-inserts):
+    DEADLINE_EXCEEDED after waiting, or RESOURCE_EXHAUSTED when too many adds already wait."""
+    return (status_code(error) in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED)
+            and status_details(error).startswith(RATE_LIMITER_PREFIX))
 
 
 ONE_RECORD_TOO_LARGE_HINT = ("one record is larger than the replay server accepts in a request: raise "
@@ -54,7 +79,9 @@ class ReplayWriter:
       max_pending: `put` blocks while this many records wait (back-pressure on self-play).
       max_records_per_call: records per AddGames request.
       on_acked: called with the number of records acknowledged by each call.
-      on_failure: called with each failed call's error.
+      on_failure: called with each failed call's error (not with calls the replay's rate
+        limiter held back: those are normal operation, see `on_held_back`).
+      on_held_back: called once for each AddGames the replay's rate limiter held back.
       stop: when set, `put` no longer waits for room (it queues and returns at once), so the
         caller can wind down and `close` flushes with its grace period.
       policy: which failures are retried and the backoff between attempts.
@@ -68,13 +95,15 @@ class ReplayWriter:
                  on_acked: Callable[[int], None] | None = None,
                  on_failure: Callable[[grpc.RpcError], None] | None = None,
                  stop: threading.Event | None = None, policy: RetryPolicy | None = None,
-                 call_timeout_s: float = 30.0, address: str = "") -> None:
+                 call_timeout_s: float = 30.0, address: str = "",
+                 on_held_back: Callable[[], None] | None = None) -> None:
         self._add_games = add_games
         self._log = log
         self._max_pending = max_pending
         self._max_per_call = max_records_per_call
         self._on_acked = on_acked
         self._on_failure = on_failure
+        self._on_held_back = on_held_back
         self._stop = stop if stop is not None else threading.Event()
         self._policy = policy or RetryPolicy(initial_backoff_s=0.1, max_backoff_s=5.0)
         self._call_timeout_s = call_timeout_s
@@ -86,6 +115,7 @@ class ReplayWriter:
         self._close_deadline = math.inf
         self._closed = threading.Event()  # ends a backoff wait at close, so the flush begins at once
         self.acked = 0
+        self.held_back = 0  # AddGames calls the replay's rate limiter held back
         self.failure: PermanentFailure | None = None  # set once AddGames failed permanently
         self._thread = threading.Thread(target=self._run, name="replay-writer", daemon=True)
         self._thread.start()
@@ -157,6 +187,9 @@ class ReplayWriter:
         """Sends `batch` until acknowledged; False (batch given back) when the writer must end:
         a permanent failure, or the close grace period is over."""
         backoff = self._policy.backoff()
+        held = self._policy.backoff()  # the waits after RESOURCE_EXHAUSTED held-backs (no give-up)
+        held_since: float | None = None  # when the replay first held this batch back
+        held_calls = 0
         while True:
             timeout_s = min(self._call_timeout_s, self._remaining_s())
             if timeout_s <= 0:
@@ -164,8 +197,27 @@ class ReplayWriter:
                 return False
             try:
                 self._add_games(batch, timeout_s=timeout_s)
+                if held_since is not None:
+                    self._log.info("replay_add_resumed", records=len(batch), held_calls=held_calls,
+                                   held_s=round(time.monotonic() - held_since, 2))
                 return True
             except grpc.RpcError as error:
+                if held_back(error):
+                    # Self-play is ahead of training: wait for the trainer, as the replay says.
+                    self.held_back += 1
+                    held_calls += 1
+                    if self._on_held_back:
+                        self._on_held_back()
+                    if held_since is None:
+                        held_since = time.monotonic()
+                        self._log.info("replay_add_held_back", code=error.code().name,
+                                       details=error.details(), records=len(batch))
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        continue  # the replay waited the whole call: ask again at once
+                    delay = held.next_delay()
+                    if self._closed.wait(max(0.0, min(delay, self._remaining_s()))):
+                        self._closed.clear()
+                    continue
                 if self._on_failure:
                     self._on_failure(error)
                 if is_message_too_large(error):

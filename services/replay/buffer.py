@@ -20,7 +20,9 @@ flusher and running statistics.
 
 Locks. `_lock` (with the condition `_changed`, shared with the rate limiter) guards the memory.
 `_write_lock` serialises the writers of records (add, update_targets) so that each one's SQLite
-transaction and memory update happen in the same order; it is always taken before `_lock`. A
+transaction and memory update happen in the same order; it is always taken before `_lock`. An
+add that the rate limiter holds back (block_inserts) waits on `_changed` with `_write_lock`
+released, so nothing else waits behind it; it decides again under `_write_lock` after its wait. A
 write commits to SQLite first and updates memory after, so an acknowledged add is on disk and a
 crash never leaves memory ahead of disk.
 
@@ -65,9 +67,10 @@ from services.replay.records import (RECORD_HEADER_BYTES, ReplayError, invalid, 
                                      position_bytes, sample_bytes)
 from services.replay.ring import Ring
 from services.replay.selectors import last_writes, make_selector
-from services.replay.storage import GameDatabase, PriorityStore
-from services.replay.targets import reward_targets, unroll_mask, value_targets
-from services.replay.wire import AddResult, Batch, GameArrays, Stats, StoredGame
+from services.replay.storage import GameDatabase, PriorityStore, Reanalysed
+from services.replay.targets import off_policy_td_steps, reward_targets, unroll_mask, value_targets
+from services.replay.wire import (SAMPLE_GAMES_ORDERS, AddResult, Batch, GameArrays, Stats,
+                                  StoredGame, TargetsUpdate)
 
 RECENT_GAMES = 100
 MAX_BATCH_SIZE = 1 << 16
@@ -139,6 +142,9 @@ class _Draw:
     random_actions: np.ndarray  # int32 [B, K]: the actions past a record's end
     oldest_counter: int  # ring counter of the oldest position drawn
     targets_epoch: int  # `_targets_epoch` when drawn
+    use_reanalysed: np.ndarray  # bool [B]: whether each sample takes reanalysed targets where any
+    reanalysed_stored: bool  # whether any stored position had been reanalysed when drawn
+    newest_version: int  # the newest model version seen when drawn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +158,9 @@ class _Windows:
     actions: np.ndarray  # int32 [B, K]
     observation: np.ndarray  # [B, *obs] in the stored dtype
     unroll: np.ndarray | None  # [B, K+1, *obs] in the stored dtype, when asked
+    # bool [B, W]: where values and policy hold reanalysed targets; None: nowhere
+    reanalysed: np.ndarray | None = None
+    versions: np.ndarray | None = None  # int64 [B, W]: targets versions, when `reanalysed`
 
 
 class ReplayBuffer:
@@ -167,36 +176,51 @@ class ReplayBuffer:
       clock: monotonic seconds (rate-limiter waits).
       on_flush: None, or called after every priority flush that succeeded (empty ones too) with
         its wall time in seconds and the records it wrote (the server's flush metrics).
+      on_insert_wait: None, or called (no lock held) with the seconds of every add that the
+        rate limiter held back, once it went or failed (the server's insert-wait metrics).
     """
 
     def __init__(self, config: ReplayConfig, log: EventLogger | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_flush: Callable[[float, int], None] | None = None) -> None:
+                 on_flush: Callable[[float, int], None] | None = None,
+                 on_insert_wait: Callable[[float], None] | None = None) -> None:
         self.config = config
         self.spec = config.spec
         self.log = log
         C, A = config.capacity, config.spec.num_actions
         self._C, self._A = C, A
         self._alpha, self._beta = config.priority_alpha, config.priority_beta
+        self._fraction = config.reanalysed_target_fraction
         self._rng = np.random.default_rng(config.seed)
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # notified when positions are added
+        # notified when positions are added (and sampled, while inserters wait)
+        self._changed = threading.Condition(self._lock)
         self._write_lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one flush at a time; close waits for it
         self._on_flush = on_flush
+        self._on_insert_wait = on_insert_wait
+        self._clock = clock
         self._ring = Ring(C)
         self._selector = make_selector(C, config.priority_alpha)
         self._limiter = RateLimiter(self._changed, config.min_positions, config.samples_per_insert,
-                                    config.error_buffer, config.max_workers // 2, clock)
+                                    config.error_buffer, config.waiting_samplers, clock,
+                                    block_inserts=config.inserts_may_block,
+                                    max_insert_waiters=config.waiting_inserters)
         self.max_waiting_samplers = self._limiter.max_waiters
+        self.max_waiting_inserters = self._limiter.max_insert_waiters if config.inserts_may_block else 0
         # Position arrays, indexed by slot (ring counter % C).
         obs_dtype = np.dtype(config.spec.observation_dtype)
         self._obs = np.zeros((C, *config.spec.observation_shape), obs_dtype)
         self._actions = np.zeros(C, np.int32)
         self._rewards = np.zeros(C, np.float32)
         self._to_play = np.zeros(C, np.int8)
-        self._values = np.zeros(C, np.float32)
-        self._policies = np.zeros((C, A), np.float32)
+        self._values = np.zeros(C, np.float32)  # self-play root values, as added
+        self._policies = np.zeros((C, A), np.float32)  # self-play policies, as added
+        # Reanalysed targets (UpdateTargets), beside the self-play ones; read only where
+        # _targets_version >= 0 (-1: never reanalysed; the slot's other entries hold anything).
+        self._re_values = np.zeros(C, np.float32)
+        self._re_policies = np.zeros((C, A), np.float32)
+        self._targets_version = np.full(C, -1, np.int64)
         self._legal = np.zeros((C, A), bool)
         self._remaining = np.zeros(C, np.int32)  # T - position: slots of the record from here on
         self._position = np.zeros(C, np.int32)
@@ -205,7 +229,12 @@ class ReplayBuffer:
         self._sampleable_slot = np.zeros(C, bool)  # live and position < its num_sampleable
         # Record metadata, indexed by record slot (key % C).
         self._g_model_version = np.zeros(C, np.int64)
+        # the record's minimum targets version: over its positions, the reanalysis's version
+        # where reanalysed, else the record's model_version (SampleGames' oldest_targets_first)
         self._g_targets_version = np.zeros(C, np.int64)
+        self._g_priority_sum = np.zeros(C, np.float64)  # sum of the record's priorities (running)
+        self._g_reanalysed = np.zeros(C, np.int64)  # positions of the record reanalysed
+        self._g_reanalysed_version_sum = np.zeros(C, np.int64)  # sum of their targets versions
         self._g_terminated = np.zeros(C, bool)
         self._g_first_move = np.zeros(C, np.int64)
         self._g_ids: dict[int, tuple[str, str]] = {}  # key -> (id, episode_id), live records
@@ -213,6 +242,11 @@ class ReplayBuffer:
         self._targets_epoch = 0  # moves before UpdateTargets rewrites a record's arrays
         self._max_priority = 1.0
         self._dirty_priorities: set[int] = set()
+        # Live reanalysed positions and the sum of their targets versions (GetStats' mean age).
+        self._reanalysed_positions = 0
+        self._reanalysed_version_sum = 0
+        # The largest model_version of an add or an UpdateTargets (persisted in meta).
+        self._newest_version = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque(maxlen=RECENT_GAMES)
         self._games_per_version: collections.Counter[int] = collections.Counter()  # live records
         # Counters since this process started.
@@ -264,7 +298,8 @@ class ReplayBuffer:
         limit = self.config.priority_limit
         repaired: dict[int, np.ndarray] = {}
         loaded_max = 0.0
-        chunk: list[tuple[int, GameArrays, np.ndarray, int]] = []
+        chunk: list[tuple[int, GameArrays, np.ndarray, Reanalysed | None]] = []
+        newest = self._db.newest_model_version()
         chunk_positions = 0
         flushed = self._priorities.load(first_key)
         for stored in self._db.load(first_key):
@@ -277,7 +312,9 @@ class ReplayBuffer:
                 repaired[stored.key] = priorities.astype(np.float32)
             if stored.game.num_sampleable:
                 loaded_max = max(loaded_max, float(priorities[:stored.game.num_sampleable].max()))
-            chunk.append((stored.key, stored.game, priorities, stored.targets_model_version))
+            chunk.append((stored.key, stored.game, priorities, stored.reanalysed))
+            newest = max(newest, stored.game.model_version,
+                         int(stored.reanalysed.versions.max()) if stored.reanalysed is not None else 0)
             chunk_positions += stored.game.length
             self._recent.append((stored.game.player0_return(), stored.game.num_sampleable))
             if chunk_positions >= LOAD_CHUNK_POSITIONS:
@@ -286,6 +323,7 @@ class ReplayBuffer:
         self._store(chunk)
         self._ring.first_key = first_key  # when nothing is live: keys go on after the last one
         self._ring.last_key = last_key
+        self._newest_version = newest
         stored_max = self._priorities.max_priority()
         if stored_max is None:  # never flushed here: the value as added, or an older server's
             stored_max = self._db.max_priority()
@@ -322,8 +360,8 @@ class ReplayBuffer:
             column[first_slot:] = values[:split]
             column[:end - self._C] = values[split:]
 
-    def _store(self, records: Sequence[tuple[int, GameArrays, np.ndarray, int]]) -> None:
-        """Places new records ((key, game, priorities [T], targets model version), keys
+    def _store(self, records: Sequence[tuple[int, GameArrays, np.ndarray, Reanalysed | None]]) -> None:
+        """Places new records ((key, game, priorities [T], reanalysed targets or None), keys
         consecutive after the newest) in memory: the ring first (so a sampler gathering outside
         the lock sees its slots taken before they change), then the arrays, then the selector."""
         if not records:
@@ -356,8 +394,31 @@ class ReplayBuffer:
         slots = (first + np.flatnonzero(is_sampleable)) % self._C
         self._selector.insert(slots, priorities[is_sampleable])
         g = self._ring.record_slots(keys)
-        self._g_model_version[g] = [game.model_version for game in games]
-        self._g_targets_version[g] = [version for _, _, _, version in records]
+        versions = np.array([game.model_version for game in games], np.int64)
+        self._g_model_version[g] = versions
+        self._g_priority_sum[g] = np.add.reduceat(priorities.astype(np.float64), starts - starts[0])
+        reanalysed = [r for _, _, _, r in records]
+        if all(r is None for r in reanalysed):  # an add: nothing reanalysed yet
+            put(self._targets_version, first, np.full(total, -1, np.int64))
+            self._g_targets_version[g] = versions
+            self._g_reanalysed[g] = 0
+            self._g_reanalysed_version_sum[g] = 0
+        else:  # loaded records, some reanalysed (a loop over records, at start-up only)
+            filled = [r if r is not None else Reanalysed(
+                np.zeros(game.length, np.float32), np.zeros_like(game.policies),
+                np.full(game.length, -1, np.int64)) for r, game in zip(reanalysed, games)]
+            put(self._re_values, first, join([r.root_values for r in filled]))
+            put(self._re_policies, first, join([r.policies for r in filled]))
+            put(self._targets_version, first, join([r.versions for r in filled]))
+            done = [r.versions >= 0 for r in filled]
+            self._g_targets_version[g] = [int(np.where(d, r.versions, v).min())
+                                          for d, r, v in zip(done, filled, versions.tolist())]
+            counts = np.array([int(d.sum()) for d in done], np.int64)
+            sums = np.array([int(r.versions[d].sum()) for d, r in zip(done, filled)], np.int64)
+            self._g_reanalysed[g] = counts
+            self._g_reanalysed_version_sum[g] = sums
+            self._reanalysed_positions += int(counts.sum())
+            self._reanalysed_version_sum += int(sums.sum())
         self._g_terminated[g] = [game.terminated for game in games]
         self._g_first_move[g] = [game.first_move for game in games]
         for key, game in zip(keys.tolist(), games):
@@ -376,8 +437,10 @@ class ReplayBuffer:
         self._limiter.delete(len(sampleable))
         self._priority[slots] = 0.0
         self._sampleable_slot[slots] = False
-        versions, counts = np.unique(self._g_model_version[self._ring.record_slots(keys)],
-                                     return_counts=True)
+        g = self._ring.record_slots(keys)
+        self._reanalysed_positions -= int(self._g_reanalysed[g].sum())
+        self._reanalysed_version_sum -= int(self._g_reanalysed_version_sum[g].sum())
+        versions, counts = np.unique(self._g_model_version[g], return_counts=True)
         for version, count in zip(versions.tolist(), counts.tolist()):
             left = self._games_per_version[version] - count
             if left:
@@ -392,77 +455,124 @@ class ReplayBuffer:
 
     # --- writes ------------------------------------------------------------------------------
 
-    def add_games(self, games: list[GameArrays]) -> AddResult:
+    def add_games(self, games: list[GameArrays], timeout_s: float | None = None) -> AddResult:
         """Stores the records (validated, e.g. by `records.decode_many`) durably, then in memory.
 
         A record whose id is stored, or remembered (an evicted record among the newest
         `id_window` keys), or that repeats an id of this call, is a duplicate and is not stored
         again. Evicts the oldest records in the same transaction if the capacity would be
         exceeded.
+
+        With `block_inserts` (and samples_per_insert > 0) an add with new records waits while
+        the rate limiter does not allow inserts, with no write lock held (samples, priority and
+        target updates, reads go on): DEADLINE_EXCEEDED naming the limiter's state after
+        `timeout_s` (None: no limit), nothing stored; RESOURCE_EXHAUSTED at once when the most
+        inserters allowed already wait; UNAVAILABLE at shutdown. Whether it may go is decided
+        under `_write_lock` on the state just before the add (an add that lost the race to
+        another one after its wait waits again), and the add then goes in whole. An add of
+        duplicates only never waits.
         """
         for i, game in enumerate(games):
             if game.length > self._C:
                 raise invalid(f"games[{i}].observations: T = {game.length} positions exceed the "
                               f"capacity {self._C}")
-        with self._write_lock:
-            self._check_open()
-            existing = self._db.existing_keys([g.id for g in games])
-            # Only writers change the ring, and they hold _write_lock: its keys and extents can
-            # be read here without _lock.
-            ring = self._ring
-            keys: list[int] = []
-            new: list[tuple[int, GameArrays]] = []
-            for game in games:
-                key = existing.get(game.id)
-                if key is None:
-                    key = ring.last_key + 1 + len(new)
-                    existing[game.id] = key
-                    new.append((key, game))
-                keys.append(key)
-            duplicates = len(games) - len(new)
-            evict = ring.eviction_count(np.array([g.length for _, g in new], np.int64))
-            # the live keys and then the new ones are consecutive from first_key
-            evict_range = (ring.first_key, ring.first_key + evict - 1) if evict else None
-            with self._lock:
-                max_priority = self._max_priority
-            records = [(key, game, priorities)
-                       for (key, game), priorities in zip(new, entry_priorities(new, max_priority))]
-            if new or evict_range:
-                # Ids of evicted records older than the newest id_window keys are forgotten in
-                # the same transaction: the tombstones stay bounded (docs/replay.md, Idempotence).
-                # Below the first live key every row is a tombstone, so the delete reads only
-                # the rows it deletes.
-                newest = new[-1][0] if new else ring.last_key
-                first_live = evict_range[1] + 1 if evict_range else ring.first_key
-                self._db.add(records, evict_range,
-                             forget_through=min(newest - self.config.id_window, first_live - 1))
-                # committed: from here on the add is durable
-            with self._changed:
-                if evict_range:
-                    self._evict_through(evict_range[1])
-                kept = [(key, game, priorities, game.model_version)
-                        for key, game, priorities in records
-                        if not evict_range or key > evict_range[1]]
-                self._store(kept)
-                self._recent.extend(zip(player0_returns([g for _, g in new]),
-                                        [g.num_sampleable for _, g in new]))
-                if new:
-                    ring.last_key = max(ring.last_key, new[-1][0])
-                inserted = sum(g.num_sampleable for _, g in new)
-                self._games_added += len(new)
-                self._inserts += inserted
-                self._duplicates += duplicates
-                self._evicted_games += evict
-                # records evicted by their own add count as inserted, and as deleted at once
-                self._limiter.delete(inserted - sum(g.num_sampleable for _, g, _, _ in kept))
-                self._limiter.insert(inserted)  # wakes the waiting samplers
+        started = None  # when this add began to wait for the rate limiter (None: it did not)
+        try:
+            while True:
+                if started is not None:  # held back: wait with no write lock held
+                    with self._changed:
+                        self._limiter.await_can_insert(timeout_s, started)
+                with self._write_lock:
+                    self._check_open()
+                    keys, new = self._new_records(games)
+                    if new and self._limiter.block_inserts:
+                        with self._lock:
+                            allowed = self._limiter.can_insert()
+                            if not allowed and started is None:
+                                started = self._clock()
+                                self._limiter.insert_waited_total += 1
+                        if not allowed:
+                            continue
+                    return self._commit_add(games, keys, new)
+        finally:
+            if started is not None and self._on_insert_wait is not None:
+                self._on_insert_wait(self._clock() - started)
+
+    def _new_records(self, games: list[GameArrays]) -> tuple[list[int], list[tuple[int, GameArrays]]]:
+        """Holds `_write_lock`. The key of every record of an add (a stored or remembered one's,
+        or the next free ones for new records) and the new records with their keys."""
+        existing = self._db.existing_keys([g.id for g in games])
+        # Only writers change the ring, and they hold _write_lock: its keys and extents can
+        # be read here without _lock.
+        ring = self._ring
+        keys: list[int] = []
+        new: list[tuple[int, GameArrays]] = []
+        for game in games:
+            key = existing.get(game.id)
+            if key is None:
+                key = ring.last_key + 1 + len(new)
+                existing[game.id] = key
+                new.append((key, game))
+            keys.append(key)
+        return keys, new
+
+    def _commit_add(self, games: list[GameArrays], keys: list[int],
+                    new: list[tuple[int, GameArrays]]) -> AddResult:
+        """Holds `_write_lock`. Writes the add's new records (and evictions) to SQLite, then to
+        memory, and wakes the waiting samplers."""
+        ring = self._ring
+        duplicates = len(games) - len(new)
+        evict = ring.eviction_count(np.array([g.length for _, g in new], np.int64))
+        # the live keys and then the new ones are consecutive from first_key
+        evict_range = (ring.first_key, ring.first_key + evict - 1) if evict else None
+        with self._lock:
+            max_priority = self._max_priority
+        # only writers change it, and they hold _write_lock
+        newest = max([self._newest_version] + [g.model_version for _, g in new])
+        records = [(key, game, priorities)
+                   for (key, game), priorities in zip(new, entry_priorities(new, max_priority))]
+        if new or evict_range:
+            # Ids of evicted records older than the newest id_window keys are forgotten in
+            # the same transaction: the tombstones stay bounded (docs/replay.md, Idempotence).
+            # Below the first live key every row is a tombstone, so the delete reads only
+            # the rows it deletes.
+            newest_key = new[-1][0] if new else ring.last_key
+            first_live = evict_range[1] + 1 if evict_range else ring.first_key
+            self._db.add(records, evict_range,
+                         forget_through=min(newest_key - self.config.id_window, first_live - 1),
+                         newest_model_version=newest if newest > self._newest_version else None)
+            # committed: from here on the add is durable
+        with self._changed:
+            if evict_range:
+                self._evict_through(evict_range[1])
+            self._newest_version = newest
+            kept = [(key, game, priorities, None)
+                    for key, game, priorities in records
+                    if not evict_range or key > evict_range[1]]
+            self._store(kept)
+            self._recent.extend(zip(player0_returns([g for _, g in new]),
+                                    [g.num_sampleable for _, g in new]))
+            if new:
+                ring.last_key = max(ring.last_key, new[-1][0])
+            inserted = sum(g.num_sampleable for _, g in new)
+            self._games_added += len(new)
+            self._inserts += inserted
+            self._duplicates += duplicates
+            self._evicted_games += evict
+            # records evicted by their own add count as inserted, and as deleted at once
+            self._limiter.delete(inserted - sum(g.num_sampleable for _, g, _, _ in kept))
+            self._limiter.insert(inserted)  # wakes the waiting samplers
         return AddResult(added=len(new), duplicates=duplicates, keys=keys, evicted=evict,
                          positions_added=inserted)
 
     def update_targets(self, game_id: str, positions: np.ndarray, root_values: np.ndarray,
-                       policies: np.ndarray, model_version: int) -> int:
-        """Replaces root values and policies at `positions` of a stored record (reanalyse);
-        returns how many. NOT_FOUND for a record that is not stored."""
+                       policies: np.ndarray, model_version: int) -> TargetsUpdate:
+        """Sets the reanalysed root values and policies at `positions` of a stored record
+        (reanalyse), beside its self-play ones; returns (updated, skipped). Ordered by version
+        per position: a position whose stored reanalysis has a larger model version than
+        `model_version` is skipped (the newer one stays); an equal or smaller stored version
+        is overwritten, so a retried call changes nothing more. Written to disk before memory.
+        NOT_FOUND for a record that is not stored."""
         if not game_id:
             raise invalid("game_id: must be non-empty")
         if model_version < 0:
@@ -485,6 +595,7 @@ class ReplayBuffer:
             raise invalid("policies: values must be finite numbers")
         if np.any(policies < 0):
             raise invalid("policies: values must be >= 0")
+        model_version = int(model_version)
         with self._write_lock:
             self._check_open()
             with self._lock:
@@ -496,17 +607,42 @@ class ReplayBuffer:
                 if P and (positions.min() < 0 or positions.max() >= T):
                     raise invalid(f"positions: must be in [0, T = {T}) for record {game_id!r}, got "
                                   f"{positions[(positions < 0) | (positions >= T)][0]}")
-                values = self._values[slots].copy()
-                new_policies = self._policies[slots].copy()
-            values[positions] = root_values.astype(np.float32)
-            new_policies[positions] = policies.astype(np.float32)
-            self._db.update_targets(key, values, new_policies, model_version)
+                old_versions = self._targets_version[slots]  # a copy (fancy indexing)
+                was = old_versions >= 0
+                values = np.where(was, self._re_values[slots], np.float32(0.0))
+                new_policies = np.where(was[:, None], self._re_policies[slots], np.float32(0.0))
+                played = int(self._g_model_version[key % self._C])
+            positions = positions.astype(np.int64)
+            applies = old_versions[positions] <= model_version
+            chosen = positions[applies]
+            updated = len(chosen)
+            newest = max(self._newest_version, model_version)  # only writers change it
+            grows = newest if newest > self._newest_version else None
+            if not updated and grows is None:
+                return TargetsUpdate(0, P)
+            versions = old_versions.copy()
+            versions[chosen] = model_version
+            values[chosen] = root_values[applies].astype(np.float32)
+            new_policies[chosen] = policies[applies].astype(np.float32)
+            done = versions >= 0
+            record_min = int(np.where(done, versions, played).min())
+            self._db.update_targets(key, Reanalysed(values, new_policies, versions) if updated else None,
+                                    record_min, grows)
             with self._lock:  # the record is still live: evictions take the write lock
-                self._targets_epoch += 1  # before the arrays change: see "Sampling" above
-                self._values[slots] = values
-                self._policies[slots] = new_policies
-                self._g_targets_version[key % self._C] = model_version
-        return P
+                self._newest_version = newest
+                if updated:
+                    self._targets_epoch += 1  # before the arrays change: see "Sampling" above
+                    self._re_values[slots] = values
+                    self._re_policies[slots] = new_policies
+                    self._targets_version[slots] = versions
+                    g = key % self._C
+                    count, total = int(done.sum()), int(versions[done].sum())
+                    self._reanalysed_positions += count - int(self._g_reanalysed[g])
+                    self._reanalysed_version_sum += total - int(self._g_reanalysed_version_sum[g])
+                    self._g_reanalysed[g] = count
+                    self._g_reanalysed_version_sum[g] = total
+                    self._g_targets_version[g] = record_min
+        return TargetsUpdate(updated, P - updated)
 
     def update_priorities(self, record_keys: np.ndarray, positions: np.ndarray,
                           priorities: np.ndarray) -> tuple[int, int]:
@@ -554,6 +690,10 @@ class ReplayBuffer:
                               f"sampleable (must be in [0, {sampleable[i]}))")
             p = priorities[live]
             slots, p_set = last_writes(ring.position_slots(keys[live], pos), p)
+            # the records' running sums (SampleGames' prioritized order), by differences: float64,
+            # so the drift stays ~1e-16 of the sums per update (clipped at 0 where read)
+            np.add.at(self._g_priority_sum, ring.record_slots(self._key[slots]),
+                      p_set - self._priority[slots])
             self._priority[slots] = p_set
             self._selector.update(slots, p_set)
             if len(p):  # p <= priority_limit, so the running max stays bounded by it
@@ -625,28 +765,55 @@ class ReplayBuffer:
         keys = self._key[t]
         positions = self._position[t]
         g = self._ring.record_slots(keys)
+        random_actions = self._rng.integers(0, self._A, size=(B, K), dtype=np.int32)
+        fraction = self._fraction
+        stored = self._reanalysed_positions > 0
+        if not stored or fraction <= 0.0:
+            use = np.zeros(B, bool)
+        elif fraction >= 1.0:  # no draw: the random stream is the same as without reanalysis
+            use = np.ones(B, bool)
+        else:
+            use = self._rng.random(B) < fraction
         return _Draw(
             slots=t, probability=probability, population=len(self._selector),
             remaining=self._remaining[t].astype(np.int64), keys=keys, positions=positions,
             terminated=self._g_terminated[g], model_version=self._g_model_version[g],
-            random_actions=self._rng.integers(0, self._A, size=(B, K), dtype=np.int32),
+            random_actions=random_actions,
             oldest_counter=int(self._ring.counters(keys, positions).min()),
-            targets_epoch=self._targets_epoch)
+            targets_epoch=self._targets_epoch, use_reanalysed=use,
+            reanalysed_stored=stored and bool(use.any()), newest_version=self._newest_version)
 
     def _gather(self, draw: _Draw, K: int, n: int, include_unroll_observations: bool) -> _Windows:
         """The windows of W = K + n + 1 consecutive slots from each draw (modulo C by take's
         "wrap"); entries past a record's end hold anything and are masked by the targets."""
         t = draw.slots
         windows = self._ring.windows(t, K + n + 1)
+        values = np.take(self._values, windows, mode="wrap")
+        policy = np.take(self._policies, windows[:, :K + 1], axis=0, mode="wrap")
+        reanalysed = versions = None
+        if draw.reanalysed_stored:
+            # Per window position: the reanalysed targets where the sample takes them and the
+            # position has been reanalysed, else the self-play ones (vectorized; past a
+            # record's end the mask reads other records' entries, which the targets never use).
+            versions = np.take(self._targets_version, windows, mode="wrap")
+            reanalysed = draw.use_reanalysed[:, None] & (versions >= 0)
+            if reanalysed.any():
+                values = np.where(reanalysed, np.take(self._re_values, windows, mode="wrap"), values)
+                policy = np.where(reanalysed[:, :K + 1, None],
+                                  np.take(self._re_policies, windows[:, :K + 1], axis=0, mode="wrap"),
+                                  policy)
+            else:
+                reanalysed = versions = None
         return _Windows(
             rewards=np.take(self._rewards, windows, mode="wrap"),
-            values=np.take(self._values, windows, mode="wrap"),
+            values=values,
             to_play=np.take(self._to_play, windows, mode="wrap"),
-            policy=np.take(self._policies, windows[:, :K + 1], axis=0, mode="wrap"),
+            policy=policy,
             actions=np.take(self._actions, windows[:, :K], mode="wrap"),
             observation=self._obs[t],
             unroll=(np.take(self._obs, windows[:, :K + 1], axis=0, mode="wrap")
-                    if include_unroll_observations else None))
+                    if include_unroll_observations else None),
+            reanalysed=reanalysed, versions=versions)
 
     def _intact(self, draw: _Draw) -> bool:
         """Whether no write changed a drawn record since `draw` was taken: no slot from its
@@ -689,6 +856,13 @@ class ReplayBuffer:
                 f"about {nbytes / MIB:.1f} MiB of arrays, over the limit max_sample_bytes = "
                 f"{c.max_sample_bytes} ({c.max_sample_bytes / MIB:g} MiB); ask for fewer "
                 f"positions or a smaller K or n")
+        if self._limiter.block_inserts and B > 2 * c.error_buffer:
+            # E < D < B - E would hold both this sampler and every insert for good.
+            raise invalid(
+                f"batch_size: B = {B} > 2 x error_buffer = {2 * c.error_buffer:g} while inserts "
+                f"wait for the rate limiter (block_inserts): this sampler and the inserts could "
+                f"both wait forever; ask for at most {int(2 * c.error_buffer)} positions or "
+                f"start the replay with --error-buffer >= {B / 2:g}")
         A = self._A
         with self._changed:
             self._limiter.await_can_sample(B, timeout_s)
@@ -721,11 +895,26 @@ class ReplayBuffer:
         if unroll is not None:
             unroll = np.where(inside.reshape(inside.shape + (1,) * (unroll.ndim - 2)), unroll, 0)
             unroll = unroll.astype(np.float32)
+        # Whose targets: a sample takes a reanalysis where its position t was reanalysed (and
+        # its draw chose reanalysed targets). The version behind u's targets: u's reanalysis
+        # where it is used, else the model that played the record.
+        if windows.reanalysed is not None:
+            reanalysed = windows.reanalysed[:, 0].copy()
+        else:
+            reanalysed = np.zeros(B, bool)
+        per_step = c.td_age_versions_per_step
+        horizon = None
+        if per_step:
+            version_u = np.broadcast_to(draw.model_version[:, None], (B, K + 1))
+            if windows.reanalysed is not None:
+                version_u = np.where(windows.reanalysed[:, :K + 1], windows.versions[:, :K + 1],
+                                     version_u)
+            horizon = off_policy_td_steps(n, draw.newest_version - version_u, per_step)
         return Batch(
             observation=windows.observation.astype(np.float32),
             actions=actions.astype(np.int32),
             target_value=value_targets(windows.rewards, windows.values, windows.to_play, remaining,
-                                       draw.terminated, K, n, gamma),
+                                       draw.terminated, K, n, gamma, horizon),
             target_reward=reward_targets(windows.rewards, remaining, K, c.value_prefix),
             target_policy=policy.astype(np.float32, copy=False),
             mask=unroll_mask(remaining, K),
@@ -735,11 +924,15 @@ class ReplayBuffer:
             positions=draw.positions.astype(np.int32),
             model_version=draw.model_version.astype(np.int64),
             unroll_observations=unroll,
-            value_prefix=c.value_prefix, num_unroll_steps=K, td_steps=n, discount=gamma)
+            value_prefix=c.value_prefix, num_unroll_steps=K, td_steps=n, discount=gamma,
+            reanalysed=reanalysed,
+            value_td_steps=(np.full((B, K + 1), n, np.int32) if horizon is None
+                            else horizon.astype(np.int32)))
 
     def release_waiters(self) -> None:
-        """Wakes every sampler waiting on the rate limiter with UNAVAILABLE (at shutdown, so
-        that the server's in-flight calls finish promptly); later waits fail the same way."""
+        """Wakes every sampler and inserter waiting on the rate limiter with UNAVAILABLE (at
+        shutdown, so that the server's in-flight calls finish promptly); later waits fail the
+        same way."""
         with self._changed:
             self._limiter.cancel()
 
@@ -749,30 +942,75 @@ class ReplayBuffer:
         slots = self._ring.slots(key)
         g = key % self._C
         game_id, episode_id = self._g_ids[key]
+        versions = self._targets_version[slots]
+        done = versions >= 0
         game = GameArrays(
             id=game_id, episode_id=episode_id, first_move=int(self._g_first_move[g]),
             observations=self._obs[slots], actions=self._actions[slots],
             rewards=self._rewards[slots], to_play=self._to_play[slots].astype(np.int32),
-            root_values=self._values[slots], policies=self._policies[slots],
+            root_values=np.where(done, self._re_values[slots], self._values[slots]),
+            policies=np.where(done[:, None], self._re_policies[slots], self._policies[slots]),
             legal_actions=self._legal[slots], model_version=int(self._g_model_version[g]),
             num_sampleable=int(self._ring.num_sampleable[g]), terminated=bool(self._g_terminated[g]))
-        return StoredGame(key, game, int(self._g_targets_version[g]))
+        return StoredGame(key, game, int(self._g_targets_version[g]), versions)
 
-    def sample_games(self, num_games: int, newest_first: bool = False) -> list[StoredGame]:
-        """Up to `num_games` whole records with their current targets: the newest first, or a
-        uniform draw without replacement. Records are taken while their messages fit in
-        `max_sample_bytes` (and the send limit), at least one: a reply may hold fewer."""
+    def _order_keys(self, order: str, chosen: int) -> np.ndarray:
+        """Holds `_lock`. int64 [chosen]: the keys of `chosen` distinct live records in
+        `order` (one of SAMPLE_GAMES_ORDERS). uniform and newest_first cost O(chosen);
+        oldest_targets_first and prioritized read one number per live record (O(records), not
+        O(positions): the per-record minimum targets versions and priority sums are kept
+        running by the writers)."""
+        ring = self._ring
+        count = ring.num_records
+        if order == "newest_first":
+            return np.arange(ring.last_key, ring.last_key - chosen, -1, dtype=np.int64)
+        if order == "uniform":
+            return ring.first_key + self._rng.choice(count, chosen, replace=False)
+        live = ring.live_keys()
+        g = ring.record_slots(live)
+        if order == "oldest_targets_first":
+            versions = self._g_targets_version[g]
+            # the chosen smallest versions, ties by the oldest key: every version below the
+            # chosen-th smallest, then the oldest of those equal to it (O(records), no sort of
+            # them all), sorted by (version, key)
+            kth = np.partition(versions, chosen - 1)[chosen - 1]
+            below = np.flatnonzero(versions < kth)
+            equal = np.flatnonzero(versions == kth)[:chosen - len(below)]
+            picked = np.concatenate([below, equal])
+            picked = picked[np.lexsort((picked, versions[picked]))]
+            return live[picked]
+        # prioritized: without replacement, P(record) proportional to its priority sum: an
+        # exponential race (the `chosen` smallest Exp(1) / w, in that order); records whose sum
+        # is 0 come after all others, in a uniform order
+        weights = self._g_priority_sum[g]
+        positive = np.flatnonzero(weights > 0)
+        race = self._rng.exponential(size=len(positive)) / weights[positive]
+        if chosen < len(positive):
+            part = np.argpartition(race, chosen - 1)[:chosen]
+            picked = positive[part[np.argsort(race[part], kind="stable")]]
+        else:
+            zero = np.flatnonzero(~(weights > 0))
+            picked = np.concatenate([positive[np.argsort(race, kind="stable")],
+                                     self._rng.permutation(zero)[:chosen - len(positive)]])
+        return live[picked]
+
+    def sample_games(self, num_games: int, order: str = "uniform") -> list[StoredGame]:
+        """Up to `num_games` whole records with their current targets, in `order` (see
+        SAMPLE_GAMES_ORDERS and protos/replay.proto's SampleGamesRequest.Order): "uniform" (a
+        uniform draw without replacement), "newest_first", "oldest_targets_first" (smallest
+        minimum targets version first, ties by the oldest key), "prioritized" (without
+        replacement, by each record's sum of priorities). Records are taken in that order while
+        their messages fit in `max_sample_bytes` (and the send limit), at least one: a reply may
+        hold fewer."""
+        if order not in SAMPLE_GAMES_ORDERS:
+            raise invalid(f"order: {order!r} is not one of {', '.join(SAMPLE_GAMES_ORDERS)}")
         if num_games < 1:
             raise invalid(f"num_games: must be >= 1, got {num_games}")
         budget = min(self.config.max_sample_bytes, self.config.send_limit - MESSAGE_SLACK_BYTES)
         with self._lock:
             ring = self._ring
-            count = ring.num_records
-            chosen = min(num_games, count)
-            if newest_first:
-                keys = np.arange(ring.last_key, ring.last_key - chosen, -1)
-            else:
-                keys = ring.first_key + self._rng.choice(count, chosen, replace=False)
+            chosen = min(num_games, ring.num_records)
+            keys = self._order_keys(order, chosen) if chosen else np.zeros(0, np.int64)
             per_position = position_bytes(self.spec)
             taken: list[StoredGame] = []
             total = 0
@@ -820,13 +1058,28 @@ class ReplayBuffer:
         return self._ring.stored
 
     @property
+    def reanalysed_positions(self) -> int:
+        """Stored positions whose targets have been reanalysed."""
+        return self._reanalysed_positions
+
+    @property
     def rate_limited_total(self) -> int:
         """Samples that had to wait for the rate limiter, since this process started."""
         return self._limiter.waited_total
 
+    @property
+    def inserts_waiting(self) -> int:
+        """Adds waiting for the rate limiter now (a read of one int: no lock needed)."""
+        return self._limiter.inserts_waiting
+
+    @property
+    def insert_rate_limited_total(self) -> int:
+        """Adds that the rate limiter did not allow at once, since this process started."""
+        return self._limiter.insert_waited_total
+
     def stats(self) -> Stats:
         """Contents and counters, from running counts (O(model versions + RECENT_GAMES), not
-        O(records))."""
+        O(records)); the reanalysed positions and their mean age too."""
         c = self.config
         with self._lock:
             recent = np.array(self._recent, np.float64).reshape(-1, 2)
@@ -842,9 +1095,16 @@ class ReplayBuffer:
                 samples_total=self._samples, sample_batches_total=self._sample_batches,
                 duplicates_total=self._duplicates, evicted_games_total=self._evicted_games,
                 rate_limited_total=self._limiter.waited_total, min_positions=c.min_positions,
+                block_inserts=self._limiter.block_inserts,
+                inserts_waiting=self._limiter.inserts_waiting,
+                insert_rate_limited_total=self._limiter.insert_waited_total,
                 samples_per_insert=c.samples_per_insert, error_buffer=c.error_buffer,
                 max_priority=self._max_priority, priority_alpha=c.priority_alpha,
-                priority_beta=c.priority_beta)
+                priority_beta=c.priority_beta, reanalysed_positions=self._reanalysed_positions,
+                reanalysed_mean_age=(self._newest_version - self._reanalysed_version_sum
+                                     / self._reanalysed_positions
+                                     if self._reanalysed_positions else 0.0),
+                newest_model_version=self._newest_version)
 
     # --- shutdown ----------------------------------------------------------------------------
 

@@ -27,14 +27,15 @@ import numpy as np
 from protos import replay_pb2, replay_pb2_grpc
 from services.common.channels import DEFAULT_DEADLINE_S, make_channel
 from services.common.tensors import to_tensor
-from services.replay.wire import (SERVICE_NAME, AddResult, Batch, GameArrays, StoredGame,
-                                  batch_from_proto, make_game_record, record_from_proto)
+from services.replay.wire import (SAMPLE_GAMES_ORDERS, SERVICE_NAME, AddResult, Batch, GameArrays,
+                                  StoredGame, TargetsUpdate, batch_from_proto, make_game_record,
+                                  stored_game_from_proto)
 
 IDEMPOTENT_METHODS = ("AddGames", "SampleBatch", "UpdatePriorities", "UpdateTargets",
                       "SampleGames", "GetStats")
 
 __all__ = ["ReplayClient", "make_game_record", "batch_from_proto", "GameArrays", "Batch",
-           "StoredGame", "AddResult"]
+           "StoredGame", "AddResult", "TargetsUpdate", "SAMPLE_GAMES_ORDERS"]
 
 
 class ReplayClient:
@@ -87,25 +88,33 @@ class ReplayClient:
 
     def update_targets(self, game_id: str, positions: np.ndarray, root_values: np.ndarray,
                        policies: np.ndarray, model_version: int,
-                       timeout_s: float | None = None) -> int:
-        """Replaces root values and policies at `positions` of a stored record (reanalyse)."""
+                       timeout_s: float | None = None) -> TargetsUpdate:
+        """Sets the reanalysed root values and policies at `positions` of a stored record
+        (reanalyse); returns (updated, skipped): positions where a reanalysis with a newer
+        model_version is stored are skipped (an equal one is overwritten: retries are harmless)."""
         response = self._stub.UpdateTargets(
             replay_pb2.UpdateTargetsRequest(
                 game_id=game_id, positions=to_tensor(np.asarray(positions, np.int32)),
                 root_values=to_tensor(np.asarray(root_values, np.float32)),
                 policies=to_tensor(np.asarray(policies, np.float32)), model_version=model_version),
             timeout=self._timeout(timeout_s))
-        return response.updated
+        return TargetsUpdate(response.updated, response.skipped)
 
-    def sample_games(self, num_games: int, newest_first: bool = False,
+    def sample_games(self, num_games: int, order: str = "uniform",
                      timeout_s: float | None = None) -> list[StoredGame]:
         """Up to `num_games` whole records with their current targets (observations in the
-        game's stored dtype, e.g. uint8 boards)."""
+        game's stored dtype, e.g. uint8 boards) and per-position targets versions, in `order`:
+        "uniform" (a uniform draw without replacement), "newest_first", "oldest_targets_first"
+        (smallest targets_model_version first, ties oldest first: a reanalyse worker's order)
+        or "prioritized" (without replacement, by the sum of each record's priorities).
+        ValueError naming `order` for any other value."""
+        if not isinstance(order, str) or order not in SAMPLE_GAMES_ORDERS:
+            raise ValueError(f"order: {order!r} is not one of {', '.join(map(repr, SAMPLE_GAMES_ORDERS))}")
         response = self._stub.SampleGames(
-            replay_pb2.SampleGamesRequest(num_games=num_games, newest_first=newest_first),
+            replay_pb2.SampleGamesRequest(num_games=num_games,
+                                          order=SAMPLE_GAMES_ORDERS.index(order)),
             timeout=self._timeout(timeout_s))
-        return [StoredGame(g.key, record_from_proto(g.record), g.targets_model_version)
-                for g in response.games]
+        return [stored_game_from_proto(g) for g in response.games]
 
     def get_stats(self, timeout_s: float | None = None) -> replay_pb2.ReplayStats:
         return self._stub.GetStats(replay_pb2.GetStatsRequest(), timeout=self._timeout(timeout_s))

@@ -38,14 +38,18 @@ class ReplayConfig(ReplaySettings):
 
     `ReplayConfig.for_game(name, data_dir, ...)` fills the sampling defaults from the game's
     `MuZeroSettings`; tests build one directly around any `GameSpec`. It extends the game's
-    `ReplaySettings` (capacity, min_positions, samples_per_insert, priority_alpha,
-    priority_beta: declared, documented and validated there) with the server's own fields.
+    `ReplaySettings` (capacity, min_positions, samples_per_insert, block_inserts, priority_alpha,
+    priority_beta, reanalysed_target_fraction, td_age_versions_per_step: declared, documented
+    and validated there) with the server's own fields.
 
     Attributes:
       spec: the game whose records are stored (observation shape and dtype, actions, players).
       data_dir: directory of the SQLite database (`replay.sqlite`); created if missing. A data
         dir holds one game's records: starting on it with another game's spec fails.
-      error_buffer: how many sampled positions the trainer may run ahead of that ratio.
+      error_buffer: how many sampled positions the trainer may run ahead of that ratio (and,
+        with block_inserts, how far the inserts may run ahead before an AddGames waits); with
+        block_inserts a SampleBatch of more than 2 x error_buffer positions is refused
+        (INVALID_ARGUMENT: it could leave both sides waiting for good).
       num_unroll_steps: K, the unroll steps of a SampleBatch that asks for none.
       td_steps: n of the n-step value targets of a SampleBatch that asks for none.
       discount: the discount of the value targets of a SampleBatch that gives none.
@@ -61,10 +65,12 @@ class ReplayConfig(ReplaySettings):
         is not synced at every flush); records are never lost with them.
       host, port, metrics_port: where the gRPC server and the /metrics endpoint listen (port 0
         picks a free one).
-      max_workers: threads serving gRPC calls; at most half of them (at least one) wait on the
-        rate limiter at once, further SampleBatch calls that would wait get RESOURCE_EXHAUSTED.
-        The server's memory for requests in progress is at most about
-        max_workers * (receive_limit + max_sample_bytes).
+      max_workers: threads serving gRPC calls, W. At most max(1, W // 2) SampleBatch calls wait
+        on the rate limiter at once and, with block_inserts, at most W - 1 - that many AddGames
+        calls (`waiting_samplers` and `waiting_inserters`), so one thread at least never
+        waits; a further call that would wait gets RESOURCE_EXHAUSTED at once. block_inserts
+        (with samples_per_insert > 0) needs W >= 3. The server's memory for requests in
+        progress is at most about max_workers * (receive_limit + max_sample_bytes).
       priority_limit: the largest priority UpdatePriorities accepts (larger ones are
         INVALID_ARGUMENT); it also bounds the running maximum at which new positions enter, on
         load too, so no priority, weight or importance weight can overflow. Priorities are
@@ -130,6 +136,9 @@ class ReplayConfig(ReplaySettings):
             value = getattr(self, name)
             require(0 <= value <= 65535, f"ReplayConfig.{name} must be in [0, 65535], got {value}")
         require(self.max_workers >= 1, f"ReplayConfig.max_workers must be >= 1, got {self.max_workers}")
+        require(not self.inserts_may_block or self.max_workers >= 3,
+                f"ReplayConfig.max_workers must be >= 3 with block_inserts (a waiting sampler, a "
+                f"waiting inserter and a thread that never waits), got {self.max_workers}")
         require(1.0 <= self.priority_limit < math.inf,
                 f"ReplayConfig.priority_limit must be finite and >= 1 (new positions enter at 1 "
                 f"at first), got {self.priority_limit}")
@@ -147,6 +156,24 @@ class ReplayConfig(ReplaySettings):
             require(value == 0 or MIN_MESSAGE_BYTES <= value <= MAX_MESSAGE_BYTES,
                     f"ReplayConfig.{name} must be 0 (derived) or in [{MIN_MESSAGE_BYTES}, "
                     f"{MAX_MESSAGE_BYTES}], got {value}")
+
+    @property
+    def inserts_may_block(self) -> bool:
+        """Whether AddGames may wait for the rate limiter: block_inserts with
+        samples_per_insert > 0."""
+        return bool(self.block_inserts) and self.samples_per_insert > 0
+
+    @property
+    def waiting_samplers(self) -> int:
+        """The most SampleBatch calls that wait on the rate limiter at once: max(1, W // 2)."""
+        return max(1, self.max_workers // 2)
+
+    @property
+    def waiting_inserters(self) -> int:
+        """The most AddGames calls that wait on the rate limiter at once (block_inserts):
+        W - 1 - waiting_samplers (at least 1; W >= 3 is required for it), so that samplers and
+        inserters together never take every thread."""
+        return max(1, self.max_workers - 1 - self.waiting_samplers)
 
     @property
     def receive_limit(self) -> int:
@@ -189,8 +216,11 @@ class ReplayConfig(ReplaySettings):
             spec=spec, data_dir=data_dir, capacity=settings.replay.capacity,
             min_positions=settings.replay.min_positions,
             samples_per_insert=settings.replay.samples_per_insert,
+            block_inserts=settings.replay.block_inserts,
             error_buffer=float(10 * settings.training.batch_size),
             priority_alpha=settings.replay.priority_alpha, priority_beta=settings.replay.priority_beta,
+            reanalysed_target_fraction=settings.replay.reanalysed_target_fraction,
+            td_age_versions_per_step=settings.replay.td_age_versions_per_step,
             num_unroll_steps=settings.training.num_unroll_steps, td_steps=settings.training.td_steps,
             discount=settings.discount, value_prefix=settings.training.value_prefix, priority_limit=limit)
         fields.update(overrides)

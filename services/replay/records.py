@@ -58,7 +58,9 @@ def sample_bytes(spec: GameSpec, batch_size: int, num_unroll_steps: int, td_step
     actions: the gathered windows (int64 slots, float32 rewards and values, int8 to-play),
     policies [K+1, A] and observations; the value targets' [K+1, n] temporaries (float64
     coefficients, their sign flips and products, bool masks); the casts and masks of the
-    targets; the response's arrays three times (tensor bytes, the message, its serialization);
+    targets; the reanalysed targets' gathers and masks and the off-policy horizons (counted
+    whether or not a batch needs them); the response's arrays three times (tensor bytes, the
+    message, its serialization);
     the unroll observations [K+1, O] gathered, masked, cast and sent, when asked. Everything
     is counted as if alive at once, plus SAMPLE_CALL_BYTES per call;
     `tests/replay/test_replay_limits.py` checks it against tracemalloc's peak.
@@ -67,10 +69,13 @@ def sample_bytes(spec: GameSpec, batch_size: int, num_unroll_steps: int, td_step
     O, A = math.prod(spec.observation_shape), spec.num_actions
     s = np.dtype(spec.observation_dtype).itemsize
     W = K + n + 1
-    gather = 17 * W + 4 * (K + 1) * A + s * O + 8 * K + 96
+    # reanalysed targets: int64 versions, bool mask, float32 values gathered and chosen [W];
+    # policies gathered and chosen [K+1, A]; the off-policy horizons and ages [K+1]
+    reanalysed = 17 * W + 8 * (K + 1) * A + 40 * (K + 1) + 2
+    gather = 17 * W + 4 * (K + 1) * A + s * O + 8 * K + 96 + reanalysed
     value = 26 * (K + 1) * n + 96 * (K + 1)
     targets = 4 * (K + 1) * A + 9 * K + 4 * O + 40 * (K + 1) + 64
-    response = 3 * (4 * O + 4 * K + 16 * (K + 1) + 4 * (K + 1) * A + 24)
+    response = 3 * (4 * O + 4 * K + 20 * (K + 1) + 4 * (K + 1) * A + 25)
     unroll = (2 * s + 4 + 3 * 4) * (K + 1) * O if include_unroll_observations else 0
     return SAMPLE_CALL_BYTES + B * (gather + value + targets + response + unroll)
 

@@ -1,9 +1,10 @@
 """The replay servicer: gRPC `mufleet.Replay` over a `ReplayBuffer`.
 
 Every call is validated whole before anything changes (INVALID_ARGUMENT / NOT_FOUND naming the
-field). A SampleBatch that the rate limiter holds back waits on the buffer's condition variable
-until shortly before the call's deadline and then fails with DEADLINE_EXCEEDED, its message
-naming the limiter's state, so the client sees why rather than a bare deadline.
+field). A SampleBatch (or, with --block-inserts, an AddGames) that the rate limiter holds back
+waits on the buffer's condition variable until shortly before the call's deadline and then
+fails with DEADLINE_EXCEEDED, its message naming the limiter's state ("rate limiter: ..."), so
+the client sees why rather than a bare deadline.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from services.replay.buffer import ReplayBuffer
 from services.replay.config import ReplayConfig
 from services.replay.metrics import ReplayMetrics
 from services.replay.records import decode_many, decode_tensor, invalid
-from services.replay.wire import SERVICE_NAME, batch_to_proto, record_to_proto, stats_to_proto
+from services.replay.wire import (SAMPLE_GAMES_ORDERS, SERVICE_NAME, batch_to_proto,
+                                  stats_to_proto, stored_game_to_proto)
 
 if TYPE_CHECKING:
     from services.replay.client import ReplayClient
@@ -38,8 +40,9 @@ def _array(request, name: str):
 
 
 def sample_timeout(time_remaining: float | None) -> float | None:
-    """How long a SampleBatch may wait for the rate limiter: the call's time left, less a margin
-    (a tenth, at most 250 ms) so that our DEADLINE_EXCEEDED, with its message, arrives first."""
+    """How long a SampleBatch (or a held-back AddGames) may wait for the rate limiter: the
+    call's time left, less a margin (a tenth, at most 250 ms) so that our DEADLINE_EXCEEDED,
+    with its message, arrives first."""
     if time_remaining is None:
         return None
     return max(0.0, time_remaining - min(0.25, 0.1 * time_remaining))
@@ -63,12 +66,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         self._rate_limited_seen = buffer.rate_limited_total
         self._retries_seen = buffer.sample_retries
         self._rate_limited_lock = threading.Lock()
+        self.metrics.inserts_waiting.set_function(lambda: buffer.inserts_waiting)
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         self.metrics.games.set(self.buffer.num_games)
         self.metrics.positions.set(self.buffer.num_positions)
         self.metrics.stored_positions.set(self.buffer.stored_positions)
+        self.metrics.reanalysed_positions.set(self.buffer.reanalysed_positions)
 
     def _serve(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
         """Runs `body`, timing it; a ReplayError (or a crash: INTERNAL) aborts the call."""
@@ -79,7 +84,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
     def AddGames(self, request: replay_pb2.AddGamesRequest, context) -> replay_pb2.AddGamesResponse:
         def body() -> replay_pb2.AddGamesResponse:
             games = decode_many(request.games, self.buffer.spec, self.buffer.config.capacity)
-            result = self.buffer.add_games(games)
+            result = self.buffer.add_games(games, sample_timeout(context.time_remaining()))
             self.metrics.games_added.inc(result.added)
             self.metrics.duplicates.inc(result.duplicates)
             self.metrics.evicted_games.inc(result.evicted)
@@ -98,8 +103,15 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                     request.include_unroll_observations, sample_timeout(context.time_remaining()))
             finally:
                 self._count_rate_limited()
-            self.metrics.samples.inc(len(batch.record_keys))
+            B = len(batch.record_keys)
+            self.metrics.samples.inc(B)
             self.metrics.sample_batches.inc()
+            reanalysed = int(batch.reanalysed.sum())
+            self.metrics.sampled_reanalysed.inc(reanalysed)
+            self.metrics.reanalysed_target_fraction.set(reanalysed / B)
+            # the mean n of the batch's value targets inside their records (u < T)
+            self.metrics.value_target_td_steps.set(
+                float((batch.value_td_steps * batch.mask).sum() / batch.mask.sum()))
             return batch_to_proto(batch)
         return self._serve("SampleBatch", context, body)
 
@@ -127,21 +139,23 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
     def UpdateTargets(self, request: replay_pb2.UpdateTargetsRequest,
                       context) -> replay_pb2.UpdateTargetsResponse:
         def body() -> replay_pb2.UpdateTargetsResponse:
-            updated = self.buffer.update_targets(
+            updated, skipped = self.buffer.update_targets(
                 request.game_id, _array(request, "positions"), _array(request, "root_values"),
                 _array(request, "policies"), request.model_version)
             self.metrics.target_updates.inc(updated)
-            return replay_pb2.UpdateTargetsResponse(updated=updated)
+            self.metrics.target_updates_skipped.inc(skipped)
+            self._update_gauges()
+            return replay_pb2.UpdateTargetsResponse(updated=updated, skipped=skipped)
         return self._serve("UpdateTargets", context, body)
 
     def SampleGames(self, request: replay_pb2.SampleGamesRequest,
                     context) -> replay_pb2.SampleGamesResponse:
         def body() -> replay_pb2.SampleGamesResponse:
-            stored = self.buffer.sample_games(request.num_games, request.newest_first)
-            return replay_pb2.SampleGamesResponse(games=[
-                replay_pb2.StoredGame(key=s.key, record=record_to_proto(s.game),
-                                      targets_model_version=s.targets_model_version)
-                for s in stored])
+            if not 0 <= request.order < len(SAMPLE_GAMES_ORDERS):  # proto3 keeps unknown values
+                names = ", ".join(f"{o.upper()} ({i})" for i, o in enumerate(SAMPLE_GAMES_ORDERS))
+                raise invalid(f"order: unknown order {request.order}; expected one of {names}")
+            stored = self.buffer.sample_games(request.num_games, SAMPLE_GAMES_ORDERS[request.order])
+            return replay_pb2.SampleGamesResponse(games=[stored_game_to_proto(s) for s in stored])
         return self._serve("SampleGames", context, body)
 
     def GetStats(self, request: replay_pb2.GetStatsRequest, context) -> replay_pb2.ReplayStats:
@@ -149,7 +163,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
 
 
 class ReplayServer(ServiceServer):
-    """A `ServiceServer` that, on stop, first releases the samplers waiting on the rate limiter
+    """A `ServiceServer` that, on stop, first releases the calls waiting on the rate limiter
     (so in-flight calls end at once, UNAVAILABLE), then finishes in-flight calls, then closes
     the buffer (pending priorities written, WAL checkpointed)."""
 
@@ -188,7 +202,8 @@ def serve(config: ReplayConfig, log: EventLogger | None = None, metrics: ReplayM
     """
     log = log or get_logger("replay")
     metrics = metrics or ReplayMetrics(registry)
-    buffer = ReplayBuffer(config, log, on_flush=metrics.observe_flush)
+    buffer = ReplayBuffer(config, log, on_flush=metrics.observe_flush,
+                          on_insert_wait=metrics.observe_insert_wait)
     try:
         server = ReplayServer(buffer, log, host=config.host, port=config.port,
                               max_workers=config.max_workers,
@@ -209,10 +224,14 @@ def serve(config: ReplayConfig, log: EventLogger | None = None, metrics: ReplayM
              game=config.spec.name, data_dir=config.data_dir, games=buffer.num_games,
              positions=buffer.num_positions, capacity=config.capacity,
              min_positions=config.min_positions, samples_per_insert=config.samples_per_insert,
-             error_buffer=config.error_buffer, priority_alpha=config.priority_alpha,
+             block_inserts=config.inserts_may_block, waiting_samplers=config.waiting_samplers,
+             waiting_inserters=buffer.max_waiting_inserters, error_buffer=config.error_buffer,
+             priority_alpha=config.priority_alpha,
              priority_beta=config.priority_beta, num_unroll_steps=config.num_unroll_steps,
              td_steps=config.td_steps, synchronous=config.synchronous,
              max_workers=config.max_workers, max_receive_bytes=config.receive_limit,
              max_send_bytes=config.send_limit, max_sample_bytes=config.max_sample_bytes,
-             priority_limit=config.priority_limit, id_window=config.id_window)
+             priority_limit=config.priority_limit, id_window=config.id_window,
+             reanalysed_target_fraction=config.reanalysed_target_fraction,
+             td_age_versions_per_step=config.td_age_versions_per_step)
     return server

@@ -11,7 +11,13 @@ Tables:
                             reused.
   arrays(key, name, dtype, shape, data)
                             one row per array of a live record: raw little-endian C-order bytes
-                            with their NumPy dtype name and shape ("200,4").
+                            with their NumPy dtype name and shape ("200,4"). The arrays as
+                            added (root_values and policies: the self-play targets, never
+                            rewritten), and, once UpdateTargets set some of its positions, the
+                            record's reanalysed targets: reanalysed_root_values float32 [T],
+                            reanalysed_policies float32 [T, A] and targets_versions int64 [T]
+                            (-1 where never reanalysed; the other two hold 0 there).
+  meta also holds newest_model_version, the largest model version of an add or UpdateTargets.
 
 Every write is one transaction (BEGIN IMMEDIATE ... COMMIT); with synchronous=FULL the WAL is
 synced at each commit, so once `add` returns the records survive kill -9 and power loss
@@ -81,6 +87,16 @@ CREATE TABLE IF NOT EXISTS arrays (
 # The arrays of a record as stored, plus its priorities (float32 [T]).
 STORED_ARRAYS = ("observations", "actions", "rewards", "to_play", "root_values", "policies",
                  "legal_actions", "priorities")
+# The reanalysed targets of a record, written by UpdateTargets only (absent until then).
+REANALYSED_ARRAYS = ("reanalysed_root_values", "reanalysed_policies", "targets_versions")
+
+
+class Reanalysed(NamedTuple):
+    """A record's reanalysed targets (T positions, A actions)."""
+
+    root_values: np.ndarray  # float32 [T]
+    policies: np.ndarray  # float32 [T, A]
+    versions: np.ndarray  # int64 [T]: model version of each position's reanalysis, -1: none
 
 
 class StoredRecord(NamedTuple):
@@ -88,6 +104,7 @@ class StoredRecord(NamedTuple):
     game: GameArrays
     targets_model_version: int
     priorities: np.ndarray  # float32 [T]
+    reanalysed: Reanalysed | None = None  # None: never reanalysed
 
 
 @functools.lru_cache(maxsize=64)
@@ -188,6 +205,13 @@ class GameDatabase:
         return float(self._conn.execute(
             "SELECT value FROM meta WHERE name = 'max_priority'").fetchone()[0])
 
+    def newest_model_version(self) -> int:
+        """The largest model version an add or UpdateTargets wrote (0 if none did: a new
+        database, or one written before this was kept)."""
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE name = 'newest_model_version'").fetchone()
+        return 0 if row is None else int(row[0])
+
     def live_lengths(self) -> list[tuple[int, int]]:
         """(key, length) of the live records, oldest first."""
         return self._conn.execute(
@@ -207,18 +231,28 @@ class GameDatabase:
             if missing:
                 raise RuntimeError(f"{self.path}: record {id_!r} (key {key}) lacks {missing}")
             priorities = arrays.pop("priorities")
+            found = [arrays.pop(name, None) for name in REANALYSED_ARRAYS]
             game = GameArrays(id=id_, episode_id=episode_id, first_move=first_move,
                               model_version=version, num_sampleable=num_sampleable,
                               terminated=bool(terminated), **arrays)
-            yield StoredRecord(key, game, tversion, priorities)
+            reanalysed = None
+            if all(a is not None for a in found):
+                values, policies, versions = found
+                if (values.shape == (game.length,) and policies.shape == game.policies.shape
+                        and versions.shape == (game.length,)):
+                    reanalysed = Reanalysed(values.astype(np.float32), policies.astype(np.float32),
+                                            versions.astype(np.int64))
+            yield StoredRecord(key, game, tversion, priorities, reanalysed)
 
     # --- writes (each one transaction) -----------------------------------------------------
 
     def add(self, records: Sequence[tuple[int, GameArrays, np.ndarray]],
-            evict: tuple[int, int] | None, forget_through: int = 0) -> None:
+            evict: tuple[int, int] | None, forget_through: int = 0,
+            newest_model_version: int | None = None) -> None:
         """Stores `records` ((key, game, priorities float32 [T])) and evicts the keys in the
         inclusive range `evict`, in one transaction. Records in that range get tombstones only.
-        Tombstones with keys <= `forget_through` are deleted in the same transaction."""
+        Tombstones with keys <= `forget_through` are deleted in the same transaction, and
+        `newest_model_version`, when given, is written to meta."""
         now = time.time()
         first, last = evict if evict else (1, 0)
         with self.transaction() as conn:
@@ -242,6 +276,13 @@ class GameDatabase:
                 conn.execute("UPDATE games SET evicted = 1 WHERE key BETWEEN ? AND ?", evict)
                 conn.execute("DELETE FROM arrays WHERE key BETWEEN ? AND ?", evict)
             self._forget(conn, forget_through)
+            self._set_newest(conn, newest_model_version)
+
+    @staticmethod
+    def _set_newest(conn: sqlite3.Connection, version: int | None) -> None:
+        if version is not None:
+            conn.execute("INSERT OR REPLACE INTO meta(name, value) VALUES ('newest_model_version', ?)",
+                         (str(int(version)),))
 
     @staticmethod
     def _forget(conn: sqlite3.Connection, through: int) -> int:
@@ -263,16 +304,19 @@ class GameDatabase:
             conn.execute("UPDATE games SET evicted = 1 WHERE key BETWEEN ? AND ?", (first, last))
             conn.execute("DELETE FROM arrays WHERE key BETWEEN ? AND ?", (first, last))
 
-    def update_targets(self, key: int, root_values: np.ndarray, policies: np.ndarray,
-                       model_version: int) -> None:
-        """Replaces a live record's root values and policies (whole arrays)."""
+    def update_targets(self, key: int, reanalysed: Reanalysed | None, targets_model_version: int,
+                       newest_model_version: int | None = None) -> None:
+        """Replaces a live record's reanalysed targets (whole arrays; None: leaves them) and
+        its minimum targets version, and writes `newest_model_version` when given, in one
+        transaction. The self-play root values and policies are never rewritten."""
         with self.transaction() as conn:
-            for name, array in (("root_values", root_values), ("policies", policies)):
-                dtype, shape, data = _encode(array)
-                conn.execute("UPDATE arrays SET dtype = ?, shape = ?, data = ? WHERE key = ? AND name = ?",
-                             (dtype, shape, data, key, name))
-            conn.execute("UPDATE games SET targets_model_version = ? WHERE key = ?",
-                         (model_version, key))
+            if reanalysed is not None:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO arrays(key, name, dtype, shape, data) VALUES (?, ?, ?, ?, ?)",
+                    [(key, name, *_encode(array)) for name, array in zip(REANALYSED_ARRAYS, reanalysed)])
+                conn.execute("UPDATE games SET targets_model_version = ? WHERE key = ?",
+                             (targets_model_version, key))
+            self._set_newest(conn, newest_model_version)
 
     def close(self) -> None:
         """Checkpoints the WAL into the database file and closes it."""

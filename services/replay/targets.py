@@ -13,6 +13,8 @@ For u = t + k, k = 0..K (docs/replay.md, "Targets"):
            m = min(n, T-1-u) for one that is not (a chunk or a game cut at max_moves: the
                              bootstrap moves back to the last stored position, T-1);
            z_u = 0 past the end (u >= T).
+           With the off-policy correction, n is n(u) per target ([B, K+1], 1 <= n(u) <= n):
+           the same formula with n(u) in place of n (the windows still span the largest n).
   reward   index 0 is 0; index k >= 1 is r_{u-1} (0 if u-1 >= T); with value_prefix, the
            cumulative sum of those over 1..k.
   mask     1 where u < T.
@@ -26,19 +28,24 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 def value_targets(rewards_w: np.ndarray, values_w: np.ndarray, to_play_w: np.ndarray,
                   remaining: np.ndarray, terminated: np.ndarray, num_unroll_steps: int,
-                  td_steps: int, discount: float) -> np.ndarray:
+                  td_steps: int, discount: float,
+                  td_steps_per_target: np.ndarray | None = None) -> np.ndarray:
     """float32 [B, K+1]: the n-step value targets at u = t + k.
 
     Args:
       rewards_w, values_w, to_play_w: [B, W] windows from t, W >= K + n + 1.
       remaining: int [B], T - t (>= 1): positions of the record from t on.
       terminated: bool [B], whether each record ends by the game's rules.
+      td_steps: n, the largest n-step horizon (the windows' n).
+      td_steps_per_target: None (every target uses n), or int [B, K+1] in [1, n]: the n of
+        each target (the off-policy correction, `off_policy_td_steps`).
     """
     K, n = num_unroll_steps, td_steps
     k = np.arange(K + 1)
     rem_u = remaining[:, None].astype(np.int64) - k[None, :]  # positions left from u: T - u
     inside = rem_u > 0
-    m = np.minimum(n, np.where(terminated[:, None], rem_u, rem_u - 1))
+    horizon = n if td_steps_per_target is None else td_steps_per_target
+    m = np.minimum(horizon, np.where(terminated[:, None], rem_u, rem_u - 1))
     np.clip(m, 0, n, out=m)  # [B, K+1]: reward terms before the bootstrap
     powers = discount ** np.arange(n + 1, dtype=np.float64)
     own = to_play_w[:, :K + 1]  # the player to move at u
@@ -56,6 +63,13 @@ def value_targets(rewards_w: np.ndarray, values_w: np.ndarray, to_play_w: np.nda
     z += np.where(inside & (m < rem_u), powers[m] * v, 0.0)  # no bootstrap at or past the end
     z[~inside] = 0.0
     return z.astype(np.float32)
+
+
+def off_policy_td_steps(td_steps: int, age: np.ndarray, versions_per_step: int) -> np.ndarray:
+    """int64 [like age]: EfficientZero's off-policy correction of the n-step horizon,
+    n(u) = clip(td_steps - floor(age / versions_per_step), 1, td_steps), for data `age` (>= 0)
+    model versions older than the newest; versions_per_step >= 1."""
+    return np.clip(td_steps - np.floor_divide(age, versions_per_step), 1, td_steps)
 
 
 def reward_targets(rewards_w: np.ndarray, remaining: np.ndarray, num_unroll_steps: int,

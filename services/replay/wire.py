@@ -10,6 +10,7 @@ no servicer), so the agent, the trainer and the monitor load only what they talk
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from services.common.tensors import from_tensor, to_tensor
 
 # The gRPC service's full name ("mufleet.Replay"), for the channel's retry config and health.
 SERVICE_NAME = replay_pb2.DESCRIPTOR.services_by_name["Replay"].full_name
+
+# SampleGames' orders as the client names them; index i is `SampleGamesRequest.Order` value i.
+SAMPLE_GAMES_ORDERS = ("uniform", "newest_first", "oldest_targets_first", "prioritized")
+assert [replay_pb2.SampleGamesRequest.Order.Value(o.upper()) for o in SAMPLE_GAMES_ORDERS] == \
+    list(range(len(SAMPLE_GAMES_ORDERS)))
 
 # The array fields of a `GameRecord`, in the message's order.
 ARRAY_FIELDS = ("observations", "actions", "rewards", "to_play", "root_values", "policies",
@@ -71,6 +77,14 @@ class AddResult:
     positions_added: int  # sampleable positions of the records added
 
 
+class TargetsUpdate(typing.NamedTuple):
+    """What one UpdateTargets did; see protos/replay.proto's `UpdateTargetsResponse`. A tuple,
+    so `updated, skipped = client.update_targets(...)` reads like `update_priorities`."""
+
+    updated: int  # positions whose reanalysed targets were set
+    skipped: int  # positions where a newer reanalysis is stored (left as they were)
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """Sampled positions and their targets; see protos/replay.proto's `SampleBatchResponse`."""
@@ -91,6 +105,8 @@ class Batch:
     num_unroll_steps: int
     td_steps: int
     discount: float
+    reanalysed: np.ndarray | None = None  # bool [B]: targets from a reanalysis
+    value_td_steps: np.ndarray | None = None  # int32 [B, K+1]: n of each value target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +115,8 @@ class StoredGame:
 
     key: int
     game: GameArrays
-    targets_model_version: int
+    targets_model_version: int  # the record's minimum targets version (see the proto)
+    targets_versions: np.ndarray | None = None  # int64 [T]: per position, -1 = not reanalysed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +146,12 @@ class Stats:
     max_priority: float
     priority_alpha: float
     priority_beta: float
+    reanalysed_positions: int = 0
+    reanalysed_mean_age: float = 0.0
+    newest_model_version: int = 0
+    block_inserts: bool = False
+    inserts_waiting: int = 0
+    insert_rate_limited_total: int = 0
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -199,6 +222,10 @@ def batch_to_proto(batch: Batch) -> replay_pb2.SampleBatchResponse:
         num_unroll_steps=batch.num_unroll_steps, td_steps=batch.td_steps, discount=batch.discount)
     if batch.unroll_observations is not None:
         response.unroll_observations.CopyFrom(to_tensor(batch.unroll_observations))
+    if batch.reanalysed is not None:
+        response.reanalysed.CopyFrom(to_tensor(batch.reanalysed))
+    if batch.value_td_steps is not None:
+        response.value_td_steps.CopyFrom(to_tensor(batch.value_td_steps))
     return response
 
 
@@ -207,11 +234,26 @@ def batch_from_proto(response: replay_pb2.SampleBatchResponse) -> Batch:
     arrays = {name: from_tensor(getattr(response, name), name) for name in (
         "observation", "actions", "target_value", "target_reward", "target_policy", "mask",
         "policy_mask", "importance_weight", "record_keys", "positions", "model_version")}
-    unroll = (from_tensor(response.unroll_observations, "unroll_observations")
-              if response.HasField("unroll_observations") else None)
-    return Batch(**arrays, unroll_observations=unroll, value_prefix=response.value_prefix,
+    optional = {name: from_tensor(getattr(response, name), name) if response.HasField(name) else None
+                for name in ("unroll_observations", "reanalysed", "value_td_steps")}
+    return Batch(**arrays, **optional, value_prefix=response.value_prefix,
                  num_unroll_steps=response.num_unroll_steps, td_steps=response.td_steps,
                  discount=response.discount)
+
+
+def stored_game_to_proto(stored: StoredGame) -> replay_pb2.StoredGame:
+    message = replay_pb2.StoredGame(key=stored.key, record=record_to_proto(stored.game),
+                                    targets_model_version=stored.targets_model_version)
+    if stored.targets_versions is not None:
+        message.targets_versions.CopyFrom(to_tensor(np.asarray(stored.targets_versions, np.int64)))
+    return message
+
+
+def stored_game_from_proto(message: replay_pb2.StoredGame) -> StoredGame:
+    versions = (from_tensor(message.targets_versions, "targets_versions")
+                if message.HasField("targets_versions") else None)
+    return StoredGame(message.key, record_from_proto(message.record), message.targets_model_version,
+                      versions)
 
 
 def stats_to_proto(stats: Stats) -> replay_pb2.ReplayStats:

@@ -138,3 +138,124 @@ def test_one_record_too_large_for_the_replay_is_a_permanent_failure():
     assert writer.failure.code == "RESOURCE_EXHAUSTED"
     assert "--max-receive-bytes" in writer.failure.hint and "--chunk-length" in writer.failure.hint
     assert writer.close(timeout_s=1.0) == 2
+
+
+# --- a replay that holds adds back (--block-inserts) ----------------------------------------------
+HELD = "rate limiter: waited 0.45s and inserting is still not allowed: samples_per_insert=2: ..."
+TOO_MANY_HELD = "rate limiter: 3 AddGames calls are already waiting (the most allowed); ..."
+
+
+@pytest.mark.parametrize("details, code", [(HELD, grpc.StatusCode.DEADLINE_EXCEEDED),
+                                           (TOO_MANY_HELD, grpc.StatusCode.RESOURCE_EXHAUSTED)])
+def test_a_held_back_add_is_normal_operation_not_a_failure(details, code):
+    """Held back by the replay's rate limiter: sent again (never given up on, even by a policy
+    that gives up at once), not a failure, and two info events instead of a warning a call."""
+    answers = [FakeRpcError(code, details)] * 5
+    calls, failures, held = [], [], []
+
+    def add_games(batch, timeout_s):
+        calls.append([r.id for r in batch])
+        if answers:
+            raise answers.pop()
+
+    sink = LogSink()
+    writer = ReplayWriter(add_games, sink.log, on_failure=failures.append,
+                          on_held_back=lambda: held.append(1),
+                          policy=RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.01,
+                                             give_up_after_s=0.0))
+    writer.put(records("a"))
+    assert writer.close(timeout_s=30.0) == 0 and writer.acked == 1 and writer.failure is None
+    assert calls == [["a"]] * 6 and writer.held_back == 5 and len(held) == 5 and failures == []
+    assert not sink.events("replay_add_failed")
+    [first] = sink.events("replay_add_held_back")
+    assert (first["code"], first["records"]) == (code.name, 1)
+    [resumed] = sink.events("replay_add_resumed")
+    assert resumed["held_calls"] == 5
+
+
+def test_a_plain_deadline_is_still_a_failure():
+    answers = [FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")]
+
+    def add_games(batch, timeout_s):
+        if answers:
+            raise answers.pop()
+
+    sink = LogSink()
+    writer = ReplayWriter(add_games, sink.log, policy=FAST)
+    writer.put(records("a"))
+    assert writer.close(timeout_s=30.0) == 0 and writer.held_back == 0
+    assert len(sink.events("replay_add_failed")) == 1 and not sink.events("replay_add_held_back")
+
+
+def test_self_play_pauses_and_resumes_against_a_real_replay_that_blocks_inserts(tmp_path):
+    """A real replay with --block-inserts holds the writer's adds while no trainer samples:
+    `put` blocks (max_pending), the held calls end DEADLINE_EXCEEDED and are sent again; once a
+    sampler catches up every record arrives exactly once."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from games.base import GameSpec
+    from services.common.logs import get_logger
+    from services.replay.client import ReplayClient
+    from services.replay.config import ReplayConfig
+    from services.replay.metrics import ReplayMetrics
+    from services.replay.server import serve
+    from services.replay.wire import make_game_record
+
+    spec = GameSpec(name="line", observation_shape=(4,), observation_dtype="float32",
+                    num_actions=2, num_players=1, discount=0.9, max_moves=500)
+    config = ReplayConfig(spec=spec, data_dir=str(tmp_path / "replay"), capacity=100_000,
+                          min_positions=0, seed=0, port=0, metrics_port=0, discount=0.9,
+                          max_workers=4, samples_per_insert=2.0, error_buffer=4.0,
+                          block_inserts=True)
+    server = serve(config, get_logger("replay"), ReplayMetrics(CollectorRegistry()))
+    buffer, limiter = server.buffer, server.buffer._limiter
+    T, N, max_pending = 10, 8, 2
+    rng = np.random.default_rng(0)
+
+    def game(i: int):
+        return make_game_record(f"r{i}", rng.normal(size=(T, 4)).astype(np.float32),
+                                np.zeros(T, np.int32), np.zeros(T, np.float32),
+                                np.zeros(T, np.float32), np.full((T, 2), 0.5, np.float32))
+
+    client = ReplayClient(server.address, timeout_s=30)
+    sink = LogSink()
+    writer = ReplayWriter(client.add_games, sink.log, max_pending=max_pending,
+                          max_records_per_call=1, policy=FAST, call_timeout_s=0.5)
+    put: list[int] = []
+    try:
+        producer = threading.Thread(target=lambda: [put.append(writer.put([game(i)]) or i)
+                                                    for i in range(N)])
+        producer.start()
+        # Self-play ran ahead: the first add went, the second was held to its deadline
+        # (DEADLINE_EXCEEDED) and sent again, and is held again now.
+        with buffer._changed:
+            assert buffer._changed.wait_for(
+                lambda: limiter.insert_waited_total >= 2 and limiter.inserts_waiting == 1, timeout=60)
+        assert buffer.num_games == 1
+        with writer._cond:  # back-pressure: put returns only while max_pending are unacked
+            assert len(put) <= writer.acked + max_pending and len(put) < N
+        assert producer.is_alive()
+
+        def trainer() -> None:  # samples until every record is stored
+            while buffer.num_games < N:
+                try:
+                    client.sample_batch(8, timeout_s=1.0)
+                except grpc.RpcError as error:  # caught up with self-play: wait for an add
+                    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+
+        sampler = threading.Thread(target=trainer)
+        sampler.start()
+        producer.join(120)
+        sampler.join(120)
+        assert not producer.is_alive() and not sampler.is_alive()
+        assert writer.close(timeout_s=30.0) == 0
+        assert writer.acked == N and writer.failure is None and writer.held_back >= 1
+        stats = client.get_stats()
+        assert (stats.games, stats.games_added_total, stats.duplicates_total) == (N, N, 0)
+        assert len({buffer.get_game(f"r{i}").key for i in range(N)}) == N  # each once
+        assert sink.events("replay_add_held_back") and not sink.events("replay_add_failed")
+    finally:
+        writer.close(timeout_s=1.0)
+        client.close()
+        server.stop(0)

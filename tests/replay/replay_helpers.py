@@ -59,3 +59,19 @@ def check_parts_agree(buffer) -> None:
     np.testing.assert_allclose(selector.tree.leaves, expected_weights, rtol=1e-12)
     versions = collections.Counter(int(v) for v in buffer._g_model_version[ring.record_slots(keys)])
     assert buffer.stats().games_per_model_version == dict(sorted(versions.items()))
+    # the running per-record sums and counts agree with a recount from the position arrays
+    g = ring.record_slots(keys)
+    lengths = ring.length[g]
+    starts = np.cumsum(lengths) - lengths
+    if len(keys):
+        np.testing.assert_allclose(buffer._g_priority_sum[g],
+                                   np.add.reduceat(buffer._priority[live_slots], starts), rtol=1e-9, atol=1e-9)
+        targets = buffer._targets_version[live_slots]
+        done = targets >= 0
+        np.testing.assert_array_equal(buffer._g_reanalysed[g], np.add.reduceat(done.astype(np.int64), starts))
+        effective = np.where(done, targets, np.repeat(buffer._g_model_version[g], lengths))
+        np.testing.assert_array_equal(buffer._g_targets_version[g], np.minimum.reduceat(effective, starts))
+        assert buffer._reanalysed_positions == int(done.sum())
+        assert buffer._reanalysed_version_sum == int(targets[done].sum())
+    else:
+        assert buffer._reanalysed_positions == buffer._reanalysed_version_sum == 0

@@ -44,8 +44,8 @@ class Replay:
     def snapshot(self):
         """What a rejected call must leave as it was."""
         stats = self.stub.GetStats(replay_pb2.GetStatsRequest(), timeout=10)
-        games = self.stub.SampleGames(replay_pb2.SampleGamesRequest(num_games=100, newest_first=True),
-                                      timeout=10)
+        games = self.stub.SampleGames(replay_pb2.SampleGamesRequest(
+            num_games=100, order=replay_pb2.SampleGamesRequest.NEWEST_FIRST), timeout=10)
         return (stats.SerializeToString(deterministic=True), games.SerializeToString(deterministic=True),
                 self.server.buffer.priorities("g").tolist())
 
@@ -324,6 +324,10 @@ for label, call, code, prefix, words in [
 # SampleGames
 case("SampleGames: num_games 0", sample_games(num_games=0), INVALID, "num_games:", ">= 1")
 case("SampleGames: negative num_games", sample_games(num_games=-5), INVALID, "num_games:", "got -5")
+case("SampleGames: unknown order", sample_games(num_games=1, order=7), INVALID, "order:",
+     "unknown order 7", "OLDEST_TARGETS_FIRST (2)")
+case("SampleGames: negative order", sample_games(num_games=1, order=-1), INVALID, "order:",
+     "unknown order -1")
 
 # Unparsable request bytes, every method
 for method in ("AddGames", "SampleBatch", "UpdatePriorities", "UpdateTargets", "SampleGames", "GetStats"):
@@ -356,6 +360,16 @@ def test_good_requests_still_work_after_bad_ones(replay):
     assert (stats.games, stats.sample_batches_total, stats.max_priority) == (2, 1, 2.0)
 
 
+def test_an_update_older_than_the_stored_reanalysis_changes_nothing(replay):
+    """Not an error (a slow worker's late answer), but skipped and counted: nothing changes."""
+    response = targets(positions=(0, 1), values=(0.5, 0.5), model_version=4)(replay)
+    assert (response.updated, response.skipped) == (2, 0)
+    before = replay.snapshot()
+    response = targets(positions=(0, 1), values=(-9.0, -9.0), model_version=3)(replay)
+    assert (response.updated, response.skipped) == (0, 2)
+    assert replay.snapshot() == before
+
+
 def test_a_rejected_hostile_priority_leaves_sampling_finite(replay):
     stub = replay.stub
     with pytest.raises(grpc.RpcError):
@@ -382,6 +396,9 @@ def test_a_rejected_hostile_priority_leaves_sampling_finite(replay):
     (["--max-send-bytes", "-1"], "error: --max-send-bytes must be 0 (derived) or in"),
     (["--port", "70000"], "error: --port must be in [0, 65535], got 70000"),
     (["--td-steps", "0"], "error: --td-steps must be >= 1, got 0"),
+    (["--reanalysed-target-fraction", "2"], "error: --reanalysed-target-fraction must be in [0, 1], got 2"),
+    (["--reanalysed-target-fraction", "nan"], "error: --reanalysed-target-fraction must be in [0, 1], got nan"),
+    (["--td-age-versions-per-step", "-1"], "error: --td-age-versions-per-step must be >= 0, got -1"),
     (["--game-spec", "{not json"], "error: game spec: not JSON"),
 ])
 def test_a_bad_flag_is_a_usage_error_naming_it(tmp_path, capsys, flags, message):

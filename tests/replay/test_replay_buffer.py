@@ -119,7 +119,7 @@ def test_oldest_games_are_evicted_from_memory_and_disk(tmp_path, make_buffer):
     # a smaller capacity at restart evicts the oldest
     reopened.close()
     smaller = make_buffer(capacity=5)
-    assert [g.game.id for g in smaller.sample_games(10, newest_first=True)] == ["n3"]
+    assert [g.game.id for g in smaller.sample_games(10, order="newest_first")] == ["n3"]
 
 
 def test_restart_restores_records_targets_and_priorities(make_buffer):
@@ -134,7 +134,9 @@ def test_restart_restores_records_targets_and_priorities(make_buffer):
     buffer.close()
     reopened = make_buffer(TWO_PLAYER)
     after = reopened.get_game("g")
-    assert (after.key, after.targets_model_version) == (key, 7)
+    # the record's minimum targets version: positions 0-4 still hold the self-play targets of v4
+    assert (after.key, after.targets_model_version) == (key, 4)
+    np.testing.assert_array_equal(after.targets_versions, [-1, -1, -1, -1, -1, 7])
     for field in ("id", "episode_id", "first_move", "model_version", "num_sampleable", "terminated"):
         assert getattr(after.game, field) == getattr(before.game, field)
     for field in ("observations", "actions", "rewards", "to_play", "root_values", "policies",
@@ -167,7 +169,10 @@ def test_update_targets_changes_later_targets(make_buffer):
     np.testing.assert_allclose(b.target_value[b.positions == 0, 0], 3.0)
     np.testing.assert_allclose(b.target_policy[b.positions == 1, 0], [[0.9, 0.1]] * int((b.positions == 1).sum()))
     stored = buffer.get_game("g")
-    assert stored.targets_model_version == 3 and stored.game.model_version == 0
+    # positions 0 and 2 keep the self-play targets of v0: the record's minimum version is 0
+    assert stored.targets_model_version == 0 and stored.game.model_version == 0
+    np.testing.assert_array_equal(stored.targets_versions, [-1, 3, -1])
+    np.testing.assert_array_equal(stored.game.root_values, [0.0, 4.0, 0.0])
 
 
 # --- rate limiter ------------------------------------------------------------------------------

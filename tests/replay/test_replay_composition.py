@@ -26,6 +26,11 @@ def test_parts_agree_through_adds_evictions_updates_and_a_restart(make_buffer, t
                              terminated=ns == T, model_version=i % 4) for j in range(rng.integers(1, 4))])
         batch = buffer.sample(32)
         buffer.update_priorities(batch.record_keys, batch.positions, rng.random(32) * 10)
+        stored = buffer.sample_games(1, order="oldest_targets_first")[0]
+        T = stored.game.length
+        chosen = rng.choice(T, int(rng.integers(1, T + 1)), replace=False)
+        buffer.update_targets(stored.game.id, chosen, rng.normal(size=len(chosen)),
+                              np.full((len(chosen), 2), 0.5), int(rng.integers(0, 8)))
         check_parts_agree(buffer)
     buffer.close()
     reopened = make_buffer(data_dir=data_dir, capacity=200)  # smaller: evicts at start

@@ -141,8 +141,16 @@ def _filled(make_buffer, spec, **fields):
     (1, 1, 1, False), (64, 1, 1, True), (256, 5, 10, False), (256, 5, 10, True),
     (512, 20, 100, True), (4, 200, 2000, False),
 ])
-def test_the_sample_estimate_bounds_what_a_sample_allocates(make_buffer, spec, B, K, n, unroll):
-    buffer = _filled(make_buffer, spec)
+@pytest.mark.parametrize("reanalysed", [False, True], ids=["self-play", "reanalysed"])
+def test_the_sample_estimate_bounds_what_a_sample_allocates(make_buffer, spec, B, K, n, unroll,
+                                                            reanalysed):
+    if not reanalysed:
+        buffer = _filled(make_buffer, spec)
+    else:  # half of the records reanalysed, a draw per sample, the off-policy horizons on
+        buffer = _filled(make_buffer, spec, reanalysed_target_fraction=0.5, td_age_versions_per_step=1)
+        for i in range(0, 40, 2):
+            buffer.update_targets(f"g{i}", np.arange(100), np.ones(100),
+                                  np.full((100, spec.num_actions), 1 / spec.num_actions), i % 5)
     buffer.sample(B, K, n, include_unroll_observations=unroll)  # the lazy cumsum, built once
     tracemalloc.start()
     try:
@@ -175,8 +183,8 @@ def test_a_sample_over_the_byte_limit_is_refused_before_allocating(make_buffer):
 def test_the_byte_limit_is_a_config_field(make_buffer):
     buffer = make_buffer(max_sample_bytes=MIB)
     add(buffer, record(ONE_PLAYER, "g", 9))
-    assert sample_bytes(ONE_PLAYER, 256, 5, 10, False) <= MIB < sample_bytes(ONE_PLAYER, 2048, 5, 10, False)
-    assert buffer.sample(256).record_keys.shape == (256,)
+    assert sample_bytes(ONE_PLAYER, 200, 5, 10, False) <= MIB < sample_bytes(ONE_PLAYER, 2048, 5, 10, False)
+    assert buffer.sample(200).record_keys.shape == (200,)
     with pytest.raises(ReplayError, match=r"max_sample_bytes = 1048576 \(1 MiB\)") as error:
         buffer.sample(2048)
     assert error.value.code == "INVALID_ARGUMENT"
@@ -187,10 +195,10 @@ def test_sample_games_returns_the_records_that_fit(make_buffer):
     per_record = 10_000 * position_bytes(ONE_PLAYER)  # 420 kB: two fit in 1 MiB, three do not
     assert 2 * per_record < MIB < 3 * per_record
     add(buffer, *[record(ONE_PLAYER, f"g{i}", 10_000, seed=i) for i in range(4)])
-    assert [g.game.id for g in buffer.sample_games(10, newest_first=True)] == ["g3", "g2"]
+    assert [g.game.id for g in buffer.sample_games(10, order="newest_first")] == ["g3", "g2"]
     assert len(buffer.sample_games(10)) == 2
     add(buffer, record(ONE_PLAYER, "long", 30_000))  # 1.26 MB alone: still returned, alone
-    assert [g.game.id for g in buffer.sample_games(10, newest_first=True)] == ["long"]
+    assert [g.game.id for g in buffer.sample_games(10, order="newest_first")] == ["long"]
 
 
 # --- message limits ---------------------------------------------------------------------------
@@ -262,7 +270,7 @@ def test_tombstones_stay_bounded_and_recent_retries_are_still_duplicates(make_bu
     # an acknowledged record, since evicted, whose add is retried: not stored again
     retry = add(buffer, messages[189], messages[199])
     assert (retry.added, retry.duplicates, retry.keys) == (0, 2, [190, 200])
-    assert [g.game.id for g in buffer.sample_games(10, newest_first=True)] == [
+    assert [g.game.id for g in buffer.sample_games(10, order="newest_first")] == [
         "g199", "g198", "g197", "g196", "g195"]
     assert buffer.stats().games_added_total == stats.games_added_total
 
@@ -298,7 +306,7 @@ def test_sample_games_refuses_a_record_over_the_send_limit(make_buffer):
     add(buffer, record(ONE_PLAYER, "small", 10))
     add(buffer, record(ONE_PLAYER, "huge", 80_000))  # 80,000 x 42 bytes = 3.4 MB
     with pytest.raises(ReplayError) as error:
-        buffer.sample_games(1, newest_first=True)
+        buffer.sample_games(1, order="newest_first")
     assert error.value.code == "RESOURCE_EXHAUSTED"
     assert error.value.message.startswith("num_games: record 'huge' is 3360")
     assert "over the send limit 4194304" in error.value.message

@@ -73,8 +73,8 @@ def test_add_sample_update_and_stats(start_service, tmp_path):
 
         stored = {g.game.id: g for g in client.sample_games(10)}
         assert set(stored) == {"a", "b"} and stored["a"].game.observations.dtype == np.float32
-        assert client.update_targets("a", np.arange(20), np.full(20, 5.0), np.tile([[1.0, 0.0]], (20, 1)), 9) == 20
-        newest = client.sample_games(1, newest_first=True)
+        assert client.update_targets("a", np.arange(20), np.full(20, 5.0), np.tile([[1.0, 0.0]], (20, 1)), 9) == (20, 0)
+        newest = client.sample_games(1, order="newest_first")
         assert newest[0].game.id == "b"
         a = [g for g in client.sample_games(2) if g.game.id == "a"][0]
         assert a.targets_model_version == 9
@@ -184,7 +184,7 @@ def test_acknowledged_adds_survive_kill_9(start_service, tmp_path):
 
     process, client = start_replay(start_service, data)
     with client:
-        stored = client.sample_games(100_000, newest_first=True)
+        stored = client.sample_games(100_000, order="newest_first")
         ids = [g.game.id for g in stored]
         assert len(ids) == len(set(ids)), "a record stored twice"
         assert set(acked_now) <= set(ids), "an acknowledged record was lost"

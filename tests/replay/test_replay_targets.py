@@ -7,7 +7,7 @@ import pytest
 
 from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.replay.buffer import ReplayBuffer
-from services.replay.targets import value_targets
+from services.replay.targets import off_policy_td_steps, value_targets
 
 
 def targets_by_position(buffer: ReplayBuffer, batches: int = 8, batch_size: int = 64, **kwargs):
@@ -187,6 +187,41 @@ def test_value_targets_match_a_plain_loop(players):
         for k in range(K + 1):
             expected = reference_value(r, v, p, terminated[b], starts[b] + k, n, gamma)
             assert z[b, k] == pytest.approx(expected, rel=1e-5, abs=1e-5), (b, k)
+
+
+@pytest.mark.parametrize("players", [1, 2])
+def test_per_target_td_steps_match_a_plain_loop_and_all_n_is_the_scalar_path(players):
+    """The off-policy correction's per-target n: each target is the plain loop's with its own
+    n(u); an array of n everywhere gives exactly the scalar path's targets (bit for bit)."""
+    rng = np.random.default_rng(10 + players)
+    K, n, gamma, W = 3, 4, 0.8, 3 + 4 + 1
+    B = 200
+    lengths = rng.integers(1, 12, B)
+    starts = np.array([rng.integers(0, T) for T in lengths])
+    terminated = rng.random(B) < 0.5
+    games = [(rng.normal(size=T), rng.normal(size=T), rng.integers(0, players, T)) for T in lengths]
+    rewards_w = np.full((B, W), 1e6, np.float32)
+    values_w = np.full((B, W), 1e6, np.float32)
+    to_play_w = rng.integers(0, 2, (B, W)).astype(np.int8)
+    for b, (r, v, p) in enumerate(games):
+        span = slice(starts[b], min(starts[b] + W, lengths[b]))
+        count = span.stop - span.start
+        rewards_w[b, :count], values_w[b, :count], to_play_w[b, :count] = r[span], v[span], p[span]
+    args = (rewards_w, values_w, to_play_w, lengths - starts, terminated, K, n, gamma)
+    np.testing.assert_array_equal(value_targets(*args, np.full((B, K + 1), n)), value_targets(*args))
+    horizons = rng.integers(1, n + 1, (B, K + 1))
+    z = value_targets(*args, horizons)
+    for b, (r, v, p) in enumerate(games):
+        for k in range(K + 1):
+            expected = reference_value(r, v, p, terminated[b], starts[b] + k, int(horizons[b, k]), gamma)
+            assert z[b, k] == pytest.approx(expected, rel=1e-5, abs=1e-5), (b, k)
+
+
+def test_the_off_policy_schedule_by_hand():
+    # n = clip(td_steps - floor(age / versions_per_step), 1, td_steps), td_steps 5, 2 per step
+    ages = np.array([0, 1, 2, 3, 4, 7, 8, 9, 100])
+    np.testing.assert_array_equal(off_policy_td_steps(5, ages, 2), [5, 5, 4, 4, 3, 2, 1, 1, 1])
+    np.testing.assert_array_equal(off_policy_td_steps(5, ages, 1000), [5] * 9)
 
 
 def test_actions_past_the_end_are_random_and_unroll_observations_zero(make_buffer):
