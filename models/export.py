@@ -55,7 +55,9 @@ class _ServingModule(tf.Module):
 
     def __init__(self, network: MuZeroNetwork) -> None:
         super().__init__(name="muzero_serving")
-        self.network = network
+        # The consistency heads (training only) stay out of the SavedModel.
+        self.network = (network if getattr(network, "consistency", None) is None
+                        else network.inference_module())
         num_actions = network.num_actions
 
         def initial_inference(observation):

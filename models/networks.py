@@ -43,6 +43,16 @@ reward loss at k = 0 is ~0 and carries no gradient; a trainer should simply skip
 
 The final layers of the value and reward heads start at zero, so an untrained network predicts
 value 0 and reward 0 and a uniform distribution over its support.
+
+Consistency heads (only when `settings.training.consistency_weight > 0`, for EfficientZero's
+temporal consistency loss, services/trainer/losses.py), SimSiam's projector and predictor as in
+EfficientZero's `project`:
+  projection      hidden state, flattened -> Dense(P_h) + BN + ReLU -> Dense(P_h) + BN + ReLU
+                  -> Dense(P) + BN          P_h = projection_hidden_size, P = projection_size
+  prediction      projection -> Dense(Q_h) + BN + ReLU -> Dense(P)    Q_h = prediction_hidden_size
+They are trained and checkpointed with the network (`variables`, `trainable_variables`) but are
+no part of inference: `initial_inference` / `recurrent_inference` never use them and exported
+versions (models/export.py) do not contain them.
 """
 
 from __future__ import annotations
@@ -271,6 +281,47 @@ class ResnetPrediction(keras.layers.Layer):
         return self.policy_head(hidden, training=training), self.value_head(hidden, training=training)
 
 
+# --- consistency heads (EfficientZero) ---------------------------------------------------------
+
+class ConsistencyHeads(keras.layers.Layer):
+    """SimSiam's projection and prediction heads over a flattened hidden state (module docstring).
+
+    `project(hidden [N, *hidden_shape]) -> [N, P]`; `predict(projection [N, P]) -> [N, P]`.
+    """
+
+    def __init__(self, projection_hidden_size: int, projection_size: int, prediction_hidden_size: int,
+                 init: _Initializers, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flatten = keras.layers.Flatten()
+        # Attributes, not lists (see _Mlp).
+        self.projection_dense_0 = keras.layers.Dense(projection_hidden_size, use_bias=False,
+                                                     kernel_initializer=init.kernel())
+        self.projection_bn_0 = keras.layers.BatchNormalization()
+        self.projection_dense_1 = keras.layers.Dense(projection_hidden_size, use_bias=False,
+                                                     kernel_initializer=init.kernel())
+        self.projection_bn_1 = keras.layers.BatchNormalization()
+        self.projection_dense_2 = keras.layers.Dense(projection_size, use_bias=False,
+                                                     kernel_initializer=init.kernel())
+        self.projection_bn_2 = keras.layers.BatchNormalization()
+        self.prediction_dense_0 = keras.layers.Dense(prediction_hidden_size, use_bias=False,
+                                                     kernel_initializer=init.kernel())
+        self.prediction_bn_0 = keras.layers.BatchNormalization()
+        self.prediction_dense_1 = keras.layers.Dense(projection_size, kernel_initializer=init.kernel())
+
+    def project(self, hidden, training=False):
+        x = self.flatten(hidden)
+        x = tf.nn.relu(self.projection_bn_0(self.projection_dense_0(x), training=training))
+        x = tf.nn.relu(self.projection_bn_1(self.projection_dense_1(x), training=training))
+        return self.projection_bn_2(self.projection_dense_2(x), training=training)
+
+    def predict(self, projection, training=False):
+        x = tf.nn.relu(self.prediction_bn_0(self.prediction_dense_0(projection), training=training))
+        return self.prediction_dense_1(x)
+
+    def call(self, hidden, training=False):
+        return self.predict(self.project(hidden, training=training), training=training)
+
+
 # --- the network ------------------------------------------------------------------------------
 
 def board_shape(observation_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -295,10 +346,13 @@ class MuZeroNetwork(tf.Module):
         support_size).
       seed: makes the initial weights reproducible (None: random).
       action_encoding: "auto", "cells" or "broadcast" (only for "resnet"; see module docstring).
+      consistency_heads: build the projection and prediction heads of the consistency loss
+        (None: when `settings.training.consistency_weight > 0`).
 
     Attributes:
       observation_shape, hidden_shape, num_actions, support_size.
       representation, dynamics, prediction: the three networks (Keras layers).
+      consistency: the `ConsistencyHeads`, or None.
 
     The network is a `tf.Module`: `tf.train.Checkpoint(network=network)` saves and restores
     all its variables (including batch-norm statistics), and `models.export.export_version`
@@ -306,7 +360,7 @@ class MuZeroNetwork(tf.Module):
     """
 
     def __init__(self, spec: GameSpec, settings: MuZeroSettings, seed: int | None = None,
-                 action_encoding: str = "auto") -> None:
+                 action_encoding: str = "auto", consistency_heads: bool | None = None) -> None:
         super().__init__(name="muzero_network")
         self.spec = spec
         self.settings = settings
@@ -339,6 +393,13 @@ class MuZeroNetwork(tf.Module):
             self.representation = ResnetRepresentation(settings, init)
             self.dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding, init)
             self.prediction = ResnetPrediction(settings, spec.num_actions, init)
+        if consistency_heads is None:
+            consistency_heads = settings.training.consistency_weight > 0
+        # Built after the three networks, so that their seeded initial weights do not change.
+        training = settings.training
+        self.consistency = (ConsistencyHeads(training.projection_hidden_size, training.projection_size,
+                                             training.prediction_hidden_size, init, name="consistency")
+                            if consistency_heads else None)
         self._build()
 
     def _build(self) -> None:
@@ -346,6 +407,33 @@ class MuZeroNetwork(tf.Module):
         observation = np.zeros((1, *self.observation_shape), np.float32)
         out = self.initial_inference(observation)
         self.recurrent_inference(out.hidden_state, np.zeros((1,), np.int32))
+        if self.consistency is not None:
+            self.consistency(out.hidden_state)
+
+    # -- consistency heads (training only) -----------------------------------------------------
+
+    def project(self, hidden_state, training: bool = False) -> tf.Tensor:
+        """hidden_state [N, *hidden_shape] -> projection float32 [N, projection_size]."""
+        return self._heads().project(hidden_state, training=training)
+
+    def predict_projection(self, projection, training: bool = False) -> tf.Tensor:
+        """projection [N, projection_size] -> the prediction head's output [N, projection_size]."""
+        return self._heads().predict(projection, training=training)
+
+    def _heads(self) -> ConsistencyHeads:
+        if self.consistency is None:
+            raise ValueError("this network has no consistency heads: build it with "
+                             "training.consistency_weight > 0 (or consistency_heads=True)")
+        return self.consistency
+
+    def inference_module(self) -> tf.Module:
+        """A module holding only the three inference networks (what an exported version
+        saves: the consistency heads are left out)."""
+        module = tf.Module(name="muzero_network")
+        module.representation = self.representation
+        module.dynamics = self.dynamics
+        module.prediction = self.prediction
+        return module
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -354,6 +442,11 @@ class MuZeroNetwork(tf.Module):
         if self._board_shape is not None and len(self.observation_shape) == 2:
             observation = observation[..., None]
         return observation
+
+    def represent(self, observation, training: bool = False) -> tf.Tensor:
+        """observation float32 [B, *observation_shape] -> hidden state [B, *hidden_shape]: the
+        representation alone (the first output of `initial_inference`, without its heads)."""
+        return self.representation(self._observation_input(observation), training=training)
 
     def initial_inference(self, observation, training: bool = False) -> NetworkOutput:
         """observation float32 [B, *observation_shape] -> NetworkOutput (reward 0)."""
@@ -386,14 +479,18 @@ class MuZeroNetwork(tf.Module):
 
     @property
     def trainable_variables(self) -> list:
-        """Every trainable variable of the three networks (for tape.gradient and optimizers)."""
+        """Every trainable variable of the three networks, then of the consistency heads if
+        any (for tape.gradient and optimizers)."""
+        heads = self.consistency.trainable_weights if self.consistency is not None else []
         return [*self.representation.trainable_weights, *self.dynamics.trainable_weights,
-                *self.prediction.trainable_weights]
+                *self.prediction.trainable_weights, *heads]
 
     @property
     def variables(self) -> list:
-        """All variables, including batch-norm statistics, in a fixed order."""
-        return [*self.representation.weights, *self.dynamics.weights, *self.prediction.weights]
+        """All variables, including batch-norm statistics, in a fixed order (the consistency
+        heads' last)."""
+        heads = self.consistency.weights if self.consistency is not None else []
+        return [*self.representation.weights, *self.dynamics.weights, *self.prediction.weights, *heads]
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of all variables (the order of `variables`)."""
@@ -412,7 +509,12 @@ class MuZeroNetwork(tf.Module):
 
     def summary(self) -> str:
         """One line: variant, shapes and parameter count."""
-        params = sum(int(np.prod(v.shape)) for v in self.trainable_variables)
-        return (f"{self.settings.network.architecture} network: observation {list(self.observation_shape)}, "
+        heads = self.consistency.trainable_weights if self.consistency is not None else []
+        params = sum(int(np.prod(v.shape)) for v in self.trainable_variables) - sum(
+            int(np.prod(v.shape)) for v in heads)
+        text = (f"{self.settings.network.architecture} network: observation {list(self.observation_shape)}, "
                 f"hidden {list(self.hidden_shape)}, {self.num_actions} actions, support "
                 f"{support_width(self.support_size)}, {params} parameters")
+        if heads:
+            text += f" (+ {sum(int(np.prod(v.shape)) for v in heads)} in the consistency heads)"
+        return text

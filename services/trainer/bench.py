@@ -3,10 +3,12 @@
 No replay server: one synthetic batch of the game's default batch size and K is fed again and
 again, so the numbers are the train step's own cost (forward over K+1 steps, backward, Adam
 update, the host round trip for losses and priorities), plus the time of the first step (tracing)
-and of one export. Rows: each game at its default MuZero settings, with and without XLA.
+and of one export. Rows: each game at its default MuZero settings, with and without XLA, and
+with each `--consistency-weight` (EfficientZero's consistency loss; default: the game's).
 
     python -m services.trainer.bench                      # cartpole and tictactoe
     python -m services.trainer.bench --games cartpole --steps 50 --no-xla
+    python -m services.trainer.bench --games cartpole --no-xla --consistency-weight 0 2
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 import games
 
 
-def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """A valid batch for a registered game at its default settings."""
+def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0,
+                    unroll_observations: bool = False) -> dict[str, np.ndarray]:
+    """A valid batch for a registered game at its default settings (with `unroll_observations`
+    [B, K+1, *obs] for the consistency loss: index 0 the observation, the rest random)."""
     game = games.make(game_name)
     spec, settings = game.spec, game.settings
     B, K, A = batch_size or settings.training.batch_size, settings.training.num_unroll_steps, spec.num_actions
@@ -31,7 +35,12 @@ def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0
         observation = rng.integers(0, 2, (B, *spec.observation_shape)).astype(np.float32)
     else:
         observation = rng.normal(size=(B, *spec.observation_shape)).astype(np.float32)
-    return dict(observation=observation, actions=rng.integers(0, A, (B, K)).astype(np.int32),
+    extra = {}
+    if unroll_observations:
+        later = (rng.integers(0, 2, (B, K, *spec.observation_shape)) if spec.observation_dtype == "uint8"
+                 else rng.normal(size=(B, K, *spec.observation_shape))).astype(np.float32)
+        extra["unroll_observations"] = np.concatenate([observation[:, None], later], axis=1)
+    return dict(**extra, observation=observation, actions=rng.integers(0, A, (B, K)).astype(np.int32),
                 target_value=rng.uniform(-1, 1, (B, K + 1)).astype(np.float32),
                 target_reward=rng.uniform(0, 1, (B, K + 1)).astype(np.float32),
                 target_policy=rng.dirichlet(np.ones(A), (B, K + 1)).astype(np.float32),
@@ -41,19 +50,23 @@ def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0
 
 
 def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
-            batch_size: int | None = None) -> dict[str, float]:
-    """Trains `steps` steps (after 3 warm-up steps) on one synthetic batch; returns timings."""
+            batch_size: int | None = None, consistency_weight: float | None = None) -> dict[str, float]:
+    """Trains `steps` steps (after 3 warm-up steps) on one synthetic batch; returns timings.
+    `consistency_weight`: the consistency loss's factor (None: the game's)."""
     from services.common.logs import get_logger
     from services.trainer.config import TrainerConfig
     from services.trainer.trainer import Trainer
 
     game = games.make(game_name)
     settings = game.settings.replace(batch_size=batch_size) if batch_size else game.settings
+    if consistency_weight is not None:
+        settings = settings.replace(consistency_weight=consistency_weight)
     with tempfile.TemporaryDirectory() as directory:
         config = TrainerConfig(spec=game.spec, settings=settings, models_dir=f"{directory}/models",
                                checkpoint_dir=f"{directory}/checkpoints", jit_compile=jit_compile, seed=0)
         trainer = Trainer(config, log=get_logger("trainer", io.StringIO()))
-        batch = synthetic_batch(game_name, settings.training.batch_size)
+        batch = synthetic_batch(game_name, settings.training.batch_size,
+                                unroll_observations=config.consistency)
         started = time.perf_counter()
         trainer.train_step(batch)
         first = time.perf_counter() - started
@@ -68,7 +81,8 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
         export = time.perf_counter() - started
     return {"steps_per_second": steps / seconds, "ms_per_step": 1000 * seconds / steps,
             "positions_per_second": steps * settings.training.batch_size / seconds, "first_step_s": first,
-            "export_s": export, "batch_size": settings.training.batch_size, "device": trainer.device}
+            "export_s": export, "batch_size": settings.training.batch_size, "device": trainer.device,
+            "consistency_weight": config.consistency_weight}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,21 +91,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--games", nargs="*", default=["cartpole", "tictactoe"], choices=games.names())
     parser.add_argument("--steps", type=int, default=100, help="timed steps per row (default: %(default)s)")
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA rows (each compiles ~20 s on CPU)")
+    parser.add_argument("--consistency-weight", type=float, nargs="+", default=[None], metavar="W",
+                        help="rows with each consistency loss weight (default: the game's, 0 = off)")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"trainer: train steps on synthetic batches ({args.steps} timed steps per row)")
-    for column in ("game", "device", "XLA", "batch", "steps/s", "ms/step", "positions/s",
+    for column in ("game", "device", "XLA", "consistency", "batch", "steps/s", "ms/step", "positions/s",
                    "first step (trace) s", "export s"):
         table.add_column(column, justify="right")
-    for name in args.games:
-        for jit in ([False] if args.no_xla else [False, True]):
-            r = measure(name, args.steps, jit_compile=jit)
-            table.add_row(name, r["device"], "yes" if jit else "no", str(r["batch_size"]),
-                          f"{r['steps_per_second']:.1f}", f"{r['ms_per_step']:.1f}",
-                          f"{r['positions_per_second']:.0f}", f"{r['first_step_s']:.1f}",
-                          f"{r['export_s']:.2f}")
+    rows = [(name, jit, weight) for name in args.games for jit in ([False] if args.no_xla else [False, True])
+            for weight in args.consistency_weight]
+    for name, jit, weight in rows:
+        r = measure(name, args.steps, jit_compile=jit, consistency_weight=weight)
+        table.add_row(name, r["device"], "yes" if jit else "no", f"{r['consistency_weight']:g}",
+                      str(r["batch_size"]), f"{r['steps_per_second']:.1f}", f"{r['ms_per_step']:.1f}",
+                      f"{r['positions_per_second']:.0f}", f"{r['first_step_s']:.1f}",
+                      f"{r['export_s']:.2f}")
     Console(width=130).print(table)
 
 

@@ -15,7 +15,8 @@ from games.symmetry import Symmetries
 
 # Settings a trainer flag may override (the rest come from the game's MuZeroSettings).
 SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps",
-                      "optimizer", "weight_decay")
+                      "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
+                      "projection_size", "prediction_hidden_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +29,8 @@ class TrainerConfig:
     Attributes:
       spec: the game (observation shape, number of actions).
       settings: the game's settings; the trainer reads the `network` and `training` sections
-        (K = settings.training.num_unroll_steps).
+        (K = settings.training.num_unroll_steps; the consistency loss and its heads:
+        settings.training.consistency_weight and the head sizes).
       models_dir: the model's base path: version v (= training step v) is written as
         `<models_dir>/<v>/`, a SavedModel (models/export.py).
       checkpoint_dir: where `tf.train.CheckpointManager` keeps checkpoints (network, optimizer,
@@ -137,6 +139,17 @@ class TrainerConfig:
     @property
     def num_unroll_steps(self) -> int:
         return self.settings.training.num_unroll_steps
+
+    @property
+    def consistency_weight(self) -> float:
+        """Factor of EfficientZero's consistency loss (settings.training; 0 = off)."""
+        return float(self.settings.training.consistency_weight)
+
+    @property
+    def consistency(self) -> bool:
+        """Whether the consistency loss is on: the network gets its projection heads and the
+        trainer asks the replay for `unroll_observations`."""
+        return self.consistency_weight > 0
 
     @property
     def summary_dir(self) -> str:

@@ -17,8 +17,22 @@ weigh as much as the root):
     reward[b] = sum_k w_k reward_k * rm[b, k]      rm = 1 everywhere (default), or mask[:, k-1]
     policy[b] = sum_k w_k policy_k
 
-    loss = mean_b( importance_weight[b] * (value_loss_weight value[b] + reward[b] + policy[b]) )
+    loss = mean_b( importance_weight[b] * (value_loss_weight value[b] + reward[b] + policy[b]
+                                           + consistency_weight consistency[b]) )
            + weight_decay * sum over kernels of ||W||^2 / 2
+
+EfficientZero's temporal consistency loss (only when consistency_weight > 0; the batch then
+carries `unroll_observations` [B, K+1, *obs], the observations at t+k, zeros past the end):
+
+    p_k  = predict(project(s_k))                                       online, k = 1..K
+    z_k  = stop_gradient(project(representation(unroll_observations[:, k])))   target
+    consistency_k  = -cos(p_k, z_k) = -<p_k / max(|p_k|, 1e-5), z_k / max(|z_k|, 1e-5)>
+    consistency[b] = sum_{k=1..K} w_k consistency_k * mask[b, k]
+
+s_k is the unscaled hidden state of dynamics step k (the one its predictions use). Past the end
+(mask 0) there is no observation: the step is masked, and its target is computed from the last
+observation inside the record instead of the replay's zeros, so that only real observations
+enter the batch-norm statistics of the target branch.
 
 Past a record's end the replay gives value and reward targets 0 (MuZero's absorbing states), a
 uniform policy with policy_mask 0 and mask 0. By default the value and reward losses train those
@@ -43,6 +57,15 @@ from models.support import scalar_to_support
 # positions, model_version, which stay on the host).
 BATCH_KEYS = ("observation", "actions", "target_value", "target_reward", "target_policy", "mask",
               "policy_mask", "importance_weight")
+# What the consistency loss reads besides: float32 [B, K+1, *obs], the observations at t+k.
+UNROLL_OBSERVATIONS = "unroll_observations"
+# F.normalize's epsilon in EfficientZero's consist_loss_func: x / max(|x|, eps).
+COSINE_EPSILON = 1e-5
+
+
+def batch_keys(consistency: bool = False) -> tuple[str, ...]:
+    """The batch entries a train step reads (with the consistency loss: `unroll_observations`)."""
+    return (*BATCH_KEYS, UNROLL_OBSERVATIONS) if consistency else BATCH_KEYS
 
 
 class Network(Protocol):
@@ -50,17 +73,27 @@ class Network(Protocol):
 
     def recurrent_inference(self, hidden_state, action, training: bool = False) -> NetworkOutput: ...
 
+    # Only for the consistency loss (MuZeroNetwork built with consistency heads):
+    def represent(self, observation, training: bool = False) -> tf.Tensor: ...
+
+    def project(self, hidden_state, training: bool = False) -> tf.Tensor: ...
+
+    def predict_projection(self, projection, training: bool = False) -> tf.Tensor: ...
+
 
 class Losses(NamedTuple):
     """One batch's losses. Scalars are importance-weighted batch means.
 
-    total: what is minimized: value_loss_weight * value + reward + policy + l2.
+    total: what is minimized: value_loss_weight * value + reward + policy
+      + consistency_weight * consistency + l2.
     value, reward, policy: the three terms, each summed over unroll steps with weights w_k.
     l2: the weight-decay term (0 from `muzero_loss`; `add_l2` fills it in).
-    per_sample: float32 [B], value_loss_weight * value + reward + policy of each sample before
-      its importance weight.
+    per_sample: float32 [B], value_loss_weight * value + reward + policy
+      (+ consistency_weight * consistency) of each sample before its importance weight.
     priorities: float32 [B], |predicted root value - target_value[:, 0]|.
     value_prediction: float32 [B], the decoded root value.
+    consistency: the consistency term (before consistency_weight), summed over unroll steps with
+      weights w_k; 0 when the loss is off.
     """
 
     total: tf.Tensor
@@ -71,11 +104,15 @@ class Losses(NamedTuple):
     per_sample: tf.Tensor
     priorities: tf.Tensor
     value_prediction: tf.Tensor
+    consistency: tf.Tensor | float = 0.0
 
 
-def batch_signature(spec: GameSpec, num_unroll_steps: int) -> dict[str, tf.TensorSpec]:
-    """The `tf.TensorSpec` of every entry of BATCH_KEYS, batch dimension None."""
+def batch_signature(spec: GameSpec, num_unroll_steps: int,
+                    consistency: bool = False) -> dict[str, tf.TensorSpec]:
+    """The `tf.TensorSpec` of every entry of `batch_keys(consistency)`, batch dimension None."""
     K, A = num_unroll_steps, spec.num_actions
+    extra = ({UNROLL_OBSERVATIONS: tf.TensorSpec([None, K + 1, *spec.observation_shape], tf.float32,
+                                                 name=UNROLL_OBSERVATIONS)} if consistency else {})
     return {
         "observation": tf.TensorSpec([None, *spec.observation_shape], tf.float32, name="observation"),
         "actions": tf.TensorSpec([None, K], tf.int32, name="actions"),
@@ -85,6 +122,7 @@ def batch_signature(spec: GameSpec, num_unroll_steps: int) -> dict[str, tf.Tenso
         "mask": tf.TensorSpec([None, K + 1], tf.float32, name="mask"),
         "policy_mask": tf.TensorSpec([None, K + 1], tf.float32, name="policy_mask"),
         "importance_weight": tf.TensorSpec([None], tf.float32, name="importance_weight"),
+        **extra,
     }
 
 
@@ -129,9 +167,59 @@ def unroll(network: Network, observation: tf.Tensor, actions: tf.Tensor, trainin
     return outputs
 
 
+def negative_cosine_similarity(a: tf.Tensor, b: tf.Tensor, epsilon: float = COSINE_EPSILON) -> tf.Tensor:
+    """-cos(a, b) [...] of vectors [..., D]: each normalized as x / max(|x|, epsilon)
+    (EfficientZero's consist_loss_func)."""
+    a = tf.math.l2_normalize(a, axis=-1, epsilon=epsilon ** 2)  # x * rsqrt(max(|x|^2, eps^2))
+    b = tf.math.l2_normalize(b, axis=-1, epsilon=epsilon ** 2)
+    return -tf.reduce_sum(a * b, axis=-1)
+
+
+def consistency_targets(network: Network, unroll_observations: tf.Tensor, mask: tf.Tensor,
+                        training: bool = True) -> tf.Tensor:
+    """float32 [B, K, P]: stop_gradient(project(representation(o_{t+k}))) for k = 1..K.
+
+    unroll_observations [B, K+1, *obs] (index k: the observation at t+k); mask [B, K+1]. Where
+    mask[b, k] is 0 (past the record's end: the replay sends zeros) the last observation of
+    the record inside the unroll is used instead, so that batch norm sees real observations
+    only; those steps are masked out of the loss anyway. No gradient flows into any of it.
+    """
+    K = unroll_observations.shape[1] - 1
+    mask = tf.cast(mask, tf.float32)
+    last = tf.maximum(tf.cast(tf.reduce_sum(mask, axis=1), tf.int32) - 1, 0)  # [B]
+    steps = tf.range(1, K + 1, dtype=tf.int32)[None, :]  # [1, K]
+    index = tf.where(mask[:, 1:] > 0, steps, last[:, None])  # [B, K]
+    observations = tf.gather(tf.cast(unroll_observations, tf.float32), index, batch_dims=1)
+    flat = tf.reshape(observations, [-1, *unroll_observations.shape[2:]])  # [B*K, *obs]
+    projection = network.project(network.represent(flat, training=training), training=training)
+    return tf.stop_gradient(tf.reshape(projection, [-1, K, projection.shape[-1]]))
+
+
+def consistency_loss(network: Network, hidden_states: Sequence[tf.Tensor],
+                     unroll_observations: tf.Tensor, mask: tf.Tensor,
+                     training: bool = True) -> tf.Tensor:
+    """float32 [B, K]: -cos(predict(project(s_k)), consistency_targets(...)[:, k-1]) per step,
+    neither masked nor weighted (`muzero_loss` does both).
+
+    hidden_states: the K unrolled hidden states s_1..s_K, each [B, *hidden_shape] (the gradient
+    flows into them); unroll_observations [B, K+1, *obs]; mask [B, K+1].
+    """
+    K = len(hidden_states)
+    if unroll_observations.shape[1] != K + 1:
+        raise ValueError(f"consistency_loss: unroll_observations has {unroll_observations.shape[1]} "
+                         f"steps, expected K+1 = {K + 1}")
+    target = consistency_targets(network, unroll_observations, mask, training)
+    hidden = tf.stack(list(hidden_states), axis=1)  # [B, K, *hidden]
+    flat = tf.reshape(hidden, [-1, *hidden.shape[2:]])  # one call for all K steps
+    online = network.predict_projection(network.project(flat, training=training), training=training)
+    online = tf.reshape(online, [-1, K, online.shape[-1]])
+    return negative_cosine_similarity(online, target)
+
+
 def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int,
                 value_loss_weight: float = 0.25, gradient_scale: float = 0.5,
-                train_past_end: bool = True, training: bool = True) -> Losses:
+                train_past_end: bool = True, training: bool = True,
+                consistency_weight: float = 0.0) -> Losses:
     """The loss of one batch (entries BATCH_KEYS) without weight decay (l2 = 0).
 
     Args:
@@ -144,7 +232,13 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
       train_past_end: value and reward losses on every step (True) or only where the replay's
         mask says the step is inside the record (see the module docstring).
       training: passed to the network (batch norm).
+      consistency_weight: factor of EfficientZero's consistency loss (0: off, nothing of it is
+        computed); > 0 needs `unroll_observations` in the batch and a network with
+        consistency heads.
     """
+    if consistency_weight > 0 and UNROLL_OBSERVATIONS not in batch:
+        raise ValueError("muzero_loss: consistency_weight > 0 needs the batch's unroll_observations "
+                         "[B, K+1, *obs] (ask the replay with include_unroll_observations)")
     actions = tf.cast(batch["actions"], tf.int32)
     K = actions.shape[1]
     if K is None:
@@ -172,6 +266,11 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
     reward = tf.reduce_sum(weights * reward_mask * reward_ce, axis=1)
     policy = tf.reduce_sum(weights * tf.cast(batch["policy_mask"], tf.float32) * policy_ce, axis=1)
     per_sample = value_loss_weight * value + reward + policy
+    if consistency_weight > 0:
+        steps = consistency_loss(network, [o.hidden_state for o in outputs[1:]],
+                                 batch[UNROLL_OBSERVATIONS], mask, training)  # [B, K]
+        consistency = tf.reduce_sum(weights[:, 1:] * mask[:, 1:] * steps, axis=1)  # [B]
+        per_sample = per_sample + consistency_weight * consistency
 
     importance = tf.cast(batch["importance_weight"], tf.float32)
 
@@ -183,7 +282,8 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
     return Losses(total=weighted_mean(per_sample), value=weighted_mean(value),
                   reward=weighted_mean(reward), policy=weighted_mean(policy),
                   l2=tf.constant(0.0), per_sample=per_sample, priorities=priorities,
-                  value_prediction=tf.stop_gradient(root_value))
+                  value_prediction=tf.stop_gradient(root_value),
+                  consistency=weighted_mean(consistency) if consistency_weight > 0 else tf.constant(0.0))
 
 
 def decayed_variables(variables: Sequence[tf.Variable]) -> list[tf.Variable]:

@@ -53,7 +53,7 @@ HOST_KEYS = ("record_keys", "positions", "model_version")
 _DTYPES = {"observation": np.float32, "actions": np.int32, "target_value": np.float32,
            "target_reward": np.float32, "target_policy": np.float32, "mask": np.float32,
            "policy_mask": np.float32, "importance_weight": np.float32, "record_keys": np.int64,
-           "positions": np.int32, "model_version": np.int64}
+           "positions": np.int32, "model_version": np.int64, "unroll_observations": np.float32}
 
 
 class ReplayFailed(PermanentFailure):
@@ -74,11 +74,15 @@ class ReplayFailed(PermanentFailure):
                    "a bug in the trainer's sampling code: see the traceback", address)
 
 
-def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str, np.ndarray]:
+def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int,
+                  unroll_observations: bool = False) -> dict[str, np.ndarray]:
     """The arrays of a batch (a replay `Batch` or a mapping) as a dict in the trainer's dtypes.
 
     Checks every shape against the game and K; ValueError naming the entry otherwise. Entries
     record_keys, positions and model_version are optional (absent in hand-made batches).
+    `unroll_observations`: the batch must carry `unroll_observations` [B, K+1, *obs] (the
+    consistency loss's targets; the replay sends them when asked); otherwise that entry is
+    left out even if present.
     """
     get = (lambda name: batch.get(name)) if isinstance(batch, Mapping) else (
         lambda name: getattr(batch, name, None))
@@ -91,12 +95,17 @@ def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int) -> dict[str
               "target_value": (B, K + 1), "target_reward": (B, K + 1), "target_policy": (B, K + 1, A),
               "mask": (B, K + 1), "policy_mask": (B, K + 1), "importance_weight": (B,),
               "record_keys": (B,), "positions": (B,), "model_version": (B,)}
+    if unroll_observations:
+        shapes["unroll_observations"] = (B, K + 1, *spec.observation_shape)
     arrays = {}
     for name, shape in shapes.items():
         value = get(name)
         if value is None:
             if name in HOST_KEYS:
                 continue
+            if name == "unroll_observations":
+                raise ValueError("batch: unroll_observations is missing (the consistency loss needs "
+                                 "them: SampleBatch with include_unroll_observations)")
             raise ValueError(f"batch: {name} is missing")
         array = np.asarray(value)
         if array.shape != shape:
@@ -132,12 +141,25 @@ def split_batch(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str
 def augment_batch(arrays: dict[str, np.ndarray], symmetries: Symmetries,
                   rng: np.random.Generator) -> dict[str, np.ndarray]:
     """`arrays` (from `prepare_batch`) with each sample under a uniformly drawn symmetry:
-    observation, actions and target_policy mapped, the other entries unchanged. Priorities
+    observation, actions and target_policy mapped, and `unroll_observations` if present (every
+    one of its K+1 boards under the sample's map), the other entries unchanged. Priorities
     still go to the stored position (record_keys and positions are untouched)."""
-    which = rng.integers(len(symmetries), size=len(arrays["observation"]))
-    observation, actions, policy = symmetries.augment(arrays["observation"], arrays["actions"],
-                                                      arrays["target_policy"], which)
-    return {**arrays, "observation": observation, "actions": actions, "target_policy": policy}
+    observation = arrays["observation"]
+    which = rng.integers(len(symmetries), size=len(observation))
+    unroll = arrays.get("unroll_observations")
+    if unroll is None:
+        observation, actions, policy = symmetries.augment(observation, arrays["actions"],
+                                                          arrays["target_policy"], which)
+        return {**arrays, "observation": observation, "actions": actions, "target_policy": policy}
+    # A map moves cells and keeps the planes axis, so the K+1 boards stacked as more planes of
+    # the observation move with it under the same map, in one call.
+    B, H, W, C = observation.shape
+    frames = unroll.shape[1]
+    planes = np.concatenate([observation, np.moveaxis(unroll, 1, 3).reshape(B, H, W, frames * C)], axis=-1)
+    planes, actions, policy = symmetries.augment(planes, arrays["actions"], arrays["target_policy"], which)
+    unroll = np.ascontiguousarray(np.moveaxis(planes[..., C:].reshape(B, H, W, frames, C), 3, 1))
+    return {**arrays, "observation": np.ascontiguousarray(planes[..., :C]), "actions": actions,
+            "target_policy": policy, "unroll_observations": unroll}
 
 
 @dataclasses.dataclass

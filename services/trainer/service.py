@@ -65,21 +65,24 @@ def _train(config: TrainerConfig, log: EventLogger, stop: threading.Event, ready
         from services.replay.client import ReplayClient
         replay = ReplayClient(config.replay_address, timeout_s=config.sample_timeout_s)
     batch_size, K = config.settings.training.batch_size, config.num_unroll_steps
+    unroll = config.consistency  # the consistency loss's targets: asked for only when it is on
     prepare_batch = prepare(config)
     merge = [config.sample_merge]  # set to 1 if the replay refuses the merged call
+    # Without the consistency loss the call is exactly as before (the flag is not even passed).
+    unroll_request = {"include_unroll_observations": True} if unroll else {}
 
     def sample(timeout_s: float):
         if merge[0] > 1:
             try:
                 return replay.sample_batch(batch_size * merge[0], num_unroll_steps=K,
-                                           timeout_s=timeout_s)
+                                           timeout_s=timeout_s, **unroll_request)
             except grpc.RpcError as error:
                 if status_code(error) != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
                 log.warning("sample_merge_refused", sample_merge=merge[0], message=status_details(error),
                             action="asking for one batch per SampleBatch call from now on")
                 merge[0] = 1
-        return replay.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s)
+        return replay.sample_batch(batch_size, num_unroll_steps=K, timeout_s=timeout_s, **unroll_request)
 
     prefetcher = Prefetcher(
         sample,

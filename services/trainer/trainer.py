@@ -43,7 +43,7 @@ from models.export import VersionExporter, list_versions, prune_versions, remove
 from models.networks import MuZeroNetwork
 from services.common.logs import EventLogger, get_logger
 from services.trainer.config import TrainerConfig
-from services.trainer.losses import BATCH_KEYS, Losses, add_l2, batch_signature, l2_loss, muzero_loss
+from services.trainer.losses import Losses, add_l2, batch_keys, batch_signature, l2_loss, muzero_loss
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.prefetch import augment_batch, prepare_batch
 
@@ -71,6 +71,7 @@ class StepResult(NamedTuple):
     gradient_norm: float
     priorities: np.ndarray
     value_prediction: np.ndarray
+    consistency_loss: float = 0.0  # the consistency term before its weight (0 when off)
 
 
 def select_device(log: EventLogger | None = None) -> str:
@@ -156,7 +157,7 @@ class _Pending(NamedTuple):
 
     step: int
     batch: Mapping[str, Any]
-    outputs: tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # scalars [6], priorities [B], value_prediction [B]
+    outputs: tuple[tf.Tensor, tf.Tensor, tf.Tensor]  # scalars [6 or 7], priorities [B], value_prediction [B]
     host_seconds: float  # the loop's time on this step so far (dispatch)
 
 
@@ -223,7 +224,11 @@ class Trainer:
         self.models_dir = Path(config.models_dir)
         self._checkpointed_step: int | None = None
         self.latest_version: int | None = None  # newest version in models_dir, once known
-        self._signature = batch_signature(config.spec, config.num_unroll_steps)
+        # With the consistency loss the step also reads unroll_observations; without it nothing
+        # of it exists (the signature, the graph and the replay request are as before).
+        self.consistency_weight = config.consistency_weight
+        self._batch_keys = batch_keys(config.consistency)
+        self._signature = batch_signature(config.spec, config.num_unroll_steps, config.consistency)
         self._train_step = tf.function(self._train_step_fn, input_signature=[self._signature],
                                        jit_compile=config.jit_compile or None, reduce_retracing=True)
         self._train_step_concrete = None  # traced at the first step: calling it skips the
@@ -243,7 +248,8 @@ class Trainer:
             losses = muzero_loss(self.network, batch, self.settings.network.support_size,
                                  value_loss_weight=self.config.value_loss_weight,
                                  gradient_scale=self.config.gradient_scale,
-                                 train_past_end=self.config.train_past_end, training=training)
+                                 train_past_end=self.config.train_past_end, training=training,
+                                 consistency_weight=self.consistency_weight)
             return add_l2(losses, l2_loss(self.network.trainable_variables, self.settings.training.weight_decay))
 
     def _losses_fn(self, batch) -> Losses:
@@ -262,8 +268,10 @@ class Trainer:
             self.optimizer.apply_gradients(zip(gradients, variables))
             self.step.assign_add(1)
             # One tensor of scalars: a single device-to-host copy per step on a GPU.
-            scalars = tf.stack([losses.total, losses.value, losses.reward, losses.policy, losses.l2,
-                                norm])
+            terms = [losses.total, losses.value, losses.reward, losses.policy, losses.l2, norm]
+            if self.consistency_weight > 0:
+                terms.append(losses.consistency)
+            scalars = tf.stack(terms)
         return scalars, losses.priorities, losses.value_prediction
 
     def _copy_snapshot_fn(self) -> None:
@@ -273,8 +281,8 @@ class Trainer:
 
     def _tensors(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         tensors = {}
-        for name in BATCH_KEYS:
-            value = batch[name]
+        for name in self._batch_keys:
+            value = _entry(batch, name)
             # Staged batches (`stage`) already hold tensors of the right dtype.
             tensors[name] = value if isinstance(value, tf.Tensor) else np.asarray(
                 value, self._signature[name].dtype.as_numpy_dtype)
@@ -286,8 +294,8 @@ class Trainer:
         the prefetch thread: the conversion (and on a GPU the copy to the device) then happens
         there, not on the training thread."""
         staged = dict(batch)
-        for name in BATCH_KEYS:
-            array = np.asarray(batch[name], self._signature[name].dtype.as_numpy_dtype)
+        for name in self._batch_keys:
+            array = np.asarray(_entry(batch, name), self._signature[name].dtype.as_numpy_dtype)
             if self.device.startswith("/CPU"):
                 staged[name] = tf.constant(array)  # a host tensor: no op to run (0.02 ms each)
             else:
@@ -314,14 +322,16 @@ class Trainer:
         """The StepResult of step `step` from its outputs (reading them waits for the step);
         FloatingPointError (logged) if its loss is not finite."""
         scalars, priorities, value_prediction = outputs
-        total, value, reward, policy, l2, norm = (float(x) for x in scalars.numpy())
+        total, value, reward, policy, l2, norm, *rest = (float(x) for x in scalars.numpy())
         result = StepResult(step=step, loss=total, value_loss=value, reward_loss=reward,
                             policy_loss=policy, l2=l2, gradient_norm=norm,
-                            priorities=priorities.numpy(), value_prediction=value_prediction.numpy())
+                            priorities=priorities.numpy(), value_prediction=value_prediction.numpy(),
+                            consistency_loss=rest[0] if rest else 0.0)
         if not np.isfinite(result.loss):
+            extra = {"consistency_loss": result.consistency_loss} if rest else {}
             self.log.error("non_finite_loss", step=result.step, loss=result.loss,
                            value_loss=result.value_loss, reward_loss=result.reward_loss,
-                           policy_loss=result.policy_loss, gradient_norm=result.gradient_norm)
+                           policy_loss=result.policy_loss, gradient_norm=result.gradient_norm, **extra)
             raise FloatingPointError(f"loss is {result.loss} at step {result.step}")
         return result
 
@@ -354,9 +364,12 @@ class Trainer:
         try:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
+            heads = (" (with consistency_weight > 0 the network has consistency heads, which a "
+                     "checkpoint of a run without the consistency loss lacks)"
+                     if self.network.consistency is not None else "")
             raise CheckpointMismatch(
                 f"checkpoint {latest} does not fit the {self.settings.network.architecture} network of "
-                f"{config.spec.name} with these settings: run with the --game and network "
+                f"{config.spec.name} with these settings{heads}: run with the --game and network "
                 f"settings that wrote it, or {start_over} ({_first_line(str(error))})") from error
         step = self.current_step
         self._checkpointed_step = step
@@ -446,7 +459,8 @@ class Trainer:
                       checkpoint=self.manager.latest_checkpoint, versions=versions[-5:],
                       removed_temporaries=removed, network=self.network.summary(),
                       batch_size=self.settings.training.batch_size, num_unroll_steps=self.config.num_unroll_steps,
-                      learning_rate=self.learning_rate(), optimizer=self.settings.training.optimizer)
+                      learning_rate=self.learning_rate(), optimizer=self.settings.training.optimizer,
+                      **({"consistency_weight": self.consistency_weight} if self.consistency_weight > 0 else {}))
         self.metrics.steps.inc(step)
         if versions:
             self.latest_version = versions[-1]
@@ -550,6 +564,8 @@ class Trainer:
         for kind, value in (("total", result.loss), ("value", result.value_loss),
                             ("reward", result.reward_loss), ("policy", result.policy_loss)):
             metrics.loss.labels(kind).set(value)
+        if self.consistency_weight > 0:  # the series exists only with the loss on
+            metrics.loss.labels("consistency").set(result.consistency_loss)
         learning_rate = learning_rate_at(self.settings, self._iterations)
         metrics.learning_rate.set(learning_rate)
         if result.step % self.config.log_interval == 0:
@@ -578,16 +594,21 @@ class Trainer:
                       batch_wait_s=round(batch_wait_s, 4),
                       value_prediction=round(float(np.mean(result.value_prediction)), 4),
                       priority=round(float(np.mean(result.priorities)), 4))
+        if self.consistency_weight > 0:
+            fields["consistency_loss"] = round(result.consistency_loss, 5)
         if model_versions:
             fields["oldest_model_version"] = min(model_versions)
         self.log.info("train", **fields)
-        self.summaries.scalars(result.step, {
+        scalars = {
             "loss/total": result.loss, "loss/value": result.value_loss,
             "loss/reward": result.reward_loss, "loss/policy": result.policy_loss, "loss/l2": result.l2,
             "train/gradient_norm": result.gradient_norm, "train/learning_rate": learning_rate,
             "train/steps_per_second": steps_per_second, "train/batch_wait_seconds": batch_wait_s,
             "train/value_prediction": float(np.mean(result.value_prediction)),
-            "train/priority": float(np.mean(result.priorities))})
+            "train/priority": float(np.mean(result.priorities))}
+        if self.consistency_weight > 0:
+            scalars["loss/consistency"] = result.consistency_loss
+        self.summaries.scalars(result.step, scalars)
 
     def close(self) -> None:
         """Waits for a background write in flight, stops the writer thread, closes summaries."""
@@ -597,17 +618,29 @@ class Trainer:
             self._writer.shutdown(wait=True)
             self.summaries.close()
 
+def _entry(batch: Mapping[str, Any], name: str) -> Any:
+    """batch[name]; a ValueError that says why for the consistency loss's unroll_observations."""
+    try:
+        return batch[name]
+    except KeyError:
+        if name == "unroll_observations":
+            raise ValueError("batch: unroll_observations is missing: with consistency_weight > 0 "
+                             "every batch needs the observations at t+k, [B, K+1, *obs]") from None
+        raise
+
+
 def _first_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[0].strip() if lines else text
 
 
 def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:
-    """`prepare_batch` for this config's game and K, then `augment_batch` when the config has
-    symmetries. The returned function is meant for one thread (it holds a random generator)."""
+    """`prepare_batch` for this config's game and K (with `unroll_observations` when the
+    consistency loss is on), then `augment_batch` when the config has symmetries. The returned function is meant for one thread (it holds a random generator)."""
+    unroll = config.consistency  # the consistency loss's targets come with the batch
     if config.symmetries is None:
-        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps)
+        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps, unroll)
     symmetries = config.symmetries
     rng = np.random.default_rng(config.seed)
-    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps),
+    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps, unroll),
                                        symmetries, rng)
