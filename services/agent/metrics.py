@@ -20,6 +20,7 @@ MODEL_VERSION = "mufleet_agent_model_version"
 RECORDS_ACKED_TOTAL = "mufleet_agent_records_acked_total"
 RECORDS_PENDING = "mufleet_agent_records_pending"
 PEER_FAILURES_TOTAL = "mufleet_agent_peer_failures_total"
+REPLAY_WAITS_TOTAL = "mufleet_agent_replay_waits_total"
 
 RETURN_BUCKETS = (-1, -0.5, 0, 0.5, 1, 10, 50, 100, 200, 300, 400, 475, 500, 1000, 5000, 20000)
 LENGTH_BUCKETS = (5, 9, 20, 42, 60, 100, 200, 300, 400, 500, 1000, 5000)
@@ -56,6 +57,9 @@ class AgentMetrics:
                                      registry=registry)
         self.peer_failures = Counter(PEER_FAILURES_TOTAL, "Failed calls to peers", ["peer", "code"],
                                      registry=registry)
+        self.replay_waits = Counter(
+            REPLAY_WAITS_TOTAL, "AddGames calls the replay's rate limiter held back (--block-inserts: "
+            "self-play ahead of training; normal operation, not a failure)", registry=registry)
 
 
 def private_metrics() -> AgentMetrics:

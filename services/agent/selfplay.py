@@ -83,6 +83,7 @@ class SelfPlay:
             self.replay.add_games, log, max_pending=config.max_pending_records,
             on_acked=metrics.records_acked.inc,
             on_failure=lambda e: metrics.peer_failures.labels("replay", e.code().name).inc(),
+            on_held_back=metrics.replay_waits.inc,
             stop=self.stop, policy=self.policy, call_timeout_s=config.request_timeout_s,
             address=config.replay)
         self.rng = np.random.default_rng(config.seed)
