@@ -44,6 +44,7 @@ from services.common.logs import EventLogger
 from services.common.metrics import Sample, parse_metrics
 from services.environment import metrics as environment_metrics
 from services.network import metrics as network_metrics
+from services.reanalyse import metrics as reanalyse_metrics
 from services.replay import metrics as replay_metrics
 from services.trainer import metrics as trainer_metrics
 
@@ -252,6 +253,13 @@ SERIES: tuple[Series, ...] = (
     Series("replay_inserts_per_s", "positions inserted/s", "1/s",
            lambda d: d.rate("replay", replay_metrics.POSITIONS_ADDED_TOTAL)),
     Series("replay_samples_per_s", "positions sampled/s", "1/s", lambda d: d.rate("replay", replay_metrics.SAMPLES_TOTAL)),
+    # Reanalyse.
+    Series("reanalyse_positions_per_s", "positions reanalysed/s", "1/s",
+           lambda d: d.rate("reanalyse", reanalyse_metrics.POSITIONS_TOTAL)),
+    Series("reanalyse_target_age", "mean age of the targets replaced", "versions",
+           lambda d: d.gauge("reanalyse", reanalyse_metrics.MEAN_TARGET_AGE_VERSIONS, "mean")),
+    Series("replay_reanalysed_fraction", "sampled targets from reanalysis", "",
+           lambda d: d.gauge("replay", replay_metrics.REANALYSED_TARGET_FRACTION, "mean")),
     # Model versions.
     Series("trainer_exported_version", "trainer: newest exported", "version",
            lambda d: _version(d.gauge("trainer", trainer_metrics.EXPORTED_VERSION, "max"))),
@@ -561,6 +569,7 @@ class Scraper:
                 "steps_per_s": d.rate(scrape.role, environment_metrics.STEPS_TOTAL, trainer_metrics.STEPS_TOTAL),
                 "requests_per_s": d.rate(scrape.role, network_metrics.REQUESTS_TOTAL, *TF_SERVING_REQUESTS),
                 "inserts_per_s": d.rate(scrape.role, replay_metrics.POSITIONS_ADDED_TOTAL),
+                "positions_per_s": d.rate(scrape.role, reanalyse_metrics.POSITIONS_TOTAL),
                 "batch_size": d.interval_mean(scrape.role, network_metrics.BATCH_SIZE),
                 "latency_ms": d.interval_mean(scrape.role, network_metrics.PREDICT_SECONDS, 1e3),
             }
@@ -661,7 +670,8 @@ class Scraper:
         model_version = None
         samples = [s.samples for s in scrapes if s.ok]
         metric = {"agent": (agent_metrics.MODEL_VERSION, max), "trainer": (trainer_metrics.EXPORTED_VERSION, max),
-                  "network": (network_metrics.LATEST_VERSION, max)}.get(role)
+                  "network": (network_metrics.LATEST_VERSION, max),
+                  "reanalyse": (reanalyse_metrics.MODEL_VERSION, max)}.get(role)
         if metric:
             values = [v for s in samples if (v := s.max(metric[0])) is not None and v >= 0]
             model_version = int(metric[1](values)) if values else None
@@ -730,6 +740,11 @@ def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None
         return [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
                 ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
                 ("return", sum(returns) / len(returns) if returns else None, "")]
+    if role == "reanalyse":
+        ages = [v for s in samples if (v := s.sum(reanalyse_metrics.MEAN_TARGET_AGE_VERSIONS)) is not None]
+        return [("positions/s", _sum_rates(rates, "positions_per_s"), "/s"),
+                ("target age", sum(ages) / len(ages) if ages else None, "versions"),
+                ("simulations", gauge(reanalyse_metrics.SIMULATIONS_TOTAL), "")]
     return []
 
 

@@ -151,6 +151,13 @@ function buildCharts() {
     {key: "replay_samples_per_s", label: "sampled", color: COLORS.amber},
   ]);
   barChart("chart-replay-versions", "games", COLORS.purple);
+  lineChart("chart-reanalyse", [
+    {key: "reanalyse_positions_per_s", label: "positions reanalysed/s", color: COLORS.teal, fill: true},
+    {key: "reanalyse_target_age", label: "age of replaced targets (versions)", color: COLORS.amber, axis: "y2"},
+    {key: "replay_reanalysed_fraction", label: "fraction of sampled targets reanalysed", color: COLORS.purple,
+     axis: "y2"},
+  ], {yTitle: "positions/s", y2Title: "versions, fraction",
+      emptyText: "no reanalyse worker (make run REANALYSERS=1)"});
   lineChart("chart-versions", [
     {key: "trainer_exported_version", label: "trainer: exported", color: COLORS.green},
     {key: "network_latest_version", label: "network: served", color: COLORS.purple},

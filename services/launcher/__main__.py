@@ -2,12 +2,12 @@
 
     python -m services.launcher --game cartpole --run-dir runs/cartpole
 
-Starts environment, replay, trainer, network, agent(s) and the monitor, each once the ones
-before it are healthy; shows one live status line; Ctrl-C stops everything cleanly. Launching
+Starts environment, replay, trainer, network, agent(s), reanalyse workers (`--reanalysers N`,
+none by default) and the monitor, each once the ones before it are healthy; shows one live status line; Ctrl-C stops everything cleanly. Launching
 again on the same run directory resumes the run (replay data, trainer checkpoint, model versions).
 
-Ports: by default the fixed ones of the README (gRPC 50000-50002, metrics 9100-9104, dashboard
-5000). `--port-base P` moves them to one block: gRPC P..P+2, metrics P+10..P+14, dashboard P+20;
+Ports: by default the fixed ones of the README (gRPC 50000-50002, metrics 9100-9105, dashboard
+5000). `--port-base P` moves them to one block: gRPC P..P+2, metrics P+10..P+15, dashboard P+20;
 `--free-ports` lets every service pick a free one. Every fixed port is checked before anything
 starts: a taken one stops the launcher (exit 1) with a message naming it.
 """
@@ -27,6 +27,7 @@ import games
 from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.launcher.local import LocalFleet
+from services.launcher.presets import PRESETS
 from services.launcher.ports import taken_message, taken_ports
 from services.launcher.status import FleetStatus
 from services.launcher.topology import FleetConfig, build_topology
@@ -39,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Fleet
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="directory of the run (default runs/<game>); reused to resume")
     parser.add_argument("--agents", dest="num_agents", type=int, default=1, help="self-play agent processes")
+    parser.add_argument("--reanalysers", dest="num_reanalysers", type=int, default=0,
+                        help="reanalyse worker processes (docs/reanalyse.md; 0 = none, or the preset's)")
+    parser.add_argument("--preset", default="", choices=sorted(PRESETS),
+                        help="a regime's settings on top of the game's defaults (services/launcher/presets.py): "
+                             "'sample-efficient' is EfficientZero's, the most learning per environment step")
     parser.add_argument("--games-per-batch", type=int, default=0,
                         help="games each agent plays at once (0 = the game's default)")
     parser.add_argument("--simulations", type=int, default=0,
@@ -49,13 +55,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Fleet
     ports.add_argument("--free-ports", action="store_true",
                        help="let every service pick a free port instead of the fixed defaults")
     ports.add_argument("--port-base", type=int, default=0, metavar="P",
-                       help="fixed ports from P: gRPC P..P+2, metrics P+10..P+14, dashboard P+20 "
-                            "(default: the README's ports, 50000-50002, 9100-9104, 5000)")
+                       help="fixed ports from P: gRPC P..P+2, metrics P+10..P+15, dashboard P+20 "
+                            "(default: the README's ports, 50000-50002, 9100-9105, 5000)")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the dashboard")
     args = parser.parse_args(argv)
     config = config_or_exit(parser, lambda: FleetConfig(
         game=args.game, run_dir=args.run_dir or Path("runs") / args.game, num_agents=args.num_agents,
-        games_per_batch=args.games_per_batch, simulations=args.simulations, train_steps=args.train_steps,
+        num_reanalysers=args.num_reanalysers, preset=args.preset, games_per_batch=args.games_per_batch, simulations=args.simulations, train_steps=args.train_steps,
         fixed_ports=not args.free_ports, port_base=args.port_base, monitor=not args.no_monitor))
     return args, config
 

@@ -295,7 +295,10 @@ class ComposeRenderer:
         return resolved
 
     def _args(self, args: Iterable[Arg]) -> list[str]:
-        return [self._text(a) for a in expand_each(list(args), lambda name: [name])]
+        # A node whose profile is off may not run: nothing waits for it or names it (Prometheus
+        # still scrapes it, and finds nothing while it is off).
+        return [self._text(a) for a in expand_each(
+            list(args), lambda name: [] if self.nodes[name].profile else [name])]
 
     # one service
     def _command(self, node: Node) -> list[str]:
@@ -365,6 +368,8 @@ class ComposeRenderer:
         depends = self._depends_on(node)
         if depends:
             entries.append(("depends_on", depends))
+        if node.profile:
+            entries.append(("profiles", _Flow((node.profile,))))
         if node.replicas > 1:
             entries.append(("deploy", [("replicas", node.replicas)]))
         entries.append(("healthcheck", self._healthcheck(node)))

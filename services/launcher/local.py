@@ -80,7 +80,10 @@ class ServiceSpec:
 
 def instance_names(node: Node) -> list[str]:
     """The local names of `node`'s instances: `agent-0`, `agent-1`, ... for a scalable node (so
-    that one of them is always `-0`, whatever the count), else the node's name."""
+    that one of them is always `-0`, whatever the count), else the node's name; none for a node
+    whose profile is off (`Node.profile`)."""
+    if node.profile is not None:
+        return []
     return [f"{node.name}-{i}" for i in range(node.replicas)] if node.scalable else [node.name]
 
 

@@ -328,6 +328,9 @@ class Node:
       replicas: how many instances run.
       scalable: any number of instances may run (compose `--scale`): no one waits for it, and
         others refer to it only through `Each`, which names every instance.
+      profile: an optional node, off: compose starts it only under `docker compose --profile
+        <profile> up`, the local launcher not at all, and an `Each` over it names no instance
+        (None: the node runs).
       gpu: it computes on a GPU when one is given (the GPU override gives it one).
       publish: the setting of the host port under which its main port is published to people
         outside the fleet (compose publishes on the renderer's host); None = not published.
@@ -347,6 +350,7 @@ class Node:
     waits_for: str = HEALTHY
     replicas: int = 1
     scalable: bool = False
+    profile: str | None = None
     gpu: bool = False
     publish: Setting | None = None
     container_args: tuple[Arg, ...] = ()
@@ -362,6 +366,8 @@ class Node:
         require(self.replicas >= 1, f"Node.replicas of {self.name} must be >= 1, got {self.replicas}")
         require(self.replicas == 1 or self.scalable,
                 f"Node.replicas of {self.name} is {self.replicas}, but only a scalable node has replicas")
+        require(self.profile is None or bool(_NAME.match(self.profile)),
+                f"Node.profile of {self.name} must be a lower-case DNS label, got {self.profile!r}")
         require(self.module is not None or self.container is not None,
                 f"Node {self.name} needs a module or a container, got neither")
         if self.module is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from games.validation import require
+from services.launcher.presets import PRESETS
 from services.launcher.program import GRPC, HTTP, STARTED, WORKER, Container, Each, Health, Mount, Node, \
     Ports, Program, Setting, join
 
@@ -31,16 +32,18 @@ DEFAULT_PORTS = {
     "network": (50002, 9102),
     "agent": (None, 9103),
     "trainer": (None, 9104),
+    "reanalyse": (None, 9105),
     "monitor": (5000, None),
 }
 # With a port base P (`make run PORT_BASE=P`) the same ports are P + these offsets: gRPC at
-# P..P+2, metrics at P+10..P+14, the dashboard at P+20 (one block of PORT_SPAN ports).
+# P..P+2, metrics at P+10..P+15, the dashboard at P+20 (one block of PORT_SPAN ports).
 PORT_OFFSETS = {
     "environment": (0, 10),
     "replay": (1, 11),
     "network": (2, 12),
     "agent": (None, 13),
     "trainer": (None, 14),
+    "reanalyse": (None, 15),
     "monitor": (20, None),
 }
 PORT_SPAN = 21
@@ -56,6 +59,11 @@ class FleetConfig:
       run_dir: directory holding everything of one run (models, replay data, checkpoints, logs);
         launching again on the same directory resumes the run.
       num_agents: self-play agent processes.
+      num_reanalysers: reanalyse worker processes (0 = none, or the preset's: compose then
+        starts the reanalyse service only under `--profile reanalyse`).
+      preset: a name of `services.launcher.presets.PRESETS` ("" = the game's defaults): its
+        settings go to the replay and the trainer as flags; its reanalysers and games per
+        agent apply where num_reanalysers and games_per_batch are 0.
       games_per_batch: B, games each agent plays at once (0 = the game's default).
       simulations: MCTS simulations per move (0 = the game's default).
       train_steps: trainer steps before the trainer stops (0 = until stopped).
@@ -71,6 +79,8 @@ class FleetConfig:
     game: str
     run_dir: Path
     num_agents: int = 1
+    num_reanalysers: int = 0
+    preset: str = ""
     games_per_batch: int = 0
     simulations: int = 0
     train_steps: int = 0
@@ -85,6 +95,12 @@ class FleetConfig:
         require(self.game in games.names(),
                 f"FleetConfig.game must be one of {games.names()}, got {self.game!r}")
         require(self.num_agents >= 1, f"FleetConfig.num_agents must be >= 1, got {self.num_agents}")
+        require(self.num_reanalysers >= 0,
+                f"FleetConfig.num_reanalysers must be >= 0, got {self.num_reanalysers}")
+        from services.launcher.presets import PRESETS
+
+        require(self.preset in PRESETS,
+                f"FleetConfig.preset must be one of {', '.join(repr(n) for n in PRESETS)}, got {self.preset!r}")
         require(self.games_per_batch >= 0,
                 f"FleetConfig.games_per_batch must be >= 0, got {self.games_per_batch}")
         require(self.simulations >= 0, f"FleetConfig.simulations must be >= 0, got {self.simulations}")
@@ -94,6 +110,20 @@ class FleetConfig:
                 f"{65536 - PORT_SPAN}], got {self.port_base}")
         require(self.port_base == 0 or self.fixed_ports,
                 f"FleetConfig.port_base must be 0 when fixed_ports is False (free ports), got {self.port_base}")
+
+    @property
+    def reanalysers(self) -> int:
+        """Reanalyse workers that run: num_reanalysers, or the preset's."""
+        from services.launcher.presets import PRESETS
+
+        return self.num_reanalysers or PRESETS[self.preset].reanalysers
+
+    @property
+    def agent_games_per_batch(self) -> int:
+        """B of each agent: games_per_batch, or the preset's (0 = the game's default)."""
+        from services.launcher.presets import PRESETS
+
+        return self.games_per_batch or PRESETS[self.preset].games_per_batch
 
     def ports(self, role: str) -> tuple[int | None, int | None]:
         """The fixed (gRPC or HTTP, metrics) ports of the first service of `role`; None where it
@@ -133,20 +163,23 @@ def build_program(config: FleetConfig) -> Program:
     game = program.setting("GAME", config.game)
     model_dir = models / "muzero"  # models/models.config's base_path in containers
     sims = ("--simulations", str(config.simulations)) if config.simulations else ()
-    batch = ("--games-per-batch", str(config.games_per_batch)) if config.games_per_batch else ()
+    batch = ("--games-per-batch", str(config.agent_games_per_batch)) if config.agent_games_per_batch else ()
+    preset_flags = PRESETS[config.preset].service_flags(config.game)
 
     environment = program.add_node(Node(
         "environment", "services.environment", args=("--game", game), kind=GRPC, ports=_ports("environment"),
         doc="Hosts vectorized games; one session is B games stepped together."))
     replay = program.add_node(Node(
-        "replay", "services.replay", args=("--game", game, "--data-dir", replay_data), kind=GRPC,
+        "replay", "services.replay", args=("--game", game, "--data-dir", replay_data,
+                                           *preset_flags.get("replay", ())), kind=GRPC,
         ports=_ports("replay"), health=Health(start_period_s=60),
         doc="Stores finished games durably (written before the ack) and computes training targets."))
     trainer = program.add_node(Node(
         "trainer", "services.trainer", kind=WORKER, ports=_ports("trainer"), health=Health(start_period_s=120),
         args=("--game", game, "--replay", replay.grpc_address, "--models", model_dir,
               "--checkpoint-dir", checkpoints, "--resume",
-              *(("--steps", str(config.train_steps)) if config.train_steps else ())),
+              *(("--steps", str(config.train_steps)) if config.train_steps else ()),
+              *preset_flags.get("trainer", ())),
         # In a container the default (<checkpoint-dir>/../tensorboard) would not be on a volume.
         container_args=("--tensorboard-dir", tensorboard), gpu=True,
         doc="Exports version 0 before training, then a version every export interval, to "
@@ -188,14 +221,23 @@ def build_program(config: FleetConfig) -> Program:
     agent = program.add_node(Node(
         "agent", "services.agent", kind=WORKER, ports=_ports("agent"), health=Health(start_period_s=60),
         args=("--game", game, "--environment", environment.grpc_address, "--network", network.grpc_address,
-              "--replay", replay.grpc_address, *batch, *sims),
+              "--replay", replay.grpc_address, *batch, *sims, *PRESETS[config.preset].agent_args),
         replicas=config.num_agents, scalable=True,
         doc="Batched MCTS self-play. Scale with `--scale agent=N`: no container name, no host port; "
             "every replica registers under the name `agent`, which Prometheus and the monitor "
             "resolve to all replicas. No --seed: each replica draws a fresh one, so replicas play "
             "different games."))
+    reanalyse = program.add_node(Node(
+        "reanalyse", "services.reanalyse", kind=WORKER, ports=_ports("reanalyse"), health=Health(start_period_s=60),
+        args=("--game", game, "--replay", replay.grpc_address, "--network", network.grpc_address, *sims,
+              *PRESETS[config.preset].reanalyse_args),
+        replicas=max(config.reanalysers, 1), scalable=True,
+        profile=None if config.reanalysers else "reanalyse",
+        doc="Searches stored positions again with the newest model and sends the new targets to the "
+            "replay (MuZero Reanalyse). Optional: `--profile reanalyse` starts it, `--scale "
+            "reanalyse=N` runs N (each with a fresh seed and the replay's oldest targets first)."))
     if config.monitor:
-        scraped = (environment, replay, trainer, network, agent)
+        scraped = (environment, replay, trainer, network, agent, reanalyse)
         program.add_node(Node(
             "monitor", "monitor", kind=HTTP, ports=_ports("monitor"),
             args=("--game", game, "--environment", environment.grpc_address, "--replay", replay.grpc_address,

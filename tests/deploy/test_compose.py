@@ -22,8 +22,8 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 GPU_OVERRIDE = REPO_ROOT / "docker-compose.gpu.yml"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 PROMETHEUS = REPO_ROOT / "docker" / "prometheus.yml"
-SERVICES = ("environment", "replay", "network", "trainer", "agent", "monitor", "prometheus")
-PYTHON_SERVICES = ("environment", "replay", "trainer", "agent", "monitor")
+SERVICES = ("environment", "replay", "network", "trainer", "agent", "reanalyse", "monitor", "prometheus")
+PYTHON_SERVICES = ("environment", "replay", "trainer", "agent", "reanalyse", "monitor")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -111,6 +111,9 @@ def test_every_service_is_checked_and_bound_to_all_interfaces(compose):
     depends = services["agent"]["depends_on"]
     assert all(depends[peer]["condition"] == "service_healthy" for peer in ("environment", "replay", "network"))
     assert services["trainer"]["depends_on"]["replay"]["condition"] == "service_healthy"
+    # Reanalyse is optional: `docker compose --profile reanalyse up` starts it; it scales like agents.
+    assert services["reanalyse"]["profiles"] == ["reanalyse"]
+    assert "container_name" not in services["reanalyse"] and "ports" not in services["reanalyse"]
 
 
 def published(service: dict) -> list[tuple[str, str, str]]:

@@ -34,8 +34,8 @@ def test_the_program_holds_handles_not_addresses():
     assert Address("replay", "grpc") in agent.args and Setting("GAME", "cartpole") in agent.args
     assert not any(isinstance(a, str) and ("127.0.0.1" in a or ":500" in a) for a in agent.args)
     assert program.node("trainer").args[program.node("trainer").args.index("--models") + 1] == Dir("models", "muzero")
-    assert [n.name for n in program.nodes] == ["environment", "replay", "trainer", "network", "agent", "monitor",
-                                              "prometheus"]
+    assert [n.name for n in program.nodes] == ["environment", "replay", "trainer", "network", "agent", "reanalyse",
+                                              "monitor", "prometheus"]
 
 
 def test_local_rendering_is_the_launchers_command_lines():
@@ -68,6 +68,27 @@ def test_local_rendering_is_the_launchers_command_lines():
     assert {s.name: s.health_service for s in specs}["network"] == "tensorflow.serving.PredictionService"
     # Prometheus exists only as a container: the local fleet has no process for it.
     assert "prometheus" not in {s.node for s in specs}
+
+
+def test_reanalysers_run_only_when_asked_and_are_scraped_then():
+    off = build_program(FleetConfig(game="cartpole", run_dir=Path("unused")))
+    assert off.node("reanalyse").profile == "reanalyse"  # compose: `--profile reanalyse`
+    assert "reanalyse-0" not in {s.name for s in build_topology(FleetConfig(game="cartpole", run_dir=Path("r")))}
+
+    specs = build_topology(FleetConfig(game="cartpole", run_dir=Path("runs/cartpole"), num_reanalysers=2,
+                                       simulations=12))
+    names = [s.name for s in specs]
+    assert names == ["environment", "replay", "trainer", "network", "agent-0", "reanalyse-0", "reanalyse-1",
+                     "monitor"]
+    fleet = fleet_of(specs)
+    started(fleet, ["environment", "replay", "network", "trainer", "agent-0", "reanalyse-0", "reanalyse-1"])
+    commands = {spec.name: [spec.module, *fleet.command(spec)] for spec in specs}
+    assert commands["reanalyse-0"] == ["services.reanalyse", "--game", "cartpole", "--replay", "127.0.0.1:6001",
+                                       "--network", "127.0.0.1:6002", "--simulations", "12",
+                                       "--metrics-port", "9105"]
+    assert commands["reanalyse-1"][-2:] == ["--metrics-port", "0"]  # later replicas: free ports
+    monitor = commands["monitor"]
+    assert "reanalyse-0=127.0.0.1:7005" in monitor and "reanalyse-1=127.0.0.1:7006" in monitor
 
 
 def test_replicas_are_numbered_and_each_is_scraped():

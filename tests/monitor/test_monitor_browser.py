@@ -33,8 +33,9 @@ CHARTS_WITH_DATA_JS = """() => {
 def fleet(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fleet-tictactoe")
     config = FleetConfig(game="tictactoe", run_dir=run_dir, fixed_ports=False, monitor=True,
-                         games_per_batch=16, simulations=4,
-                         extra_args=(("monitor", ("--scrape-interval-s", "1")),))
+                         games_per_batch=16, simulations=4, num_reanalysers=1,
+                         extra_args=(("monitor", ("--scrape-interval-s", "1")),
+                                     ("reanalyse-0", ("--batch-size", "64", "--max-positions-per-s", "300"))))
     fleet = LocalFleet(build_topology(config), log_dir=Path(run_dir) / "logs",
                        log=get_logger("launcher", stream=io.StringIO()), ready_timeout_s=240)
     try:
@@ -61,9 +62,9 @@ def test_dashboard_renders_live_charts(fleet, page, tmp_path):
     assert all(n >= 2 for n in points.values()), points
     cards = page.page.locator(".card.service")
     names = sorted(cards.nth(i).get_attribute("data-service") for i in range(cards.count()))
-    assert names == ["agent-0", "environment", "network", "replay", "trainer"]
-    assert page.page.locator(".card.service.status-up").count() == 5
-    assert page.page.inner_text("#fleet-pill").strip() == "5/5 services up"
+    assert names == ["agent-0", "environment", "network", "reanalyse-0", "replay", "trainer"]
+    assert page.page.locator(".card.service.status-up").count() == 6
+    assert page.page.inner_text("#fleet-pill").strip() == "6/6 services up"
     kpi = page.page.inner_text('.kpi[data-key="agent_simulations_per_s"] b')
     assert kpi not in ("–", "0"), kpi
     path = screenshot(page.page, tmp_path, "dashboard-tictactoe")
