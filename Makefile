@@ -51,19 +51,26 @@ bench: venv protos
 # Learning benchmark: 20 minutes of wall clock per seed (see docs/learning.md).
 SEEDS ?= 0
 BUDGET_MIN ?= 20
+# The sample-efficient regime: make bench-learn PRESET=sample-efficient ENV_STEPS=50000 BUDGET_MIN=30
+ENV_STEPS ?= 0
 bench-learn: venv protos
-	$(PY) -m benchmarks.learn --game $(GAME) --seeds $(SEEDS) --budget-min $(BUDGET_MIN)
+	$(PY) -m benchmarks.learn --game $(GAME) --seeds $(SEEDS) --budget-min $(BUDGET_MIN) \
+	  --preset "$(PRESET)" --env-steps-budget $(ENV_STEPS)
 
-# Ports of `make run`: the fixed defaults (gRPC 50000-50002, metrics 9100-9104, dashboard 5000),
-# PORT_BASE=P for the block P..P+20 (gRPC P..P+2, metrics P+10..P+14, dashboard P+20), or
+# Ports of `make run`: the fixed defaults (gRPC 50000-50002, metrics 9100-9105, dashboard 5000),
+# PORT_BASE=P for the block P..P+20 (gRPC P..P+2, metrics P+10..P+15, dashboard P+20), or
 # PORTS=free for free ports. The launcher names a taken port before it starts anything.
 PORT_BASE ?=
 PORTS ?= fixed
+# Reanalyse workers of `make run` (docs/reanalyse.md): REANALYSERS=1 starts one.
+REANALYSERS ?= 0
+# A regime's settings (services/launcher/presets.py): PRESET=sample-efficient is EfficientZero's.
+PRESET ?=
 LAUNCHER_PORTS = $(if $(filter-out fixed free,$(PORTS)),$(error PORTS must be fixed or free, got "$(PORTS)"))$(if \
   $(filter free,$(PORTS)),--free-ports)$(if $(PORT_BASE), --port-base $(PORT_BASE))
 
 run: venv protos
-	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR) $(LAUNCHER_PORTS)
+	$(PY) -m services.launcher --game $(GAME) --run-dir $(RUN_DIR) --reanalysers $(REANALYSERS) --preset "$(PRESET)" $(LAUNCHER_PORTS)
 
 # docker-compose.yml, docker-compose.gpu.yml and docker/prometheus.yml are generated from the fleet's program
 # (services/launcher/topology.py); tests/deploy/test_compose_rendering.py fails when they drift.

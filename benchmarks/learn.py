@@ -11,6 +11,15 @@ docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) a
 curve; docs/learning/<game>.json summarizes the seeds. With --keep-going a run evaluates until
 the budget is spent, to show whether the target holds once reached; it writes
 <game>-seed<k>-full.json and .png, which the summary leaves out.
+
+With `--preset NAME` (services/launcher/presets.py) the fleet runs that regime and the reports
+are docs/learning/<game>-<preset>-seed<k>.json, summarized in <game>-<preset>.json. With
+`--env-steps-budget N` a run also stops once the environment has played N steps (every
+evaluation records the steps played so far), and the target counts as reached only at an
+evaluation within those N steps: the sample-efficiency measure.
+
+    python -m benchmarks.learn --game cartpole --preset sample-efficient --env-steps-budget 50000 \
+        --budget-min 30 --eval-interval-s 30 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from services.agent.evaluate import evaluate  # noqa: E402
 from services.agent.opponents import random_opponent, tictactoe_minimax  # noqa: E402
 from services.common.logs import get_logger  # noqa: E402
 from services.common.metrics import sum_samples  # noqa: E402
+from services.agent import metrics as agent_metrics  # noqa: E402
 from services.environment.client import EnvironmentClient  # noqa: E402
+from services.launcher.presets import PRESETS  # noqa: E402
 from services.launcher.local import LocalFleet  # noqa: E402
 from services.launcher.topology import FleetConfig, build_topology  # noqa: E402
 from services.replay import metrics as replay_metrics  # noqa: E402
@@ -73,16 +84,24 @@ TARGETS = {
 }
 
 
+def report_name(game: str, preset: str) -> str:
+    """The reports' stem: "<game>" or "<game>-<preset>"."""
+    return f"{game}-{preset}" if preset else game
+
+
 def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
-             console: Console, agents: int, keep_going: bool = False) -> dict:
+             console: Console, agents: int, keep_going: bool = False, preset: str = "",
+             env_steps_budget: int = 0) -> dict:
     target = TARGETS[game]
-    run_dir = run_root / f"{game}-seed{seed}"
+    stem = report_name(game, preset)
+    run_dir = run_root / f"{stem}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = FleetConfig(game=game, run_dir=run_dir, num_agents=agents, fixed_ports=False, monitor=False,
+                         preset=preset,
                          extra_args=(("trainer", ("--seed", str(seed))),
                                      *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents))))
     fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
-                       log=get_logger("bench-learn", stream=open(run_root / f"{game}-seed{seed}.log", "w")))
+                       log=get_logger("bench-learn", stream=open(run_root / f"{stem}-seed{seed}.log", "w")))
     evaluations = []
     reached_at = None
     started = time.monotonic()
@@ -92,12 +111,17 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
         with EnvironmentClient(fleet.grpc_addresses["environment"], timeout_s=120) as environment, \
                 console.status(f"{game} seed {seed}") as status:
             next_eval = started + eval_interval_s
-            while time.monotonic() - started < budget_s:
-                status.update(f"{game} seed {seed}: {time.monotonic() - started:.0f}s, step "
-                              f"{sum_samples(fleet.scrape('trainer'), trainer_metrics.STEPS_TOTAL):.0f}")
+            steps_spent = False
+            while time.monotonic() - started < budget_s and not steps_spent:
+                env_steps = _env_steps(fleet)
+                steps_spent = bool(env_steps_budget) and env_steps >= env_steps_budget
+                status.update(f"{stem} seed {seed}: {time.monotonic() - started:.0f}s, step "
+                              f"{sum_samples(fleet.scrape('trainer'), trainer_metrics.STEPS_TOTAL):.0f}, "
+                              f"env steps {env_steps:,.0f}")
                 if fleet.exited():
                     raise RuntimeError(f"a service stopped: {fleet.exited()}")
-                if time.monotonic() < next_eval:
+                # The budget of environment steps spent: one last evaluation of what it bought.
+                if time.monotonic() < next_eval and not steps_spent:
                     time.sleep(1.0)
                     continue
                 # The newest exported version, loaded here: it stays the same for the whole
@@ -107,23 +131,28 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 result = evaluate(game, environment, LocalNetwork(model), target.games, simulations,
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
-                           **result.summary(), **_fleet_counts(fleet)}
+                           "env_steps": int(env_steps), **result.summary(), **_fleet_counts(fleet)}
                 evaluations.append(summary)
-                console.print(f"{game} seed {seed}: {summary}")
-                if target.reached(summary) and reached_at is None:
+                console.print(f"{stem} seed {seed}: {summary}")
+                within = not env_steps_budget or env_steps <= env_steps_budget
+                if target.reached(summary) and within and reached_at is None:
                     reached_at = summary["elapsed_s"]
                     if not keep_going:
                         break
                 next_eval = time.monotonic() + eval_interval_s
     finally:
         fleet.stop()
-    settings = dataclasses.asdict(games.make(game).settings)
-    report = {"game": game, "seed": seed, "target": target.description, "budget_s": budget_s,
-              "reached": reached_at is not None, "time_to_target_s": reached_at, "agents": agents,
+    settings = dataclasses.asdict(PRESETS[preset].game_settings(game))
+    reached_steps = next((e["env_steps"] for e in evaluations if e["elapsed_s"] == reached_at), None)
+    report = {"game": game, "seed": seed, "preset": preset, "target": target.description, "budget_s": budget_s,
+              "env_steps_budget": env_steps_budget, "reached": reached_at is not None,
+              "time_to_target_s": reached_at, "env_steps_to_target": reached_steps, "agents": agents,
+              "fleet": {"games_per_batch": config.agent_games_per_batch, "reanalysers": config.reanalysers,
+                        "preset_flags": {k: list(v) for k, v in PRESETS[preset].service_flags(game).items()}},
               "kept_going": keep_going, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)
-    name = f"{game}-seed{seed}" + ("-full" if keep_going else "")
+    name = f"{stem}-seed{seed}" + ("-full" if keep_going else "")
     (DOCS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, DOCS / f"{name}.png")
     return report
@@ -135,6 +164,14 @@ def _after_target(evaluations: list[dict], target: Target) -> dict[str, int]:
     first = next((i for i, e in enumerate(evaluations) if target.reached(e)), None)
     later = [] if first is None else evaluations[first + 1:]
     return {"evaluations": len(later), "at_target": sum(target.reached(e) for e in later)}
+
+
+def _env_steps(fleet: LocalFleet) -> float:
+    """Environment steps self-play has played so far: the agents' moves summed over their games
+    (`mufleet_agent_moves_total`). Not the environment server's own count, which includes this
+    benchmark's evaluation games."""
+    return sum(sum_samples(fleet.scrape(name), agent_metrics.MOVES_TOTAL)
+               for name in fleet.processes if name.startswith("agent-"))
 
 
 def _fleet_counts(fleet: LocalFleet) -> dict[str, int]:
@@ -157,7 +194,9 @@ def _load_newest(models: Path, attempts: int = 5):
 
 def _plot(report: dict, path: Path) -> None:
     evaluations = report["evaluations"]
-    minutes = [e["elapsed_s"] / 60 for e in evaluations]
+    by_steps = bool(report.get("env_steps_budget"))
+    # x: environment steps where they are the budget, else wall-clock minutes
+    minutes = [e["env_steps"] if by_steps else e["elapsed_s"] / 60 for e in evaluations]
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
     if report["game"] == "cartpole":
         axis.plot(minutes, [e["mean_return"] for e in evaluations], marker="o", label="mean greedy return")
@@ -167,8 +206,11 @@ def _plot(report: dict, path: Path) -> None:
         for key in ("wins", "draws", "losses"):
             axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
         axis.set_ylabel("games of 200 vs minimax")
-    axis.set_xlabel("wall-clock minutes")
-    axis.set_title(f"{report['game']} seed {report['seed']}\n{report['target']}", fontsize=10)
+    if by_steps:
+        axis.axvline(report["env_steps_budget"], color="red", linestyle=":", label="env-step budget")
+    axis.set_xlabel("self-play environment steps" if by_steps else "wall-clock minutes")
+    preset = f" ({report['preset']})" if report.get("preset") else ""
+    axis.set_title(f"{report['game']}{preset} seed {report['seed']}\n{report['target']}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -187,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-going", action="store_true",
                         help="go on evaluating until the budget is spent, after the target too "
                              "(shows whether it holds); the report is named <game>-seed<k>-full.json")
+    parser.add_argument("--preset", default="", choices=sorted(PRESETS),
+                        help="the fleet's regime (services/launcher/presets.py); reports <game>-<preset>-seed<k>")
+    parser.add_argument("--env-steps-budget", type=int, default=0,
+                        help="stop once self-play has played this many environment steps; the target "
+                             "counts only when reached within them (0 = no such budget)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
@@ -195,21 +242,24 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary_only:
         for seed in args.seeds:
             run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
-                     args.agents, args.keep_going)
-    console.print(write_summary(args.game))
+                     args.agents, args.keep_going, args.preset, args.env_steps_budget)
+    console.print(write_summary(args.game, args.preset))
 
 
-def write_summary(game: str) -> dict:
-    """docs/learning/<game>.json from every seed report of the game in docs/learning/."""
-    reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{game}-seed*.json"))
+def write_summary(game: str, preset: str = "") -> dict:
+    """docs/learning/<stem>.json from every seed report of the game (and preset) there."""
+    stem = report_name(game, preset)
+    reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{stem}-seed*.json"))
                if not p.stem.endswith("-full")]  # --keep-going runs are reported on their own
-    summary = {"game": game, "target": TARGETS[game].description,
+    summary = {"game": game, "preset": preset, "target": TARGETS[game].description,
                "seeds_reaching_target": sum(r["reached"] for r in reports), "seeds_run": len(reports),
                "seeds": {r["seed"]: {"reached": r["reached"], "time_to_target_s": r["time_to_target_s"],
                                      "budget_s": r["budget_s"],
+                                     "env_steps_budget": r.get("env_steps_budget", 0),
+                                     "env_steps_to_target": r.get("env_steps_to_target"),
                                      "last": r["evaluations"][-1] if r["evaluations"] else None}
                          for r in reports}}
-    (DOCS / f"{game}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (DOCS / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 

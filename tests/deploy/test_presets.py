@@ -1,0 +1,64 @@
+"""Presets (services/launcher/presets.py): each one's settings reach the services that own them,
+as flags those services take, and give the configs the preset promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import games
+from services.launcher.presets import PRESETS, Preset, preset
+from services.launcher.topology import FleetConfig, build_topology
+from services.replay.__main__ import parse_args as replay_config
+from services.trainer.__main__ import parse_args as trainer_config
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("game", ["cartpole", "tictactoe"])
+def test_a_presets_flags_give_the_services_its_settings(name, game, tmp_path):
+    chosen = preset(name)
+    expected = chosen.game_settings(game)
+    flags = chosen.service_flags(game)
+    replay = replay_config(["--game", game, "--data-dir", str(tmp_path / "replay"), *flags.get("replay", ())])
+    trainer = trainer_config(["--game", game, "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                              "--checkpoint-dir", str(tmp_path / "c"), *flags.get("trainer", ())])
+    for field in ("samples_per_insert", "min_positions", "reanalysed_target_fraction", "td_age_versions_per_step",
+                  "block_inserts"):
+        assert getattr(replay, field) == getattr(expected.replay, field), field
+    assert trainer.settings.training == expected.training
+
+
+def test_the_sample_efficient_fleet_runs_its_reanalyser_and_small_batches():
+    specs = {s.name: s for s in build_topology(FleetConfig(game="cartpole", run_dir=Path("r"),
+                                                           preset="sample-efficient"))}
+    assert "reanalyse-0" in specs
+    agent = specs["agent-0"].args
+    assert agent[agent.index("--games-per-batch") + 1] == "16"
+    assert "--block-inserts" in specs["replay"].args
+    assert "--consistency-weight" in specs["trainer"].args
+    # What the launcher is given wins over the preset.
+    given = {s.name: s for s in build_topology(FleetConfig(game="cartpole", run_dir=Path("r"), preset="sample-efficient",
+                                                           games_per_batch=64, num_reanalysers=2))}
+    assert given["agent-0"].args[given["agent-0"].args.index("--games-per-batch") + 1] == "64"
+    assert "reanalyse-1" in given
+    # No preset: the game's defaults, no flags added.
+    plain = {s.name: s for s in build_topology(FleetConfig(game="cartpole", run_dir=Path("r")))}
+    assert plain["replay"].args[:4] == ("--game", "cartpole", "--data-dir", "r/replay")
+    assert "--consistency-weight" not in plain["trainer"].args and "reanalyse-0" not in plain
+
+
+def test_bad_presets_are_refused_naming_what_is_wrong():
+    with pytest.raises(ValueError, match="no settings field 'samples_per_inserts'"):
+        Preset("x", "", settings={"samples_per_inserts": 2.0})
+    with pytest.raises(ValueError, match="search.num_simulations is not a flag of the replay or the trainer"):
+        Preset("x", "", settings={"num_simulations": 4})
+    with pytest.raises(ValueError, match="training.num_unroll_steps is not a flag"):
+        Preset("x", "", settings={"num_unroll_steps": 3})  # the replay and the trainer would disagree
+    with pytest.raises(ValueError, match="samples_per_insert must be >= 0"):
+        Preset("x", "", settings={"samples_per_insert": -1.0}).service_flags("cartpole")
+    with pytest.raises(ValueError, match="no preset 'fast'"):
+        preset("fast")
+    with pytest.raises(ValueError, match="FleetConfig.preset must be one of"):
+        FleetConfig(game="cartpole", run_dir=Path("r"), preset="fast")
+    assert games.make("cartpole").settings == preset("").game_settings("cartpole")
