@@ -84,20 +84,36 @@ TARGETS = {
 }
 
 
-def report_name(game: str, preset: str) -> str:
-    """The reports' stem: "<game>" or "<game>-<preset>"."""
-    return f"{game}-{preset}" if preset else game
+def report_name(game: str, preset: str, label: str = "") -> str:
+    """The reports' stem: "<game>", "<game>-<preset>", then "-<label>" if given."""
+    return "-".join(part for part in (game, preset, label) if part)
+
+
+def parse_change(text: str) -> tuple[str, object]:
+    """"field=value" -> (field, value) with the value as the bool, int or float it reads as."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"--change takes FIELD=VALUE, got {text!r}")
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return name, lowered == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(raw)
+        except ValueError:
+            pass
+    return name, raw
 
 
 def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
              console: Console, agents: int, keep_going: bool = False, preset: str = "",
-             env_steps_budget: int = 0) -> dict:
+             env_steps_budget: int = 0, changes: tuple[tuple[str, object], ...] = (), label: str = "") -> dict:
     target = TARGETS[game]
-    stem = report_name(game, preset)
+    stem = report_name(game, preset, label)
     run_dir = run_root / f"{stem}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     config = FleetConfig(game=game, run_dir=run_dir, num_agents=agents, fixed_ports=False, monitor=False,
-                         preset=preset,
+                         preset=preset, preset_changes=changes,
                          extra_args=(("trainer", ("--seed", str(seed))),
                                      *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents))))
     fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
@@ -142,13 +158,15 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 next_eval = time.monotonic() + eval_interval_s
     finally:
         fleet.stop()
-    settings = dataclasses.asdict(PRESETS[preset].game_settings(game))
+    chosen = config.chosen_preset
+    settings = dataclasses.asdict(chosen.game_settings(game))
     reached_steps = next((e["env_steps"] for e in evaluations if e["elapsed_s"] == reached_at), None)
-    report = {"game": game, "seed": seed, "preset": preset, "target": target.description, "budget_s": budget_s,
+    report = {"game": game, "seed": seed, "preset": preset, "label": label, "changes": dict(changes),
+              "target": target.description, "budget_s": budget_s,
               "env_steps_budget": env_steps_budget, "reached": reached_at is not None,
               "time_to_target_s": reached_at, "env_steps_to_target": reached_steps, "agents": agents,
               "fleet": {"games_per_batch": config.agent_games_per_batch, "reanalysers": config.reanalysers,
-                        "preset_flags": {k: list(v) for k, v in PRESETS[preset].service_flags(game).items()}},
+                        "preset_flags": {k: list(v) for k, v in chosen.service_flags(game).items()}},
               "kept_going": keep_going, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -234,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-steps-budget", type=int, default=0,
                         help="stop once self-play has played this many environment steps; the target "
                              "counts only when reached within them (0 = no such budget)")
+    parser.add_argument("--change", type=parse_change, action="append", default=[], metavar="FIELD=VALUE",
+                        help="a change to the preset (a settings field, or reanalysers / games_per_batch), "
+                             "e.g. --change consistency_weight=0 for an ablation; repeatable")
+    parser.add_argument("--label", default="", help="names the reports: <game>-<preset>-<label>-seed<k>")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
@@ -242,16 +264,17 @@ def main(argv: list[str] | None = None) -> None:
     if not args.summary_only:
         for seed in args.seeds:
             run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
-                     args.agents, args.keep_going, args.preset, args.env_steps_budget)
-    console.print(write_summary(args.game, args.preset))
+                     args.agents, args.keep_going, args.preset, args.env_steps_budget, tuple(args.change),
+                     args.label)
+    console.print(write_summary(args.game, args.preset, args.label))
 
 
-def write_summary(game: str, preset: str = "") -> dict:
-    """docs/learning/<stem>.json from every seed report of the game (and preset) there."""
-    stem = report_name(game, preset)
+def write_summary(game: str, preset: str = "", label: str = "") -> dict:
+    """docs/learning/<stem>.json from every seed report of the game (preset, label) there."""
+    stem = report_name(game, preset, label)
     reports = [json.loads(p.read_text()) for p in sorted(DOCS.glob(f"{stem}-seed*.json"))
                if not p.stem.endswith("-full")]  # --keep-going runs are reported on their own
-    summary = {"game": game, "preset": preset, "target": TARGETS[game].description,
+    summary = {"game": game, "preset": preset, "label": label, "target": TARGETS[game].description,
                "seeds_reaching_target": sum(r["reached"] for r in reports), "seeds_run": len(reports),
                "seeds": {r["seed"]: {"reached": r["reached"], "time_to_target_s": r["time_to_target_s"],
                                      "budget_s": r["budget_s"],

@@ -77,6 +77,15 @@ class Preset:
         require(self.reanalysers >= 0, f"Preset {self.name!r}: reanalysers must be >= 0")
         require(self.games_per_batch >= 0, f"Preset {self.name!r}: games_per_batch must be >= 0")
 
+    def with_changes(self, changes: Mapping[str, Any]) -> "Preset":
+        """This preset with more field changes (settings fields, or "reanalysers" and
+        "games_per_batch"): ablations and one-off runs ("sample-efficient without reanalyse")."""
+        changes = dict(changes)
+        fleet = {name: int(changes.pop(name)) for name in ("reanalysers", "games_per_batch") if name in changes}
+        return dataclasses.replace(self, settings={**self.settings, **changes},
+                                   per_game={g: {k: v for k, v in c.items() if k not in changes}
+                                             for g, c in self.per_game.items()}, **fleet)
+
     def changes(self, game: str) -> dict[str, Any]:
         """The field changes for `game`."""
         return {**self.settings, **self.per_game.get(game, {})}

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from games.validation import require
-from services.launcher.presets import PRESETS
 from services.launcher.program import GRPC, HTTP, STARTED, WORKER, Container, Each, Health, Mount, Node, \
     Ports, Program, Setting, join
 
 if TYPE_CHECKING:
     from services.launcher.local import ServiceSpec
+    from services.launcher.presets import Preset
 
 # Fixed ports of the local fleet, (gRPC or HTTP, metrics) by role: the ports of the README's
 # table of services (gRPC 5000x, metrics 910x, dashboard 5000).
@@ -64,6 +64,8 @@ class FleetConfig:
       preset: a name of `services.launcher.presets.PRESETS` ("" = the game's defaults): its
         settings go to the replay and the trainer as flags; its reanalysers and games per
         agent apply where num_reanalysers and games_per_batch are 0.
+      preset_changes: (name, value) changes to the preset (`Preset.with_changes`): settings
+        fields, "reanalysers", "games_per_batch"; ablations turn one option off this way.
       games_per_batch: B, games each agent plays at once (0 = the game's default).
       simulations: MCTS simulations per move (0 = the game's default).
       train_steps: trainer steps before the trainer stops (0 = until stopped).
@@ -81,6 +83,7 @@ class FleetConfig:
     num_agents: int = 1
     num_reanalysers: int = 0
     preset: str = ""
+    preset_changes: tuple[tuple[str, Any], ...] = ()
     games_per_batch: int = 0
     simulations: int = 0
     train_steps: int = 0
@@ -101,6 +104,7 @@ class FleetConfig:
 
         require(self.preset in PRESETS,
                 f"FleetConfig.preset must be one of {', '.join(repr(n) for n in PRESETS)}, got {self.preset!r}")
+        self.chosen_preset.service_flags(self.game)  # every change is checked where settings are
         require(self.games_per_batch >= 0,
                 f"FleetConfig.games_per_batch must be >= 0, got {self.games_per_batch}")
         require(self.simulations >= 0, f"FleetConfig.simulations must be >= 0, got {self.simulations}")
@@ -112,18 +116,21 @@ class FleetConfig:
                 f"FleetConfig.port_base must be 0 when fixed_ports is False (free ports), got {self.port_base}")
 
     @property
-    def reanalysers(self) -> int:
-        """Reanalyse workers that run: num_reanalysers, or the preset's."""
+    def chosen_preset(self) -> "Preset":
+        """The preset with `preset_changes` applied."""
         from services.launcher.presets import PRESETS
 
-        return self.num_reanalysers or PRESETS[self.preset].reanalysers
+        return PRESETS[self.preset].with_changes(dict(self.preset_changes))
+
+    @property
+    def reanalysers(self) -> int:
+        """Reanalyse workers that run: num_reanalysers, or the preset's."""
+        return self.num_reanalysers or self.chosen_preset.reanalysers
 
     @property
     def agent_games_per_batch(self) -> int:
         """B of each agent: games_per_batch, or the preset's (0 = the game's default)."""
-        from services.launcher.presets import PRESETS
-
-        return self.games_per_batch or PRESETS[self.preset].games_per_batch
+        return self.games_per_batch or self.chosen_preset.games_per_batch
 
     def ports(self, role: str) -> tuple[int | None, int | None]:
         """The fixed (gRPC or HTTP, metrics) ports of the first service of `role`; None where it
@@ -164,7 +171,8 @@ def build_program(config: FleetConfig) -> Program:
     model_dir = models / "muzero"  # models/models.config's base_path in containers
     sims = ("--simulations", str(config.simulations)) if config.simulations else ()
     batch = ("--games-per-batch", str(config.agent_games_per_batch)) if config.agent_games_per_batch else ()
-    preset_flags = PRESETS[config.preset].service_flags(config.game)
+    chosen = config.chosen_preset
+    preset_flags = chosen.service_flags(config.game)
 
     environment = program.add_node(Node(
         "environment", "services.environment", args=("--game", game), kind=GRPC, ports=_ports("environment"),
@@ -221,7 +229,7 @@ def build_program(config: FleetConfig) -> Program:
     agent = program.add_node(Node(
         "agent", "services.agent", kind=WORKER, ports=_ports("agent"), health=Health(start_period_s=60),
         args=("--game", game, "--environment", environment.grpc_address, "--network", network.grpc_address,
-              "--replay", replay.grpc_address, *batch, *sims, *PRESETS[config.preset].agent_args),
+              "--replay", replay.grpc_address, *batch, *sims, *chosen.agent_args),
         replicas=config.num_agents, scalable=True,
         doc="Batched MCTS self-play. Scale with `--scale agent=N`: no container name, no host port; "
             "every replica registers under the name `agent`, which Prometheus and the monitor "
@@ -230,7 +238,7 @@ def build_program(config: FleetConfig) -> Program:
     reanalyse = program.add_node(Node(
         "reanalyse", "services.reanalyse", kind=WORKER, ports=_ports("reanalyse"), health=Health(start_period_s=60),
         args=("--game", game, "--replay", replay.grpc_address, "--network", network.grpc_address, *sims,
-              *PRESETS[config.preset].reanalyse_args),
+              *chosen.reanalyse_args),
         replicas=max(config.reanalysers, 1), scalable=True,
         profile=None if config.reanalysers else "reanalyse",
         doc="Searches stored positions again with the newest model and sends the new targets to the "

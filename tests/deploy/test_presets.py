@@ -62,3 +62,15 @@ def test_bad_presets_are_refused_naming_what_is_wrong():
     with pytest.raises(ValueError, match="FleetConfig.preset must be one of"):
         FleetConfig(game="cartpole", run_dir=Path("r"), preset="fast")
     assert games.make("cartpole").settings == preset("").game_settings("cartpole")
+
+
+def test_changes_to_a_preset_turn_one_option_off():
+    config = FleetConfig(game="cartpole", run_dir=Path("r"), preset="sample-efficient",
+                         preset_changes=(("consistency_weight", 0.0), ("reanalysers", 0)))
+    specs = {s.name: s for s in build_topology(config)}
+    trainer = specs["trainer"].args
+    assert trainer[trainer.index("--consistency-weight") + 1] == "0.0"
+    assert "reanalyse-0" not in specs and "--block-inserts" in specs["replay"].args
+    with pytest.raises(ValueError, match="samples_per_insert must be >= 0"):
+        FleetConfig(game="cartpole", run_dir=Path("r"), preset="sample-efficient",
+                    preset_changes=(("samples_per_insert", -2.0),))
