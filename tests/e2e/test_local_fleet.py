@@ -15,7 +15,6 @@ from services.common.metrics import sum_samples
 from services.common.processes import REPO_ROOT
 from services.launcher.local import LocalFleet, wait_for
 from services.launcher.topology import FleetConfig, build_topology
-from services.reanalyse import metrics as reanalyse_metrics
 from services.replay.client import ReplayClient
 from services.trainer import metrics as trainer_metrics
 
@@ -30,13 +29,11 @@ def _train_losses(log_path: Path) -> list[tuple[int, float]]:
 
 
 def test_fleet_trains_cartpole_versions_advance_and_agents_follow(tmp_path):
-    """With a reanalyser: stored targets are refreshed by newer versions while training goes on."""
     config = FleetConfig(
         game="cartpole", run_dir=tmp_path / "run", games_per_batch=32, simulations=8, fixed_ports=False,
-        monitor=False, num_reanalysers=1,
+        monitor=False,
         extra_args=(("trainer", ("--export-interval", "25", "--log-interval", "1", "--batch-size", "64")),
-                    ("replay", ("--min-positions", "300")),
-                    ("reanalyse-0", ("--batch-size", "64", "--max-positions-per-s", "500"))))
+                    ("replay", ("--min-positions", "300"))))
     fleet = LocalFleet(build_topology(config), log_dir=tmp_path / "logs",
                        log=get_logger("test", stream=open(tmp_path / "launcher.log", "w")))
     try:
@@ -55,11 +52,6 @@ def test_fleet_trains_cartpole_versions_advance_and_agents_follow(tmp_path):
                             timeout_s=120)
             stats = replay.get_stats()
             assert stats.positions > positions_early, "replay keeps growing"
-            # The reanalyser refreshed stored targets with versions newer than those that played them.
-            assert sum_samples(fleet.scrape("reanalyse-0"), reanalyse_metrics.POSITIONS_TOTAL) > 0, \
-                fleet.processes["reanalyse-0"].tail()
-            assert stats.reanalysed_positions > 0
-            assert fleet.scrape("reanalyse-0").get(reanalyse_metrics.MODEL_VERSION, 0) >= 50
         assert fleet.scrape("trainer")[trainer_metrics.EXPORTED_VERSION] >= 100
         versions = sorted(int(p.name) for p in (config.run_dir / "models" / "muzero").iterdir() if p.name.isdigit())
         assert versions[-1] >= 100 and 0 < len(versions)
