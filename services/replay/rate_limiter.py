@@ -167,15 +167,8 @@ class RateLimiter:
         started = self._clock()
         self.waiting += 1
         try:
-            while not self.can_sample(batch_size):
-                if self.cancelled:
-                    raise ReplayError("UNAVAILABLE", SHUTTING_DOWN.format(what="sample"))
-                left = None if timeout_s is None else timeout_s - (self._clock() - started)
-                if left is not None and left <= 0:
-                    raise ReplayError("DEADLINE_EXCEEDED",
-                                      f"rate limiter: waited {self._clock() - started:.2f}s and "
-                                      f"sampling is still not allowed: {self.describe(batch_size)}")
-                self.condition.wait(left)
+            self._wait_until(lambda: self.can_sample(batch_size), started, timeout_s, "sample", "sampling",
+                             lambda: self.describe(batch_size))
         finally:
             self.waiting -= 1
 
@@ -204,18 +197,25 @@ class RateLimiter:
         self.inserts_waiting += 1
         self.condition.notify_all()
         try:
-            while not self.can_insert():
-                if self.cancelled:
-                    raise ReplayError("UNAVAILABLE", SHUTTING_DOWN.format(what="add the games"))
-                left = None if timeout_s is None else timeout_s - (self._clock() - started)
-                if left is not None and left <= 0:
-                    raise ReplayError("DEADLINE_EXCEEDED",
-                                      f"rate limiter: waited {self._clock() - started:.2f}s and "
-                                      f"inserting is still not allowed: {self.describe_insert()}")
-                self.condition.wait(left)
+            self._wait_until(self.can_insert, started, timeout_s, "add the games", "inserting",
+                             self.describe_insert)
         finally:
             self.inserts_waiting -= 1
         return started
+
+    def _wait_until(self, allowed, started: float, timeout_s: float | None, what: str, doing: str,
+                    describe) -> None:
+        """Waits on `condition` until `allowed()`: UNAVAILABLE once cancelled ("... to `what`"),
+        DEADLINE_EXCEEDED `timeout_s` after `started` ("`doing` is still not allowed: ...")."""
+        while not allowed():
+            if self.cancelled:
+                raise ReplayError("UNAVAILABLE", SHUTTING_DOWN.format(what=what))
+            left = None if timeout_s is None else timeout_s - (self._clock() - started)
+            if left is not None and left <= 0:
+                raise ReplayError("DEADLINE_EXCEEDED",
+                                  f"rate limiter: waited {self._clock() - started:.2f}s and "
+                                  f"{doing} is still not allowed: {describe()}")
+            self.condition.wait(left)
 
     def cancel(self) -> None:
         """Answers every waiting sampler and inserter, and every later one that would wait,
