@@ -182,7 +182,16 @@ class TrainingSettings:
     Attributes:
       num_unroll_steps: K, dynamics steps unrolled in training (and the replay's default K).
       td_steps: n of the n-step value target.
-      value_prefix: EfficientZero's value-prefix reward targets instead of per-step rewards.
+      value_prefix: EfficientZero's value prefix: the dynamics' reward head becomes an LSTM
+        over the unrolled hidden states that predicts the sum of the rewards since the last
+        reset (every `value_prefix_horizon` steps of an unroll or a search path), the replay
+        serves such sums as reward targets, and the search turns prefixes back into per-edge
+        rewards by differences. The exported model carries the LSTM's state as one more
+        tensor (`value_prefix_state`). docs/trainer.md.
+      value_prefix_horizon: H >= 1: the LSTM's state and the sum restart every H steps
+        (EfficientZero: 5). Only used with value_prefix.
+      value_prefix_lstm_size: L >= 1, the LSTM's width; its state is [h, c], float32 [2L].
+        Only used with value_prefix.
       batch_size: training batch size (positions).
       learning_rate: the initial learning rate (> 0).
       lr_decay_steps: the learning rate is multiplied by lr_decay_rate every this many steps
@@ -208,6 +217,8 @@ class TrainingSettings:
     num_unroll_steps: int = 5
     td_steps: int = 10
     value_prefix: bool = False
+    value_prefix_horizon: int = 5
+    value_prefix_lstm_size: int = 64
     batch_size: int = 256
     learning_rate: float = 3e-3
     lr_decay_steps: int = 10_000
@@ -223,7 +234,7 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "num_unroll_steps", "td_steps", "batch_size", "lr_decay_steps",
-                  "export_interval")
+                  "export_interval", "value_prefix_horizon", "value_prefix_lstm_size")
         _at_least(self, 0, "weight_decay")
         require(isinstance(self.consistency_weight, numbers.Real)
                 and not isinstance(self.consistency_weight, bool)

@@ -17,6 +17,12 @@ Every SavedModel has exactly two signatures, both with a dynamic batch dimension
       -> {hidden_state float32 [B, *hidden_shape], value float32 [B], reward float32 [B],
           policy_logits float32 [B, A]}
 
+With value prefix (`training.value_prefix`, models/networks.py) the value-prefix LSTM's state
+travels like the hidden state: `initial_inference` also outputs `value_prefix_state` float32
+[B, 2L] (zeros), `recurrent_inference` also takes the parent's `value_prefix_state` and outputs
+the child's, and its `reward` is the value prefix. A caller tells the two kinds apart by that
+input (`LoadedModel.value_prefix`, the served signature's inputs).
+
 `value` and `reward` are decoded from the support inside the graph. `recurrent_inference`
 rejects actions outside [0, A) with INVALID_ARGUMENT (an assertion in the graph).
 
@@ -46,6 +52,9 @@ INITIAL_INFERENCE = "initial_inference"
 RECURRENT_INFERENCE = "recurrent_inference"
 SIGNATURES = (INITIAL_INFERENCE, RECURRENT_INFERENCE)
 OUTPUTS = ("hidden_state", "value", "reward", "policy_logits")
+VALUE_PREFIX_STATE = "value_prefix_state"
+"""The value-prefix LSTM's state, float32 [B, 2L]: an input of recurrent_inference and an output
+of both signatures of a value-prefix model."""
 TEMP_PREFIX = ".tmp-"
 DELETE_PREFIX = ".deleting-"
 
@@ -59,25 +68,42 @@ class _ServingModule(tf.Module):
         self.network = (network if getattr(network, "consistency", None) is None
                         else network.inference_module())
         num_actions = network.num_actions
+        value_prefix = bool(getattr(network, "value_prefix", False))
+
+        def outputs(out) -> dict[str, tf.Tensor]:
+            named = {"hidden_state": out.hidden_state, "value": out.value, "reward": out.reward,
+                     "policy_logits": out.policy_logits}
+            if value_prefix:
+                named[VALUE_PREFIX_STATE] = out.value_prefix_state
+            return named
 
         def initial_inference(observation):
-            out = network.initial_inference(observation, training=False)
-            return {"hidden_state": out.hidden_state, "value": out.value, "reward": out.reward,
-                    "policy_logits": out.policy_logits}
+            return outputs(network.initial_inference(observation, training=False))
 
-        def recurrent_inference(hidden_state, action):
+        def check(action):
             tf.debugging.assert_non_negative(action, message=f"action must be in [0, {num_actions})")
             tf.debugging.assert_less(action, tf.constant(num_actions, tf.int32),
                                      message=f"action must be in [0, {num_actions})")
-            out = network.recurrent_inference(hidden_state, action, training=False)
-            return {"hidden_state": out.hidden_state, "value": out.value, "reward": out.reward,
-                    "policy_logits": out.policy_logits}
 
+        def recurrent_inference(hidden_state, action):
+            check(action)
+            return outputs(network.recurrent_inference(hidden_state, action, training=False))
+
+        def recurrent_inference_with_prefix(hidden_state, action, value_prefix_state):
+            check(action)
+            return outputs(network.recurrent_inference(hidden_state, action, value_prefix_state,
+                                                       training=False))
+
+        recurrent_inputs = [tf.TensorSpec([None, *network.hidden_shape], tf.float32, name="hidden_state"),
+                            tf.TensorSpec([None], tf.int32, name="action")]
+        if value_prefix:
+            recurrent_inputs.append(tf.TensorSpec([None, network.value_prefix_state_size], tf.float32,
+                                                  name=VALUE_PREFIX_STATE))
         self.initial_inference = tf.function(initial_inference, input_signature=[
             tf.TensorSpec([None, *network.observation_shape], tf.float32, name="observation")])
-        self.recurrent_inference = tf.function(recurrent_inference, input_signature=[
-            tf.TensorSpec([None, *network.hidden_shape], tf.float32, name="hidden_state"),
-            tf.TensorSpec([None], tf.int32, name="action")])
+        self.recurrent_inference = tf.function(
+            recurrent_inference_with_prefix if value_prefix else recurrent_inference,
+            input_signature=recurrent_inputs)
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         return {INITIAL_INFERENCE: self.initial_inference.get_concrete_function(),
@@ -311,9 +337,18 @@ class LoadedModel:
     def initial_inference(self, observation: np.ndarray) -> dict[str, np.ndarray]:
         return self.run(INITIAL_INFERENCE, {"observation": np.asarray(observation, np.float32)})
 
-    def recurrent_inference(self, hidden_state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
-        return self.run(RECURRENT_INFERENCE, {"hidden_state": np.asarray(hidden_state, np.float32),
-                                              "action": np.asarray(action, np.int32)})
+    def recurrent_inference(self, hidden_state: np.ndarray, action: np.ndarray,
+                            value_prefix_state: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """With a value-prefix model, `value_prefix_state` [B, 2L] is required (zeros at a reset)."""
+        inputs = {"hidden_state": np.asarray(hidden_state, np.float32), "action": np.asarray(action, np.int32)}
+        if value_prefix_state is not None:
+            inputs[VALUE_PREFIX_STATE] = np.asarray(value_prefix_state, np.float32)
+        return self.run(RECURRENT_INFERENCE, inputs)
+
+    @property
+    def value_prefix(self) -> bool:
+        """Whether this is a value-prefix model (its recurrent_inference takes the LSTM state)."""
+        return VALUE_PREFIX_STATE in self.input_specs.get(RECURRENT_INFERENCE, {})
 
     def num_actions(self) -> int | None:
         """A (the width of policy_logits), if the signatures say."""

@@ -44,6 +44,18 @@ reward loss at k = 0 is ~0 and carries no gradient; a trainer should simply skip
 The final layers of the value and reward heads start at zero, so an untrained network predicts
 value 0 and reward 0 and a uniform distribution over its support.
 
+Value prefix (only with `settings.training.value_prefix`, EfficientZero's): the dynamics'
+reward head is replaced by a recurrent head that predicts the value prefix, the sum of the
+rewards since the last reset, from the unrolled hidden states:
+  "fc"      next hidden -> LSTMCell(L) -> BN + ReLU -> MLP(fc_layers) -> Dense(2S+1)
+  "resnet"  next hidden -> conv1x1(2) + BN + ReLU -> flatten -> LSTMCell(L) -> BN + ReLU
+            -> MLP(fc_layers) -> Dense(2S+1)
+  L = value_prefix_lstm_size. The LSTM's state [h, c] travels with the hidden state as
+  `value_prefix_state` float32 [B, 2L]: `initial_inference` gives zeros, `recurrent_inference`
+  takes the parent's and returns the child's, and its `reward` is the decoded value prefix.
+  Whoever unrolls (the trainer's loss, the search) resets the state to zeros every
+  `value_prefix_horizon` steps, where the replay's prefix targets restart too.
+
 Consistency heads (only when `settings.training.consistency_weight > 0`, for EfficientZero's
 temporal consistency loss, services/trainer/losses.py), SimSiam's projector and predictor as in
 EfficientZero's `project`:
@@ -80,7 +92,10 @@ class NetworkOutput(NamedTuple):
     reward_logits: [B, 2S+1]; from `initial_inference` a constant peaked at 0.
     policy_logits: [B, A].
     value: [B], decoded from value_logits.
-    reward: [B], decoded from reward_logits (0 from `initial_inference`).
+    reward: [B], decoded from reward_logits (0 from `initial_inference`); with value prefix,
+      the value prefix (the module docstring).
+    value_prefix_state: [B, 2L], the value-prefix LSTM's state [h, c] after this step (zeros
+      from `initial_inference`); None without value prefix.
     """
 
     hidden_state: tf.Tensor
@@ -89,6 +104,7 @@ class NetworkOutput(NamedTuple):
     policy_logits: tf.Tensor
     value: tf.Tensor
     reward: tf.Tensor
+    value_prefix_state: tf.Tensor | None = None
 
 
 def min_max_normalize(hidden: tf.Tensor) -> tf.Tensor:
@@ -110,6 +126,9 @@ class _Initializers:
 
     def conv(self) -> keras.initializers.Initializer:
         return keras.initializers.HeNormal(seed=next(self._seeds) if self._seeds else None)
+
+    def orthogonal(self) -> keras.initializers.Initializer:
+        return keras.initializers.Orthogonal(seed=next(self._seeds) if self._seeds else None)
 
 
 class _Mlp(keras.layers.Layer):
@@ -171,6 +190,30 @@ class _ConvHead(keras.layers.Layer):
         return self.mlp(self.flatten(y), training=training)
 
 
+class ValuePrefixHead(keras.layers.Layer):
+    """EfficientZero's value-prefix head: features [B, F] and the LSTM state [B, 2L] ->
+    (value-prefix logits [B, 2S+1], the next state [B, 2L]); see the module docstring."""
+
+    def __init__(self, lstm_size: int, widths: Sequence[int], output: int, init: _Initializers,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.lstm_size = lstm_size
+        self.lstm = keras.layers.LSTMCell(lstm_size, kernel_initializer=init.kernel(),
+                                          recurrent_initializer=init.orthogonal())
+        self.bn = keras.layers.BatchNormalization()
+        self.mlp = _mlp(widths, output, init, f"{self.name}_mlp", zero_output=True)
+
+    def call(self, features, state, training=False):
+        h, c = tf.split(state, 2, axis=-1)
+        out, (h, c) = self.lstm(features, [h, c], training=training)
+        logits = self.mlp(tf.nn.relu(self.bn(out, training=training)), training=training)
+        return logits, tf.concat([h, c], axis=-1)
+
+
+def _reward_head_width(settings: MuZeroSettings) -> int:
+    return support_width(settings.network.support_size)
+
+
 # --- "fc" -------------------------------------------------------------------------------------
 
 class FcRepresentation(keras.layers.Layer):
@@ -188,14 +231,25 @@ class FcDynamics(keras.layers.Layer):
         super().__init__(name="dynamics")
         self.num_actions = num_actions
         self.state_mlp = _mlp(settings.network.fc_layers, settings.network.hidden_size, init, "dynamics_state")
-        self.reward_mlp = _mlp(settings.network.fc_layers, support_width(settings.network.support_size), init,
-                               "dynamics_reward", zero_output=True)
+        self.value_prefix = settings.training.value_prefix
+        if self.value_prefix:
+            self.value_prefix_head = ValuePrefixHead(settings.training.value_prefix_lstm_size,
+                                                     settings.network.fc_layers, _reward_head_width(settings),
+                                                     init, name="dynamics_value_prefix")
+        else:
+            self.reward_mlp = _mlp(settings.network.fc_layers, _reward_head_width(settings), init,
+                                   "dynamics_reward", zero_output=True)
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, value_prefix_state=None, training=False):
+        """(hidden [B, H], action [B]) -> (next hidden, reward or value-prefix logits, next
+        value-prefix state or None)."""
         hidden, action = inputs
         x = tf.concat([hidden, tf.one_hot(action, self.num_actions, dtype=hidden.dtype)], axis=-1)
         next_hidden = min_max_normalize(self.state_mlp(x, training=training))
-        return next_hidden, self.reward_mlp(next_hidden, training=training)
+        if self.value_prefix:
+            logits, state = self.value_prefix_head(next_hidden, value_prefix_state, training=training)
+            return next_hidden, logits, state
+        return next_hidden, self.reward_mlp(next_hidden, training=training), None
 
 
 class FcPrediction(keras.layers.Layer):
@@ -244,9 +298,19 @@ class ResnetDynamics(keras.layers.Layer):
         self.num_blocks = settings.network.res_blocks
         for i in range(settings.network.res_blocks):  # attributes, not a list (see _Mlp)
             setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init, name=f"dynamics_block_{i}"))
-        self.reward_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
-                                     support_width(settings.network.support_size), init, zero_output=True,
-                                     name="dynamics_reward")
+        self.value_prefix = settings.training.value_prefix
+        if self.value_prefix:
+            self.value_prefix_conv = keras.layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False,
+                                                         kernel_initializer=init.conv())
+            self.value_prefix_bn = keras.layers.BatchNormalization()
+            self.value_prefix_flatten = keras.layers.Flatten()
+            self.value_prefix_head = ValuePrefixHead(settings.training.value_prefix_lstm_size,
+                                                     settings.network.fc_layers, _reward_head_width(settings),
+                                                     init, name="dynamics_value_prefix")
+        else:
+            self.reward_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
+                                         _reward_head_width(settings), init, zero_output=True,
+                                         name="dynamics_reward")
 
     def action_planes(self, action: tf.Tensor) -> tf.Tensor:
         """int [B] -> float32 [B, H, W, P] (see the module docstring)."""
@@ -258,14 +322,21 @@ class ResnetDynamics(keras.layers.Layer):
         one_hot = tf.one_hot(action, self.num_actions, dtype=tf.float32)
         return tf.tile(one_hot[:, None, None, :], [1, rows, cols, 1])
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, value_prefix_state=None, training=False):
+        """(hidden [B, H, W, C], action [B]) -> (next hidden, reward or value-prefix logits,
+        next value-prefix state or None)."""
         hidden, action = inputs
         x = tf.concat([hidden, self.action_planes(action)], axis=-1)
         x = tf.nn.relu(self.stem_bn(self.stem(x), training=training) + hidden)
         for i in range(self.num_blocks):
             x = getattr(self, f"block_{i}")(x, training=training)
         next_hidden = min_max_normalize(x)
-        return next_hidden, self.reward_head(next_hidden, training=training)
+        if self.value_prefix:
+            features = tf.nn.relu(self.value_prefix_bn(self.value_prefix_conv(next_hidden), training=training))
+            logits, state = self.value_prefix_head(self.value_prefix_flatten(features), value_prefix_state,
+                                                   training=training)
+            return next_hidden, logits, state
+        return next_hidden, self.reward_head(next_hidden, training=training), None
 
 
 class ResnetPrediction(keras.layers.Layer):
@@ -353,6 +424,9 @@ class MuZeroNetwork(tf.Module):
       observation_shape, hidden_shape, num_actions, support_size.
       representation, dynamics, prediction: the three networks (Keras layers).
       consistency: the `ConsistencyHeads`, or None.
+      value_prefix: whether the reward head is EfficientZero's value-prefix LSTM;
+      value_prefix_state_size: 2L, the width of its state (0 without value prefix);
+      value_prefix_horizon: H, the steps after which an unroll resets that state.
 
     The network is a `tf.Module`: `tf.train.Checkpoint(network=network)` saves and restores
     all its variables (including batch-norm statistics), and `models.export.export_version`
@@ -367,6 +441,9 @@ class MuZeroNetwork(tf.Module):
         self.observation_shape = tuple(spec.observation_shape)
         self.num_actions = spec.num_actions
         self.support_size = settings.network.support_size
+        self.value_prefix = bool(settings.training.value_prefix)
+        self.value_prefix_state_size = 2 * settings.training.value_prefix_lstm_size if self.value_prefix else 0
+        self.value_prefix_horizon = settings.training.value_prefix_horizon
         init = _Initializers(seed)
         if settings.network.architecture == "fc":
             require(action_encoding in ("auto",),
@@ -449,7 +526,8 @@ class MuZeroNetwork(tf.Module):
         return self.representation(self._observation_input(observation), training=training)
 
     def initial_inference(self, observation, training: bool = False) -> NetworkOutput:
-        """observation float32 [B, *observation_shape] -> NetworkOutput (reward 0)."""
+        """observation float32 [B, *observation_shape] -> NetworkOutput (reward 0; with value
+        prefix, a zero value_prefix_state)."""
         hidden = self.representation(self._observation_input(observation), training=training)
         policy_logits, value_logits = self.prediction(hidden, training=training)
         batch = tf.shape(hidden)[0]
@@ -457,18 +535,37 @@ class MuZeroNetwork(tf.Module):
         return NetworkOutput(hidden_state=hidden, value_logits=value_logits,
                              reward_logits=reward_logits, policy_logits=policy_logits,
                              value=support_to_scalar(value_logits, self.support_size),
-                             reward=tf.zeros([batch], tf.float32))
+                             reward=tf.zeros([batch], tf.float32),
+                             value_prefix_state=self.zero_value_prefix_state(batch) if self.value_prefix else None)
 
-    def recurrent_inference(self, hidden_state, action, training: bool = False) -> NetworkOutput:
-        """hidden_state float32 [B, *hidden_shape], action int [B] in [0, A) -> NetworkOutput."""
+    def recurrent_inference(self, hidden_state, action, value_prefix_state=None,
+                            training: bool = False) -> NetworkOutput:
+        """hidden_state float32 [B, *hidden_shape], action int [B] in [0, A) -> NetworkOutput.
+
+        With value prefix, `value_prefix_state` float32 [B, 2L] is the parent's LSTM state
+        (None: zeros, a reset) and the output's `reward` is the value prefix; without, it must
+        be None."""
         hidden_state = tf.convert_to_tensor(hidden_state, tf.float32)
         action = tf.cast(tf.convert_to_tensor(action), tf.int32)
-        next_hidden, reward_logits = self.dynamics((hidden_state, action), training=training)
+        if self.value_prefix:
+            if value_prefix_state is None:
+                value_prefix_state = self.zero_value_prefix_state(tf.shape(hidden_state)[0])
+            value_prefix_state = tf.convert_to_tensor(value_prefix_state, tf.float32)
+        elif value_prefix_state is not None:
+            raise ValueError("recurrent_inference: value_prefix_state given to a network without "
+                             "value prefix (training.value_prefix is False)")
+        next_hidden, reward_logits, next_state = self.dynamics(
+            (hidden_state, action), value_prefix_state=value_prefix_state, training=training)
         policy_logits, value_logits = self.prediction(next_hidden, training=training)
         return NetworkOutput(hidden_state=next_hidden, value_logits=value_logits,
                              reward_logits=reward_logits, policy_logits=policy_logits,
                              value=support_to_scalar(value_logits, self.support_size),
-                             reward=support_to_scalar(reward_logits, self.support_size))
+                             reward=support_to_scalar(reward_logits, self.support_size),
+                             value_prefix_state=next_state)
+
+    def zero_value_prefix_state(self, batch) -> tf.Tensor:
+        """float32 [batch, 2L] zeros: the value-prefix LSTM's state at a reset."""
+        return tf.zeros([batch, self.value_prefix_state_size], tf.float32)
 
     def _zero_reward_logits(self) -> tf.Tensor:
         """Logits with (all but) all probability on the support's 0: log of a one-hot, clipped."""

@@ -27,28 +27,36 @@ import numpy as np
 INITIAL_INFERENCE = "initial_inference"
 """Signature: inputs {"observation": float32 [B, *obs]}; the root's outputs (reward 0)."""
 RECURRENT_INFERENCE = "recurrent_inference"
-"""Signature: inputs {"hidden_state": float32 [B, *H], "action": int32 [B]}; the child's outputs."""
+"""Signature: inputs {"hidden_state": float32 [B, *H], "action": int32 [B]} (a value-prefix model
+also takes VALUE_PREFIX_STATE); the child's outputs."""
+VALUE_PREFIX_STATE = "value_prefix_state"
+"""A value-prefix model's LSTM state, float32 [B, 2L]: output of both signatures, input of
+recurrent_inference (models/export.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelOutput:
     """One network inference for B states (initial or recurrent): what the search reads.
 
-    The search reads only these four attributes, so any object that has them will do
-    (e.g. `services.network.client.Inference`, which adds the model version).
+    The search reads only these four attributes, and `value_prefix_state` where present, so
+    any object that has them will do (e.g. `services.network.client.Inference`, which adds the
+    model version).
 
     Attributes:
       hidden_state: float32 [B, *hidden_shape].
       value: float [B], from the view of the player to move in the (new) state.
       reward: float [B], reward of the move into the state, from the view of the player who
-        made it (ignored for initial inference).
+        made it (ignored for initial inference); from a value-prefix model, the value prefix
+        (the sum of the rewards since the search path's last reset).
       policy_logits: float [B, A].
+      value_prefix_state: float32 [B, 2L], a value-prefix model's LSTM state; None otherwise.
     """
 
     hidden_state: np.ndarray
     value: np.ndarray
     reward: np.ndarray
     policy_logits: np.ndarray
+    value_prefix_state: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

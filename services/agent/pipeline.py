@@ -99,10 +99,8 @@ class PipelinedSearch:
         for _ in range(self.config.num_simulations):
             if failed.is_set():
                 return None
-            hidden, action = search.select()
             # The root's version for the whole search: a tree's nodes all come from one model.
-            search.expand_and_backup(self._infer(RECURRENT_INFERENCE, {"hidden_state": hidden, "action": action},
-                                                 root.version))
+            search.expand_and_backup(self._infer(RECURRENT_INFERENCE, search.select_inputs(), root.version))
         return search, root.version
 
     def search(self, observation: np.ndarray, legal_actions: np.ndarray, rng: np.random.Generator,

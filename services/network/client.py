@@ -50,7 +50,8 @@ class Inference:
     """One inference step for B positions (read-only arrays decoded from the response).
 
     hidden_state: float32 [B, *hidden_shape]; value, reward: float32 [B] (reward is 0 after
-    initial_inference); policy_logits: float32 [B, A]; version: the model version that answered.
+    initial_inference); policy_logits: float32 [B, A]; version: the model version that answered;
+    value_prefix_state: float32 [B, 2L] from a value-prefix model (models/export.py), else None.
     """
 
     hidden_state: np.ndarray
@@ -58,6 +59,7 @@ class Inference:
     reward: np.ndarray
     policy_logits: np.ndarray
     version: int
+    value_prefix_state: np.ndarray | None = None
 
 
 class NetworkClient:
@@ -245,4 +247,5 @@ def _decode(response: predict_pb2.PredictResponse) -> tuple[dict[str, np.ndarray
 
 def _inference(outputs: dict[str, np.ndarray], version: int) -> Inference:
     return Inference(hidden_state=outputs["hidden_state"], value=outputs["value"],
-                     reward=outputs["reward"], policy_logits=outputs["policy_logits"], version=version)
+                     reward=outputs["reward"], policy_logits=outputs["policy_logits"], version=version,
+                     value_prefix_state=outputs.get("value_prefix_state"))

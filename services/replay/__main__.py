@@ -36,6 +36,7 @@ FROM_GAME = {
     "td_steps": "the game's training.td_steps",
     "discount": "the game's discount",
     "value_prefix": "the game's training.value_prefix",
+    "value_prefix_horizon": "the game's training.value_prefix_horizon",
     "priority_limit": "10 x the largest value error of the game, at least 1e6",
 }
 

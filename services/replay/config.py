@@ -53,8 +53,11 @@ class ReplayConfig(ReplaySettings):
       num_unroll_steps: K, the unroll steps of a SampleBatch that asks for none.
       td_steps: n of the n-step value targets of a SampleBatch that asks for none.
       discount: the discount of the value targets of a SampleBatch that gives none.
-      value_prefix: reward targets as EfficientZero's value prefix (the discounted sum of the
-        rewards since the unroll's start) instead of single rewards.
+      value_prefix: reward targets as EfficientZero's value prefix (the sum of the rewards
+        since the unroll's start, restarted every value_prefix_horizon steps) instead of single
+        rewards.
+      value_prefix_horizon: H >= 1, the steps after which the value prefix restarts (only
+        with value_prefix; the trainer's LSTM resets at the same steps).
       seed: seed of the sampling random stream; None draws one from the OS.
       synchronous: SQLite's `synchronous` in WAL mode. "FULL" (default) syncs the WAL on every
         commit: an acknowledged add survives a crash of the process and of the machine.
@@ -104,6 +107,7 @@ class ReplayConfig(ReplaySettings):
     td_steps: int = 10
     discount: float = 0.997
     value_prefix: bool = False
+    value_prefix_horizon: int = 5
     seed: int | None = None
     synchronous: str = "FULL"
     priorities_flush_s: float = 30.0
@@ -222,7 +226,8 @@ class ReplayConfig(ReplaySettings):
             reanalysed_target_fraction=settings.replay.reanalysed_target_fraction,
             td_age_versions_per_step=settings.replay.td_age_versions_per_step,
             num_unroll_steps=settings.training.num_unroll_steps, td_steps=settings.training.td_steps,
-            discount=settings.discount, value_prefix=settings.training.value_prefix, priority_limit=limit)
+            discount=settings.discount, value_prefix=settings.training.value_prefix,
+            value_prefix_horizon=settings.training.value_prefix_horizon, priority_limit=limit)
         fields.update(overrides)
         return cls(**fields)
 

@@ -15,8 +15,9 @@ For u = t + k, k = 0..K (docs/replay.md, "Targets"):
            z_u = 0 past the end (u >= T).
            With the off-policy correction, n is n(u) per target ([B, K+1], 1 <= n(u) <= n):
            the same formula with n(u) in place of n (the windows still span the largest n).
-  reward   index 0 is 0; index k >= 1 is r_{u-1} (0 if u-1 >= T); with value_prefix, the
-           cumulative sum of those over 1..k.
+  reward   index 0 is 0; index k >= 1 is r_{u-1} (0 if u-1 >= T); with value_prefix and
+           horizon H, the sum of those over j = H*floor((k-1)/H)+1 .. k: the rewards since
+           the last restart (EfficientZero's value prefix, restarted every H steps).
   mask     1 where u < T.
 """
 
@@ -73,15 +74,23 @@ def off_policy_td_steps(td_steps: int, age: np.ndarray, versions_per_step: int) 
 
 
 def reward_targets(rewards_w: np.ndarray, remaining: np.ndarray, num_unroll_steps: int,
-                   value_prefix: bool) -> np.ndarray:
-    """float32 [B, K+1]: 0, then r_{t+k-1} (0 past the end), or their running sums."""
+                   value_prefix: bool, value_prefix_horizon: int = 5) -> np.ndarray:
+    """float32 [B, K+1]: 0, then r_{t+k-1} (0 past the end), or (value_prefix) their running
+    sums, restarted every `value_prefix_horizon` steps (the module docstring)."""
     K = num_unroll_steps
     B = len(remaining)
     real = np.arange(K)[None, :] < remaining[:, None]
-    rewards = np.where(real, rewards_w[:, :K], 0.0).astype(np.float32)
+    rewards = np.where(real, rewards_w[:, :K], 0.0).astype(np.float64)
     if value_prefix:
-        rewards = np.cumsum(rewards, axis=1, dtype=np.float32)
-    return np.concatenate([np.zeros((B, 1), np.float32), rewards], axis=1)
+        H = int(value_prefix_horizon)
+        if H < 1:
+            raise ValueError(f"reward_targets: value_prefix_horizon must be >= 1, got {H}")
+        # Sum within each run of H steps: pad to whole runs, cumsum along the run axis.
+        runs = -(-K // H)
+        padded = np.zeros((B, runs * H))
+        padded[:, :K] = rewards
+        rewards = np.cumsum(padded.reshape(B, runs, H), axis=2).reshape(B, runs * H)[:, :K]
+    return np.concatenate([np.zeros((B, 1), np.float32), rewards.astype(np.float32)], axis=1)
 
 
 def unroll_mask(remaining: np.ndarray, num_unroll_steps: int) -> np.ndarray:

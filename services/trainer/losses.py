@@ -6,6 +6,12 @@ For a batch of B sampled positions t with K actions (`SampleBatchResponse`, prot
     s_k, r_k   = dynamics(s'_{k-1}, actions[:, k-1])           out_k = prediction(s_k)   k = 1..K
     s'_k       = 0.5 s_k + 0.5 stop_gradient(s_k)               (gradient into the past halved)
 
+With value prefix (a network whose outputs carry `value_prefix_state`, models/networks.py) the
+dynamics also take and return the value-prefix LSTM's state c: c_0 = 0, c_k from step k, and
+c_k is reset to 0 after every step k that is a multiple of the network's value_prefix_horizon
+H, where the replay's prefix targets restart (services/replay/targets.py); r_k is then the
+value prefix and its target the replay's prefix.
+
 Per sample b and unroll step k (w_0 = 1, w_k = 1/K for k >= 1, so the K unrolled steps together
 weigh as much as the root):
 
@@ -72,6 +78,8 @@ class Network(Protocol):
     def initial_inference(self, observation, training: bool = False) -> NetworkOutput: ...
 
     def recurrent_inference(self, hidden_state, action, training: bool = False) -> NetworkOutput: ...
+    # A value-prefix network (its outputs carry value_prefix_state) also takes
+    # `value_prefix_state=` and has `value_prefix_horizon`.
 
     # Only for the consistency loss (MuZeroNetwork built with consistency heads):
     def represent(self, observation, training: bool = False) -> tf.Tensor: ...
@@ -155,13 +163,23 @@ def unroll(network: Network, observation: tf.Tensor, actions: tf.Tensor, trainin
 
     After every dynamics step the hidden state passed on to the next one goes through
     `scale_gradient(., gradient_scale)` (MuZero's pseudocode); each step's predictions use the
-    unscaled state, which changes nothing forward.
+    unscaled state, which changes nothing forward. A value-prefix network's LSTM state is
+    carried from step to step and reset to zeros after every `value_prefix_horizon` steps (the
+    module docstring).
     """
     out = network.initial_inference(observation, training=training)
     outputs = [out]
     hidden = out.hidden_state
+    prefix_state = getattr(out, "value_prefix_state", None)
+    horizon = int(network.value_prefix_horizon) if prefix_state is not None else 0
     for k in range(actions.shape[1]):
-        out = network.recurrent_inference(hidden, actions[:, k], training=training)
+        if prefix_state is None:
+            out = network.recurrent_inference(hidden, actions[:, k], training=training)
+        else:
+            out = network.recurrent_inference(hidden, actions[:, k], value_prefix_state=prefix_state,
+                                              training=training)
+            prefix_state = (tf.zeros_like(out.value_prefix_state) if (k + 1) % horizon == 0
+                            else out.value_prefix_state)
         outputs.append(out)
         hidden = scale_gradient(out.hidden_state, gradient_scale)
     return outputs

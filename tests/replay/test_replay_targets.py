@@ -7,7 +7,7 @@ import pytest
 
 from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.replay.buffer import ReplayBuffer
-from services.replay.targets import off_policy_td_steps, value_targets
+from services.replay.targets import off_policy_td_steps, reward_targets, value_targets
 
 
 def targets_by_position(buffer: ReplayBuffer, batches: int = 8, batch_size: int = 64, **kwargs):
@@ -84,6 +84,34 @@ def test_value_prefix_is_the_running_sum_of_rewards(make_buffer):
     for t, prefix in expected.items():
         np.testing.assert_allclose(table[key, t][1], prefix)
     assert buffer.sample(4).value_prefix
+
+
+def test_value_prefix_restarts_every_horizon_steps(make_buffer):
+    # H = 2: k = 1, 2 sum from the unroll's start; k = 3 starts again (EfficientZero's reset).
+    buffer, key = one_game(make_buffer, ONE_PLAYER, record(ONE_PLAYER, "g", 4, rewards=R, values=V),
+                           num_unroll_steps=3, td_steps=2, discount=0.9, value_prefix=True,
+                           value_prefix_horizon=2)
+    table = targets_by_position(buffer)
+    expected = {0: [0, 1, 3, 3], 1: [0, 2, 5, 4], 2: [0, 3, 7, 0], 3: [0, 4, 4, 0]}
+    for t, prefix in expected.items():
+        np.testing.assert_allclose(table[key, t][1], prefix)
+
+
+def test_reward_targets_with_horizon_match_a_loop():
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=(6, 9))
+    remaining = np.array([1, 3, 5, 7, 9, 12])
+    for K in (1, 4, 7):
+        for H in (1, 2, 3, 5, 10):
+            got = reward_targets(rewards, remaining, K, True, H)
+            for b in range(6):
+                prefix, expected = 0.0, [0.0]
+                for k in range(1, K + 1):
+                    if (k - 1) % H == 0:
+                        prefix = 0.0
+                    prefix += rewards[b, k - 1] if k - 1 < remaining[b] else 0.0
+                    expected.append(prefix)
+                np.testing.assert_allclose(got[b], expected, rtol=1e-5, atol=1e-5)
 
 
 # --- two players: signs flip with the player to move ----------------------------------------

@@ -19,7 +19,8 @@ import numpy as np
 from games.base import MuZeroSettings
 from games.validation import require
 from services.agent import gumbel as gumbel_lib
-from services.agent.inference import INITIAL_INFERENCE, RECURRENT_INFERENCE, Model, ModelOutput
+from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_STATE, Model,
+                                      ModelOutput)
 from services.agent.search.config import SearchConfig
 from services.agent.search.policies import POLICIES, Policy
 from services.agent.search.tree import Tree
@@ -66,6 +67,14 @@ class BatchedSearch:
     The policy is `self.policy`, chosen by `config.search` from `POLICIES`; the tree has
     `num_edges` edges per node, the game's `num_actions` unless the policy asks for more
     (`Policy.num_edges`), and results cover the first `num_actions`.
+
+    Value prefix (`config.value_prefix_horizon` H >= 1, a value-prefix model: its outputs carry
+    `value_prefix_state`): a node at depth d + 1 gets the per-step reward
+        r = prefix(child) - prefix(parent)    or r = prefix(child) when d % H == 0,
+    since the model's sum restarts there (EfficientZero's backup). `select_inputs` hands the
+    model the parent's LSTM state, zeros when d % H == 0. Everything else (Q, backup, the
+    policies) sees per-step rewards, so a search with value prefix backs up exactly what the
+    same search with the equivalent per-step rewards does.
     """
 
     def __init__(self, batch_size: int, num_actions: int, hidden_shape: tuple[int, ...] | int,
@@ -108,6 +117,7 @@ class BatchedSearch:
         self._phase = "idle"          # idle -> select <-> expand -> done -> idle
         self._training = True
         self._rng: np.random.Generator | None = None
+        self.value_prefix_horizon = config.value_prefix_horizon
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found normally: the policy's state arrays.
@@ -136,6 +146,7 @@ class BatchedSearch:
         """
         B, A = self.batch_size, self.num_actions
         hidden, value, _reward, logits = self._check_output(root, "root")
+        prefix_state = self._check_prefix_state(root, "root")
         legal = np.asarray(legal_actions)
         require(legal.shape == (B, A), f"legal_actions must have shape {(B, A)}, got {legal.shape}")
         legal = legal.astype(bool, copy=False)
@@ -146,6 +157,10 @@ class BatchedSearch:
         self.tree.reset(legal)
         masked_logits = np.where(self.tree.legal, logits, _NEG_INF)
         self.tree.set_root(hidden, value, masked_logits, gumbel_lib.softmax(masked_logits))
+        if prefix_state is not None:
+            self.tree.enable_value_prefix(prefix_state.shape[1])
+            self.tree.node_value_prefix[:, 0] = 0.0
+            self.tree.value_prefix_state[:, 0] = prefix_state
         self.policy.start_move(rng, self._training)
         self._simulation = 0
         self._phase = "select"
@@ -185,6 +200,19 @@ class BatchedSearch:
         self._phase = "expand"
         return tree.hidden_rows.take(leaf_rows, axis=0), action.astype(np.int32)
 
+    def select_inputs(self) -> dict[str, np.ndarray]:
+        """`select()` as the inputs of ONE recurrent_inference: {"hidden_state", "action"} and,
+        with a value-prefix model, "value_prefix_state" float32 [B, D], the parents' LSTM
+        states (zeros where a parent's depth is a multiple of the horizon: a reset)."""
+        hidden, action = self.select()
+        inputs = {"hidden_state": hidden, "action": action}
+        if self.tree.value_prefix_state is not None and self.value_prefix_horizon:
+            tree = self.tree
+            state = tree.prefix_state_rows.take(self._leaf_rows, axis=0)
+            state[tree.ndep.take(self._leaf_rows) % self.value_prefix_horizon == 0] = 0.0
+            inputs[VALUE_PREFIX_STATE] = state
+        return inputs
+
     def expand_and_backup(self, output: ModelOutput) -> None:
         """Creates node s + 1 of every tree from ONE recurrent_inference and backs its value up.
 
@@ -196,6 +224,8 @@ class BatchedSearch:
         n = self._simulation + 1
         leaf_rows, action = self._leaf_rows, self._leaf_action
         edges = leaf_rows * self.num_edges + action
+        if self.tree.value_prefix_state is not None:
+            reward = self._rewards_from_prefixes(n, leaf_rows, reward, self._check_prefix_state(output, "output"))
         log_prior = self.tree.expand(n, leaf_rows, action, edges, hidden, value, reward, logits)
         self.policy.on_expand(n, log_prior)
         self.tree.backup(n, edges, value, reward, self._levels, self.policy.observe_q)
@@ -237,13 +267,41 @@ class BatchedSearch:
         root = model.predict_future(INITIAL_INFERENCE, {"observation": observations}).result()
         self.start_move(root, legal_actions, rng, training=training)
         for _ in range(self.num_simulations):
-            hidden_state, action = self.select()
-            pending = model.predict_future(RECURRENT_INFERENCE, {"hidden_state": hidden_state, "action": action},
-                                           root.version)
+            pending = model.predict_future(RECURRENT_INFERENCE, self.select_inputs(), root.version)
             self.expand_and_backup(pending.result())
         return self.finish_move(temperature)
 
     # ------------------------------------------------------------------ internals
+
+    def _rewards_from_prefixes(self, n: int, parent_rows: np.ndarray, prefix: np.ndarray,
+                               state: np.ndarray) -> np.ndarray:
+        """Stores node n's value prefix [B] and LSTM state [B, D]; returns float64 [B], the
+        per-step rewards of the edges into the new nodes (the class docstring)."""
+        tree = self.tree
+        tree.node_value_prefix[:, n] = prefix
+        tree.value_prefix_state[:, n] = state
+        restarted = tree.ndep.take(parent_rows) % self.value_prefix_horizon == 0
+        return prefix - np.where(restarted, 0.0, tree.nprefix.take(parent_rows))
+
+    def _check_prefix_state(self, output: ModelOutput, name: str) -> np.ndarray | None:
+        """float32 [B, D], the output's value-prefix state, or None; ValueError when the
+        model and `config.value_prefix_horizon` disagree about value prefix."""
+        state = getattr(output, VALUE_PREFIX_STATE, None)
+        if (state is None) != (self.value_prefix_horizon == 0):
+            if state is None:
+                raise ValueError(f"{name}: the search has value_prefix_horizon "
+                                 f"{self.value_prefix_horizon}, but the model gives no {VALUE_PREFIX_STATE} "
+                                 f"(not a value-prefix model)")
+            raise ValueError(f"{name}: the model is a value-prefix model ({VALUE_PREFIX_STATE}), but the "
+                             f"search's value_prefix_horizon is 0: its rewards would be counted many "
+                             f"times; set training.value_prefix in the game's settings")
+        if state is None:
+            return None
+        state = np.asarray(state, np.float32)
+        if state.ndim != 2 or state.shape[0] != self.batch_size:
+            raise ValueError(f"{name}.{VALUE_PREFIX_STATE} must have shape ({self.batch_size}, D), "
+                             f"got {state.shape}")
+        return state
 
     def _check_output(self, output: ModelOutput, name: str) -> tuple[np.ndarray, ...]:
         B, A = self.batch_size, self.num_edges

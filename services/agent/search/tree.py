@@ -71,6 +71,11 @@ class Tree:
     Other:
       hidden_state float32 [B, N, *hidden_shape]: the model's state of every node.
       legal bool [B, A]: the root's legal actions.
+    With a value-prefix model (`enable_value_prefix`, EfficientZero's):
+      node_value_prefix float64 [B, N]: the model's value prefix of the node (root 0), the
+        sum of the rewards since the path's last reset; node_reward is the per-step reward
+        the search derived from it.
+      value_prefix_state float32 [B, N, D]: the model's LSTM state of every node.
 
     `reset` fills the edge statistics (children_index -1, visits, rewards and Q 0); node
     arrays and hidden states are overwritten as nodes are created. Nothing is allocated per
@@ -133,6 +138,19 @@ class Tree:
         # Flat edge index of the edge from each node's parent into it (-1 for roots).
         self.parent_edge = np.full(B * N, -1, np.int64)
         self.ops = RowOps(B, A)
+        self.node_value_prefix: np.ndarray | None = None
+        self.value_prefix_state: np.ndarray | None = None
+
+    def enable_value_prefix(self, state_size: int) -> None:
+        """Allocates the value-prefix arrays (class docstring) for a model whose LSTM state is
+        float32 [state_size]; a no-op when they exist with that size."""
+        if self.value_prefix_state is not None and self.value_prefix_state.shape[2] == state_size:
+            return
+        B, N = self.batch_size, self.num_nodes
+        self.node_value_prefix = np.zeros((B, N), np.float64)
+        self.value_prefix_state = np.zeros((B, N, state_size), np.float32)
+        self.nprefix = self.node_value_prefix.reshape(-1)
+        self.prefix_state_rows = self.value_prefix_state.reshape(B * N, state_size)
 
     def reset(self, legal: np.ndarray) -> None:
         """Empties the B trees for a new move.
