@@ -19,9 +19,10 @@ Every SavedModel has exactly two signatures, both with a dynamic batch dimension
 
 With value prefix (`training.value_prefix`, models/networks.py) the value-prefix LSTM's state
 travels like the hidden state: `initial_inference` also outputs `value_prefix_state` float32
-[B, 2L] (zeros), `recurrent_inference` also takes the parent's `value_prefix_state` and outputs
-the child's, and its `reward` is the value prefix. A caller tells the two kinds apart by that
-input (`LoadedModel.value_prefix`, the served signature's inputs).
+[B, 2L] (zeros) and `value_prefix_horizon` int32 [B] (H, the same in every row: the model says
+how it was trained, so no searcher needs a flag for it), `recurrent_inference` also takes the
+parent's `value_prefix_state` and outputs the child's, and its `reward` is the value prefix. A
+caller tells the two kinds apart by those tensors (`LoadedModel.value_prefix`).
 
 `value` and `reward` are decoded from the support inside the graph. `recurrent_inference`
 rejects actions outside [0, A) with INVALID_ARGUMENT (an assertion in the graph).
@@ -55,6 +56,8 @@ OUTPUTS = ("hidden_state", "value", "reward", "policy_logits")
 VALUE_PREFIX_STATE = "value_prefix_state"
 """The value-prefix LSTM's state, float32 [B, 2L]: an input of recurrent_inference and an output
 of both signatures of a value-prefix model."""
+VALUE_PREFIX_HORIZON = "value_prefix_horizon"
+"""int32 [B], H in every row: an output of a value-prefix model's initial_inference."""
 TEMP_PREFIX = ".tmp-"
 DELETE_PREFIX = ".deleting-"
 
@@ -78,7 +81,11 @@ class _ServingModule(tf.Module):
             return named
 
         def initial_inference(observation):
-            return outputs(network.initial_inference(observation, training=False))
+            named = outputs(network.initial_inference(observation, training=False))
+            if value_prefix:
+                named[VALUE_PREFIX_HORIZON] = tf.fill(tf.shape(named["value"]),
+                                                      tf.constant(network.value_prefix_horizon, tf.int32))
+            return named
 
         def check(action):
             tf.debugging.assert_non_negative(action, message=f"action must be in [0, {num_actions})")

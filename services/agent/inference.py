@@ -32,13 +32,16 @@ also takes VALUE_PREFIX_STATE); the child's outputs."""
 VALUE_PREFIX_STATE = "value_prefix_state"
 """A value-prefix model's LSTM state, float32 [B, 2L]: output of both signatures, input of
 recurrent_inference (models/export.py)."""
+VALUE_PREFIX_HORIZON = "value_prefix_horizon"
+"""A value-prefix model's H, int32 [B] (the same in every row): an output of its
+initial_inference, from which the search takes its resets."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelOutput:
     """One network inference for B states (initial or recurrent): what the search reads.
 
-    The search reads only these four attributes, and `value_prefix_state` where present, so
+    The search reads only these four attributes, and the value-prefix ones where present, so
     any object that has them will do (e.g. `services.network.client.Inference`, which adds the
     model version).
 
@@ -50,6 +53,8 @@ class ModelOutput:
         (the sum of the rewards since the search path's last reset).
       policy_logits: float [B, A].
       value_prefix_state: float32 [B, 2L], a value-prefix model's LSTM state; None otherwise.
+      value_prefix_horizon: int32 [B], a value-prefix model's H (initial_inference only);
+        None otherwise.
     """
 
     hidden_state: np.ndarray
@@ -57,6 +62,7 @@ class ModelOutput:
     reward: np.ndarray
     policy_logits: np.ndarray
     value_prefix_state: np.ndarray | None = None
+    value_prefix_horizon: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from models.export import LoadedModel
-from services.agent.inference import VALUE_PREFIX_STATE, Answered, VersionedOutput
+from services.agent.inference import VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, Answered, VersionedOutput
 
 
 class LocalNetwork:
@@ -32,6 +32,7 @@ class LocalNetwork:
         return Answered(VersionedOutput(hidden_state=outputs["hidden_state"], value=outputs["value"],
                                         reward=outputs["reward"], policy_logits=outputs["policy_logits"],
                                         value_prefix_state=outputs.get(VALUE_PREFIX_STATE),
+                                        value_prefix_horizon=outputs.get(VALUE_PREFIX_HORIZON),
                                         version=int(self.model.version)))
 
     def infer(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,

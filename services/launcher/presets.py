@@ -6,7 +6,9 @@ A preset changes fields of the game's `MuZeroSettings` by name (validated by the
 sections themselves) and the fleet's shape (reanalysers, games per agent). The program passes
 each changed field to the service that owns it, as that service's flag: replay settings to the
 replay (`--samples-per-insert`, ...), training settings that the trainer takes as flags to the
-trainer (`--consistency-weight`, ...). A field no service takes as a flag is refused when the
+trainer (`--consistency-weight`, ...), and value prefix (`--value-prefix`,
+`--value-prefix-horizon`) to both, since the replay's targets and the trainer's network must
+agree (searchers take the horizon from the model itself). A field no service takes as a flag is refused when the
 preset is built, so a preset can never promise what the fleet does not do.
 
 The presets (docs/learning.md has what they reached):
@@ -34,7 +36,9 @@ from games.validation import require
 # imported lazily: the program needs no TensorFlow).
 _TRAINER_FLAGS = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps", "optimizer",
                   "weight_decay", "consistency_weight", "projection_hidden_size", "projection_size",
-                  "prediction_hidden_size")
+                  "prediction_hidden_size", "value_prefix", "value_prefix_horizon", "value_prefix_lstm_size")
+# Training fields the replay takes as flags too: each goes to both.
+_REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).
 # Training fields that both read are refused: the two would have to change together.
 _SHARED = ("num_unroll_steps",)
@@ -99,12 +103,14 @@ class Preset:
         self.game_settings(game)  # every value is checked where the settings check it
         flags: dict[str, list[str]] = {}
         for name, value in self.changes(game).items():
-            node = "replay" if SECTION_OF_FIELD[name] == "replay" else "trainer"
+            nodes = (("replay", "trainer") if name in _REPLAY_AND_TRAINER
+                     else ("replay",) if SECTION_OF_FIELD[name] == "replay" else ("trainer",))
             flag = "--" + name.replace("_", "-")
-            if isinstance(value, bool):
-                flags.setdefault(node, []).append(flag if value else "--no-" + name.replace("_", "-"))
-            else:
-                flags.setdefault(node, []).extend((flag, str(value)))
+            for node in nodes:
+                if isinstance(value, bool):
+                    flags.setdefault(node, []).append(flag if value else "--no-" + name.replace("_", "-"))
+                else:
+                    flags.setdefault(node, []).extend((flag, str(value)))
         return {node: tuple(args) for node, args in flags.items()}
 
 

@@ -16,7 +16,8 @@ from games.symmetry import Symmetries
 # Settings a trainer flag may override (the rest come from the game's MuZeroSettings).
 SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps",
                       "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
-                      "projection_size", "prediction_hidden_size")
+                      "projection_size", "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
+                      "value_prefix_lstm_size")
 
 
 @dataclasses.dataclass(frozen=True)

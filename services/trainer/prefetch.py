@@ -75,18 +75,25 @@ class ReplayFailed(PermanentFailure):
 
 
 def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int,
-                  unroll_observations: bool = False) -> dict[str, np.ndarray]:
+                  unroll_observations: bool = False, value_prefix: bool | None = None) -> dict[str, np.ndarray]:
     """The arrays of a batch (a replay `Batch` or a mapping) as a dict in the trainer's dtypes.
 
     Checks every shape against the game and K; ValueError naming the entry otherwise. Entries
     record_keys, positions and model_version are optional (absent in hand-made batches).
     `unroll_observations`: the batch must carry `unroll_observations` [B, K+1, *obs] (the
     consistency loss's targets; the replay sends them when asked); otherwise that entry is
-    left out even if present.
+    left out even if present. `value_prefix`: when given, a batch that says which reward targets
+    it holds (a replay `Batch`'s `value_prefix`) must hold those (ValueError otherwise: the
+    replay and the trainer were started with different `--value-prefix`).
     """
     get = (lambda name: batch.get(name)) if isinstance(batch, Mapping) else (
         lambda name: getattr(batch, name, None))
     K, A = num_unroll_steps, spec.num_actions
+    served_prefix = get("value_prefix")
+    if value_prefix is not None and served_prefix is not None and bool(served_prefix) != value_prefix:
+        raise ValueError(f"batch: the replay serves {'value-prefix' if served_prefix else 'per-step'} reward "
+                         f"targets, but the trainer's network {'has' if value_prefix else 'has no'} value "
+                         f"prefix: start both with the same --value-prefix")
     first = get("observation")
     if first is None:
         raise ValueError("batch: observation is missing")

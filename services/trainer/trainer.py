@@ -638,9 +638,10 @@ def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:
     """`prepare_batch` for this config's game and K (with `unroll_observations` when the
     consistency loss is on), then `augment_batch` when the config has symmetries. The returned function is meant for one thread (it holds a random generator)."""
     unroll = config.consistency  # the consistency loss's targets come with the batch
+    prefix = config.settings.training.value_prefix
     if config.symmetries is None:
-        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps, unroll)
+        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix)
     symmetries = config.symmetries
     rng = np.random.default_rng(config.seed)
-    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps, unroll),
+    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix),
                                        symmetries, rng)

@@ -1,5 +1,6 @@
 """Value prefix in the search (EfficientZero): a backup with prefixes equals a backup with the
-equivalent per-step rewards, and the search resets the model's LSTM state every H steps.
+equivalent per-step rewards, and the search resets the model's LSTM state every H steps, H
+being what the model's root output says.
 
 The value-prefix fake wraps `FakeTreeModel`: its LSTM state is [sum of the rewards since the
 last reset, 1], and its `reward` is that sum (what a trained value-prefix model predicts). The
@@ -15,8 +16,8 @@ from typing import Mapping
 import numpy as np
 import pytest
 
-from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_STATE, Answered,
-                                      ModelOutput, VersionedOutput)
+from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_HORIZON,
+                                      VALUE_PREFIX_STATE, Answered, VersionedOutput)
 from services.agent.search import BatchedSearch, SearchConfig
 from services.agent.search.tree import Tree
 
@@ -32,18 +33,21 @@ def exact_rewards_model(seed: int) -> FakeTreeModel:
 
 
 class ValuePrefixFake:
-    """A value-prefix model over `base`: state [prefix since the last reset, 1], reward = prefix."""
+    """A value-prefix model of horizon H over `base`: state [prefix since the last reset, 1],
+    reward = prefix."""
 
     version = 1
 
-    def __init__(self, base: FakeTreeModel) -> None:
+    def __init__(self, base: FakeTreeModel, horizon: int, horizons=None) -> None:
         self.base = base
+        self.horizons = np.full(B, horizon, np.int32) if horizons is None else np.asarray(horizons, np.int32)
         self.states_seen: list[np.ndarray] = []
 
     def predict_future(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
                        timeout_s: float | None = None) -> Answered:
         if signature == INITIAL_INFERENCE:
-            out = self.base.initial_inference(inputs["observation"])
+            out = dataclasses.replace(self.base.initial_inference(inputs["observation"]),
+                                      value_prefix_horizon=self.horizons)
             state = np.zeros((B, 2), np.float32)
         else:
             assert signature == RECURRENT_INFERENCE
@@ -88,8 +92,8 @@ def test_value_prefix_backup_equals_the_per_step_backup(policy, horizon):
     base = exact_rewards_model(seed=horizon)
     config = SearchConfig(num_simulations=48, search=policy, discount=0.9, max_considered_actions=3)
     plain, plain_result = searched(PerStepFake(base), config, seed=5)
-    prefixed, prefixed_result = searched(ValuePrefixFake(base), config.replace(value_prefix_horizon=horizon),
-                                         seed=5)
+    prefixed, prefixed_result = searched(ValuePrefixFake(base, horizon), config, seed=5)
+    assert prefixed.value_prefix_horizon == horizon
     assert plain.tree.node_depth.max() >= 4                  # deep enough to cross resets
     for name in Tree.ARRAYS:
         np.testing.assert_array_equal(getattr(prefixed.tree, name), getattr(plain.tree, name), err_msg=name)
@@ -99,8 +103,8 @@ def test_value_prefix_backup_equals_the_per_step_backup(policy, horizon):
 
 
 def test_the_search_resets_the_state_at_multiples_of_the_horizon():
-    model = ValuePrefixFake(exact_rewards_model(seed=0))
-    search = BatchedSearch(B, A, (2,), SearchConfig(num_simulations=40, search="puct", value_prefix_horizon=2))
+    model = ValuePrefixFake(exact_rewards_model(seed=0), horizon=2)
+    search = BatchedSearch(B, A, (2,), SearchConfig(num_simulations=40, search="puct"))
     search.run(model, model.base.root_ids.astype(np.float32), np.ones((B, A), bool), np.random.default_rng(1))
     tree = search.tree
     # A node's prefix is the sum of the per-step rewards since its path's last reset.
@@ -117,23 +121,45 @@ def test_the_search_resets_the_state_at_multiples_of_the_horizon():
     assert any(s[:, 1].max() == 1 for s in model.states_seen)
 
 
-def test_a_prefix_model_and_a_per_step_search_refuse_each_other():
+class WithoutHorizon(ValuePrefixFake):
+    """A value-prefix model whose root leaves out its horizon."""
+
+    def predict_future(self, signature, inputs, version=None, timeout_s=None) -> Answered:
+        answer = super().predict_future(signature, inputs, version, timeout_s).result()
+        if signature == INITIAL_INFERENCE:
+            answer = dataclasses.replace(answer, value_prefix_horizon=None)
+        return Answered(answer)
+
+
+def test_a_model_must_say_one_horizon_and_keep_to_value_prefix_all_move():
     base = exact_rewards_model(seed=0)
     observations = base.root_ids.astype(np.float32)
-    with pytest.raises(ValueError, match="value-prefix model.*value_prefix_horizon is 0"):
-        BatchedSearch(B, A, (2,), SearchConfig(num_simulations=4)).run(
-            ValuePrefixFake(base), observations, np.ones((B, A), bool), np.random.default_rng(0))
-    with pytest.raises(ValueError, match="not a value-prefix model"):
-        BatchedSearch(B, A, (2,), SearchConfig(num_simulations=4, value_prefix_horizon=5)).run(
-            PerStepFake(base), observations, np.ones((B, A), bool), np.random.default_rng(0))
+    legal = np.ones((B, A), bool)
+    search = BatchedSearch(B, A, (2,), SearchConfig(num_simulations=4))
+    for horizons in (np.zeros(B), [2, 2, 2, 2, 2, 3]):
+        with pytest.raises(ValueError, match="one H >= 1"):
+            search.run(ValuePrefixFake(base, 0, horizons), observations, legal, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="must give its value_prefix_horizon"):
+        search.run(WithoutHorizon(base, 2), observations, legal, np.random.default_rng(0))
+    # A recurrent answer without the state after a value-prefix root: refused, not misread.
+    root = ValuePrefixFake(base, 2).predict_future(INITIAL_INFERENCE, {"observation": observations}).result()
+    search.start_move(root, legal, np.random.default_rng(0))
+    inputs = search.select_inputs()
+    plain_step = PerStepFake(base).predict_future(
+        RECURRENT_INFERENCE, {"hidden_state": inputs["hidden_state"], "action": inputs["action"]}).result()
+    with pytest.raises(ValueError, match="value_prefix_state is missing"):
+        search.expand_and_backup(plain_step)
 
 
-def test_search_config_takes_the_horizon_from_the_settings():
-    from games.tictactoe import TicTacToe
-
-    settings = TicTacToe.settings
-    assert SearchConfig.from_settings(settings).value_prefix_horizon == 0
-    assert SearchConfig.from_settings(settings.replace(value_prefix=True, value_prefix_horizon=3)
-                                      ).value_prefix_horizon == 3
-    with pytest.raises(ValueError, match="value_prefix_horizon must be an int >= 0"):
-        SearchConfig(value_prefix_horizon=-1)
+def test_a_plain_model_after_a_value_prefix_one_searches_as_on_a_fresh_search():
+    base = exact_rewards_model(seed=0)
+    observations = base.root_ids.astype(np.float32)
+    legal = np.ones((B, A), bool)
+    fresh = BatchedSearch(B, A, (2,), SearchConfig(num_simulations=12)).run(
+        PerStepFake(base), observations, legal, np.random.default_rng(3))
+    reused = BatchedSearch(B, A, (2,), SearchConfig(num_simulations=12))
+    reused.run(ValuePrefixFake(base, 2), observations, legal, np.random.default_rng(3))
+    after = reused.run(PerStepFake(base), observations, legal, np.random.default_rng(3))
+    assert reused.value_prefix_horizon == 0
+    for field in dataclasses.fields(fresh):
+        np.testing.assert_array_equal(getattr(after, field.name), getattr(fresh, field.name), err_msg=field.name)

@@ -74,3 +74,16 @@ def test_changes_to_a_preset_turn_one_option_off():
     with pytest.raises(ValueError, match="samples_per_insert must be >= 0"):
         FleetConfig(game="cartpole", run_dir=Path("r"), preset="sample-efficient",
                     preset_changes=(("samples_per_insert", -2.0),))
+
+
+def test_value_prefix_reaches_the_replay_and_the_trainer_together(tmp_path):
+    chosen = preset("sample-efficient").with_changes({"value_prefix": True, "value_prefix_horizon": 3})
+    flags = chosen.service_flags("cartpole")
+    for node in ("replay", "trainer"):
+        assert "--value-prefix" in flags[node] and flags[node][flags[node].index("--value-prefix-horizon") + 1] == "3"
+    replay = replay_config(["--game", "cartpole", "--data-dir", str(tmp_path / "replay"), *flags["replay"]])
+    trainer = trainer_config(["--game", "cartpole", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                              "--checkpoint-dir", str(tmp_path / "c"), *flags["trainer"]])
+    assert replay.value_prefix and replay.value_prefix_horizon == 3
+    assert trainer.settings.training.value_prefix and trainer.settings.training.value_prefix_horizon == 3
+

@@ -11,7 +11,7 @@ import tensorflow as tf
 from games.base import GameSpec, MuZeroSettings
 from games.cartpole import CartPole
 from models import export
-from models.export import VALUE_PREFIX_STATE, export_version, load_version
+from models.export import VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, export_version, load_version
 from models.networks import MuZeroNetwork
 from services.trainer.losses import batch_signature, muzero_loss, unroll
 from tests.models.tolerances import assert_decoded_matches_logits
@@ -71,12 +71,15 @@ def test_exported_signatures_carry_the_state_and_equal_the_network(network, tmp_
     model = load_version(tmp_path)
     assert model.value_prefix
     assert sorted(model.input_specs["recurrent_inference"]) == ["action", "hidden_state", VALUE_PREFIX_STATE]
+    assert sorted(model.output_specs["initial_inference"]) == sorted(
+        (*export.OUTPUTS, VALUE_PREFIX_STATE, VALUE_PREFIX_HORIZON))
+    assert sorted(model.output_specs["recurrent_inference"]) == sorted((*export.OUTPUTS, VALUE_PREFIX_STATE))
     for name in ("initial_inference", "recurrent_inference"):
-        assert sorted(model.output_specs[name]) == sorted((*export.OUTPUTS, VALUE_PREFIX_STATE))
         assert model.output_specs[name][VALUE_PREFIX_STATE].shape.as_list() == [None, 2 * LSTM]
     obs = observations(network, 5, seed=2)
     got, want = model.initial_inference(obs), network.initial_inference(obs)
     np.testing.assert_array_equal(got[VALUE_PREFIX_STATE], 0.0)
+    assert got[VALUE_PREFIX_HORIZON].dtype == np.int32 and got[VALUE_PREFIX_HORIZON].tolist() == [2] * 5
     action = np.arange(5, dtype=np.int32) % network.num_actions
     state = np.random.default_rng(3).normal(size=(5, 2 * LSTM)).astype(np.float32)
     got = model.recurrent_inference(got["hidden_state"], action, state)

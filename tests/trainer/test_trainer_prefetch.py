@@ -107,6 +107,15 @@ def test_a_batch_of_the_wrong_game_is_fatal():
     assert raised.value.code is None and "--game" in raised.value.hint
 
 
+@pytest.mark.parametrize("served, trained", [(True, False), (False, True)])
+def test_reward_targets_of_the_other_kind_are_refused(served, trained):
+    arrays = dict(batch(seed=0), value_prefix=served)
+    with pytest.raises(ValueError, match="same --value-prefix"):
+        prepare_batch(arrays, SPEC, K, value_prefix=trained)
+    assert prepare_batch(arrays, SPEC, K, value_prefix=served)["target_reward"].shape == (16, K + 1)
+    assert "target_reward" in prepare_batch(batch(seed=0), SPEC, K, value_prefix=trained)  # says nothing: taken
+
+
 def test_stop_ends_the_iterator():
     stop = threading.Event()
     blocked = threading.Event()

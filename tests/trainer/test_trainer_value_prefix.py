@@ -70,17 +70,20 @@ def test_the_network_server_serves_the_state_and_the_search_runs_through_it(trai
             observation = batch(seed=3)["observation"][:5]
             root_answer = client.infer(INITIAL_INFERENCE, {"observation": observation}, version=4)
             assert root_answer.value_prefix_state.shape == (5, 8)
+            assert root_answer.value_prefix_horizon.tolist() == [2] * 5
             action = np.array([0, 1, 0, 1, 1], np.int32)
             state = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
             served = client.infer(RECURRENT_INFERENCE, {"hidden_state": root_answer.hidden_state, "action": action,
                                                         VALUE_PREFIX_STATE: state}, version=4)
             direct = local.recurrent_inference(root_answer.hidden_state, action, state)
             np.testing.assert_allclose(served.value_prefix_state, direct[VALUE_PREFIX_STATE], rtol=1e-5, atol=1e-6)
-            # The agent's search, one request per step for all games, the state in each request.
-            search = PipelinedSearch(client, SearchConfig.from_settings(PREFIX, num_simulations=8), 5,
+            # The agent's search, one request per step for all games, the state in each request;
+            # it takes H from the model, so a searcher's settings need not know of value prefix.
+            search = PipelinedSearch(client, SearchConfig.from_settings(TINY, num_simulations=8), 5,
                                      SPEC.num_actions)
             move = search.search(observation, np.ones((5, SPEC.num_actions), bool), np.random.default_rng(1))
             assert move.versions.tolist() == [4] * 5
+            assert search._searches[0].value_prefix_horizon == 2
             np.testing.assert_allclose(move.policies.sum(axis=1), 1.0, rtol=1e-5)
             assert np.isfinite(move.root_values).all()
     finally:

@@ -19,8 +19,8 @@ import numpy as np
 from games.base import MuZeroSettings
 from games.validation import require
 from services.agent import gumbel as gumbel_lib
-from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_STATE, Model,
-                                      ModelOutput)
+from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_HORIZON,
+                                      VALUE_PREFIX_STATE, Model, ModelOutput)
 from services.agent.search.config import SearchConfig
 from services.agent.search.policies import POLICIES, Policy
 from services.agent.search.tree import Tree
@@ -68,8 +68,10 @@ class BatchedSearch:
     `num_edges` edges per node, the game's `num_actions` unless the policy asks for more
     (`Policy.num_edges`), and results cover the first `num_actions`.
 
-    Value prefix (`config.value_prefix_horizon` H >= 1, a value-prefix model: its outputs carry
-    `value_prefix_state`): a node at depth d + 1 gets the per-step reward
+    Value prefix (a value-prefix model, EfficientZero's: its root output carries
+    `value_prefix_state` and its horizon H, `value_prefix_horizon`; its `reward` is the sum of
+    the rewards since the path's last reset, every H steps from the root): a node at depth
+    d + 1 gets the per-step reward
         r = prefix(child) - prefix(parent)    or r = prefix(child) when d % H == 0,
     since the model's sum restarts there (EfficientZero's backup). `select_inputs` hands the
     model the parent's LSTM state, zeros when d % H == 0. Everything else (Q, backup, the
@@ -117,7 +119,7 @@ class BatchedSearch:
         self._phase = "idle"          # idle -> select <-> expand -> done -> idle
         self._training = True
         self._rng: np.random.Generator | None = None
-        self.value_prefix_horizon = config.value_prefix_horizon
+        self.value_prefix_horizon = 0        # the model's H during a move with a value-prefix model
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found normally: the policy's state arrays.
@@ -147,6 +149,7 @@ class BatchedSearch:
         B, A = self.batch_size, self.num_actions
         hidden, value, _reward, logits = self._check_output(root, "root")
         prefix_state = self._check_prefix_state(root, "root")
+        self.value_prefix_horizon = self._root_horizon(root) if prefix_state is not None else 0
         legal = np.asarray(legal_actions)
         require(legal.shape == (B, A), f"legal_actions must have shape {(B, A)}, got {legal.shape}")
         legal = legal.astype(bool, copy=False)
@@ -224,7 +227,7 @@ class BatchedSearch:
         n = self._simulation + 1
         leaf_rows, action = self._leaf_rows, self._leaf_action
         edges = leaf_rows * self.num_edges + action
-        if self.tree.value_prefix_state is not None:
+        if self.value_prefix_horizon:
             reward = self._rewards_from_prefixes(n, leaf_rows, reward, self._check_prefix_state(output, "output"))
         log_prior = self.tree.expand(n, leaf_rows, action, edges, hidden, value, reward, logits)
         self.policy.on_expand(n, log_prior)
@@ -283,18 +286,25 @@ class BatchedSearch:
         restarted = tree.ndep.take(parent_rows) % self.value_prefix_horizon == 0
         return prefix - np.where(restarted, 0.0, tree.nprefix.take(parent_rows))
 
+    def _root_horizon(self, root: ModelOutput) -> int:
+        """The value-prefix model's H, from its root output (ValueError if missing or bad)."""
+        horizon = getattr(root, VALUE_PREFIX_HORIZON, None)
+        if horizon is None:
+            raise ValueError(f"root: a value-prefix model ({VALUE_PREFIX_STATE}) must give its "
+                             f"{VALUE_PREFIX_HORIZON} too")
+        horizon = np.asarray(horizon).reshape(-1)
+        if horizon.size != self.batch_size or horizon.min() < 1 or horizon.min() != horizon.max():
+            raise ValueError(f"root.{VALUE_PREFIX_HORIZON} must be one H >= 1 for all {self.batch_size} "
+                             f"games, got {horizon.tolist()[:8]}")
+        return int(horizon[0])
+
     def _check_prefix_state(self, output: ModelOutput, name: str) -> np.ndarray | None:
-        """float32 [B, D], the output's value-prefix state, or None; ValueError when the
-        model and `config.value_prefix_horizon` disagree about value prefix."""
+        """float32 [B, D], the output's value-prefix state, or None; ValueError when a
+        recurrent output disagrees with the root about value prefix."""
         state = getattr(output, VALUE_PREFIX_STATE, None)
-        if (state is None) != (self.value_prefix_horizon == 0):
-            if state is None:
-                raise ValueError(f"{name}: the search has value_prefix_horizon "
-                                 f"{self.value_prefix_horizon}, but the model gives no {VALUE_PREFIX_STATE} "
-                                 f"(not a value-prefix model)")
-            raise ValueError(f"{name}: the model is a value-prefix model ({VALUE_PREFIX_STATE}), but the "
-                             f"search's value_prefix_horizon is 0: its rewards would be counted many "
-                             f"times; set training.value_prefix in the game's settings")
+        if name != "root" and (state is None) != (self.value_prefix_horizon == 0):
+            raise ValueError(f"{name}: {VALUE_PREFIX_STATE} is {'missing' if state is None else 'given'}, "
+                             f"but the root's model {'is' if state is None else 'is not'} a value-prefix model")
         if state is None:
             return None
         state = np.asarray(state, np.float32)
