@@ -8,13 +8,17 @@ to <repo>/tmp/screenshots/ when that directory exists).
 from __future__ import annotations
 
 import io
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.logs import get_logger
 from services.launcher.local import LocalFleet
 from services.launcher.topology import FleetConfig, build_topology
+from services.replay.client import ReplayClient
 from tests.monitor.conftest import closed_port, screenshot
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +74,36 @@ def test_dashboard_renders_live_charts(fleet, page, tmp_path):
     path = screenshot(page.page, tmp_path, "dashboard-tictactoe")
     print(f"screenshot: {path}")
     assert page.errors() == []
+
+
+def trainer_steps(fleet) -> float:
+    """mufleet_trainer_steps_total from the trainer's /metrics."""
+    with urllib.request.urlopen(f"http://{fleet.metrics_addresses['trainer']}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == "mufleet_trainer_steps_total")
+
+
+def test_the_reanalyser_updates_targets_while_training_goes_on(fleet):
+    """The whole fleet with a reanalyser: stored targets get replaced by newer versions' and
+    the trainer keeps training on them (bounded waits on observable state, no fixed sleeps)."""
+    deadline = time.monotonic() + 180
+    with ReplayClient(fleet.grpc_addresses["replay"]) as replay:
+        while True:
+            stats = replay.get_stats()
+            if stats.reanalysed_positions > 0 and trainer_steps(fleet) > 0:
+                break
+            assert time.monotonic() < deadline, f"no reanalysed targets or no training: {stats}"
+            time.sleep(0.5)
+        first_steps, first_reanalysed = trainer_steps(fleet), stats.reanalysed_positions
+        while True:
+            stats = replay.get_stats()
+            steps = trainer_steps(fleet)
+            if steps > first_steps and stats.samples_total > 0:
+                break
+            assert time.monotonic() < deadline, f"training stopped at step {steps}: {stats}"
+            time.sleep(0.5)
+    assert first_reanalysed > 0 and stats.reanalysed_positions > 0
 
 
 def test_play_page_answers_with_a_legal_model_move(fleet, page, tmp_path):
