@@ -55,9 +55,11 @@ from games.settings import FleetSettings, NetworkSettings, ReplaySettings, Searc
 from games.base import Game, GameSpec, MuZeroSettings, State, discounted_steps
 from games.validation import require
 from games.boards import as_rng, check_actions, reject_illegal, truncated_at
+from games.symmetry import Symmetries, dihedral_cells, direction_actions
 
 SIZE = 4
 UP, RIGHT, DOWN, LEFT = 0, 1, 2, 3
+DIRECTIONS = [(-1, 0), (0, 1), (1, 0), (0, -1)]  # (d_row, d_col) of UP, RIGHT, DOWN, LEFT
 PLANES = 16
 MAX_EXPONENT = 17  # 2^17 = 131072, the largest tile a 4x4 game can make
 MAX_MOVES = 100_000
@@ -217,9 +219,16 @@ class Game2048(Game):
         replay=ReplaySettings(capacity=500_000, min_positions=10_000),
         training=TrainingSettings(num_unroll_steps=5, td_steps=10, batch_size=256,
                                   learning_rate=3e-3, lr_decay_steps=50_000, weight_decay=1e-4,
-                                  export_interval=100),
+                                  export_interval=100, augment_symmetries=True),
         fleet=FleetSettings(games_per_batch=256),
         discount=DISCOUNT)
+
+    def symmetries(self) -> Symmetries:
+        """The 8 rotations and reflections of the board, each with the directions it maps the
+        moves to (a quarter turn takes UP to RIGHT). The rules commute with every one: sliding
+        and merging are the same in any orientation, and a spawn is uniform over empty cells."""
+        cells = dihedral_cells(SIZE)
+        return Symmetries(cells=cells, actions=direction_actions(cells, SIZE, DIRECTIONS))
 
     @classmethod
     def value_prefix_range(cls, num_unroll_steps: int) -> tuple[float, float]:

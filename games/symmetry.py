@@ -91,6 +91,22 @@ def dihedral_cells(size: int) -> np.ndarray:
     return np.stack([rr * size + cc for rr, cc in images])
 
 
+def direction_actions(cells: np.ndarray, size: int, directions: list[tuple[int, int]]) -> np.ndarray:
+    """int64 [G, D]: the image of each move direction (d_row, d_col) under each cell map of a
+    size x size board (`cells` [G, size*size], as from `dihedral_cells`): where a step from a
+    cell in direction d lands after the map, seen from the mapped cell. For games whose actions
+    are directions (2048's up, right, down, left)."""
+    origin = (size // 2 - 1) * size + (size // 2 - 1)   # a cell with a neighbour in every direction
+    images = np.zeros((len(cells), len(directions)), np.int64)
+    for g, cell_map in enumerate(cells):
+        r0, c0 = divmod(int(cell_map[origin]), size)
+        for i, (dr, dc) in enumerate(directions):
+            start_r, start_c = divmod(origin, size)
+            r1, c1 = divmod(int(cell_map[(start_r + dr) * size + start_c + dc]), size)
+            images[g, i] = directions.index((r1 - r0, c1 - c0))
+    return images
+
+
 def mirror_columns_cells(rows: int, cols: int) -> np.ndarray:
     """int64 [2, rows*cols]: the identity and the left-right mirror of a rows x cols board."""
     r, c = np.divmod(np.arange(rows * cols), cols)

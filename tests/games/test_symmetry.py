@@ -101,3 +101,36 @@ def test_symmetries_are_validated_with_clear_messages():
     with pytest.raises(ValueError, match="which"):
         games.make("tictactoe").symmetries().augment(
             np.zeros((1, 3, 3, 2)), np.zeros((1, 1), int), np.zeros((1, 2, 9)), np.array([8]))
+
+
+def test_2048_symmetries_commute_with_sliding_merging_and_legality():
+    """2048's spawn is random, so its rules are checked where they are deterministic: sliding
+    the mapped board in the mapped direction gives the mapped board and the same score, and the
+    legal moves map too (a spawn is uniform over empty cells, so it commutes in distribution)."""
+    from games import g2048
+
+    game = games.make("2048")
+    symmetries = game.symmetries()
+    assert len(symmetries) == 8 and game.settings.training.augment_symmetries
+    rng = np.random.default_rng(4)
+    boards = rng.integers(0, 6, (256, 4, 4)).astype(np.int8)
+    boards[rng.random(boards.shape) < 0.4] = 0          # empty cells, so that moves differ
+    seen_legal = np.zeros(4, bool)
+    for g in range(len(symmetries)):
+        cells, action_map = symmetries.cells[g], symmetries.actions[g]
+        mapped = _map_board(boards, cells)
+        legal = g2048.legal_moves(boards)
+        mapped_legal = np.zeros_like(legal)
+        mapped_legal[:, action_map] = legal
+        np.testing.assert_array_equal(g2048.legal_moves(mapped), mapped_legal)
+        seen_legal |= legal.any(axis=0)
+        for action in range(4):
+            actions = np.full(len(boards), action, np.int32)
+            slid, score = g2048.slide(boards, actions)
+            mapped_slid, mapped_score = g2048.slide(mapped, action_map[actions].astype(np.int32))
+            np.testing.assert_array_equal(mapped_slid, _map_board(slid, cells))
+            np.testing.assert_array_equal(mapped_score, score)
+    assert seen_legal.all()
+    # A quarter turn takes up to right; the column mirror swaps left and right only.
+    np.testing.assert_array_equal(symmetries.actions[1], [1, 2, 3, 0])
+    np.testing.assert_array_equal(symmetries.actions[4], [0, 3, 2, 1])
