@@ -12,7 +12,7 @@ from services.agent.config import AgentConfig, EvaluationConfig
 from services.common.failures import PermanentFailure
 from services.common.logs import EventLogger, get_logger
 from services.common.metrics import serve_metrics
-from services.common.service import Worker
+from services.common.service import Worker, loop_worker
 
 
 def serve(config: AgentConfig, log: EventLogger | None = None, stop: threading.Event | None = None,
@@ -41,25 +41,15 @@ def serve(config: AgentConfig, log: EventLogger | None = None, stop: threading.E
         metrics.close()
         raise
 
-    def run(stop: threading.Event, ready: threading.Event) -> int:
-        code = 0
-        try:
-            if not stop.is_set():
-                log.info("ready", grpc_port=None, metrics_port=metrics.port,
-                         games_per_batch=config.games_per_batch, simulations=config.simulations,
-                         groups=config.groups, seed=config.seed)
-                ready.set()
-                selfplay.run(stop)
-        except PermanentFailure as failure:
-            log.error("permanent_failure", **failure.log_fields())
-            code = 1
-        finally:
-            unsent = selfplay.close()
-            log.info("stopped", moves=selfplay.moves, games_finished=selfplay.games_finished,
-                     unsent_records=unsent)
+    def finish(code: int) -> int:
+        unsent = selfplay.close()
+        log.info("stopped", moves=selfplay.moves, games_finished=selfplay.games_finished,
+                 unsent_records=unsent)
         return code if unsent == 0 else 1
 
-    return Worker("agent", run, log, metrics, stop).start()
+    return loop_worker("agent", log, metrics, stop, selfplay.run, finish,
+                       games_per_batch=config.games_per_batch, simulations=config.simulations,
+                       groups=config.groups, seed=config.seed)
 
 
 def evaluate_once(config: EvaluationConfig, stop: threading.Event, log: EventLogger) -> int:

@@ -14,6 +14,7 @@ import time
 import traceback
 from typing import Callable, Protocol
 
+from services.common.failures import PermanentFailure
 from services.common.logs import EventLogger
 from services.common.metrics import MetricsEndpoint
 
@@ -102,3 +103,31 @@ class Worker:
         agent's record flush, the trainer's checkpoint); `grace_s` bounds the wait."""
         self.stop_event.set()
         self.wait(grace_s)
+
+
+def loop_worker(name: str, log: EventLogger, metrics: MetricsEndpoint, stop: threading.Event,
+                loop: Callable[[threading.Event], None], finish: Callable[[int], int],
+                **ready_fields) -> Worker:
+    """Starts a `Worker` whose loop is the common shape of MuFleet's worker services (agent,
+    reanalyse): log `ready` (with the metrics port and `ready_fields`), set ready, run
+    `loop(stop)` until it returns; a `PermanentFailure` is logged `permanent_failure` and
+    makes the exit code 1. `finish(code)` always runs last (it closes what the loop used,
+    logs `stopped`) and returns the exit code, e.g. 1 when work was left undone.
+    """
+
+    def run(stop: threading.Event, ready: threading.Event) -> int:
+        code = 0
+        try:
+            if not stop.is_set():
+                log.info("ready", grpc_port=None, metrics_port=metrics.port, **ready_fields)
+                ready.set()
+                loop(stop)
+        except PermanentFailure as failure:
+            log.error("permanent_failure", **failure.log_fields())
+            code = 1
+        finally:
+            code = finish(code)
+        return code
+
+    return Worker(name, run, log, metrics, stop).start()
+

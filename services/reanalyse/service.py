@@ -7,10 +7,9 @@ import threading
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from services.common.failures import PermanentFailure
 from services.common.logs import EventLogger, get_logger
 from services.common.metrics import serve_metrics
-from services.common.service import Worker
+from services.common.service import Worker, loop_worker
 from services.reanalyse.config import ReanalyseConfig
 
 
@@ -43,23 +42,13 @@ def serve(config: ReanalyseConfig, log: EventLogger | None = None, stop: threadi
         metrics.close()
         raise
 
-    def run(stop: threading.Event, ready: threading.Event) -> int:
-        code = 0
-        try:
-            if not stop.is_set():
-                log.info("ready", grpc_port=None, metrics_port=metrics.port, batch_size=config.batch_size,
-                         simulations=config.search_simulations, order=config.order, seed=config.seed)
-                ready.set()
-                reanalyser.run(stop)
-        except PermanentFailure as failure:
-            log.error("permanent_failure", **failure.log_fields())
-            code = 1
-        finally:
-            if own_network:
-                network.close()
-            if own_replay:
-                replay.close()
-            log.info("stopped", batches=reanalyser.batches, positions=reanalyser.positions)
+    def finish(code: int) -> int:
+        if own_network:
+            network.close()
+        if own_replay:
+            replay.close()
+        log.info("stopped", batches=reanalyser.batches, positions=reanalyser.positions)
         return code
 
-    return Worker("reanalyse", run, log, metrics, stop).start()
+    return loop_worker("reanalyse", log, metrics, stop, reanalyser.run, finish, batch_size=config.batch_size,
+                       simulations=config.search_simulations, order=config.order, seed=config.seed)
