@@ -72,8 +72,10 @@ class SearchSettings:
 
     Attributes:
       num_simulations: S >= 1 simulations per move; a tree holds N = S + 1 nodes.
-      search: the policy: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct"
-        (MuZero's PUCT); `services.agent.search.policies.POLICIES` holds them.
+      search: the policy: "gumbel" (Gumbel MuZero, learns with few simulations), "puct"
+        (MuZero's PUCT) or "stochastic" (Stochastic MuZero: PUCT over decision nodes and
+        chance nodes, for a model with afterstates and chance codes);
+        `services.agent.search.policies.POLICIES` holds them.
       pb_c_base: PUCT's exploration base (> 0).
       pb_c_init: PUCT's exploration constant (>= 0).
       root_dirichlet_alpha: Dirichlet concentration (> 0) of the root noise ("puct", training).
@@ -91,6 +93,9 @@ class SearchSettings:
       temperature: >= 0, visit-count temperature of the action choice in self-play (N^(1/T);
         0 is greedy). Evaluation uses 0.
       temperature_moves: moves of a game played with `temperature`; later moves are greedy.
+      num_chance_codes: C >= 1, the chance outcomes (codes) of an afterstate ("stochastic"
+        only): the tree then has A + C edges per node and the model's policy_logits cover
+        them (the search masks the half a node's kind does not use).
     """
 
     num_simulations: int = 16
@@ -106,14 +111,15 @@ class SearchSettings:
     rescale_values: bool = True
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
+    num_chance_codes: int = 32
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("num_simulations", "max_considered_actions", "temperature_moves"):
+        for field in ("num_simulations", "max_considered_actions", "temperature_moves", "num_chance_codes"):
             value = getattr(self, field)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool),
                     f"{name}.{field} must be an int, got {value!r}")
-        _at_least(self, 1, "num_simulations", "max_considered_actions")
+        _at_least(self, 1, "num_simulations", "max_considered_actions", "num_chance_codes")
         _at_least(self, 0, "pb_c_init", "gumbel_scale", "value_scale", "maxvisit_init",
                   "temperature", "temperature_moves")
         require(self.pb_c_base > 0, f"{name}.pb_c_base must be > 0, got {self.pb_c_base}")

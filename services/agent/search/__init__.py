@@ -22,8 +22,8 @@ The parts (module -> role; mctx's counterpart in brackets):
     interior [action_selection.py]; `services.agent.gumbel` holds Gumbel's pure functions
     (halving schedule, improved policy, root score) [seq_halving.py].
   * `qtransforms`: completed Q by mixed value, and MuZero's tree-wide min-max [qtransforms.py].
-  * `policies`: PUCT and Gumbel MuZero composed from those, chosen by `SearchConfig.search`;
-    chance nodes (Stochastic MuZero) are one more policy (see its docstring) [policies.py].
+  * `policies`: PUCT, Gumbel MuZero and Stochastic MuZero (chance nodes) composed from those,
+    chosen by `SearchConfig.search` (see its docstring) [policies.py].
   * `batched`: `BatchedSearch`, the simulation loop and step API, and `SearchResult`
     [search.py].
   * `config`: `SearchConfig`.
@@ -58,15 +58,23 @@ The policies (`SearchConfig.search`):
     Gumbel-top-k and Sequential Halving at the root, the deterministic improved-policy rule
     below it, completed Q-values by mixed value. The root starts with one visit carrying the
     network's value, as in mctx.
+  * "stochastic": Stochastic MuZero (Antonoglou et al. 2022) as mctx's
+    `stochastic_muzero_policy`: decision nodes (states) and chance nodes (afterstates) in one
+    tree of A + C edges per node; PUCT as "puct" at decision nodes, argmax P(c) / (N(c) + 1)
+    over the C chance codes at chance nodes; the edge into an afterstate has reward 0 and
+    factor 1, the edge out of it the model's reward and discount * sign. The one recurrent
+    request per step carries both kinds (edge < A: afterstate dynamics; >= A: dynamics).
 
-`tests/agent/test_search_mctx.py` checks both against mctx itself.
+`tests/agent/test_search_mctx.py` checks "gumbel" and "puct" against mctx itself,
+`tests/agent/test_search_mctx_stochastic.py` "stochastic".
 """
 
 from services.agent.inference import Model, ModelOutput
 from services.agent.search.batched import BatchedSearch, SearchResult
 from services.agent.search.config import SearchConfig
-from services.agent.search.policies import POLICIES, Choice, GumbelPolicy, Policy, PuctPolicy, select_actions
+from services.agent.search.policies import (POLICIES, Choice, GumbelPolicy, Policy, PuctPolicy, StochasticPolicy,
+                                           select_actions)
 from services.agent.search.tree import Tree
 
 __all__ = ["BatchedSearch", "Choice", "GumbelPolicy", "Model", "ModelOutput", "POLICIES", "Policy", "PuctPolicy",
-           "SearchConfig", "SearchResult", "Tree", "select_actions"]
+           "SearchConfig", "SearchResult", "StochasticPolicy", "Tree", "select_actions"]

@@ -35,14 +35,15 @@ class SearchResult:
     Attributes:
       action: int32 [B], the action to play (see `BatchedSearch.finish_move`).
       visit_counts: int32 [B, A], root child visit counts (sum S; 0 on illegal actions).
-      policy: float32 [B, A], the policy target: visit distribution ("puct") or Gumbel's
+      policy: float32 [B, A], the policy target: visit distribution ("puct", "stochastic") or Gumbel's
         improved policy softmax(logits + sigma(completed Q)) over the legal actions ("gumbel").
       value: float32 [B], the search value of the root, from the view of its player to move:
         the mean of the S backed-up returns ("puct"), or of those and the network's value
         ("gumbel", as mctx).
       raw_value: float32 [B], the network's value of the root.
       qvalues: float32 [B, A], root Q(s, a) (root player's view); 0 where unvisited.
-      max_depth: int32 [B], depth of the deepest node of each tree (root = 0).
+      max_depth: int32 [B], depth of the deepest node of each tree (root = 0; with
+        "stochastic" afterstates count as levels).
       greedy_action: int32 [B], what a greedy player plays: the most visited action ("puct")
         or the argmax of the improved policy ("gumbel").
     """
@@ -63,7 +64,8 @@ class BatchedSearch:
     The tree is `self.tree` (`services.agent.search.tree.Tree`); its arrays are attributes
     of the search too (`node_visits`, `children_qvalues`, `hidden_state`, ...: `Tree.ARRAYS`,
     the same objects, for inspection and tests), and so is the policy's state
-    (`Policy.STATE`: "gumbel"'s `root_gumbel` and `considered`, "puct"'s `q_min`, `q_max`).
+    (`Policy.STATE`: "gumbel"'s `root_gumbel` and `considered`, "puct"'s `q_min`, `q_max`,
+    "stochastic"'s those and `is_chance`).
     The policy is `self.policy`, chosen by `config.search` from `POLICIES`; the tree has
     `num_edges` edges per node, the game's `num_actions` unless the policy asks for more
     (`Policy.num_edges`), and results cover the first `num_actions`.
@@ -73,7 +75,10 @@ class BatchedSearch:
     the rewards since the path's last reset, every H steps from the root): a node at depth
     d + 1 gets the per-step reward
         r = prefix(child) - prefix(parent)    or r = prefix(child) when d % H == 0,
-    since the model's sum restarts there (EfficientZero's backup). `select_inputs` hands the
+    since the model's sum restarts there (EfficientZero's backup). With "stochastic", depth
+    counts afterstates too, and the reward into an afterstate is 0 whatever the prefixes (the
+    policy's `adjust_expansion` runs after this), so a value-prefix model should give an
+    afterstate its parent's prefix. `select_inputs` hands the
     model the parent's LSTM state, zeros when d % H == 0. Everything else (Q, backup, the
     policies) sees per-step rewards, so a search with value prefix backs up exactly what the
     same search with the equivalent per-step rewards does.
@@ -173,7 +178,10 @@ class BatchedSearch:
 
         Returns:
           (hidden_state float32 [B, *hidden_shape], action int32 [B]): the parent's hidden state
-          and the action of each game's new leaf, the input of ONE recurrent_inference.
+          and the action of each game's new leaf, the input of ONE recurrent_inference. The
+          "action" is an edge index in [0, num_edges): with "stochastic", < A is an action from
+          a state (afterstate dynamics), >= A the chance code action - A from an afterstate
+          (dynamics); the one request carries both kinds.
         """
         if self._phase != "select":          # not require(): its message would be formatted every step
             raise ValueError(f"select() must follow start_move() or expand_and_backup(), "
@@ -219,7 +227,10 @@ class BatchedSearch:
     def expand_and_backup(self, output: ModelOutput) -> None:
         """Creates node s + 1 of every tree from ONE recurrent_inference and backs its value up.
 
-        `output` answers the (hidden_state, action) pairs of the preceding `select()`.
+        `output` answers the (hidden_state, action) pairs of the preceding `select()`. With
+        value prefix, the per-step rewards are derived first; then the policy's
+        `adjust_expansion` may change the rewards and logits ("stochastic": reward 0 into an
+        afterstate, each node's half of the logits), and the tree stores and backs up those.
         """
         if self._phase != "expand":
             raise ValueError(f"expand_and_backup() must follow select(), not come in phase {self._phase!r}")
@@ -229,6 +240,9 @@ class BatchedSearch:
         edges = leaf_rows * self.num_edges + action
         if self.value_prefix_horizon:
             reward = self._rewards_from_prefixes(n, leaf_rows, reward, self._check_prefix_state(output, "output"))
+        # The policy's say on the new nodes' numbers before the tree stores or backs them up
+        # ("stochastic": reward 0 into an afterstate, the logits half of each node's kind).
+        reward, logits = self.policy.adjust_expansion(action, reward, logits)
         log_prior = self.tree.expand(n, leaf_rows, action, edges, hidden, value, reward, logits)
         self.policy.on_expand(n, log_prior)
         self.tree.backup(n, edges, value, reward, self._levels, self.policy.observe_q)
@@ -239,7 +253,7 @@ class BatchedSearch:
         """The move's result once all S simulations are done (see `SearchResult`).
 
         Action choice (the policy's `finish_move`):
-          * "puct": `select_actions(visit_counts, T, rng)` with T = `temperature`, or by default
+          * "puct", "stochastic": `select_actions(visit_counts, T, rng)` with T = `temperature`, or by default
             config.temperature in training and 0 (greedy) in evaluation.
           * "gumbel": Sequential Halving's choice, the argmax of g + logits + sigma(completed Q)
             over the considered actions with the most visits; greedy (g = 0) in evaluation or

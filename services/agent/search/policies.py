@@ -2,7 +2,7 @@
 `policies.py`).
 
 `BatchedSearch` (`services.agent.search.batched`) owns the tree and the loop (simulate,
-expand, backup); a `Policy` decides everything else through eight hooks:
+expand, backup); a `Policy` decides everything else through nine hooks:
 
     num_edges(num_actions, cfg)  edges per node of the tree (classmethod; default the A actions)
     start_move(rng, training)    root statistics and root noise (the root node is written)
@@ -10,34 +10,51 @@ expand, backup); a `Policy` decides everything else through eight hooks:
     select_root(simulation)      int64 [B]: the edge taken at the B roots
     select_interior(games, rows) int64 [k]: the edge taken at k interior nodes, one depth (a
                                  selector object set in __init__: it runs once per depth)
+    adjust_expansion(edge, reward, logits)  the model's reward [B] and logits [B, E] of the
+                                 new nodes as the tree should store them (default unchanged)
     on_expand(n, log_prior)      what the policy keeps of the new nodes n
     observe_q                    None or a `QObserver` fed every Q the backup writes
     finish_move(rng, training, temperature) -> Choice: action, policy target, greedy action
 
-`POLICIES` maps `SearchConfig.search` to the class. A new policy is a new class here (or in a
-module of its own) and one entry in `POLICIES` (plus the name in `games.base.MuZeroSettings`'s
-check of `search`); nothing branches on the policy's name.
+`POLICIES` maps `SearchConfig.search` to the class; `SearchConfig` accepts exactly its keys. A
+new policy is a new class here (or in a module of its own) and one entry in `POLICIES`;
+nothing branches on the policy's name.
 
-Adding chance nodes (Stochastic MuZero, Antonoglou et al. 2022), as mctx's
-`stochastic_muzero_policy` does, is one more policy; the hooks suffice:
-  * Edges: `num_edges` returns A + C (C chance outcomes), mctx's trick: edges 0..A-1 of a
-    decision node are actions, edges A..A+C-1 of a chance node (an afterstate) are outcomes;
-    the other part of each row has logits -inf (prior 0) and is never selected. The root's
-    outcome edges are illegal (`Tree.reset`); `BatchedSearch` reports the first A.
-  * Node kinds: the policy keeps its own is_chance bool [B, N] (like `GumbelInterior`'s log
-    priors), written in `on_expand(n, ...)`: a child of a decision node is a chance node and
-    vice versa. Its `select_interior` is a selector object that gathers is_chance at `rows`
-    and takes, per node, either PUCT's choice (`PuctSelector` on the action half) or the
-    chance rule argmax P(c) / (N(c) + 1), with one `np.where` over the k rows: no loop over
-    nodes, and the root stays a decision node (`select_root` as PUCT's).
-  * Backup: `on_expand` also overwrites `tree.node_discount[:, n]` per node: 1 on a decision
-    -> chance edge (same player, no time passes, reward 0) and discount * sign on a chance
-    -> decision edge; `Tree.backup` already reads the factor per node, so values and Q keep
-    their meaning with two kinds of edge.
-  * Inference: `select()` still returns ONE (hidden_state, action) pair per game, and the
-    model answers each with the inference its parent's kind needs (afterstate dynamics from a
-    decision node, dynamics from a chance node), batched in the one request; which signature
-    carries it is the model's business (`services.agent.inference`), not the tree's.
+Chance nodes: `StochasticPolicy` ("stochastic", Stochastic MuZero, Antonoglou et al. 2022, as
+mctx's `stochastic_muzero_policy`) is built from the hooks alone:
+  * Edges: `num_edges` returns E = A + C (C = `num_chance_codes`), mctx's trick: edges 0..A-1
+    of a decision node are actions, edges A..A+C-1 of a chance node (an afterstate) are chance
+    outcomes; the other part of each row has prior 0 and is never selected. The root is a
+    decision node and its outcome edges are illegal (`Tree.reset`); `BatchedSearch` reports
+    the first A.
+  * Node kinds: the policy keeps is_chance bool [B, N], written in `on_expand`: the edge into
+    a node says its kind (an action edge leads to an afterstate, an outcome edge to a state),
+    so a child of a decision node is a chance node and vice versa. `select_interior` is a
+    `StochasticSelector`: PUCT's score (with this policy's min-max) on the action half, the
+    chance rule P(c) / (N(c) + 1) on the outcome half, one `np.where` over the k rows on
+    is_chance; `select_root` is PUCT's at the decision root.
+  * The new nodes' outputs: `adjust_expansion` (called by `BatchedSearch.expand_and_backup`
+    before `Tree.expand` and `Tree.backup`, so the tree and the backed-up returns see the same
+    numbers) sets the reward into an afterstate to 0 (no time passes) and keeps the half of
+    the model's logits that applies to each new node's kind (the first A as action logits
+    under a state, the last C as chance-code logits under an afterstate), so a model may
+    put anything in the other half. `on_expand` sets `tree.node_discount` per node: 1 on a
+    decision -> chance edge (same player, no time) and discount * sign on a chance ->
+    decision edge; `Tree.backup` reads that factor per node, so Q(s, a) = V(afterstate) and
+    Q(as, c) = r + discount * sign * V(state) with no other change. (Improving on the first
+    plan, where `on_expand` alone handled the afterstate edge: `on_expand` runs after
+    `Tree.expand` has stored the model's reward, and the same array then goes to
+    `Tree.backup`, so the reward and the logits are fixed earlier, by this hook: the only
+    change to `BatchedSearch`. The new node's kind is read from its edge index, edge < A,
+    rather than gathered from the parent's is_chance: the same fact, no gather.)
+  * Inference: `select()` still returns ONE (hidden_state, edge) pair per game, and the
+    one recurrent request for all B games carries both kinds: edge < A asks for the
+    afterstate dynamics of (state, action = edge), edge >= A for the dynamics of (afterstate,
+    code = edge - A). The model answers each row with what its edge asks for (value: the
+    afterstate's Q value or the state's value); how it does so is its business
+    (`services.agent.inference`), not the tree's.
+  * Min-max: one `MinMaxStats` per tree over every Q the backup writes, both kinds of edge
+    (the pseudocode's MinMaxStats sees every node on the path); only decision nodes use it.
   * Result: `finish_move` reads the root's action half, like PUCT (visit distribution).
 """
 
@@ -52,7 +69,8 @@ import numpy as np
 from games.validation import require
 from services.agent import gumbel as gumbel_lib
 from services.agent.search.qtransforms import MinMaxStats
-from services.agent.search.selectors import CompletedQ, GumbelInterior, PuctSelector, SequentialHalvingRoot
+from services.agent.search.selectors import (CompletedQ, GumbelInterior, PuctSelector, SequentialHalvingRoot,
+                                             StochasticSelector)
 from services.agent.search.tree import QObserver, Tree
 
 if TYPE_CHECKING:
@@ -139,8 +157,16 @@ class Policy(abc.ABC):
     def select_root(self, simulation: int) -> np.ndarray:
         """int64 [B]: the action taken at every root in simulation `simulation` (0-based)."""
 
+    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
+                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The new nodes' (reward float64 [B], logits float64 [B, E]) as the tree should store
+        and back them up, from the model's answer for the selected `edge` int64 [B] (E edges
+        per node, `num_edges`). Called before `Tree.expand` (after value-prefix rewards are
+        derived); the default keeps the model's numbers."""
+        return reward, logits
+
     def on_expand(self, n: int, log_prior: np.ndarray) -> None:
-        """Sees node n of every tree just created (log_prior float64 [B, A])."""
+        """Sees node n of every tree just created (log_prior float64 [B, E])."""
 
     @abc.abstractmethod
     def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
@@ -273,5 +299,70 @@ class GumbelPolicy(Policy):
         return Choice(action=action, policy=policy, greedy_action=np.argmax(policy, axis=1).astype(np.int32))
 
 
-POLICIES: dict[str, type[Policy]] = {"puct": PuctPolicy, "gumbel": GumbelPolicy}
+class StochasticPolicy(PuctPolicy):
+    """Stochastic MuZero (Antonoglou et al. 2022) as mctx's `stochastic_muzero_policy`, with
+    PUCT at decision nodes exactly as `PuctPolicy` (the pseudocode's: the root starts with 0
+    visits, one min-max per tree, Dirichlet noise on the legal root actions in training).
+
+    The tree has E = A + C edges per node (C = config.num_chance_codes): decision nodes use
+    edges 0..A-1 (actions), chance nodes (afterstates) edges A..A+C-1 (outcomes, code = edge -
+    A); the module docstring has the design. Below the root, `StochasticSelector` chooses.
+    Edges: decision -> chance reward 0 and factor 1 (same player, no time passes); chance ->
+    decision the model's reward and discount * sign. The action is sampled from the root's
+    action visits N(a)^(1/T) and the policy target is their distribution, as PUCT's. The
+    Dirichlet draws cover all E root edges (`PuctPolicy.start_move` draws `legal.shape`);
+    the outcome half is illegal at the root, so its draws are dropped.
+
+    State: q_min, q_max float64 [B] (PUCT's) and is_chance bool [B, N], the kind of every node
+    created this move (the root False).
+    """
+
+    STATE = ("q_min", "q_max", "is_chance")
+
+    def __init__(self, tree: Tree, config: "SearchConfig") -> None:
+        super().__init__(tree, config)
+        self.num_game_actions = A = tree.num_actions - config.num_chance_codes
+        require(A >= 1, f"the tree's {tree.num_actions} edges leave no actions beside "
+                f"{config.num_chance_codes} chance codes")
+        self.is_chance = np.zeros((tree.batch_size, tree.num_nodes), bool)
+        self.interior = StochasticSelector(tree, A, self.selector, self.is_chance)
+        self.select_interior = self.interior
+        # Row 0: keep the action half (a state's logits); row 1: the outcome half (an afterstate's).
+        outcome = np.arange(tree.num_actions) >= A
+        self._keep = np.stack([~outcome, outcome])                         # bool [2, E]
+
+    @classmethod
+    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
+        return num_actions + config.num_chance_codes
+
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        super().start_move(rng, training)
+        self.is_chance[:, 0] = False
+
+    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
+                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # An action edge (edge < A) leads to an afterstate: no reward, chance-code logits.
+        to_chance = edge < self.num_game_actions                            # bool [B]
+        reward = np.where(to_chance, 0.0, reward)
+        # np.where, not an added -inf mask: the unused half may hold anything (inf, nan).
+        logits = np.where(self._keep.take(to_chance.astype(np.intp), axis=0), logits, _NEG_INF)
+        return reward, logits
+
+    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
+        tree = self.tree
+        to_chance = tree.node_action[:, n] < self.num_game_actions
+        self.is_chance[:, n] = to_chance
+        # Tree.expand wrote discount * sign; an afterstate is the same player, no time later.
+        tree.node_discount[:, n] = np.where(to_chance, 1.0, tree.discount_sign)
+
+    def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
+        visits = self.tree.children_visits[:, 0, :self.num_game_actions]
+        if temperature is None:
+            temperature = self.config.temperature if training else 0.0
+        return Choice(action=select_actions(visits, temperature, rng),
+                      policy=visits / visits.sum(axis=1, keepdims=True),
+                      greedy_action=np.argmax(visits, axis=1).astype(np.int32))
+
+
+POLICIES: dict[str, type[Policy]] = {"puct": PuctPolicy, "gumbel": GumbelPolicy, "stochastic": StochasticPolicy}
 """`SearchConfig.search` -> the policy class."""
