@@ -96,12 +96,12 @@ def direction_actions(cells: np.ndarray, size: int, directions: list[tuple[int, 
     size x size board (`cells` [G, size*size], as from `dihedral_cells`): where a step from a
     cell in direction d lands after the map, seen from the mapped cell. For games whose actions
     are directions (2048's up, right, down, left)."""
-    origin = (size // 2 - 1) * size + (size // 2 - 1)   # a cell with a neighbour in every direction
+    start_r = start_c = size // 2 - 1                    # a cell with a neighbour in every direction
+    origin = start_r * size + start_c
     images = np.zeros((len(cells), len(directions)), np.int64)
     for g, cell_map in enumerate(cells):
         r0, c0 = divmod(int(cell_map[origin]), size)
         for i, (dr, dc) in enumerate(directions):
-            start_r, start_c = divmod(origin, size)
             r1, c1 = divmod(int(cell_map[(start_r + dr) * size + start_c + dc]), size)
             images[g, i] = directions.index((r1 - r0, c1 - c0))
     return images

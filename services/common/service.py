@@ -130,4 +130,3 @@ def loop_worker(name: str, log: EventLogger, metrics: MetricsEndpoint, stop: thr
         return code
 
     return Worker(name, run, log, metrics, stop).start()
-

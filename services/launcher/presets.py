@@ -8,8 +8,8 @@ each changed field to the service that owns it, as that service's flag: replay s
 replay (`--samples-per-insert`, ...), training settings that the trainer takes as flags to the
 trainer (`--consistency-weight`, ...), and value prefix (`--value-prefix`,
 `--value-prefix-horizon`) to both, since the replay's targets and the trainer's network must
-agree (searchers take the horizon from the model itself). A field no service takes as a flag is refused when the
-preset is built, so a preset can never promise what the fleet does not do.
+agree (searchers take the horizon from the model itself). A field no service takes as a flag
+is refused when the preset is built, so a preset can never promise what the fleet does not do.
 
 The presets (docs/learning.md has what they reached):
 

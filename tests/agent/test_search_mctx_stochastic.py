@@ -69,6 +69,7 @@ from services.agent.inference import ModelOutput  # noqa: E402
 from services.agent.search import BatchedSearch, SearchConfig  # noqa: E402
 
 from tests.agent.search_fakes import PredictsFromMethods  # noqa: E402
+from tests.agent.test_search_mctx import float64_jax  # noqa: E402,F401 - the autouse fixture: mctx in float64
 
 B, A, C, H = 6, 4, 3, 6        # games, actions, chance codes, hidden size
 S = 24                         # simulations
@@ -80,15 +81,6 @@ PB_C_INIT, PB_C_BASE = 1.25, 19652.0
 for name in ("_make_stochastic_recurrent_fn", "_make_stochastic_action_selection_fn", "_mask_tree"):
     if not hasattr(mctx_policies, name):
         pytest.skip(f"this mctx has no {name}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def float64_jax():
-    """mctx in float64, like MuFleet's tree statistics (restored afterwards)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -78,8 +78,8 @@ class BatchedSearch:
     since the model's sum restarts there (EfficientZero's backup). With "stochastic", depth
     counts afterstates too, and the reward into an afterstate is 0 whatever the prefixes (the
     policy's `adjust_expansion` runs after this), so a value-prefix model should give an
-    afterstate its parent's prefix. `select_inputs` hands the
-    model the parent's LSTM state, zeros when d % H == 0. Everything else (Q, backup, the
+    afterstate its parent's prefix. `select_inputs` hands the model the parent's LSTM state,
+    zeros when d % H == 0. Everything else (Q, backup, the
     policies) sees per-step rewards, so a search with value prefix backs up exactly what the
     same search with the equivalent per-step rewards does.
     """
@@ -153,7 +153,7 @@ class BatchedSearch:
         """
         B, A = self.batch_size, self.num_actions
         hidden, value, _reward, logits = self._check_output(root, "root")
-        prefix_state = self._check_prefix_state(root, "root")
+        prefix_state = self._prefix_state(root, "root")
         self.value_prefix_horizon = self._root_horizon(root) if prefix_state is not None else 0
         legal = np.asarray(legal_actions)
         require(legal.shape == (B, A), f"legal_actions must have shape {(B, A)}, got {legal.shape}")
@@ -217,7 +217,7 @@ class BatchedSearch:
         states (zeros where a parent's depth is a multiple of the horizon: a reset)."""
         hidden, action = self.select()
         inputs = {"hidden_state": hidden, "action": action}
-        if self.tree.value_prefix_state is not None and self.value_prefix_horizon:
+        if self.value_prefix_horizon:           # set by start_move with the tree's prefix arrays
             tree = self.tree
             state = tree.prefix_state_rows.take(self._leaf_rows, axis=0)
             state[tree.ndep.take(self._leaf_rows) % self.value_prefix_horizon == 0] = 0.0
@@ -239,7 +239,11 @@ class BatchedSearch:
         leaf_rows, action = self._leaf_rows, self._leaf_action
         edges = leaf_rows * self.num_edges + action
         if self.value_prefix_horizon:
-            reward = self._rewards_from_prefixes(n, leaf_rows, reward, self._check_prefix_state(output, "output"))
+            state = self._prefix_state(output, "output")
+            if state is None:
+                raise ValueError(f"output: {VALUE_PREFIX_STATE} is missing, but the root's model is a "
+                                 f"value-prefix model")
+            reward = self._rewards_from_prefixes(n, leaf_rows, reward, state)
         # The policy's say on the new nodes' numbers before the tree stores or backs them up
         # ("stochastic": reward 0 into an afterstate, the logits half of each node's kind).
         reward, logits = self.policy.adjust_expansion(action, reward, logits)
@@ -312,13 +316,10 @@ class BatchedSearch:
                              f"games, got {horizon.tolist()[:8]}")
         return int(horizon[0])
 
-    def _check_prefix_state(self, output: ModelOutput, name: str) -> np.ndarray | None:
-        """float32 [B, D], the output's value-prefix state, or None; ValueError when a
-        recurrent output disagrees with the root about value prefix."""
+    def _prefix_state(self, output: ModelOutput, name: str) -> np.ndarray | None:
+        """float32 [B, D], the output's value-prefix state, or None if it has none (ValueError
+        for a bad shape)."""
         state = getattr(output, VALUE_PREFIX_STATE, None)
-        if name != "root" and (state is None) != (self.value_prefix_horizon == 0):
-            raise ValueError(f"{name}: {VALUE_PREFIX_STATE} is {'missing' if state is None else 'given'}, "
-                             f"but the root's model {'is' if state is None else 'is not'} a value-prefix model")
         if state is None:
             return None
         state = np.asarray(state, np.float32)
