@@ -129,6 +129,8 @@ class ReplayConfig(ReplaySettings):
         require(self.num_unroll_steps >= 1,
                 f"ReplayConfig.num_unroll_steps must be >= 1, got {self.num_unroll_steps}")
         require(self.td_steps >= 1, f"ReplayConfig.td_steps must be >= 1, got {self.td_steps}")
+        require(self.value_prefix_horizon >= 1,
+                f"ReplayConfig.value_prefix_horizon must be >= 1, got {self.value_prefix_horizon}")
         require(0 < self.discount <= 1, f"ReplayConfig.discount must be in (0, 1], got {self.discount}")
         require(self.synchronous in SYNCHRONOUS_MODES,
                 f"ReplayConfig.synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "

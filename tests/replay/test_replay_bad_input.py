@@ -396,6 +396,7 @@ def test_a_rejected_hostile_priority_leaves_sampling_finite(replay):
     (["--max-send-bytes", "-1"], "error: --max-send-bytes must be 0 (derived) or in"),
     (["--port", "70000"], "error: --port must be in [0, 65535], got 70000"),
     (["--td-steps", "0"], "error: --td-steps must be >= 1, got 0"),
+    (["--value-prefix-horizon", "0"], "error: --value-prefix-horizon must be >= 1, got 0"),
     (["--reanalysed-target-fraction", "2"], "error: --reanalysed-target-fraction must be in [0, 1], got 2"),
     (["--reanalysed-target-fraction", "nan"], "error: --reanalysed-target-fraction must be in [0, 1], got nan"),
     (["--td-age-versions-per-step", "-1"], "error: --td-age-versions-per-step must be >= 0, got -1"),
