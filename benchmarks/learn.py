@@ -6,7 +6,8 @@
 Every `--eval-interval-s` the newest model version plays greedily (no noise, temperature 0)
 in a separate environment session: cartpole 100 episodes (target: mean return >= 475);
 tictactoe 200 games against an exact minimax player, 100 as X and 100 as O (target: no
-losses). A seed's run stops at its target or at the budget. Each run writes
+losses); 2048 100 games (target: mean score >= 31,000 with the 2048 tile in at least half;
+each evaluation records the share of games reaching 256 ... 4096 and the mean game length). A seed's run stops at its target or at the budget. Each run writes
 docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) and a PNG
 curve; docs/learning/<game>.json summarizes the seeds. With --keep-going a run evaluates until
 the budget is spent, to show whether the target holds once reached; it writes
@@ -78,9 +79,18 @@ class NoLossTarget(Target):
         return summary["losses"] == 0
 
 
+class ScoreTarget(Target):
+    """2048: LightZero's published Stochastic MuZero mean at 2M environment steps, with the
+    2048 tile in at least half of the games."""
+
+    def reached(self, summary: dict) -> bool:
+        return summary["mean_return"] >= 31_000 and summary["max_tile_at_least"]["2048"] * 2 >= summary["games"]
+
+
 TARGETS = {
     "cartpole": ReturnTarget(100, random_opponent, "mean greedy return >= 475 over 100 episodes"),
     "tictactoe": NoLossTarget(200, tictactoe_minimax, "no losses in 200 games against minimax (100 as X, 100 as O)"),
+    "2048": ScoreTarget(100, random_opponent, "mean score >= 31,000 over 100 greedy games, the 2048 tile in >= 50"),
 }
 
 
@@ -220,6 +230,17 @@ def _plot(report: dict, path: Path) -> None:
         axis.plot(minutes, [e["mean_return"] for e in evaluations], marker="o", label="mean greedy return")
         axis.axhline(475, color="grey", linestyle="--", label="target 475")
         axis.set_ylabel("return (100 episodes)")
+    elif report["game"] == "2048":
+        axis.plot(minutes, [e["mean_return"] for e in evaluations], marker="o", label="mean score")
+        axis.axhline(31_000, color="grey", linestyle="--", label="target 31,000")
+        axis.set_ylabel("score (100 greedy games)")
+        tiles = axis.twinx()
+        for tile, style in (("512", ":"), ("1024", "-."), ("2048", "--")):
+            tiles.plot(minutes, [e["max_tile_at_least"][tile] for e in evaluations], linestyle=style,
+                       color="tab:green", label=f"games reaching {tile}")
+        tiles.set_ylabel("games of 100")
+        tiles.set_ylim(0, 100)
+        tiles.legend(loc="center right", fontsize=8)
     else:
         for key in ("wins", "draws", "losses"):
             axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)

@@ -258,4 +258,10 @@ class Game(abc.ABC):
         for `augment_symmetries`; None where the game declares none."""
         return None
 
+    def episode_statistics(self, observation: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+        """What an evaluation reports of M finished games beyond their return, from the
+        observation before each game's last move, float32 [M, *observation_shape], and that
+        move, int [M]: name -> [M] array. None by default; 2048 gives its largest tile."""
+        return {}
+
 

@@ -259,6 +259,16 @@ class Game2048(Game):
     def legal_actions(self, state: Game2048State) -> np.ndarray:
         return legal_moves(state.board)
 
+    def episode_statistics(self, observation: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+        """{"max_tile": int64 [M]}, the largest tile of each finished game: that of its final
+        board, which the last move's slide made or kept (its spawn adds a 2 or a 4 to a board
+        that holds at least a 4 by then, or is the game's 4). Read from observations, so tiles
+        above 2^15 count as 2^15 (the planes stop there)."""
+        board = np.argmax(np.asarray(observation), axis=-1).astype(np.int8)  # plane = exponent, 0 empty
+        slid, _reward = slide(board, np.asarray(action, np.int64))
+        exponent = np.maximum(slid.reshape(len(slid), -1).max(axis=1).astype(np.int64), 2)
+        return {"max_tile": np.left_shift(1, exponent)}
+
     def to_play(self, state: Game2048State) -> np.ndarray:
         return np.zeros(state.batch_size, np.int32)
 

@@ -49,6 +49,10 @@ class NetworkSettings:
         h^-1(S) (`games.base.support_limit`); targets beyond are clipped. A game refuses
         settings whose support cannot hold its `value_range`, `reward_range` and, with
         value_prefix, its `value_prefix_range` (`Game.check_settings`).
+      chance_codes: C >= 0; C > 0 makes it Stochastic MuZero (Antonoglou et al. 2022): chance
+        between an action and the next state is one of C learned codes, the networks get
+        afterstates and a chance encoder, and every search of such a model takes the
+        "stochastic" policy with A + C edges a node (the model tells it C). 0: plain MuZero.
     """
 
     architecture: Literal["fc", "resnet"]
@@ -56,12 +60,15 @@ class NetworkSettings:
     fc_layers: tuple[int, ...] = (64,)
     res_blocks: int = 1
     support_size: int = 10
+    chance_codes: int = 0
 
     def __post_init__(self) -> None:
         require(self.architecture in ("fc", "resnet"),
                 f"NetworkSettings.architecture must be 'fc' or 'resnet', got {self.architecture!r}")
         _at_least(self, 1, "hidden_size", "support_size")
-        _at_least(self, 0, "res_blocks")
+        _at_least(self, 0, "res_blocks", "chance_codes")
+        require(isinstance(self.chance_codes, numbers.Integral) and not isinstance(self.chance_codes, bool),
+                f"NetworkSettings.chance_codes must be an int, got {self.chance_codes!r}")
         require(all(w >= 1 for w in self.fc_layers),
                 f"NetworkSettings.fc_layers must be positive widths, got {self.fc_layers}")
 
@@ -72,9 +79,10 @@ class SearchSettings:
 
     Attributes:
       num_simulations: S >= 1 simulations per move; a tree holds N = S + 1 nodes.
-      search: the policy: "gumbel" (Gumbel MuZero, learns with few simulations), "puct"
-        (MuZero's PUCT) or "stochastic" (Stochastic MuZero: PUCT over decision nodes and
-        chance nodes, for a model with afterstates and chance codes);
+      search: the policy: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct"
+        (MuZero's PUCT) for a plain MuZero model, or "stochastic" (Stochastic MuZero: PUCT
+        over decision nodes and chance nodes), which a search takes by itself for a model
+        with chance codes (`NetworkSettings.chance_codes`); naming it here needs such a model.
         `services.agent.search.policies.POLICIES` holds them.
       pb_c_base: PUCT's exploration base (> 0).
       pb_c_init: PUCT's exploration constant (>= 0).
@@ -93,9 +101,6 @@ class SearchSettings:
       temperature: >= 0, visit-count temperature of the action choice in self-play (N^(1/T);
         0 is greedy). Evaluation uses 0.
       temperature_moves: moves of a game played with `temperature`; later moves are greedy.
-      num_chance_codes: C >= 1, the chance outcomes (codes) of an afterstate ("stochastic"
-        only): the tree then has A + C edges per node and the model's policy_logits cover
-        them (the search masks the half a node's kind does not use).
     """
 
     num_simulations: int = 16
@@ -111,15 +116,14 @@ class SearchSettings:
     rescale_values: bool = True
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
-    num_chance_codes: int = 32
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("num_simulations", "max_considered_actions", "temperature_moves", "num_chance_codes"):
+        for field in ("num_simulations", "max_considered_actions", "temperature_moves"):
             value = getattr(self, field)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool),
                     f"{name}.{field} must be an int, got {value!r}")
-        _at_least(self, 1, "num_simulations", "max_considered_actions", "num_chance_codes")
+        _at_least(self, 1, "num_simulations", "max_considered_actions")
         _at_least(self, 0, "pb_c_init", "gumbel_scale", "value_scale", "maxvisit_init",
                   "temperature", "temperature_moves")
         require(self.pb_c_base > 0, f"{name}.pb_c_base must be > 0, got {self.pb_c_base}")
@@ -218,6 +222,12 @@ class TrainingSettings:
         consistency loss takes).
       prediction_hidden_size: width of the hidden layer of the consistency loss's prediction
         head ([projection_size] -> [prediction_hidden_size] -> [projection_size]).
+      chance_loss_weight: factor (>= 0) of Stochastic MuZero's chance loss, the cross-entropy
+        of the afterstates' predicted chance-code distribution against the encoder's code
+        (only with network.chance_codes > 0; docs/trainer.md).
+      commitment_weight: beta (>= 0), factor of Stochastic MuZero's commitment loss
+        ||onehot - c^e||^2, which pulls the encoder's code distribution c^e towards its own
+        argmax (VQ-VAE's 0.25 by default; only with network.chance_codes > 0).
     """
 
     num_unroll_steps: int = 5
@@ -237,8 +247,15 @@ class TrainingSettings:
     projection_hidden_size: int = 256
     projection_size: int = 256
     prediction_hidden_size: int = 128
+    chance_loss_weight: float = 1.0
+    commitment_weight: float = 0.25
 
     def __post_init__(self) -> None:
+        for field in ("chance_loss_weight", "commitment_weight"):
+            value = getattr(self, field)
+            require(isinstance(value, numbers.Real) and not isinstance(value, bool)
+                    and 0 <= value < float("inf"),
+                    f"TrainingSettings.{field} must be a finite number >= 0, got {value!r}")
         _at_least(self, 1, "num_unroll_steps", "td_steps", "batch_size", "lr_decay_steps",
                   "export_interval", "value_prefix_horizon", "value_prefix_lstm_size")
         _at_least(self, 0, "weight_decay")
@@ -316,6 +333,19 @@ class MuZeroSettings:
             require(isinstance(value, cls),
                     f"MuZeroSettings.{section} must be a {cls.__name__}, got {value!r}")
         require(0.0 < self.discount <= 1.0, f"MuZeroSettings.discount must be in (0, 1], got {self.discount}")
+        require(not (self.stochastic and self.training.value_prefix),
+                "MuZeroSettings: network.chance_codes > 0 (Stochastic MuZero) and training.value_prefix "
+                "cannot be combined (the value-prefix LSTM would have to run through afterstates)")
+        require(self.search.search != "stochastic" or self.stochastic,
+                "MuZeroSettings: search 'stochastic' needs a model with chance codes: set "
+                "network.chance_codes (the search then turns stochastic by itself)")
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether this is Stochastic MuZero (network.chance_codes > 0): the network has
+        afterstates and a chance encoder (models/networks.py), the trainer their losses, and
+        every search of its models the "stochastic" policy."""
+        return self.network.chance_codes > 0
 
     def replace(self, **changes: Any) -> "MuZeroSettings":
         """A copy with `changes` applied and validated: whole sections (`search=...`), the
@@ -324,10 +354,11 @@ class MuZeroSettings:
         by_section: dict[str, dict[str, Any]] = {}
         own: dict[str, Any] = {}
         for name, value in changes.items():
-            if name in SECTIONS or name == "discount":
-                own[name] = value
-            elif name in SECTION_OF_FIELD:
+            # "search" names a section and a field of it: a SearchSettings is the section.
+            if name in SECTION_OF_FIELD and not (name in SECTIONS and isinstance(value, SECTIONS[name])):
                 by_section.setdefault(SECTION_OF_FIELD[name], {})[name] = value
+            elif name in SECTIONS or name == "discount":
+                own[name] = value
             else:
                 raise ValueError(f"MuZeroSettings has no section or field {name!r}")
         for section, fields in by_section.items():

@@ -24,6 +24,21 @@ how it was trained, so no searcher needs a flag for it), `recurrent_inference` a
 parent's `value_prefix_state` and outputs the child's, and its `reward` is the value prefix. A
 caller tells the two kinds apart by those tensors (`LoadedModel.value_prefix`).
 
+A Stochastic MuZero model (network.chance_codes > 0, models/networks.py) keeps the two signatures'
+names and meaning for the search, over the tree's A + C edges, and has two more:
+
+    initial_inference(observation) -> policy_logits float32 [B, A + C] (the C code logits 0),
+        and num_chance_codes int32 [B] (C in every row: searchers take the policy and C from it)
+    recurrent_inference(hidden_state, action int32 [B] in [0, A + C))     one step, both kinds:
+        action < A: afterstate of (state, action), its Q as value, reward 0, [0 x A, sigma]
+        action >= A: next state of (afterstate, code action - A), value, reward, [p, 0 x C]
+    afterstate_inference(hidden_state, action int32 [B] in [0, A))
+      -> {afterstate [B, *hidden_shape], value [B] (Q), chance_logits [B, C]}
+    chance_inference(afterstate [B, *hidden_shape], chance_code int32 [B] in [0, C))
+      -> {hidden_state, value, reward, policy_logits [B, A]}
+
+The chance encoder is training only and stays out, like the consistency heads.
+
 `value` and `reward` are decoded from the support inside the graph. `recurrent_inference`
 rejects actions outside [0, A) with INVALID_ARGUMENT (an assertion in the graph).
 
@@ -52,12 +67,18 @@ from models.networks import MuZeroNetwork
 INITIAL_INFERENCE = "initial_inference"
 RECURRENT_INFERENCE = "recurrent_inference"
 SIGNATURES = (INITIAL_INFERENCE, RECURRENT_INFERENCE)
+AFTERSTATE_INFERENCE = "afterstate_inference"
+"""A stochastic model's (state, action) -> afterstate, Q value, chance_logits."""
+CHANCE_INFERENCE = "chance_inference"
+"""A stochastic model's (afterstate, chance_code) -> the next state and its predictions."""
 OUTPUTS = ("hidden_state", "value", "reward", "policy_logits")
 VALUE_PREFIX_STATE = "value_prefix_state"
 """The value-prefix LSTM's state, float32 [B, 2L]: an input of recurrent_inference and an output
 of both signatures of a value-prefix model."""
 VALUE_PREFIX_HORIZON = "value_prefix_horizon"
 """int32 [B], H in every row: an output of a value-prefix model's initial_inference."""
+NUM_CHANCE_CODES = "num_chance_codes"
+"""int32 [B], C in every row: an output of a stochastic model's initial_inference."""
 TEMP_PREFIX = ".tmp-"
 DELETE_PREFIX = ".deleting-"
 
@@ -67,11 +88,14 @@ class _ServingModule(tf.Module):
 
     def __init__(self, network: MuZeroNetwork) -> None:
         super().__init__(name="muzero_serving")
-        # The consistency heads (training only) stay out of the SavedModel.
-        self.network = (network if getattr(network, "consistency", None) is None
+        stochastic = bool(getattr(network, "stochastic", False))
+        # The consistency heads and the chance encoder (training only) stay out of the SavedModel.
+        self.network = (network if getattr(network, "consistency", None) is None and not stochastic
                         else network.inference_module())
         num_actions = network.num_actions
+        num_codes = network.num_chance_codes if stochastic else 0
         value_prefix = bool(getattr(network, "value_prefix", False))
+        self._stochastic = stochastic
 
         def outputs(out) -> dict[str, tf.Tensor]:
             named = {"hidden_state": out.hidden_state, "value": out.value, "reward": out.reward,
@@ -82,19 +106,31 @@ class _ServingModule(tf.Module):
 
         def initial_inference(observation):
             named = outputs(network.initial_inference(observation, training=False))
+            if stochastic:  # the search's edges: the A actions, then C codes a state has none of
+                logits = named["policy_logits"]
+                named["policy_logits"] = tf.concat([logits, tf.zeros([tf.shape(logits)[0], num_codes])], axis=1)
+                named[NUM_CHANCE_CODES] = tf.fill(tf.shape(named["value"]), tf.constant(num_codes, tf.int32))
             if value_prefix:
                 named[VALUE_PREFIX_HORIZON] = tf.fill(tf.shape(named["value"]),
                                                       tf.constant(network.value_prefix_horizon, tf.int32))
             return named
 
-        def check(action):
-            tf.debugging.assert_non_negative(action, message=f"action must be in [0, {num_actions})")
-            tf.debugging.assert_less(action, tf.constant(num_actions, tf.int32),
-                                     message=f"action must be in [0, {num_actions})")
+        def check(action, limit=num_actions + num_codes, name="action"):
+            tf.debugging.assert_non_negative(action, message=f"{name} must be in [0, {limit})")
+            tf.debugging.assert_less(action, tf.constant(limit, tf.int32), message=f"{name} must be in [0, {limit})")
 
         def recurrent_inference(hidden_state, action):
             check(action)
             return outputs(network.recurrent_inference(hidden_state, action, training=False))
+
+        def afterstate_inference(hidden_state, action):
+            check(action, num_actions)
+            out = network.afterstate_inference(hidden_state, action, training=False)
+            return {"afterstate": out.afterstate, "value": out.value, "chance_logits": out.chance_logits}
+
+        def chance_inference(afterstate, chance_code):
+            check(chance_code, num_codes, "chance_code")
+            return outputs(network.chance_inference(afterstate, chance_code, training=False))
 
         def recurrent_inference_with_prefix(hidden_state, action, value_prefix_state):
             check(action)
@@ -111,10 +147,22 @@ class _ServingModule(tf.Module):
         self.recurrent_inference = tf.function(
             recurrent_inference_with_prefix if value_prefix else recurrent_inference,
             input_signature=recurrent_inputs)
+        if stochastic:
+            hidden_spec = [None, *network.hidden_shape]
+            self.afterstate_inference = tf.function(afterstate_inference, input_signature=[
+                tf.TensorSpec(hidden_spec, tf.float32, name="hidden_state"),
+                tf.TensorSpec([None], tf.int32, name="action")])
+            self.chance_inference = tf.function(chance_inference, input_signature=[
+                tf.TensorSpec(hidden_spec, tf.float32, name="afterstate"),
+                tf.TensorSpec([None], tf.int32, name="chance_code")])
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        return {INITIAL_INFERENCE: self.initial_inference.get_concrete_function(),
-                RECURRENT_INFERENCE: self.recurrent_inference.get_concrete_function()}
+        signatures = {INITIAL_INFERENCE: self.initial_inference.get_concrete_function(),
+                      RECURRENT_INFERENCE: self.recurrent_inference.get_concrete_function()}
+        if self._stochastic:
+            signatures[AFTERSTATE_INFERENCE] = self.afterstate_inference.get_concrete_function()
+            signatures[CHANCE_INFERENCE] = self.chance_inference.get_concrete_function()
+        return signatures
 
 
 def is_version_name(name: str) -> bool:
@@ -357,13 +405,32 @@ class LoadedModel:
         """Whether this is a value-prefix model (its recurrent_inference takes the LSTM state)."""
         return VALUE_PREFIX_STATE in self.input_specs.get(RECURRENT_INFERENCE, {})
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether this is a Stochastic MuZero model (it has `afterstate_inference`)."""
+        return AFTERSTATE_INFERENCE in self.signatures
+
     def num_actions(self) -> int | None:
-        """A (the width of policy_logits), if the signatures say."""
-        for specs in self.output_specs.values():
-            spec = specs.get("policy_logits")
+        """The width of recurrent_inference's policy_logits (A; a stochastic model's A + C, the
+        search's edges), if the signatures say."""
+        names = [RECURRENT_INFERENCE, *(n for n in self.output_specs if n != RECURRENT_INFERENCE)]
+        for name in names:
+            spec = self.output_specs.get(name, {}).get("policy_logits")
             if spec is not None and spec.shape.rank == 2 and spec.shape[1] is not None:
                 return int(spec.shape[1])
         return None
+
+    def action_range(self, signature: str) -> int | None:
+        """The number of valid values of `signature`'s `action` (or `chance_code`) input:
+        num_actions(), but A for a stochastic model's afterstate_inference and C for its
+        chance_inference (None if unknown)."""
+        edges = self.num_actions()
+        other = {AFTERSTATE_INFERENCE: "chance_logits", CHANCE_INFERENCE: "policy_logits"}.get(signature)
+        if other is not None and edges is not None:
+            spec = self.output_specs[signature].get(other)
+            if spec is not None and spec.shape.rank == 2 and spec.shape[1] is not None:
+                return edges - int(spec.shape[1])
+        return edges
 
     def signature_defs(self):
         """The MetaGraph's SignatureDefs (as TensorFlow Serving's GetModelMetadata returns them),

@@ -56,6 +56,22 @@ rewards since the last reset, from the unrolled hidden states:
   Whoever unrolls (the trainer's loss, the search) resets the state to zeros every
   `value_prefix_horizon` steps, where the replay's prefix targets restart too.
 
+Stochastic MuZero (Antonoglou et al. 2022; only with C = `settings.network.chance_codes` > 0): chance sits between an action and the next state.
+  afterstate dynamics    (state, action) -> afterstate, built as dynamics without its reward head
+  afterstate prediction  afterstate -> chance-code logits sigma [B, C], Q value logits,
+                         built as prediction with C outputs
+  dynamics               (afterstate, chance code) -> next state, reward: the dynamics above with
+                         the code in place of the action ("broadcast" planes for "resnet")
+  chance encoder         (observation at t, at t+1) -> code logits [B, C]: "fc" an MLP over both
+                         flattened, "resnet" a trunk over both boards stacked on the channels
+                         and a head as prediction's; training only, not exported.
+`afterstate_inference` and `chance_inference` run one half each; `recurrent_inference` takes
+an edge of the search's tree, e in [0, A + C), and is what the search calls once per step for
+all B games: rows with e < A are actions from a state (afterstate_inference: the afterstate,
+its Q as `value`, reward 0, policy_logits [0 x A, sigma]), rows with e >= A codes e - A from an
+afterstate (chance_inference: the next state, its value and reward, policy_logits [p, 0 x C]).
+Each row runs only its own branch (partition and stitch), so a step costs one network pass a row.
+
 Consistency heads (only when `settings.training.consistency_weight > 0`, for EfficientZero's
 temporal consistency loss, services/trainer/losses.py), SimSiam's projector and predictor as in
 EfficientZero's `project`:
@@ -81,6 +97,21 @@ from games.validation import require
 from models.support import support_to_scalar, support_width
 
 NORMALIZE_EPSILON = 1e-5
+
+
+class AfterstateOutput(NamedTuple):
+    """What one afterstate step of a Stochastic MuZero network returns (float32, batch B).
+
+    afterstate: [B, *hidden_shape], min-max normalized like a hidden state.
+    value_logits: [B, 2S+1], the afterstate's Q value Q(s, a) over the support.
+    chance_logits: [B, C], the prior sigma over the C chance codes that may follow.
+    value: [B], decoded from value_logits.
+    """
+
+    afterstate: tf.Tensor
+    value_logits: tf.Tensor
+    chance_logits: tf.Tensor
+    value: tf.Tensor
 
 
 class NetworkOutput(NamedTuple):
@@ -214,6 +245,15 @@ def _reward_head_width(settings: MuZeroSettings) -> int:
     return support_width(settings.network.support_size)
 
 
+def one_hot_input(action: tf.Tensor, depth: int) -> tf.Tensor:
+    """An action or chance code as a float32 vector [B, depth]: int [B] one-hot encoded, or a
+    float [B, depth] used as it is (the trainer's straight-through one-hot codes)."""
+    action = tf.convert_to_tensor(action)
+    if action.dtype.is_floating and action.shape.rank == 2:
+        return tf.cast(action, tf.float32)
+    return tf.one_hot(tf.cast(action, tf.int32), depth, dtype=tf.float32)
+
+
 # --- "fc" -------------------------------------------------------------------------------------
 
 class FcRepresentation(keras.layers.Layer):
@@ -227,16 +267,21 @@ class FcRepresentation(keras.layers.Layer):
 
 
 class FcDynamics(keras.layers.Layer):
-    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
-        super().__init__(name="dynamics")
+    """(hidden, action) -> next hidden and reward; with `reward=False` the afterstate dynamics
+    (hidden, action) -> afterstate, which has no reward head."""
+
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers,
+                 name: str = "dynamics", reward: bool = True) -> None:
+        super().__init__(name=name)
         self.num_actions = num_actions
-        self.state_mlp = _mlp(settings.network.fc_layers, settings.network.hidden_size, init, "dynamics_state")
+        self.state_mlp = _mlp(settings.network.fc_layers, settings.network.hidden_size, init, f"{name}_state")
         self.value_prefix = settings.training.value_prefix
-        if self.value_prefix:
+        self.has_reward = reward
+        if reward and self.value_prefix:
             self.value_prefix_head = ValuePrefixHead(settings.training.value_prefix_lstm_size,
                                                      settings.network.fc_layers, _reward_head_width(settings),
                                                      init, name="dynamics_value_prefix")
-        else:
+        elif reward:
             self.reward_mlp = _mlp(settings.network.fc_layers, _reward_head_width(settings), init,
                                    "dynamics_reward", zero_output=True)
 
@@ -244,8 +289,10 @@ class FcDynamics(keras.layers.Layer):
         """(hidden [B, H], action [B]) -> (next hidden, reward or value-prefix logits, next
         value-prefix state or None)."""
         hidden, action = inputs
-        x = tf.concat([hidden, tf.one_hot(action, self.num_actions, dtype=hidden.dtype)], axis=-1)
+        x = tf.concat([hidden, one_hot_input(action, self.num_actions)], axis=-1)
         next_hidden = min_max_normalize(self.state_mlp(x, training=training))
+        if not self.has_reward:
+            return next_hidden, None, None
         if self.value_prefix:
             logits, state = self.value_prefix_head(next_hidden, value_prefix_state, training=training)
             return next_hidden, logits, state
@@ -253,11 +300,15 @@ class FcDynamics(keras.layers.Layer):
 
 
 class FcPrediction(keras.layers.Layer):
-    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
-        super().__init__(name="prediction")
-        self.policy_mlp = _mlp(settings.network.fc_layers, num_actions, init, "prediction_policy")
+    """hidden -> (policy logits [B, A], value logits); as the afterstate prediction, afterstate
+    -> (chance-code logits [B, C], Q value logits)."""
+
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers,
+                 name: str = "prediction") -> None:
+        super().__init__(name=name)
+        self.policy_mlp = _mlp(settings.network.fc_layers, num_actions, init, f"{name}_policy")
         self.value_mlp = _mlp(settings.network.fc_layers, support_width(settings.network.support_size), init,
-                              "prediction_value", zero_output=True)
+                              f"{name}_value", zero_output=True)
 
     def call(self, hidden, training=False):
         return self.policy_mlp(hidden, training=training), self.value_mlp(hidden, training=training)
@@ -286,9 +337,13 @@ class ResnetRepresentation(keras.layers.Layer):
 
 
 class ResnetDynamics(keras.layers.Layer):
+    """(hidden, action) -> next hidden and reward; with `reward=False` the afterstate dynamics
+    (hidden, action) -> afterstate, which has no reward head."""
+
     def __init__(self, settings: MuZeroSettings, board: tuple[int, int], num_actions: int,
-                 action_encoding: str, init: _Initializers) -> None:
-        super().__init__(name="dynamics")
+                 action_encoding: str, init: _Initializers, name: str = "dynamics",
+                 reward: bool = True) -> None:
+        super().__init__(name=name)
         self.board = board
         self.num_actions = num_actions
         self.action_encoding = action_encoding
@@ -297,9 +352,10 @@ class ResnetDynamics(keras.layers.Layer):
         self.stem_bn = keras.layers.BatchNormalization()
         self.num_blocks = settings.network.res_blocks
         for i in range(settings.network.res_blocks):  # attributes, not a list (see _Mlp)
-            setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init, name=f"dynamics_block_{i}"))
+            setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init, name=f"{name}_block_{i}"))
         self.value_prefix = settings.training.value_prefix
-        if self.value_prefix:
+        self.has_reward = reward
+        if reward and self.value_prefix:
             self.value_prefix_conv = keras.layers.Conv2D(HEAD_CHANNELS, 1, use_bias=False,
                                                          kernel_initializer=init.conv())
             self.value_prefix_bn = keras.layers.BatchNormalization()
@@ -307,19 +363,20 @@ class ResnetDynamics(keras.layers.Layer):
             self.value_prefix_head = ValuePrefixHead(settings.training.value_prefix_lstm_size,
                                                      settings.network.fc_layers, _reward_head_width(settings),
                                                      init, name="dynamics_value_prefix")
-        else:
+        elif reward:
             self.reward_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
                                          _reward_head_width(settings), init, zero_output=True,
                                          name="dynamics_reward")
 
     def action_planes(self, action: tf.Tensor) -> tf.Tensor:
-        """int [B] -> float32 [B, H, W, P] (see the module docstring)."""
+        """int [B] (or, "broadcast" only, a float one-hot [B, A]) -> float32 [B, H, W, P] (see
+        the module docstring)."""
         rows, cols = self.board
         if self.action_encoding == "cells":
             # Pass (index rows*cols) one-hots past the board's end: an all-zero plane.
             cells = tf.one_hot(action, rows * cols + 1, dtype=tf.float32)[:, :rows * cols]
             return tf.reshape(cells, [-1, rows, cols, 1])
-        one_hot = tf.one_hot(action, self.num_actions, dtype=tf.float32)
+        one_hot = one_hot_input(action, self.num_actions)
         return tf.tile(one_hot[:, None, None, :], [1, rows, cols, 1])
 
     def call(self, inputs, value_prefix_state=None, training=False):
@@ -331,6 +388,8 @@ class ResnetDynamics(keras.layers.Layer):
         for i in range(self.num_blocks):
             x = getattr(self, f"block_{i}")(x, training=training)
         next_hidden = min_max_normalize(x)
+        if not self.has_reward:
+            return next_hidden, None, None
         if self.value_prefix:
             features = tf.nn.relu(self.value_prefix_bn(self.value_prefix_conv(next_hidden), training=training))
             logits, state = self.value_prefix_head(self.value_prefix_flatten(features), value_prefix_state,
@@ -340,16 +399,61 @@ class ResnetDynamics(keras.layers.Layer):
 
 
 class ResnetPrediction(keras.layers.Layer):
-    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers) -> None:
-        super().__init__(name="prediction")
+    """hidden -> (policy logits [B, A], value logits); as the afterstate prediction, afterstate
+    -> (chance-code logits [B, C], Q value logits)."""
+
+    def __init__(self, settings: MuZeroSettings, num_actions: int, init: _Initializers,
+                 name: str = "prediction") -> None:
+        super().__init__(name=name)
         self.policy_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers, num_actions, init,
-                                     name="prediction_policy")
+                                     name=f"{name}_policy")
         self.value_head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers,
                                     support_width(settings.network.support_size), init, zero_output=True,
-                                    name="prediction_value")
+                                    name=f"{name}_value")
 
     def call(self, hidden, training=False):
         return self.policy_head(hidden, training=training), self.value_head(hidden, training=training)
+
+
+# --- Stochastic MuZero's chance encoder ---------------------------------------------------------
+
+class FcChanceEncoder(keras.layers.Layer):
+    """(observation before, observation after) -> chance-code logits [B, C]: both flattened and
+    concatenated -> MLP(fc_layers) -> Dense(C)."""
+
+    def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
+        super().__init__(name="chance_encoder")
+        self.flatten = keras.layers.Flatten()
+        self.mlp = _mlp(settings.network.fc_layers, settings.network.chance_codes, init, "chance_encoder_mlp")
+
+    def call(self, inputs, training=False):
+        before, after = inputs
+        return self.mlp(tf.concat([self.flatten(before), self.flatten(after)], axis=-1), training=training)
+
+
+class ResnetChanceEncoder(keras.layers.Layer):
+    """(board before, board after) [B, H, W, C_obs] each -> chance-code logits [B, C]: stacked
+    on the channels -> conv3x3(hidden_size) + BN + ReLU -> res_blocks residual blocks ->
+    conv1x1(2) + BN + ReLU -> flatten -> MLP(fc_layers) -> Dense(C)."""
+
+    def __init__(self, settings: MuZeroSettings, init: _Initializers) -> None:
+        super().__init__(name="chance_encoder")
+        self.stem = keras.layers.Conv2D(settings.network.hidden_size, 3, padding="same", use_bias=False,
+                                        kernel_initializer=init.conv())
+        self.stem_bn = keras.layers.BatchNormalization()
+        self.num_blocks = settings.network.res_blocks
+        for i in range(settings.network.res_blocks):  # attributes, not a list (see _Mlp)
+            setattr(self, f"block_{i}", _ResidualBlock(settings.network.hidden_size, init,
+                                                       name=f"chance_encoder_block_{i}"))
+        self.head = _ConvHead(HEAD_CHANNELS, settings.network.fc_layers, settings.network.chance_codes,
+                              init, name="chance_encoder_head")
+
+    def call(self, inputs, training=False):
+        before, after = inputs
+        x = tf.nn.relu(self.stem_bn(self.stem(tf.concat([before, after], axis=-1)), training=training))
+        for i in range(self.num_blocks):
+            x = getattr(self, f"block_{i}")(x, training=training)
+        return self.head(x, training=training)
 
 
 # --- consistency heads (EfficientZero) ---------------------------------------------------------
@@ -427,6 +531,8 @@ class MuZeroNetwork(tf.Module):
       value_prefix: whether the reward head is EfficientZero's value-prefix LSTM;
       value_prefix_state_size: 2L, the width of its state (0 without value prefix);
       value_prefix_horizon: H, the steps after which an unroll resets that state.
+      stochastic: whether it is Stochastic MuZero's (afterstate_dynamics,
+      afterstate_prediction, chance_encoder: more Keras layers); num_chance_codes: C (0 if not).
 
     The network is a `tf.Module`: `tf.train.Checkpoint(network=network)` saves and restores
     all its variables (including batch-norm statistics), and `models.export.export_version`
@@ -444,6 +550,8 @@ class MuZeroNetwork(tf.Module):
         self.value_prefix = bool(settings.training.value_prefix)
         self.value_prefix_state_size = 2 * settings.training.value_prefix_lstm_size if self.value_prefix else 0
         self.value_prefix_horizon = settings.training.value_prefix_horizon
+        self.stochastic = settings.stochastic
+        self.num_chance_codes = settings.network.chance_codes
         init = _Initializers(seed)
         if settings.network.architecture == "fc":
             require(action_encoding in ("auto",),
@@ -451,9 +559,16 @@ class MuZeroNetwork(tf.Module):
             self.action_encoding = "one_hot"
             self.hidden_shape: tuple[int, ...] = (settings.network.hidden_size,)
             self.representation = FcRepresentation(settings, init)
-            self.dynamics = FcDynamics(settings, spec.num_actions, init)
+            # Stochastic MuZero's dynamics starts from an afterstate and reads a chance code.
+            self.dynamics = FcDynamics(settings, self.num_chance_codes or spec.num_actions, init)
             self.prediction = FcPrediction(settings, spec.num_actions, init)
             self._board_shape: tuple[int, ...] | None = None
+            if self.stochastic:
+                self.afterstate_dynamics = FcDynamics(settings, spec.num_actions, init,
+                                                      name="afterstate_dynamics", reward=False)
+                self.afterstate_prediction = FcPrediction(settings, self.num_chance_codes, init,
+                                                          name="afterstate_prediction")
+                self.chance_encoder = FcChanceEncoder(settings, init)
         else:
             board = board_shape(spec.observation_shape)
             require(action_encoding in ("auto", "cells", "broadcast"),
@@ -468,8 +583,18 @@ class MuZeroNetwork(tf.Module):
             self._board_shape = board
             self.hidden_shape = (board[0], board[1], settings.network.hidden_size)
             self.representation = ResnetRepresentation(settings, init)
-            self.dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding, init)
+            if self.stochastic:
+                # Codes have no place on the board: always "broadcast" planes.
+                self.dynamics = ResnetDynamics(settings, board[:2], self.num_chance_codes, "broadcast", init)
+            else:
+                self.dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding, init)
             self.prediction = ResnetPrediction(settings, spec.num_actions, init)
+            if self.stochastic:
+                self.afterstate_dynamics = ResnetDynamics(settings, board[:2], spec.num_actions, action_encoding,
+                                                          init, name="afterstate_dynamics", reward=False)
+                self.afterstate_prediction = ResnetPrediction(settings, self.num_chance_codes, init,
+                                                              name="afterstate_prediction")
+                self.chance_encoder = ResnetChanceEncoder(settings, init)
         if consistency_heads is None:
             consistency_heads = settings.training.consistency_weight > 0
         # Built after the three networks, so that their seeded initial weights do not change.
@@ -483,7 +608,12 @@ class MuZeroNetwork(tf.Module):
         """Creates every variable with one dummy call."""
         observation = np.zeros((1, *self.observation_shape), np.float32)
         out = self.initial_inference(observation)
-        self.recurrent_inference(out.hidden_state, np.zeros((1,), np.int32))
+        if self.stochastic:
+            after = self.afterstate_inference(out.hidden_state, np.zeros((1,), np.int32))
+            self.chance_inference(after.afterstate, np.zeros((1,), np.int32))
+            self.encode_chance(observation, observation)
+        else:
+            self.recurrent_inference(out.hidden_state, np.zeros((1,), np.int32))
         if self.consistency is not None:
             self.consistency(out.hidden_state)
 
@@ -504,12 +634,15 @@ class MuZeroNetwork(tf.Module):
         return self.consistency
 
     def inference_module(self) -> tf.Module:
-        """A module holding only the three inference networks (what an exported version
-        saves: the consistency heads are left out)."""
+        """A module holding only the inference networks (what an exported version saves: the
+        consistency heads and the chance encoder are left out)."""
         module = tf.Module(name="muzero_network")
         module.representation = self.representation
         module.dynamics = self.dynamics
         module.prediction = self.prediction
+        if self.stochastic:  # the chance encoder is training only, too
+            module.afterstate_dynamics = self.afterstate_dynamics
+            module.afterstate_prediction = self.afterstate_prediction
         return module
 
     # -- inference ----------------------------------------------------------------------------
@@ -544,9 +677,15 @@ class MuZeroNetwork(tf.Module):
 
         With value prefix, `value_prefix_state` float32 [B, 2L] is the parent's LSTM state
         (None: zeros, a reset) and the output's `reward` is the value prefix; without, it must
-        be None."""
+        be None.
+
+        A stochastic network takes edges of the search's tree instead, `action` in [0, A + C):
+        the module docstring's one recurrent step for both kinds of node."""
         hidden_state = tf.convert_to_tensor(hidden_state, tf.float32)
         action = tf.cast(tf.convert_to_tensor(action), tf.int32)
+        if self.stochastic:
+            require(value_prefix_state is None, "recurrent_inference: a stochastic network has no value prefix")
+            return self._edge_inference(hidden_state, action)
         if self.value_prefix:
             if value_prefix_state is None:
                 value_prefix_state = self.zero_value_prefix_state(tf.shape(hidden_state)[0])
@@ -563,6 +702,77 @@ class MuZeroNetwork(tf.Module):
                              reward=support_to_scalar(reward_logits, self.support_size),
                              value_prefix_state=next_state)
 
+    # -- Stochastic MuZero (afterstates and chance codes) -----------------------------------------
+
+    def afterstate_inference(self, hidden_state, action, training: bool = False) -> AfterstateOutput:
+        """hidden_state float32 [B, *hidden_shape], action int [B] in [0, A) -> the afterstate
+        and its predictions (Q value, chance-code logits [B, C]). Stochastic networks only."""
+        self._require_stochastic("afterstate_inference")
+        hidden_state = tf.convert_to_tensor(hidden_state, tf.float32)
+        afterstate, _, _ = self.afterstate_dynamics((hidden_state, action), training=training)
+        chance_logits, value_logits = self.afterstate_prediction(afterstate, training=training)
+        return AfterstateOutput(afterstate=afterstate, value_logits=value_logits, chance_logits=chance_logits,
+                                value=support_to_scalar(value_logits, self.support_size))
+
+    def chance_inference(self, afterstate, chance_code, training: bool = False) -> NetworkOutput:
+        """afterstate float32 [B, *hidden_shape], chance_code int [B] in [0, C) or a float
+        one-hot [B, C] (the trainer's straight-through code) -> NetworkOutput of the next state
+        (reward, policy_logits [B, A], value). Stochastic networks only."""
+        self._require_stochastic("chance_inference")
+        afterstate = tf.convert_to_tensor(afterstate, tf.float32)
+        next_hidden, reward_logits, _ = self.dynamics((afterstate, chance_code), training=training)
+        policy_logits, value_logits = self.prediction(next_hidden, training=training)
+        return NetworkOutput(hidden_state=next_hidden, value_logits=value_logits,
+                             reward_logits=reward_logits, policy_logits=policy_logits,
+                             value=support_to_scalar(value_logits, self.support_size),
+                             reward=support_to_scalar(reward_logits, self.support_size))
+
+    def encode_chance(self, observation_before, observation_after, training: bool = False) -> tf.Tensor:
+        """The chance encoder: observations float32 [B, *observation_shape] at t and t+1 ->
+        logits [B, C] of the code of what chance did between them (training only)."""
+        self._require_stochastic("encode_chance")
+        return self.chance_encoder((self._observation_input(observation_before),
+                                    self._observation_input(observation_after)), training=training)
+
+    def _edge_inference(self, hidden_state: tf.Tensor, edge: tf.Tensor) -> NetworkOutput:
+        """The search's one recurrent step for both kinds of node (module docstring): rows
+        with edge < A run `afterstate_inference`, the others `chance_inference` with code edge
+        - A; each row runs only its own branch (partition, then stitch)."""
+        A, C = self.num_actions, self.num_chance_codes
+        kind = tf.cast(edge >= A, tf.int32)                        # 0: from a state, 1: from an afterstate
+        rows = tf.dynamic_partition(tf.range(tf.shape(edge)[0]), kind, 2)
+        states = tf.dynamic_partition(hidden_state, kind, 2)
+        edges = tf.dynamic_partition(edge, kind, 2)
+        n_after, n_following = tf.shape(edges[0])[0], tf.shape(edges[1])[0]
+        # One spare row in each branch, dropped after: TensorFlow's convolutions get a part with
+        # no rows wrong (the output keeps the input's channels), and a step may have no row of
+        # one kind.
+        spare_state, spare_edge = hidden_state[:1], tf.zeros([1], tf.int32)
+
+        def run(branch, part_states, part_edges):
+            out = branch(tf.concat([part_states, spare_state], axis=0), tf.concat([part_edges, spare_edge], axis=0))
+            return type(out)(*(None if x is None else x[:-1] for x in out))
+
+        after = run(self.afterstate_inference, states[0], edges[0])
+        following = run(self.chance_inference, states[1], edges[1] - A)
+
+        def stitch(from_state: tf.Tensor, from_afterstate: tf.Tensor) -> tf.Tensor:
+            return tf.dynamic_stitch(rows, [from_state, from_afterstate])
+
+        logits = stitch(tf.concat([tf.zeros([n_after, A]), after.chance_logits], axis=1),
+                        tf.concat([following.policy_logits, tf.zeros([n_following, C])], axis=1))
+        reward_logits = stitch(tf.tile(self._zero_reward_logits()[None, :], [n_after, 1]),
+                               following.reward_logits)
+        return NetworkOutput(hidden_state=stitch(after.afterstate, following.hidden_state),
+                             value_logits=stitch(after.value_logits, following.value_logits),
+                             reward_logits=reward_logits, policy_logits=logits,
+                             value=stitch(after.value, following.value),
+                             reward=stitch(tf.zeros([n_after]), following.reward))
+
+    def _require_stochastic(self, caller: str) -> None:
+        if not self.stochastic:
+            raise ValueError(f"{caller}: this network is not stochastic (build it with network.chance_codes > 0)")
+
     def zero_value_prefix_state(self, batch) -> tf.Tensor:
         """float32 [batch, 2L] zeros: the value-prefix LSTM's state at a reset."""
         return tf.zeros([batch, self.value_prefix_state_size], tf.float32)
@@ -576,18 +786,26 @@ class MuZeroNetwork(tf.Module):
 
     @property
     def trainable_variables(self) -> list:
-        """Every trainable variable of the three networks, then of the consistency heads if
-        any (for tape.gradient and optimizers)."""
+        """Every trainable variable of the three networks, then of the stochastic ones (afterstate
+        dynamics and prediction, chance encoder) and the consistency heads if any (for
+        tape.gradient and optimizers)."""
         heads = self.consistency.trainable_weights if self.consistency is not None else []
         return [*self.representation.trainable_weights, *self.dynamics.trainable_weights,
-                *self.prediction.trainable_weights, *heads]
+                *self.prediction.trainable_weights,
+                *(w for layer in self._stochastic_layers() for w in layer.trainable_weights), *heads]
 
     @property
     def variables(self) -> list:
-        """All variables, including batch-norm statistics, in a fixed order (the consistency
-        heads' last)."""
+        """All variables, including batch-norm statistics, in a fixed order (the stochastic
+        networks' after the three, the consistency heads' last)."""
         heads = self.consistency.weights if self.consistency is not None else []
-        return [*self.representation.weights, *self.dynamics.weights, *self.prediction.weights, *heads]
+        return [*self.representation.weights, *self.dynamics.weights, *self.prediction.weights,
+                *(w for layer in self._stochastic_layers() for w in layer.weights), *heads]
+
+    def _stochastic_layers(self) -> list:
+        """Afterstate dynamics, afterstate prediction and chance encoder ([] if not stochastic)."""
+        return ([self.afterstate_dynamics, self.afterstate_prediction, self.chance_encoder]
+                if self.stochastic else [])
 
     def get_weights(self) -> list[np.ndarray]:
         """Copies of all variables (the order of `variables`)."""

@@ -25,16 +25,22 @@ from services.environment.client import EnvironmentClient
 from services.network.client import NetworkClient
 
 
+# The tiles whose share a 2048 evaluation reports (games whose largest tile is at least each).
+TILE_THRESHOLDS = (256, 512, 1024, 2048, 4096)
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
     """Per game: returns float32 [M] from the agent's view (one-player: the game's return;
     two-player: +1 win, 0 draw, -1 loss) and lengths int [M]. In two-player games the agent
-    moves first in the even games and second in the odd ones."""
+    moves first in the even games and second in the odd ones. `statistics`: the game's own
+    per-game numbers (`Game.episode_statistics`, e.g. 2048's "max_tile" int [M])."""
 
     game: str
     version: int
     returns: np.ndarray
     lengths: np.ndarray
+    statistics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def mean_return(self) -> float:
@@ -49,6 +55,10 @@ class EvaluationResult:
                        losses=int(np.sum(self.returns < 0)),
                        losses_as_first=int(np.sum(self.returns[0::2] < 0)),
                        losses_as_second=int(np.sum(self.returns[1::2] < 0)))
+        tiles = self.statistics.get("max_tile")
+        if tiles is not None:  # 2048: games whose largest tile is at least each threshold
+            out["max_tile_at_least"] = {str(t): int(np.sum(tiles >= t)) for t in TILE_THRESHOLDS}
+            out["max_tile_largest"] = int(np.max(tiles))
         return out
 
 
@@ -94,6 +104,9 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
     done = np.zeros(num_games, bool)
     returns = np.zeros(num_games, np.float32)
     lengths = np.zeros(num_games, np.int64)
+    # Each game's last observation before its final move, and that move (episode_statistics).
+    last_observation = np.zeros((num_games, *spec.observation_shape), np.float32)
+    last_action = np.zeros(num_games, np.int32)
     try:
         while not done.all():
             if stop.is_set():
@@ -105,14 +118,16 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
             if two_player:
                 actions = np.where(step.to_play == agent_side, actions,
                                    opponent(step.observation, step.legal_actions, rng)).astype(np.int32)
-            mover = step.to_play
+            mover, before = step.to_play, step.observation
             with _failures("environment", "Step", environment_address):
                 step = environment.step(session, actions, auto_reset=True)
             live = ~done
             sign = np.where(mover == agent_side, 1.0, -1.0) if two_player else 1.0
             returns[live] += (sign * step.reward)[live]
             lengths[live] += 1
-            done |= step.terminated | step.truncated
+            ended = live & (step.terminated | step.truncated)
+            last_observation[ended], last_action[ended] = before[ended], actions[ended]
+            done |= ended
     finally:
         try:
             environment.close(session, timeout_s=5.0)
@@ -120,7 +135,7 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
             pass  # the session expires on its own
     if two_player:
         returns = np.sign(returns)
-    return EvaluationResult(game_name, pinned, returns, lengths)
+    return EvaluationResult(game_name, pinned, returns, lengths, game.episode_statistics(last_observation, last_action))
 
 
 _PREDICT_HINTS = {

@@ -35,13 +35,16 @@ recurrent_inference (models/export.py)."""
 VALUE_PREFIX_HORIZON = "value_prefix_horizon"
 """A value-prefix model's H, int32 [B] (the same in every row): an output of its
 initial_inference, from which the search takes its resets."""
+NUM_CHANCE_CODES = "num_chance_codes"
+"""A Stochastic MuZero model's C, int32 [B] (the same in every row): an output of its
+initial_inference, from which the search takes its "stochastic" policy and A + C edges."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelOutput:
     """One network inference for B states (initial or recurrent): what the search reads.
 
-    The search reads only these four attributes, and the value-prefix ones where present, so
+    The search reads only these four attributes, and the value-prefix and chance ones where present, so
     any object that has them will do (e.g. `services.network.client.Inference`, which adds the
     model version).
 
@@ -55,6 +58,8 @@ class ModelOutput:
       value_prefix_state: float32 [B, 2L], a value-prefix model's LSTM state; None otherwise.
       value_prefix_horizon: int32 [B], a value-prefix model's H (initial_inference only);
         None otherwise.
+      num_chance_codes: int32 [B], a Stochastic MuZero model's C (initial_inference only; its
+        policy_logits are then [B, A + C]); None otherwise.
     """
 
     hidden_state: np.ndarray
@@ -63,6 +68,7 @@ class ModelOutput:
     policy_logits: np.ndarray
     value_prefix_state: np.ndarray | None = None
     value_prefix_horizon: np.ndarray | None = None
+    num_chance_codes: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import Mapping
 import numpy as np
 
 from models.export import LoadedModel
-from services.agent.inference import VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, Answered, VersionedOutput
+from services.agent.inference import (NUM_CHANCE_CODES, VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, Answered,
+                                      VersionedOutput)
 
 
 class LocalNetwork:
@@ -33,6 +34,7 @@ class LocalNetwork:
                                         reward=outputs["reward"], policy_logits=outputs["policy_logits"],
                                         value_prefix_state=outputs.get(VALUE_PREFIX_STATE),
                                         value_prefix_horizon=outputs.get(VALUE_PREFIX_HORIZON),
+                                        num_chance_codes=outputs.get(NUM_CHANCE_CODES),
                                         version=int(self.model.version)))
 
     def infer(self, signature: str, inputs: Mapping[str, np.ndarray], version: int | None = None,

@@ -6,9 +6,10 @@ A preset changes fields of the game's `MuZeroSettings` by name (validated by the
 sections themselves) and the fleet's shape (reanalysers, games per agent). The program passes
 each changed field to the service that owns it, as that service's flag: replay settings to the
 replay (`--samples-per-insert`, ...), training settings that the trainer takes as flags to the
-trainer (`--consistency-weight`, ...), and value prefix (`--value-prefix`,
-`--value-prefix-horizon`) to both, since the replay's targets and the trainer's network must
-agree (searchers take the horizon from the model itself). A field no service takes as a flag
+trainer (`--consistency-weight`, ...), Stochastic MuZero's chance codes (`--chance-codes`) to
+the trainer, and value prefix (`--value-prefix`, `--value-prefix-horizon`) to both, since the
+replay's targets and the trainer's network must agree (searchers take the horizon and the
+chance codes from the model itself). A field no service takes as a flag
 is refused when the preset is built, so a preset can never promise what the fleet does not do.
 
 The presets (docs/learning.md has what they reached):
@@ -36,7 +37,11 @@ from games.validation import require
 # imported lazily: the program needs no TensorFlow).
 _TRAINER_FLAGS = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps", "optimizer",
                   "weight_decay", "consistency_weight", "projection_hidden_size", "projection_size",
-                  "prediction_hidden_size", "value_prefix", "value_prefix_horizon", "value_prefix_lstm_size")
+                  "prediction_hidden_size", "value_prefix", "value_prefix_horizon", "value_prefix_lstm_size",
+                  "chance_loss_weight", "commitment_weight")
+# Network fields the trainer takes as flags (NETWORK_OVERRIDES there): the model's kind, which
+# every searcher reads from the model.
+_TRAINER_NETWORK_FLAGS = ("chance_codes",)
 # Training fields the replay takes as flags too: each goes to both.
 _REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).
@@ -73,7 +78,8 @@ class Preset:
                 require(name in SECTION_OF_FIELD, f"Preset {self.name!r}: no settings field {name!r}")
                 section = SECTION_OF_FIELD[name]
                 require(section == "replay" or (section == "training" and name in _TRAINER_FLAGS
-                                                and name not in _SHARED),
+                                                and name not in _SHARED)
+                        or (section == "network" and name in _TRAINER_NETWORK_FLAGS),
                         f"Preset {self.name!r}: {section}.{name} is not a flag of the replay or the "
                         f"trainer, so the fleet could not apply it")
         for game in self.per_game:

@@ -52,7 +52,9 @@ class Inference:
     hidden_state: float32 [B, *hidden_shape]; value, reward: float32 [B] (reward is 0 after
     initial_inference); policy_logits: float32 [B, A]; version: the model version that answered;
     value_prefix_state: float32 [B, 2L] from a value-prefix model (models/export.py), else None;
-    value_prefix_horizon: int32 [B], its H (initial_inference only), else None.
+    value_prefix_horizon: int32 [B], its H (initial_inference only), else None;
+    num_chance_codes: int32 [B], a stochastic model's C (initial_inference only; policy_logits
+    are then [B, A + C]), else None.
     """
 
     hidden_state: np.ndarray
@@ -62,6 +64,7 @@ class Inference:
     version: int
     value_prefix_state: np.ndarray | None = None
     value_prefix_horizon: np.ndarray | None = None
+    num_chance_codes: np.ndarray | None = None
 
 
 class NetworkClient:
@@ -251,4 +254,5 @@ def _inference(outputs: dict[str, np.ndarray], version: int) -> Inference:
     return Inference(hidden_state=outputs["hidden_state"], value=outputs["value"],
                      reward=outputs["reward"], policy_logits=outputs["policy_logits"], version=version,
                      value_prefix_state=outputs.get("value_prefix_state"),
-                     value_prefix_horizon=outputs.get("value_prefix_horizon"))
+                     value_prefix_horizon=outputs.get("value_prefix_horizon"),
+                     num_chance_codes=outputs.get("num_chance_codes"))

@@ -69,9 +69,11 @@ class Signature:
         self.outputs = outputs
         self.input_names = tuple(sorted(inputs))
         self.output_names = tuple(sorted(outputs))
-        # MuFleet's models take `action` in [0, A); checked before batching, so that one bad
-        # request cannot fail the merged batch it would have joined.
-        self.action_range = num_actions if "action" in inputs else None
+        # MuFleet's models take `action` in [0, A) (a stochastic model's chance_inference
+        # `chance_code` in [0, C)); checked before batching, so that one bad request cannot
+        # fail the merged batch it would have joined.
+        self.index_input = next((name for name in ("action", "chance_code") if name in inputs), None)
+        self.action_range = num_actions if self.index_input is not None else None
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """NumPy inputs by name -> NumPy outputs by name."""
@@ -85,13 +87,12 @@ class ServableVersion:
         self.model_name = model_name
         self.version = version
         self.loaded = loaded
-        num_actions = loaded.num_actions()
         self.signatures: dict[str, Signature] = {}
         for name in loaded.signatures:
             inputs = {k: _tensor_info(k, spec) for k, spec in loaded.input_specs[name].items()}
             outputs = {k: _tensor_info(k, spec) for k, spec in loaded.output_specs[name].items()}
             self.signatures[name] = Signature(name, functools.partial(loaded.run, name), inputs, outputs,
-                                              num_actions)
+                                              loaded.action_range(name))
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for name, signature_def in loaded.signature_defs().items():
             signature_map.signature_def[name].CopyFrom(signature_def)

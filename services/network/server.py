@@ -293,12 +293,12 @@ def decode_inputs(signature: Signature, request_inputs,
         except TensorError as error:
             raise _invalid(str(error)) from None
     if signature.action_range is not None:
-        action = arrays["action"]
+        action = arrays[signature.index_input]
         low, high = int(action.min()), int(action.max())
         if low < 0 or high >= signature.action_range:
             bad = low if low < 0 else high
-            raise _invalid(f"inputs['action']: values must be in [0, {signature.action_range}), "
-                           f"got {bad}")
+            raise _invalid(f"inputs['{signature.index_input}']: values must be in "
+                           f"[0, {signature.action_range}), got {bad}")
     assert rows is not None
     return arrays, rows
 

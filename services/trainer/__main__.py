@@ -29,8 +29,8 @@ from services.common.config_flags import add_config_flags, config_values
 from services.common.flags import config_or_exit
 from services.common.logs import get_logger
 from services.common.shutdown import stop_event_on_signals
-from games.settings import TrainingSettings
-from services.trainer.config import SETTINGS_OVERRIDES, TrainerConfig
+from games.settings import NetworkSettings, TrainingSettings
+from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES, TrainerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(parser, TrainingSettings, include=SETTINGS_OVERRIDES,
                      derived={name: f"the game's training.{name}" for name in SETTINGS_OVERRIDES},
                      group="the game's training settings (default: games/<game>.py)")
+    add_config_flags(parser, NetworkSettings, include=NETWORK_OVERRIDES,
+                     derived={name: f"the game's network.{name}" for name in NETWORK_OVERRIDES},
+                     group="the game's network settings (default: games/<game>.py)")
     return parser
 
 

@@ -66,7 +66,7 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
                                checkpoint_dir=f"{directory}/checkpoints", jit_compile=jit_compile, seed=0)
         trainer = Trainer(config, log=get_logger("trainer", io.StringIO()))
         batch = synthetic_batch(game_name, settings.training.batch_size,
-                                unroll_observations=config.consistency)
+                                unroll_observations=config.unroll_observations)
         started = time.perf_counter()
         trainer.train_step(batch)
         first = time.perf_counter() - started

@@ -17,7 +17,10 @@ from games.symmetry import Symmetries
 SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps",
                       "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
                       "projection_size", "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
-                      "value_prefix_lstm_size")
+                      "value_prefix_lstm_size", "chance_loss_weight", "commitment_weight")
+# Network settings a trainer flag may override: the model's kind, which every searcher then
+# reads from the model itself (Stochastic MuZero's chance codes).
+NETWORK_OVERRIDES = ("chance_codes",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +156,18 @@ class TrainerConfig:
         return self.consistency_weight > 0
 
     @property
+    def stochastic(self) -> bool:
+        """Whether this is Stochastic MuZero (network.chance_codes > 0): afterstates, a chance
+        encoder and their losses."""
+        return self.settings.stochastic
+
+    @property
+    def unroll_observations(self) -> bool:
+        """Whether batches carry `unroll_observations` (the consistency loss's targets, the
+        chance encoder's inputs): asked of the replay only when one of them needs them."""
+        return self.consistency or self.stochastic
+
+    @property
     def summary_dir(self) -> str:
         """Where TensorBoard event files go."""
         if self.tensorboard_dir:
@@ -163,11 +178,12 @@ class TrainerConfig:
     def for_game(cls, game: str, models_dir: str, checkpoint_dir: str,
                  settings: MuZeroSettings | None = None, **overrides: Any) -> "TrainerConfig":
         """A config for a registered game with its MuZeroSettings; `overrides` are fields of this
-        class or of `SETTINGS_OVERRIDES` (None values are ignored)."""
+        class or of `SETTINGS_OVERRIDES` and `NETWORK_OVERRIDES` (None values are ignored)."""
         loaded = games.make(game)
         settings = settings or loaded.settings
         overrides = {name: value for name, value in overrides.items() if value is not None}
-        changes = {name: overrides.pop(name) for name in SETTINGS_OVERRIDES if name in overrides}
+        changes = {name: overrides.pop(name) for name in (*SETTINGS_OVERRIDES, *NETWORK_OVERRIDES)
+                   if name in overrides}
         if changes:
             # A bad value is refused by its section ("TrainingSettings.batch_size must be ..."),
             # which the command line names as its flag.

@@ -46,6 +46,31 @@ steps toward 0, as MuZero does; the policy loss never trains them. The reward ta
 is the reward of the move into u = t + k, which is real at the first step past the end (mask 0),
 which is why masking the reward uses mask[k-1].
 
+Stochastic MuZero (a network with `stochastic`: network.chance_codes > 0; Antonoglou et al. 2022).
+The unroll passes through an afterstate between every two states, and the batch carries
+`unroll_observations` for the chance encoder:
+
+    as_k, Q_k, sigma_k = afterstate_inference(s'_k, actions[:, k])             k = 0..K-1
+    c^e_{k+1} = softmax(encode_chance(o_{t+k}, o_{t+k+1}))                     [B, C]
+    c_{k+1}   = c^e + stop_gradient(onehot(argmax c^e) - c^e)                  straight-through
+    s_{k+1}, r_{k+1} = chance_inference(as_k, c_{k+1});  out_{k+1} = prediction(s_{k+1})
+
+and three more terms, each summed over k = 0..K-1 with weight 1/K:
+
+    afterstate_value_k = CE(two_hot(target_value[b, k]), Q_k) * vm[b, k]    Q(s_k, a_k) ~ z_{t+k}
+    chance_k     = CE(stop_gradient(onehot_{k+1}), sigma_k) * mask[b, k+1]
+    commitment_k = ||stop_gradient(onehot_{k+1}) - c^e_{k+1}||^2 * mask[b, k+1]
+
+    per_sample += value_loss_weight afterstate_value + chance_loss_weight chance
+                  + commitment_weight commitment
+
+mask[b, k+1] is 0 where o_{t+k+1} does not exist (the move into the end or past it): there
+the encoder sees the last observation inside the record twice (batch norm sees only real
+observations, as the consistency targets do) and its code only serves the reward loss of the
+move into the end; chance and commitment do not train on it. The encoder learns through the
+straight-through code (the reward, value and policy losses downstream of it) and the
+commitment term; the afterstate prediction learns to predict its codes.
+
 New priorities are |value(s_0) - target_value[:, 0]| with value decoded from the support.
 """
 
@@ -56,7 +81,7 @@ from typing import NamedTuple, Protocol, Sequence
 import tensorflow as tf
 
 from games.base import GameSpec
-from models.networks import NetworkOutput
+from models.networks import AfterstateOutput, NetworkOutput
 from models.support import scalar_to_support
 
 # The batch entries a train step reads (a SampleBatchResponse has a few more: record_keys,
@@ -69,9 +94,10 @@ UNROLL_OBSERVATIONS = "unroll_observations"
 COSINE_EPSILON = 1e-5
 
 
-def batch_keys(consistency: bool = False) -> tuple[str, ...]:
-    """The batch entries a train step reads (with the consistency loss: `unroll_observations`)."""
-    return (*BATCH_KEYS, UNROLL_OBSERVATIONS) if consistency else BATCH_KEYS
+def batch_keys(unroll_observations: bool = False) -> tuple[str, ...]:
+    """The batch entries a train step reads (with the consistency loss or Stochastic MuZero's
+    chance encoder: `unroll_observations`)."""
+    return (*BATCH_KEYS, UNROLL_OBSERVATIONS) if unroll_observations else BATCH_KEYS
 
 
 class Network(Protocol):
@@ -88,12 +114,16 @@ class Network(Protocol):
 
     def predict_projection(self, projection, training: bool = False) -> tf.Tensor: ...
 
+    # Only for Stochastic MuZero (a network with `stochastic` True): afterstate_inference,
+    # chance_inference and encode_chance (models/networks.py).
+
 
 class Losses(NamedTuple):
     """One batch's losses. Scalars are importance-weighted batch means.
 
     total: what is minimized: value_loss_weight * value + reward + policy
-      + consistency_weight * consistency + l2.
+      + consistency_weight * consistency + l2 (+ Stochastic MuZero's value_loss_weight *
+      afterstate_value + chance_loss_weight * chance + commitment_weight * commitment).
     value, reward, policy: the three terms, each summed over unroll steps with weights w_k.
     l2: the weight-decay term (0 from `muzero_loss`; `add_l2` fills it in).
     per_sample: float32 [B], value_loss_weight * value + reward + policy
@@ -102,6 +132,8 @@ class Losses(NamedTuple):
     value_prediction: float32 [B], the decoded root value.
     consistency: the consistency term (before consistency_weight), summed over unroll steps with
       weights w_k; 0 when the loss is off.
+    afterstate_value, chance, commitment: Stochastic MuZero's terms (before their weights;
+      the module docstring); 0 for other networks.
     """
 
     total: tf.Tensor
@@ -113,14 +145,17 @@ class Losses(NamedTuple):
     priorities: tf.Tensor
     value_prediction: tf.Tensor
     consistency: tf.Tensor | float = 0.0
+    afterstate_value: tf.Tensor | float = 0.0
+    chance: tf.Tensor | float = 0.0
+    commitment: tf.Tensor | float = 0.0
 
 
 def batch_signature(spec: GameSpec, num_unroll_steps: int,
-                    consistency: bool = False) -> dict[str, tf.TensorSpec]:
-    """The `tf.TensorSpec` of every entry of `batch_keys(consistency)`, batch dimension None."""
+                    unroll_observations: bool = False) -> dict[str, tf.TensorSpec]:
+    """The `tf.TensorSpec` of every entry of `batch_keys(unroll_observations)`, batch dimension None."""
     K, A = num_unroll_steps, spec.num_actions
     extra = ({UNROLL_OBSERVATIONS: tf.TensorSpec([None, K + 1, *spec.observation_shape], tf.float32,
-                                                 name=UNROLL_OBSERVATIONS)} if consistency else {})
+                                                 name=UNROLL_OBSERVATIONS)} if unroll_observations else {})
     return {
         "observation": tf.TensorSpec([None, *spec.observation_shape], tf.float32, name="observation"),
         "actions": tf.TensorSpec([None, K], tf.int32, name="actions"),
@@ -185,6 +220,67 @@ def unroll(network: Network, observation: tf.Tensor, actions: tf.Tensor, trainin
     return outputs
 
 
+class StochasticUnroll(NamedTuple):
+    """What `unroll_stochastic` returns.
+
+    outputs: the K+1 state outputs s_0..s_K (as `unroll`'s).
+    afterstates: the K afterstate outputs of (s_k, actions[:, k]), k = 0..K-1.
+    code_probabilities: float32 [B, K, C], the encoder's c^e_{k+1} (softmax).
+    codes: float32 [B, K, C], onehot(argmax c^e_{k+1}) (no gradient).
+    """
+
+    outputs: list[NetworkOutput]
+    afterstates: list[AfterstateOutput]
+    code_probabilities: tf.Tensor
+    codes: tf.Tensor
+
+
+def observations_inside(unroll_observations: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """float32 [B, K+1, *obs]: `unroll_observations` with every step past the record's end
+    (mask 0, where the replay sends zeros) replaced by the record's last observation inside
+    the unroll, so that batch norm only ever sees real observations."""
+    K = unroll_observations.shape[1] - 1
+    mask = tf.cast(mask, tf.float32)
+    last = tf.maximum(tf.cast(tf.reduce_sum(mask, axis=1), tf.int32) - 1, 0)  # [B]
+    steps = tf.range(K + 1, dtype=tf.int32)[None, :]
+    index = tf.where(mask > 0, steps, last[:, None])  # [B, K+1]
+    return tf.gather(tf.cast(unroll_observations, tf.float32), index, batch_dims=1)
+
+
+def unroll_stochastic(network: Network, observation: tf.Tensor, actions: tf.Tensor,
+                      unroll_observations: tf.Tensor, mask: tf.Tensor, training: bool = True,
+                      gradient_scale: float = 0.5) -> StochasticUnroll:
+    """Stochastic MuZero's unroll along `actions` [B, K] (the module docstring): states and
+    afterstates alternate, and the chance codes come from the encoder over consecutive
+    `unroll_observations` [B, K+1, *obs] (mask [B, K+1] says which exist). The state passed on
+    to the next step goes through `scale_gradient(., gradient_scale)`, as in `unroll`."""
+    K = actions.shape[1]
+    if unroll_observations.shape[1] != K + 1:
+        raise ValueError(f"unroll_stochastic: unroll_observations has {unroll_observations.shape[1]} "
+                         f"steps, expected K+1 = {K + 1}")
+    observations = observations_inside(unroll_observations, mask)
+    shape = unroll_observations.shape[2:]
+    before = tf.reshape(observations[:, :-1], [-1, *shape])  # [B*K, *obs]: one encoder call for all k
+    after = tf.reshape(observations[:, 1:], [-1, *shape])
+    logits = network.encode_chance(before, after, training=training)
+    C = logits.shape[-1]
+    probabilities = tf.reshape(tf.nn.softmax(logits, axis=-1), [-1, K, C])
+    codes = tf.stop_gradient(tf.one_hot(tf.argmax(probabilities, axis=-1), C, dtype=tf.float32))
+    straight_through = probabilities + tf.stop_gradient(codes - probabilities)
+
+    out = network.initial_inference(observation, training=training)
+    outputs, afterstates = [out], []
+    hidden = out.hidden_state
+    for k in range(K):
+        afterstate = network.afterstate_inference(hidden, actions[:, k], training=training)
+        afterstates.append(afterstate)
+        out = network.chance_inference(afterstate.afterstate, straight_through[:, k], training=training)
+        outputs.append(out)
+        hidden = scale_gradient(out.hidden_state, gradient_scale)
+    return StochasticUnroll(outputs=outputs, afterstates=afterstates, code_probabilities=probabilities,
+                            codes=codes)
+
+
 def negative_cosine_similarity(a: tf.Tensor, b: tf.Tensor, epsilon: float = COSINE_EPSILON) -> tf.Tensor:
     """-cos(a, b) [...] of vectors [..., D]: each normalized as x / max(|x|, epsilon)
     (EfficientZero's consist_loss_func)."""
@@ -203,11 +299,7 @@ def consistency_targets(network: Network, unroll_observations: tf.Tensor, mask: 
     only; those steps are masked out of the loss anyway. No gradient flows into any of it.
     """
     K = unroll_observations.shape[1] - 1
-    mask = tf.cast(mask, tf.float32)
-    last = tf.maximum(tf.cast(tf.reduce_sum(mask, axis=1), tf.int32) - 1, 0)  # [B]
-    steps = tf.range(1, K + 1, dtype=tf.int32)[None, :]  # [1, K]
-    index = tf.where(mask[:, 1:] > 0, steps, last[:, None])  # [B, K]
-    observations = tf.gather(tf.cast(unroll_observations, tf.float32), index, batch_dims=1)
+    observations = observations_inside(unroll_observations, mask)[:, 1:]  # [B, K, *obs]
     flat = tf.reshape(observations, [-1, *unroll_observations.shape[2:]])  # [B*K, *obs]
     projection = network.project(network.represent(flat, training=training), training=training)
     return tf.stop_gradient(tf.reshape(projection, [-1, K, projection.shape[-1]]))
@@ -237,7 +329,8 @@ def consistency_loss(network: Network, hidden_states: Sequence[tf.Tensor],
 def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int,
                 value_loss_weight: float = 0.25, gradient_scale: float = 0.5,
                 train_past_end: bool = True, training: bool = True,
-                consistency_weight: float = 0.0) -> Losses:
+                consistency_weight: float = 0.0, chance_loss_weight: float = 1.0,
+                commitment_weight: float = 0.25) -> Losses:
     """The loss of one batch (entries BATCH_KEYS) without weight decay (l2 = 0).
 
     Args:
@@ -253,21 +346,31 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
       consistency_weight: factor of EfficientZero's consistency loss (0: off, nothing of it is
         computed); > 0 needs `unroll_observations` in the batch and a network with
         consistency heads.
+      chance_loss_weight, commitment_weight: factors of Stochastic MuZero's chance and
+        commitment terms (used only with a stochastic network, which also needs
+        `unroll_observations`).
     """
-    if consistency_weight > 0 and UNROLL_OBSERVATIONS not in batch:
-        raise ValueError("muzero_loss: consistency_weight > 0 needs the batch's unroll_observations "
-                         "[B, K+1, *obs] (ask the replay with include_unroll_observations)")
+    stochastic = bool(getattr(network, "stochastic", False))
+    if (consistency_weight > 0 or stochastic) and UNROLL_OBSERVATIONS not in batch:
+        raise ValueError(f"muzero_loss: {'a stochastic network' if stochastic else 'consistency_weight > 0'} "
+                         f"needs the batch's unroll_observations [B, K+1, *obs] (ask the replay with "
+                         f"include_unroll_observations)")
     actions = tf.cast(batch["actions"], tf.int32)
     K = actions.shape[1]
     if K is None:
         raise ValueError("muzero_loss: actions need a static number of unroll steps K")
-    outputs = unroll(network, batch["observation"], actions, training, gradient_scale)
+    mask = tf.cast(batch["mask"], tf.float32)
+    if stochastic:
+        stochastic_unroll = unroll_stochastic(network, batch["observation"], actions, batch[UNROLL_OBSERVATIONS],
+                                              mask, training, gradient_scale)
+        outputs = stochastic_unroll.outputs
+    else:
+        outputs = unroll(network, batch["observation"], actions, training, gradient_scale)
     value_logits = tf.stack([o.value_logits for o in outputs], axis=1)  # [B, K+1, 2S+1]
     reward_logits = tf.stack([o.reward_logits for o in outputs], axis=1)
     policy_logits = tf.stack([o.policy_logits for o in outputs], axis=1)  # [B, K+1, A]
 
     weights = step_weights(K)[None, :]  # [1, K+1]
-    mask = tf.cast(batch["mask"], tf.float32)
     if train_past_end:
         value_mask = tf.ones_like(mask)
         reward_mask = tf.ones_like(mask)
@@ -289,6 +392,20 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
                                  batch[UNROLL_OBSERVATIONS], mask, training)  # [B, K]
         consistency = tf.reduce_sum(weights[:, 1:] * mask[:, 1:] * steps, axis=1)  # [B]
         per_sample = per_sample + consistency_weight * consistency
+    if stochastic:
+        q_logits = tf.stack([a.value_logits for a in stochastic_unroll.afterstates], axis=1)  # [B, K, 2S+1]
+        chance_logits = tf.stack([a.chance_logits for a in stochastic_unroll.afterstates], axis=1)  # [B, K, C]
+        codes = stochastic_unroll.codes
+        transition = mask[:, 1:]  # o_{t+k+1} exists
+        afterstate_value = tf.reduce_sum(
+            value_mask[:, :-1] * support_cross_entropy(q_logits, batch["target_value"][:, :-1], support_size),
+            axis=1) / K
+        chance = tf.reduce_sum(transition * policy_cross_entropy(chance_logits, codes), axis=1) / K
+        commitment = tf.reduce_sum(
+            transition * tf.reduce_sum(tf.square(codes - stochastic_unroll.code_probabilities), axis=-1),
+            axis=1) / K
+        per_sample = (per_sample + value_loss_weight * afterstate_value + chance_loss_weight * chance
+                      + commitment_weight * commitment)
 
     importance = tf.cast(batch["importance_weight"], tf.float32)
 
@@ -301,7 +418,9 @@ def muzero_loss(network: Network, batch: dict[str, tf.Tensor], support_size: int
                   reward=weighted_mean(reward), policy=weighted_mean(policy),
                   l2=tf.constant(0.0), per_sample=per_sample, priorities=priorities,
                   value_prediction=tf.stop_gradient(root_value),
-                  consistency=weighted_mean(consistency) if consistency_weight > 0 else tf.constant(0.0))
+                  consistency=weighted_mean(consistency) if consistency_weight > 0 else tf.constant(0.0),
+                  **({"afterstate_value": weighted_mean(afterstate_value), "chance": weighted_mean(chance),
+                      "commitment": weighted_mean(commitment)} if stochastic else {}))
 
 
 def decayed_variables(variables: Sequence[tf.Variable]) -> list[tf.Variable]:

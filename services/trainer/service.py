@@ -65,7 +65,7 @@ def _train(config: TrainerConfig, log: EventLogger, stop: threading.Event, ready
         from services.replay.client import ReplayClient
         replay = ReplayClient(config.replay_address, timeout_s=config.sample_timeout_s)
     batch_size, K = config.settings.training.batch_size, config.num_unroll_steps
-    unroll = config.consistency  # the consistency loss's targets: asked for only when it is on
+    unroll = config.unroll_observations  # asked for only when a loss needs them
     prepare_batch = prepare(config)
     merge = [config.sample_merge]  # set to 1 if the replay refuses the merged call
     # Without the consistency loss the call is exactly as before (the flag is not even passed).

@@ -72,6 +72,10 @@ class StepResult(NamedTuple):
     priorities: np.ndarray
     value_prediction: np.ndarray
     consistency_loss: float = 0.0  # the consistency term before its weight (0 when off)
+    # Stochastic MuZero's terms before their weights (0 for other networks).
+    afterstate_value_loss: float = 0.0
+    chance_loss: float = 0.0
+    commitment_loss: float = 0.0
 
 
 def select_device(log: EventLogger | None = None) -> str:
@@ -224,11 +228,13 @@ class Trainer:
         self.models_dir = Path(config.models_dir)
         self._checkpointed_step: int | None = None
         self.latest_version: int | None = None  # newest version in models_dir, once known
-        # With the consistency loss the step also reads unroll_observations; without it nothing
-        # of it exists (the signature, the graph and the replay request are as before).
+        # With the consistency loss or Stochastic MuZero the step also reads unroll_observations;
+        # without them nothing of it exists (the signature, the graph and the replay request are
+        # as before).
         self.consistency_weight = config.consistency_weight
-        self._batch_keys = batch_keys(config.consistency)
-        self._signature = batch_signature(config.spec, config.num_unroll_steps, config.consistency)
+        self.stochastic = config.stochastic
+        self._batch_keys = batch_keys(config.unroll_observations)
+        self._signature = batch_signature(config.spec, config.num_unroll_steps, config.unroll_observations)
         self._train_step = tf.function(self._train_step_fn, input_signature=[self._signature],
                                        jit_compile=config.jit_compile or None, reduce_retracing=True)
         self._train_step_concrete = None  # traced at the first step: calling it skips the
@@ -249,7 +255,9 @@ class Trainer:
                                  value_loss_weight=self.config.value_loss_weight,
                                  gradient_scale=self.config.gradient_scale,
                                  train_past_end=self.config.train_past_end, training=training,
-                                 consistency_weight=self.consistency_weight)
+                                 consistency_weight=self.consistency_weight,
+                                 chance_loss_weight=self.settings.training.chance_loss_weight,
+                                 commitment_weight=self.settings.training.commitment_weight)
             return add_l2(losses, l2_loss(self.network.trainable_variables, self.settings.training.weight_decay))
 
     def _losses_fn(self, batch) -> Losses:
@@ -271,6 +279,8 @@ class Trainer:
             terms = [losses.total, losses.value, losses.reward, losses.policy, losses.l2, norm]
             if self.consistency_weight > 0:
                 terms.append(losses.consistency)
+            if self.stochastic:
+                terms.extend([losses.afterstate_value, losses.chance, losses.commitment])
             scalars = tf.stack(terms)
         return scalars, losses.priorities, losses.value_prediction
 
@@ -323,12 +333,17 @@ class Trainer:
         FloatingPointError (logged) if its loss is not finite."""
         scalars, priorities, value_prediction = outputs
         total, value, reward, policy, l2, norm, *rest = (float(x) for x in scalars.numpy())
+        consistency = rest.pop(0) if self.consistency_weight > 0 else 0.0
+        afterstate_value, chance, commitment = rest if self.stochastic else (0.0, 0.0, 0.0)
         result = StepResult(step=step, loss=total, value_loss=value, reward_loss=reward,
                             policy_loss=policy, l2=l2, gradient_norm=norm,
                             priorities=priorities.numpy(), value_prediction=value_prediction.numpy(),
-                            consistency_loss=rest[0] if rest else 0.0)
+                            consistency_loss=consistency, afterstate_value_loss=afterstate_value,
+                            chance_loss=chance, commitment_loss=commitment)
         if not np.isfinite(result.loss):
-            extra = {"consistency_loss": result.consistency_loss} if rest else {}
+            extra = {"consistency_loss": result.consistency_loss} if self.consistency_weight > 0 else {}
+            if self.stochastic:
+                extra.update(afterstate_value_loss=afterstate_value, chance_loss=chance, commitment_loss=commitment)
             self.log.error("non_finite_loss", step=result.step, loss=result.loss,
                            value_loss=result.value_loss, reward_loss=result.reward_loss,
                            policy_loss=result.policy_loss, gradient_norm=result.gradient_norm, **extra)
@@ -566,6 +581,10 @@ class Trainer:
             metrics.loss.labels(kind).set(value)
         if self.consistency_weight > 0:  # the series exists only with the loss on
             metrics.loss.labels("consistency").set(result.consistency_loss)
+        if self.stochastic:
+            for kind, value in (("afterstate_value", result.afterstate_value_loss),
+                                ("chance", result.chance_loss), ("commitment", result.commitment_loss)):
+                metrics.loss.labels(kind).set(value)
         learning_rate = learning_rate_at(self.settings, self._iterations)
         metrics.learning_rate.set(learning_rate)
         if result.step % self.config.log_interval == 0:
@@ -596,6 +615,10 @@ class Trainer:
                       priority=round(float(np.mean(result.priorities)), 4))
         if self.consistency_weight > 0:
             fields["consistency_loss"] = round(result.consistency_loss, 5)
+        if self.stochastic:
+            fields.update(afterstate_value_loss=round(result.afterstate_value_loss, 5),
+                          chance_loss=round(result.chance_loss, 5),
+                          commitment_loss=round(result.commitment_loss, 5))
         if model_versions:
             fields["oldest_model_version"] = min(model_versions)
         self.log.info("train", **fields)
@@ -608,6 +631,9 @@ class Trainer:
             "train/priority": float(np.mean(result.priorities))}
         if self.consistency_weight > 0:
             scalars["loss/consistency"] = result.consistency_loss
+        if self.stochastic:
+            scalars.update({"loss/afterstate_value": result.afterstate_value_loss,
+                            "loss/chance": result.chance_loss, "loss/commitment": result.commitment_loss})
         self.summaries.scalars(result.step, scalars)
 
     def close(self) -> None:
@@ -624,8 +650,9 @@ def _entry(batch: Mapping[str, Any], name: str) -> Any:
         return batch[name]
     except KeyError:
         if name == "unroll_observations":
-            raise ValueError("batch: unroll_observations is missing: with consistency_weight > 0 "
-                             "every batch needs the observations at t+k, [B, K+1, *obs]") from None
+            raise ValueError("batch: unroll_observations is missing: with consistency_weight > 0 or "
+                             "network.chance_codes > 0 every batch needs the observations at t+k, "
+                             "[B, K+1, *obs]") from None
         raise
 
 
@@ -637,7 +664,7 @@ def _first_line(text: str) -> str:
 def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:
     """`prepare_batch` for this config's game and K (with `unroll_observations` when the
     consistency loss is on), then `augment_batch` when the config has symmetries. The returned function is meant for one thread (it holds a random generator)."""
-    unroll = config.consistency  # the consistency loss's targets come with the batch
+    unroll = config.unroll_observations  # the consistency targets / chance encoder's inputs
     prefix = config.settings.training.value_prefix
     if config.symmetries is None:
         return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix)

@@ -49,3 +49,33 @@ def test_a_failed_call_names_the_peer_and_the_method():
         evaluate("tictactoe", environment, FakeNetwork(num_actions=9), num_games=2, simulations=2)
     assert (raised.value.peer, raised.value.method, raised.value.code) == ("environment", "Step", "UNAVAILABLE")
     assert "running" in raised.value.hint and environment.closed == ["s1"]
+
+
+def test_a_2048_evaluation_reports_each_games_largest_tile():
+    class Recording(FakeEnvironment):
+        """Remembers each slot's first game's last observation and move, as the rules saw them."""
+
+        def __init__(self):
+            super().__init__("2048")
+            self.last = {}
+
+        def step(self, session_id, actions, auto_reset=False, **kwargs):
+            before = self.session.time_step().observation
+            step = super().step(session_id, actions, auto_reset, **kwargs)
+            for g in np.flatnonzero(step.terminated | step.truncated):
+                self.last.setdefault(int(g), (before[g], int(actions[g])))
+            return step
+
+    environment = Recording()
+    result = evaluate("2048", environment, FakeNetwork(num_actions=4, newest=1), num_games=3, simulations=2, seed=1)
+    games = sorted(environment.last)
+    assert games == [0, 1, 2]
+    want = environment.game.episode_statistics(np.stack([environment.last[g][0] for g in games]),
+                                                np.array([environment.last[g][1] for g in games]))
+    np.testing.assert_array_equal(result.statistics["max_tile"], want["max_tile"])
+    summary = result.summary()
+    tiles = result.statistics["max_tile"]
+    assert summary["max_tile_largest"] == tiles.max()
+    assert summary["max_tile_at_least"] == {str(t): int((tiles >= t).sum()) for t in (256, 512, 1024, 2048, 4096)}
+    assert "max_tile_at_least" not in evaluate("cartpole", FakeEnvironment("cartpole"), FakeNetwork(num_actions=2),
+                                               num_games=2, simulations=2).summary()

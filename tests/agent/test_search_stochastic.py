@@ -461,3 +461,43 @@ def test_other_policies_are_unchanged_by_the_hook():
     assert search.num_edges == 3
     reward, logits = np.array([0.5, -1.0]), np.zeros((2, 3))
     assert search.policy.adjust_expansion(np.array([0, 1]), reward, logits) == (reward, logits)
+
+
+def test_a_model_that_says_its_chance_codes_picks_the_policy():
+    """A root output with num_chance_codes turns any configured search into "stochastic" with
+    the model's C, exactly as if configured so; a root without gets the given policy back."""
+    B, A, C, S = 3, 3, 4, 24
+    model = FakeStochasticModel(B, A, C, seed=6)
+    legal = np.ones((B, A), bool)
+    configured = SearchConfig(num_simulations=S, search="stochastic", num_chance_codes=C)
+    _, want = run(configured, model, legal, two_player=False)
+
+    class SaysItsCodes(FakeStochasticModel):
+        def initial_inference(self, ids):
+            return dataclasses.replace(super().initial_inference(ids), num_chance_codes=np.full(B, C, np.int32))
+
+    speaking = SaysItsCodes(B, A, C, seed=6)
+    given = SearchConfig(num_simulations=S, search="gumbel", num_chance_codes=9)
+    search, got = run(given, speaking, legal, two_player=False)
+    assert search.config == configured and search.given_config == given and search.num_edges == A + C
+    np.testing.assert_array_equal(got.visit_counts, want.visit_counts)
+    np.testing.assert_array_equal(got.policy, want.policy)
+    # The next move's root says nothing: the given policy, with its A edges, again.
+    root = model.initial_inference(model.root_ids)
+    search.start_move(dataclasses.replace(root, policy_logits=root.policy_logits[:, :A]), legal,
+                      np.random.default_rng(0), training=False)
+    assert search.config == given and search.num_edges == A and not hasattr(search.policy, "is_chance")
+    for bad in ([C, C, C + 1], [0, 0, 0], [C, C]):
+        with pytest.raises(ValueError, match="root.num_chance_codes must be one C >= 1"):
+            search.start_move(dataclasses.replace(root, num_chance_codes=np.array(bad, np.int32)), legal,
+                              np.random.default_rng(0))
+
+
+def test_a_plain_model_under_a_stochastic_search_is_named_as_such():
+    B, A, C = 2, 3, 4
+    search = BatchedSearch(B, A, (3,), SearchConfig(num_simulations=2, search="stochastic", num_chance_codes=C))
+    model = FakeStochasticModel(B, A, C, seed=0)
+    root = model.initial_inference(model.root_ids)
+    with pytest.raises(ValueError, match="needs a Stochastic MuZero model"):
+        search.start_move(dataclasses.replace(root, policy_logits=root.policy_logits[:, :A]), np.ones((B, A), bool),
+                          np.random.default_rng(0))

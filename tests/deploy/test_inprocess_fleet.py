@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.export import load_version
 from services.agent import metrics as agent_metrics
 from services.common.logs import get_logger
 from services.common.metrics import sum_samples
@@ -18,10 +19,13 @@ TRAIN_STEPS = 40
 
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_the_program_runs_in_one_process_and_trains(tmp_path):
+@pytest.mark.parametrize("chance_codes", [0, 4], ids=["muzero", "stochastic-muzero"])
+def test_the_program_runs_in_one_process_and_trains(tmp_path, chance_codes):
+    """With chance codes only the trainer is told: the agent's searches turn stochastic by the
+    model's own say, and the replay serves the chance encoder's observations on request."""
     config = FleetConfig(
         game="cartpole", run_dir=tmp_path / "run", games_per_batch=16, simulations=4,
-        fixed_ports=False, monitor=False,
+        fixed_ports=False, monitor=False, preset_changes=(("chance_codes", chance_codes),) if chance_codes else (),
         extra_args=(("trainer", ("--export-interval", "10", "--log-interval", "10", "--batch-size", "32")),
                     ("replay", ("--min-positions", "100"))))
     log = get_logger("launcher", stream=open(tmp_path / "launcher.log", "w"))
@@ -43,6 +47,7 @@ def test_the_program_runs_in_one_process_and_trains(tmp_path):
         codes = fleet.stop()
     assert codes["agent-0"] == 0 and codes["trainer"] == 0, codes  # records flushed, checkpoint written
     assert (config.run_dir / "checkpoints" / "checkpoint").exists()
+    assert load_version(config.run_dir / "models" / "muzero").stochastic == bool(chance_codes)
 
 
 def test_nodes_without_an_in_process_entry_are_named(tmp_path):

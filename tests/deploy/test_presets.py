@@ -87,3 +87,20 @@ def test_value_prefix_reaches_the_replay_and_the_trainer_together(tmp_path):
     assert replay.value_prefix and replay.value_prefix_horizon == 3
     assert trainer.settings.training.value_prefix and trainer.settings.training.value_prefix_horizon == 3
 
+
+
+def test_chance_codes_reach_the_trainer_alone(tmp_path):
+    """Stochastic MuZero is the trainer's to build; every searcher reads C from the model."""
+    chosen = preset("").with_changes({"chance_codes": 6, "commitment_weight": 0.5})
+    flags = chosen.service_flags("cartpole")
+    assert set(flags) == {"trainer"}
+    trainer = trainer_config(["--game", "cartpole", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                              "--checkpoint-dir", str(tmp_path / "c"), *flags["trainer"]])
+    assert trainer.settings.network.chance_codes == 6 and trainer.stochastic and trainer.unroll_observations
+    assert trainer.settings.training.commitment_weight == 0.5
+    specs = {s.name: s for s in build_topology(FleetConfig(game="cartpole", run_dir=Path("r"),
+                                                           preset_changes=(("chance_codes", 6),)))}
+    assert "--chance-codes" in specs["trainer"].args
+    assert all("--chance-codes" not in spec.args for name, spec in specs.items() if name != "trainer")
+    with pytest.raises(ValueError, match="network.hidden_size is not a flag"):
+        Preset("x", "", settings={"hidden_size": 8})

@@ -283,3 +283,31 @@ def test_random_playouts_match_the_reference():
         steps += len(actions)
         state = state.take(np.flatnonzero(~terminated))
     assert ended == n and steps > 50 * n
+
+
+def test_episode_statistics_give_the_final_boards_largest_tile():
+    """From the observation before each game's last move and that move: the largest tile of the
+    final board, as the rules made it (random playouts to their end)."""
+    rng = np.random.default_rng(5)
+    state = GAME.reset(64, seed=5)
+    done = np.zeros(64, bool)
+    last_observation = np.zeros((64, 4, 4, 16), np.float32)
+    last_action = np.zeros(64, np.int64)
+    final_board = np.zeros((64, 4, 4), np.int8)
+    while not done.all():
+        legal = GAME.legal_actions(state)
+        legal[done] = True  # finished games are not stepped again: any action, results ignored
+        actions = np.array([rng.choice(np.flatnonzero(row)) for row in legal])
+        live = np.flatnonzero(~done)
+        observation = GAME.observation(state)
+        sub = state.take(live)
+        sub, _reward, terminated, truncated = GAME.step(sub, actions[live])
+        ended = live[terminated | truncated]
+        last_observation[ended], last_action[ended] = observation[ended], actions[ended]
+        final_board[live] = GAME.positions(sub)
+        state = state.put(live, sub)
+        done[ended] = True
+    got = GAME.episode_statistics(last_observation, last_action)["max_tile"]
+    want = 2 ** np.minimum(final_board.reshape(64, -1).max(axis=1).astype(np.int64), 15)
+    np.testing.assert_array_equal(got, want)
+    assert set(np.unique(got)) <= {2 ** e for e in range(2, 16)} and got.max() >= 128

@@ -169,7 +169,7 @@ def test_the_target_branch_gets_no_gradient_and_the_online_branch_does(settings,
 
 def test_with_weight_zero_nothing_changes():
     assert batch_keys(False) == BATCH_KEYS and "unroll_observations" not in batch_signature(SPEC, K)
-    assert batch_signature(SPEC, K, consistency=True)["unroll_observations"].shape.as_list() == [None, K + 1, 4]
+    assert batch_signature(SPEC, K, unroll_observations=True)["unroll_observations"].shape.as_list() == [None, K + 1, 4]
     network = MuZeroNetwork(SPEC, TINY, seed=0)
     data = batch(B=8)
     plain = muzero_loss(network, tensors(data), S)

@@ -19,8 +19,8 @@ import numpy as np
 from games.base import MuZeroSettings
 from games.validation import require
 from services.agent import gumbel as gumbel_lib
-from services.agent.inference import (INITIAL_INFERENCE, RECURRENT_INFERENCE, VALUE_PREFIX_HORIZON,
-                                      VALUE_PREFIX_STATE, Model, ModelOutput)
+from services.agent.inference import (INITIAL_INFERENCE, NUM_CHANCE_CODES, RECURRENT_INFERENCE,
+                                      VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, Model, ModelOutput)
 from services.agent.search.config import SearchConfig
 from services.agent.search.policies import POLICIES, Policy
 from services.agent.search.tree import Tree
@@ -82,6 +82,12 @@ class BatchedSearch:
     zeros when d % H == 0. Everything else (Q, backup, the
     policies) sees per-step rewards, so a search with value prefix backs up exactly what the
     same search with the equivalent per-step rewards does.
+
+    The model picks the policy where it says so: a Stochastic MuZero model's root output
+    carries `num_chance_codes` (C), and `start_move` then searches with "stochastic" and that C
+    whatever the config names (the tree and the policy are rebuilt when they change, e.g. at
+    the first move); a root without it gets the config's own policy back. So the agent, the
+    reanalyser, the evaluator and the play page need no flag for a stochastic model.
     """
 
     def __init__(self, batch_size: int, num_actions: int, hidden_shape: tuple[int, ...] | int,
@@ -107,14 +113,8 @@ class BatchedSearch:
         self.two_player = bool(two_player)
         self.num_simulations = S = config.num_simulations
         self.num_nodes = S + 1
-        policy_class = POLICIES[config.search]
-        # Edges per node: the game's actions, or more for a policy that asks (chance outcomes).
-        self.num_edges = policy_class.num_edges(self.num_actions, config)
-        # discount * sign: multiplies a child's value (its player's view) into its parent's view.
-        self.tree = Tree(B, S + 1, self.num_edges, hidden_shape, -config.discount if two_player else config.discount)
-        for name in Tree.ARRAYS:
-            setattr(self, name, getattr(self.tree, name))
-        self.policy: Policy = policy_class(self.tree, config)
+        self.given_config = config          # what the caller asked for; `config` is what runs
+        self._configure(config)
 
         # Nodes on the current simulation's paths, by depth: [(games int64 [k], flat rows int64 [k])].
         self._levels: list[tuple[np.ndarray, np.ndarray]] = []
@@ -140,6 +140,34 @@ class BatchedSearch:
         """Simulations completed in the current move."""
         return self._simulation
 
+    def _configure(self, config: SearchConfig) -> None:
+        """Builds the tree and the policy of `config` (its policy, edges and discount)."""
+        self.config = config
+        policy_class = POLICIES[config.search]
+        # Edges per node: the game's actions, or more for a policy that asks (chance outcomes).
+        self.num_edges = policy_class.num_edges(self.num_actions, config)
+        # discount * sign: multiplies a child's value (its player's view) into its parent's view.
+        self.tree = Tree(self.batch_size, self.num_nodes, self.num_edges, self.hidden_shape,
+                         -config.discount if self.two_player else config.discount)
+        for name in Tree.ARRAYS:
+            setattr(self, name, getattr(self.tree, name))
+        self.policy: Policy = policy_class(self.tree, config)
+
+    def _follow_model(self, root: ModelOutput) -> None:
+        """"stochastic" with the model's C when its root says `num_chance_codes`, else the
+        given config (the class docstring)."""
+        codes = getattr(root, NUM_CHANCE_CODES, None)
+        if codes is None:
+            wanted = self.given_config
+        else:
+            codes = np.asarray(codes).reshape(-1)
+            if codes.size != self.batch_size or codes.min() < 1 or codes.min() != codes.max():
+                raise ValueError(f"root.{NUM_CHANCE_CODES} must be one C >= 1 for all {self.batch_size} "
+                                 f"games, got {codes.tolist()[:8]}")
+            wanted = self.given_config.replace(search="stochastic", num_chance_codes=int(codes[0]))
+        if wanted != self.config:
+            self._configure(wanted)
+
     def start_move(self, root: ModelOutput, legal_actions: np.ndarray, rng: np.random.Generator,
                    training: bool = True) -> None:
         """Resets the B trees and sets up their roots.
@@ -152,6 +180,7 @@ class BatchedSearch:
             action choice; False for evaluation (no noise, greedy actions).
         """
         B, A = self.batch_size, self.num_actions
+        self._follow_model(root)
         hidden, value, _reward, logits = self._check_output(root, "root")
         prefix_state = self._prefix_state(root, "root")
         self.value_prefix_horizon = self._root_horizon(root) if prefix_state is not None else 0
@@ -341,5 +370,8 @@ class BatchedSearch:
                     f"{name}.hidden_state must have shape {(B, *self.hidden_shape)}, got {hidden.shape}")
             require(value.size == B, f"{name}.value must have shape ({B},), got {value.shape}")
             require(reward.size == B, f"{name}.reward must have shape ({B},), got {reward.shape}")
-            require(logits.shape == (B, A), f"{name}.policy_logits must have shape {(B, A)}, got {logits.shape}")
+            hint = (" (search 'stochastic' needs a Stochastic MuZero model, whose logits cover the "
+                    "actions and the chance codes)" if A > self.num_actions and logits.shape[-1:] == (self.num_actions,)
+                    else "")
+            require(logits.shape == (B, A), f"{name}.policy_logits must have shape {(B, A)}, got {logits.shape}{hint}")
         return hidden, value.reshape(B), reward.reshape(B), logits

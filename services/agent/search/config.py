@@ -19,12 +19,20 @@ class SearchConfig(SearchSettings):
 
     Attributes:
       discount: per-move discount in (0, 1] applied at every edge of the tree.
+      num_chance_codes: C >= 1, the chance codes of an afterstate ("stochastic" only): the
+        tree then has A + C edges per node and the model's policy_logits cover them (the
+        search masks the half a node's kind does not use). A model with chance codes says its
+        C (`num_chance_codes` of its initial_inference), and `BatchedSearch` takes that.
     """
 
     discount: float = 0.997
+    num_chance_codes: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(isinstance(self.num_chance_codes, int) and not isinstance(self.num_chance_codes, bool)
+                and self.num_chance_codes >= 1,
+                f"SearchConfig.num_chance_codes must be an int >= 1, got {self.num_chance_codes!r}")
         names = " or ".join(repr(name) for name in POLICIES)
         require(self.search in POLICIES, f"SearchConfig.search must be {names}, got {self.search!r}")
         require(0.0 < self.discount <= 1.0, f"SearchConfig.discount must be in (0, 1], got {self.discount}")
@@ -35,6 +43,8 @@ class SearchConfig(SearchSettings):
         validated)."""
         fields = {f.name: getattr(settings.search, f.name) for f in dataclasses.fields(SearchSettings)}
         fields["discount"] = settings.discount
+        if settings.stochastic:
+            fields["num_chance_codes"] = settings.network.chance_codes
         fields.update(changes)
         return cls(**fields)
 
