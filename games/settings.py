@@ -228,6 +228,9 @@ class TrainingSettings:
       commitment_weight: beta (>= 0), factor of Stochastic MuZero's commitment loss
         ||onehot - c^e||^2, which pulls the encoder's code distribution c^e towards its own
         argmax (VQ-VAE's 0.25 by default; only with network.chance_codes > 0).
+      diversity_weight: factor (>= 0) of the diversity loss log C - H(mean code distribution
+        of the batch), which keeps the encoder from collapsing onto one code (wav2vec 2.0's;
+        not in the paper; only with network.chance_codes > 0).
     """
 
     num_unroll_steps: int = 5
@@ -249,9 +252,10 @@ class TrainingSettings:
     prediction_hidden_size: int = 128
     chance_loss_weight: float = 1.0
     commitment_weight: float = 0.25
+    diversity_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for field in ("chance_loss_weight", "commitment_weight"):
+        for field in ("chance_loss_weight", "commitment_weight", "diversity_weight"):
             value = getattr(self, field)
             require(isinstance(value, numbers.Real) and not isinstance(value, bool)
                     and 0 <= value < float("inf"),

@@ -38,7 +38,7 @@ from games.validation import require
 _TRAINER_FLAGS = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps", "optimizer",
                   "weight_decay", "consistency_weight", "projection_hidden_size", "projection_size",
                   "prediction_hidden_size", "value_prefix", "value_prefix_horizon", "value_prefix_lstm_size",
-                  "chance_loss_weight", "commitment_weight")
+                  "chance_loss_weight", "commitment_weight", "diversity_weight")
 # Network fields the trainer takes as flags (NETWORK_OVERRIDES there): the model's kind, which
 # every searcher reads from the model.
 _TRAINER_NETWORK_FLAGS = ("chance_codes",)

@@ -17,7 +17,7 @@ from games.symmetry import Symmetries
 SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps",
                       "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
                       "projection_size", "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
-                      "value_prefix_lstm_size", "chance_loss_weight", "commitment_weight")
+                      "value_prefix_lstm_size", "chance_loss_weight", "commitment_weight", "diversity_weight")
 # Network settings a trainer flag may override: the model's kind, which every searcher then
 # reads from the model itself (Stochastic MuZero's chance codes).
 NETWORK_OVERRIDES = ("chance_codes",)

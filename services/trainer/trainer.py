@@ -76,6 +76,8 @@ class StepResult(NamedTuple):
     afterstate_value_loss: float = 0.0
     chance_loss: float = 0.0
     commitment_loss: float = 0.0
+    diversity_loss: float = 0.0
+    code_perplexity: float = 0.0
 
 
 def select_device(log: EventLogger | None = None) -> str:
@@ -257,7 +259,8 @@ class Trainer:
                                  train_past_end=self.config.train_past_end, training=training,
                                  consistency_weight=self.consistency_weight,
                                  chance_loss_weight=self.settings.training.chance_loss_weight,
-                                 commitment_weight=self.settings.training.commitment_weight)
+                                 commitment_weight=self.settings.training.commitment_weight,
+                                 diversity_weight=self.settings.training.diversity_weight)
             return add_l2(losses, l2_loss(self.network.trainable_variables, self.settings.training.weight_decay))
 
     def _losses_fn(self, batch) -> Losses:
@@ -280,7 +283,8 @@ class Trainer:
             if self.consistency_weight > 0:
                 terms.append(losses.consistency)
             if self.stochastic:
-                terms.extend([losses.afterstate_value, losses.chance, losses.commitment])
+                terms.extend([losses.afterstate_value, losses.chance, losses.commitment, losses.diversity,
+                              losses.code_perplexity])
             scalars = tf.stack(terms)
         return scalars, losses.priorities, losses.value_prediction
 
@@ -334,12 +338,13 @@ class Trainer:
         scalars, priorities, value_prediction = outputs
         total, value, reward, policy, l2, norm, *rest = (float(x) for x in scalars.numpy())
         consistency = rest.pop(0) if self.consistency_weight > 0 else 0.0
-        afterstate_value, chance, commitment = rest if self.stochastic else (0.0, 0.0, 0.0)
+        afterstate_value, chance, commitment, diversity, perplexity = rest if self.stochastic else (0.0,) * 5
         result = StepResult(step=step, loss=total, value_loss=value, reward_loss=reward,
                             policy_loss=policy, l2=l2, gradient_norm=norm,
                             priorities=priorities.numpy(), value_prediction=value_prediction.numpy(),
                             consistency_loss=consistency, afterstate_value_loss=afterstate_value,
-                            chance_loss=chance, commitment_loss=commitment)
+                            chance_loss=chance, commitment_loss=commitment, diversity_loss=diversity,
+                            code_perplexity=perplexity)
         if not np.isfinite(result.loss):
             extra = {"consistency_loss": result.consistency_loss} if self.consistency_weight > 0 else {}
             if self.stochastic:
@@ -583,7 +588,8 @@ class Trainer:
             metrics.loss.labels("consistency").set(result.consistency_loss)
         if self.stochastic:
             for kind, value in (("afterstate_value", result.afterstate_value_loss),
-                                ("chance", result.chance_loss), ("commitment", result.commitment_loss)):
+                                ("chance", result.chance_loss), ("commitment", result.commitment_loss),
+                                ("diversity", result.diversity_loss)):
                 metrics.loss.labels(kind).set(value)
         learning_rate = learning_rate_at(self.settings, self._iterations)
         metrics.learning_rate.set(learning_rate)
@@ -618,7 +624,9 @@ class Trainer:
         if self.stochastic:
             fields.update(afterstate_value_loss=round(result.afterstate_value_loss, 5),
                           chance_loss=round(result.chance_loss, 5),
-                          commitment_loss=round(result.commitment_loss, 5))
+                          commitment_loss=round(result.commitment_loss, 5),
+                          diversity_loss=round(result.diversity_loss, 5),
+                          code_perplexity=round(result.code_perplexity, 3))
         if model_versions:
             fields["oldest_model_version"] = min(model_versions)
         self.log.info("train", **fields)
@@ -633,7 +641,8 @@ class Trainer:
             scalars["loss/consistency"] = result.consistency_loss
         if self.stochastic:
             scalars.update({"loss/afterstate_value": result.afterstate_value_loss,
-                            "loss/chance": result.chance_loss, "loss/commitment": result.commitment_loss})
+                            "loss/chance": result.chance_loss, "loss/commitment": result.commitment_loss,
+                            "loss/diversity": result.diversity_loss, "train/code_perplexity": result.code_perplexity})
         self.summaries.scalars(result.step, scalars)
 
     def close(self) -> None:

@@ -113,6 +113,18 @@ def test_the_three_terms_match_a_hand_computation(network):
     np.testing.assert_allclose(losses.afterstate_value.numpy(), np.mean(importance * afterstate_value), rtol=1e-4)
     np.testing.assert_allclose(losses.chance.numpy(), np.mean(importance * chance), rtol=1e-4)
     np.testing.assert_allclose(losses.commitment.numpy(), np.mean(importance * commitment), rtol=1e-4)
+    # Over the batch's real transitions: how evenly the encoder's distribution and its codes spread.
+    real = mask[:, 1:, None]
+    mean_probability = (real * probabilities).sum(axis=(0, 1)) / real.sum()
+    usage = (real * codes).sum(axis=(0, 1)) / real.sum()
+    np.testing.assert_allclose(losses.diversity.numpy(), np.log(C) + np.sum(mean_probability * np.log(mean_probability)),
+                               rtol=1e-4, atol=1e-6)
+    used = usage[usage > 0]
+    np.testing.assert_allclose(losses.code_perplexity.numpy(), np.exp(-np.sum(used * np.log(used))), rtol=1e-4)
+    with_diversity = muzero_loss(network, tensors(data), S, training=False, train_past_end=False, diversity_weight=2.0,
+                                 **weights)
+    np.testing.assert_allclose(with_diversity.total.numpy() - losses.total.numpy(), 2.0 * losses.diversity.numpy(),
+                               rtol=1e-4, atol=1e-6)
     # The afterstate value term is in both; the other two only where weighted.
     np.testing.assert_allclose(losses.per_sample.numpy() - plain.per_sample.numpy(),
                                0.7 * chance + 0.3 * commitment, rtol=1e-4, atol=1e-5)
@@ -151,6 +163,29 @@ def test_the_encoder_learns_through_the_straight_through_code_and_the_commitment
     # The commitment loss pulls on the encoder.
     with_commitment, _ = _gradient_norms(network, data, chance_loss_weight=0.0, commitment_weight=5.0)
     assert abs(with_commitment - base) > 1e-6 * max(base, 1.0)
+
+
+def test_the_diversity_term_spreads_a_collapsed_encoder(network):
+    """All codes one: perplexity 1, and the diversity term's gradient pushes the encoder's mean
+    distribution towards the others."""
+    data = stochastic_batch(seed=6)
+    encoder = network.chance_encoder
+    saved = [w.numpy() for w in encoder.trainable_weights]
+    try:
+        out = encoder.mlp.out   # the last Dense: bias +10 on code 0, no kernel: every input says 0
+        out.kernel.assign(np.zeros(out.kernel.shape, np.float32))
+        out.bias.assign(np.eye(C, dtype=np.float32)[0] * 10.0)
+        with tf.GradientTape() as tape:
+            losses = muzero_loss(network, tensors(data), S, training=False, diversity_weight=1.0,
+                                 chance_loss_weight=0.0, commitment_weight=0.0)
+            collapsed = losses.diversity
+        assert float(losses.code_perplexity) == pytest.approx(1.0)
+        assert float(collapsed) > 0.9 * np.log(C) - 1e-3
+        gradient = tape.gradient(collapsed, out.bias).numpy()
+        assert gradient[0] > 0 and np.all(gradient[1:] < 0)  # descent lowers code 0, raises the others
+    finally:
+        for variable, value in zip(encoder.trainable_weights, saved):
+            variable.assign(value)
 
 
 def test_a_stochastic_loss_without_unroll_observations_says_why(network):
