@@ -64,7 +64,8 @@ PORT_BASE ?=
 PORTS ?= fixed
 # Reanalyse workers of `make run` (docs/reanalyse.md): REANALYSERS=1 starts one.
 REANALYSERS ?= 0
-# A regime's settings (services/launcher/presets.py): PRESET=sample-efficient is EfficientZero's.
+# A regime's settings (services/launcher/presets.py): PRESET=sample-efficient is EfficientZero's,
+# PRESET=stochastic Stochastic MuZero's chance codes (2048).
 PRESET ?=
 LAUNCHER_PORTS = $(if $(filter-out fixed free,$(PORTS)),$(error PORTS must be fixed or free, got "$(PORTS)"))$(if \
   $(filter free,$(PORTS)),--free-ports)$(if $(PORT_BASE), --port-base $(PORT_BASE))

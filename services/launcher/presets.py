@@ -22,6 +22,9 @@ The presets (docs/learning.md has what they reached):
     fresh, a reanalyser refreshing stored targets with the newest model, reanalysed targets
     used, the n of value targets shortened for old data (off-policy correction), and the
     temporal consistency loss with heads sized for small networks.
+  * "stochastic": Stochastic MuZero (network.chance_codes = 32): afterstates, a chance encoder
+    and chance nodes in every search, for games where chance follows a move (2048's tiles).
+    Only the trainer is told; every searcher takes it from the model.
 """
 
 from __future__ import annotations
@@ -132,6 +135,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         reanalysers=1, games_per_batch=16,
         # Self-play pauses as soon as a few records wait for the replay, which holds them back.
         agent_args=("--max-pending-records", "4")),
+    Preset(
+        "stochastic",
+        "Stochastic MuZero: chance between a move and the next state as 32 learned codes (2048)",
+        settings=dict(chance_codes=32)),
 )}
 
 

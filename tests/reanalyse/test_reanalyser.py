@@ -266,3 +266,40 @@ def test_config_refuses_bad_values_naming_them():
     with pytest.raises(ValueError, match="replay"):
         ReanalyseConfig(game=GAME, replay="nowhere", network="127.0.0.1:2")
     assert ReanalyseConfig(**good).search_simulations == games.make(GAME).settings.search.num_simulations
+
+
+class StochasticObservationModel(ObservationModel):
+    """`ObservationModel` as a Stochastic MuZero model with C chance codes: logits over A + C
+    edges, and its root says num_chance_codes."""
+
+    def __init__(self, num_actions: int, num_codes: int, version: int = 3, seed: int = 0) -> None:
+        super().__init__(num_actions + num_codes, version, seed)
+        self.num_codes = num_codes
+
+    def predict_future(self, signature, inputs, version=None, timeout_s=None):
+        answer = super().predict_future(signature, inputs, version, timeout_s).result()
+        if signature == INITIAL_INFERENCE:
+            answer = dataclasses.replace(answer, num_chance_codes=np.full(len(answer.value), self.num_codes, np.int32))
+        return Answered(answer)
+
+
+def test_a_stochastic_model_is_reanalysed_with_chance_nodes(replay):
+    """The reanalyser's settings name no chance nodes: the model's num_chance_codes turn its
+    search stochastic, and the targets equal the agent's search configured so outright."""
+    _, client = replay
+    client.add_games([play_record("g1", seed=2)])
+    T = stored(client, "g1").game.length
+    C = 4
+    worker = reanalyser(client, StochasticObservationModel(9, C), batch_size=T)
+    assert worker.run_batch().games_updated == 1
+    got = stored(client, "g1")
+    settings = games.make(GAME).settings.replace(num_simulations=8)
+    agent = PipelinedSearch(StochasticObservationModel(9, C),
+                            SearchConfig.from_settings(settings).replace(search="stochastic", num_chance_codes=C),
+                            T, 9, two_player=True)
+    expected = agent.search(got.game.observations.astype(np.float32), got.game.legal_actions,
+                            np.random.default_rng(11), training=True)
+    assert agent._searches[0].policy.is_chance.any()
+    np.testing.assert_array_equal(got.game.root_values, expected.root_values)
+    np.testing.assert_array_equal(got.game.policies, expected.policies)
+    np.testing.assert_allclose(got.game.policies.sum(axis=1), 1.0, rtol=1e-5)
