@@ -926,6 +926,7 @@ class ReplayBuffer:
             model_version=draw.model_version.astype(np.int64),
             unroll_observations=unroll,
             value_prefix=c.value_prefix, num_unroll_steps=K, td_steps=n, discount=gamma,
+            value_prefix_horizon=c.value_prefix_horizon if c.value_prefix else 0,
             reanalysed=reanalysed,
             value_td_steps=(np.full((B, K + 1), n, np.int32) if horizon is None
                             else horizon.astype(np.int32)))

@@ -107,6 +107,7 @@ class Batch:
     discount: float
     reanalysed: np.ndarray | None = None  # bool [B]: targets from a reanalysis
     value_td_steps: np.ndarray | None = None  # int32 [B, K+1]: n of each value target
+    value_prefix_horizon: int = 0  # H of the prefixes in target_reward (0 without value prefix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +220,8 @@ def batch_to_proto(batch: Batch) -> replay_pb2.SampleBatchResponse:
         importance_weight=to_tensor(batch.importance_weight),
         record_keys=to_tensor(batch.record_keys), positions=to_tensor(batch.positions),
         model_version=to_tensor(batch.model_version), value_prefix=batch.value_prefix,
-        num_unroll_steps=batch.num_unroll_steps, td_steps=batch.td_steps, discount=batch.discount)
+        num_unroll_steps=batch.num_unroll_steps, td_steps=batch.td_steps, discount=batch.discount,
+        value_prefix_horizon=batch.value_prefix_horizon)
     if batch.unroll_observations is not None:
         response.unroll_observations.CopyFrom(to_tensor(batch.unroll_observations))
     if batch.reanalysed is not None:
@@ -238,7 +240,7 @@ def batch_from_proto(response: replay_pb2.SampleBatchResponse) -> Batch:
                 for name in ("unroll_observations", "reanalysed", "value_td_steps")}
     return Batch(**arrays, **optional, value_prefix=response.value_prefix,
                  num_unroll_steps=response.num_unroll_steps, td_steps=response.td_steps,
-                 discount=response.discount)
+                 discount=response.discount, value_prefix_horizon=response.value_prefix_horizon)
 
 
 def stored_game_to_proto(stored: StoredGame) -> replay_pb2.StoredGame:

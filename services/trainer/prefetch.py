@@ -75,7 +75,8 @@ class ReplayFailed(PermanentFailure):
 
 
 def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int,
-                  unroll_observations: bool = False, value_prefix: bool | None = None) -> dict[str, np.ndarray]:
+                  unroll_observations: bool = False, value_prefix: bool | None = None,
+                  value_prefix_horizon: int | None = None) -> dict[str, np.ndarray]:
     """The arrays of a batch (a replay `Batch` or a mapping) as a dict in the trainer's dtypes.
 
     Checks every shape against the game and K; ValueError naming the entry otherwise. Entries
@@ -84,7 +85,9 @@ def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int,
     consistency loss's targets; the replay sends them when asked); otherwise that entry is
     left out even if present. `value_prefix`: when given, a batch that says which reward targets
     it holds (a replay `Batch`'s `value_prefix`) must hold those (ValueError otherwise: the
-    replay and the trainer were started with different `--value-prefix`).
+    replay and the trainer were started with different `--value-prefix`); with value prefix on
+    both, `value_prefix_horizon`, when given, must be the H the batch says its prefixes
+    restart at (`--value-prefix-horizon`; a batch that says 0 or nothing is taken).
     """
     get = (lambda name: batch.get(name)) if isinstance(batch, Mapping) else (
         lambda name: getattr(batch, name, None))
@@ -94,6 +97,12 @@ def prepare_batch(batch: Any, spec: GameSpec, num_unroll_steps: int,
         raise ValueError(f"batch: the replay serves {'value-prefix' if served_prefix else 'per-step'} reward "
                          f"targets, but the trainer's network {'has' if value_prefix else 'has no'} value "
                          f"prefix: start both with the same --value-prefix")
+    served_horizon = get("value_prefix_horizon")
+    if (value_prefix and value_prefix_horizon is not None and served_prefix and served_horizon
+            and int(served_horizon) != int(value_prefix_horizon)):
+        raise ValueError(f"batch: the replay's value prefixes restart every {int(served_horizon)} steps, but the "
+                         f"trainer's network resets every {int(value_prefix_horizon)}: start both with the same "
+                         f"--value-prefix-horizon")
     first = get("observation")
     if first is None:
         raise ValueError("batch: observation is missing")

@@ -675,9 +675,13 @@ def prepare(config: TrainerConfig) -> Callable[[Any], dict[str, np.ndarray]]:
     consistency loss is on), then `augment_batch` when the config has symmetries. The returned function is meant for one thread (it holds a random generator)."""
     unroll = config.unroll_observations  # the consistency targets / chance encoder's inputs
     prefix = config.settings.training.value_prefix
+    horizon = config.settings.training.value_prefix_horizon
+
+    def checked(batch):
+        return prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix, horizon)
+
     if config.symmetries is None:
-        return lambda batch: prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix)
+        return checked
     symmetries = config.symmetries
     rng = np.random.default_rng(config.seed)
-    return lambda batch: augment_batch(prepare_batch(batch, config.spec, config.num_unroll_steps, unroll, prefix),
-                                       symmetries, rng)
+    return lambda batch: augment_batch(checked(batch), symmetries, rng)

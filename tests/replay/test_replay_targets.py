@@ -8,6 +8,7 @@ import pytest
 from replay_helpers import ONE_PLAYER, TWO_PLAYER, arrays, record
 from services.replay.buffer import ReplayBuffer
 from services.replay.targets import off_policy_td_steps, reward_targets, value_targets
+from services.replay.wire import batch_from_proto, batch_to_proto
 
 
 def targets_by_position(buffer: ReplayBuffer, batches: int = 8, batch_size: int = 64, **kwargs):
@@ -95,6 +96,17 @@ def test_value_prefix_restarts_every_horizon_steps(make_buffer):
     expected = {0: [0, 1, 3, 3], 1: [0, 2, 5, 4], 2: [0, 3, 7, 0], 3: [0, 4, 4, 0]}
     for t, prefix in expected.items():
         np.testing.assert_allclose(table[key, t][1], prefix)
+    # The batch says H, over the wire too, so a trainer that resets elsewhere can refuse it.
+    sampled = buffer.sample(4)
+    assert sampled.value_prefix_horizon == 2
+    assert batch_from_proto(batch_to_proto(sampled)).value_prefix_horizon == 2
+
+
+def test_a_batch_without_value_prefix_says_horizon_0(make_buffer):
+    buffer, _key = one_game(make_buffer, ONE_PLAYER, record(ONE_PLAYER, "g", 4, rewards=R, values=V),
+                            num_unroll_steps=3, td_steps=2, discount=0.9, value_prefix_horizon=2)
+    sampled = buffer.sample(4)
+    assert not sampled.value_prefix and sampled.value_prefix_horizon == 0
 
 
 def test_reward_targets_with_horizon_match_a_loop():

@@ -116,6 +116,17 @@ def test_reward_targets_of_the_other_kind_are_refused(served, trained):
     assert "target_reward" in prepare_batch(batch(seed=0), SPEC, K, value_prefix=trained)  # says nothing: taken
 
 
+def test_value_prefixes_of_another_horizon_are_refused():
+    arrays = dict(batch(seed=0), value_prefix=True, value_prefix_horizon=3)
+    with pytest.raises(ValueError, match="restart every 3 steps, but the trainer's network resets every 5: "
+                                         "start both with the same --value-prefix-horizon"):
+        prepare_batch(arrays, SPEC, K, value_prefix=True, value_prefix_horizon=5)
+    assert prepare_batch(arrays, SPEC, K, value_prefix=True, value_prefix_horizon=3)["target_reward"].shape == (16, K + 1)
+    # A batch that does not say (hand-made, or an older replay: 0) is taken.
+    assert "target_reward" in prepare_batch(dict(batch(seed=0), value_prefix=True), SPEC, K, value_prefix=True,
+                                            value_prefix_horizon=5)
+
+
 def test_stop_ends_the_iterator():
     stop = threading.Event()
     blocked = threading.Event()
