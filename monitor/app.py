@@ -1,12 +1,13 @@
 """The monitor's Flask app: the dashboard, the play page, their JSON API and /metrics.
 
     GET  /              dashboard: fleet health, throughput, learning curves, replay, versions
-    GET  /play          play the fleet's board game against the current model
+    GET  /play          play the fleet's board game against the current model (2048: watch it play)
     GET  /api/fleet     every service's state (always 200; unreachable services carry messages)
     GET  /api/series    the scraped history as parallel arrays (?max_points=N, ?since=UNIX_TIME)
     GET  /api/replay    the replay's GetStats (503 with an error when the replay is unreachable)
     GET  /api/play      what the play page plays (game, board size) or why it cannot
-    POST /api/play      {"board": [[...]], "move": int | null, "model_player": 0 | 1}; rate-limited
+    POST /api/play      {"board": [[...]], "move": int | null, "model_player": 0 | 1}; 2048:
+                        {"board": [[...]] | null, "move": 0..3 | null} (monitor.play); rate-limited
                         (MonitorConfig.play_rate_per_s, play_burst: 429 with Retry-After)
     GET  /metrics       the monitor's own Prometheus metrics (mufleet_monitor_*)
     GET  /healthz       200 while the monitor runs
@@ -41,7 +42,8 @@ from services.common.logs import EventLogger
 MAX_BODY_BYTES = 1024 * 1024
 # The deepest JSON accepted: a play request is an object holding a list of lists (depth 3).
 MAX_JSON_DEPTH = 8
-PLAY_REQUEST = '{"board": [[...]], "move": int | null, "model_player": 0 | 1}'
+PLAY_REQUEST = ('{"board": [[...]], "move": int | null, "model_player": 0 | 1} '
+                '(2048: {"board": [[...]] | null, "move": 0..3 | null})')
 
 
 def clean(value: Any) -> Any:
@@ -229,12 +231,15 @@ def create_app(config: MonitorConfig, log: EventLogger, scraper: Scraper | None 
             response.headers["Retry-After"] = retry_after(wait_s)
             return response
         body, refused = parse_json_body(request.get_data(cache=False))
-        if refused is not None or not isinstance(body, dict):
+        if refused is not None or not isinstance(body, dict) or "board" not in body:
             metrics.play_errors.labels("invalid").inc()
+            if refused is None and isinstance(body, dict):
+                refused = "the body has no board"
             return json_response({"error": (f"{refused}: " if refused else "") + f"expected a JSON object {PLAY_REQUEST}"},
                                  400)
         try:
-            return json_response(player.play(body.get("board"), body.get("move"), body.get("model_player", 1)))
+            # model_player absent: None (two-player games: the model moves second; 2048 has none)
+            return json_response(player.play(body["board"], body.get("move"), body.get("model_player")))
         except PlayError as error:
             if error.status == 400:
                 metrics.play_errors.labels("invalid").inc()

@@ -1,15 +1,26 @@
-"""The play page's engine: a person against the fleet's current model.
+"""The play page's engine: a person against (or, in 2048, beside) the fleet's current model.
 
-The position lives in the browser; every request carries the board (the `positions` format of
-the game: 0 empty, 1 the first player's piece, 2 the second's), the person's move and which
-side the model plays. The server rebuilds the game with `state_from_positions`, checks the move
-against the rules, plays it, and answers with the model's move: the agent's own batched search
+The position lives in the browser; every request carries the board in the `positions` format of
+the game, and the server rebuilds the game with `state_from_positions`, checks the move against
+the rules, plays it, and answers. The model's moves come from the agent's own batched search
 (`services.agent.pipeline.PipelinedSearch`, B = 1, the game's MuZero settings, greedy) through
 the network service, exactly as an agent would search.
+
+Two-player board games (tictactoe, connect4): {"board": [[0 empty, 1 the first player's piece,
+2 the second's]], "move": the person's move or null, "model_player": 0 or 1}; the answer holds
+the person's move and the model's reply.
+
+2048 (one player: the model plays, a person watches or takes over): {"board": [[tile exponents
+0..17, 0 empty, e the tile 2^e]] or null (a new game: the rules deal two tiles), "move": 0 up,
+1 right, 2 down, 3 left (the person's move), or null (the model moves)}; no "model_player".
+One move a request; the answer holds the new board (after the random spawn, drawn from a
+server-side generator), the move's reward, the legal moves and the largest tile. The score is
+the browser's: the sum of the rewards.
 """
 
 from __future__ import annotations
 
+import math
 import reprlib
 import threading
 import time
@@ -18,11 +29,13 @@ from typing import Any
 import numpy as np
 
 import games
+from games import g2048
 from games.boards import line_windows
 from monitor.config import MonitorConfig
 from monitor.metrics import MonitorMetrics
 
-PLAYABLE = ("tictactoe", "connect4")
+PLAYABLE = ("tictactoe", "connect4", "2048")
+DIRECTIONS = ("up", "right", "down", "left")  # 2048's actions 0..3
 
 # Echoes a bad value in a message without echoing a megabyte of it.
 _short = reprlib.Repr()
@@ -51,10 +64,14 @@ class Player:
         self.game_name = config.game
         self.game = games.make(config.game)
         self.playable = config.game in PLAYABLE
+        self.one_player = self.game.spec.num_players == 1
         self.simulations = config.play_simulations or self.game.settings.search.num_simulations
         self._network = None
         self._lock = threading.Lock()
-        if self.playable:
+        self._rng = np.random.default_rng()  # 2048's spawns (a fresh seed for every request)
+        if self.playable and self.one_player:
+            self.rows = self.cols = g2048.SIZE
+        elif self.playable:
             self.rows, self.cols, k = self.game.ROWS, self.game.COLS, self.game.K
             self._windows = line_windows(self.rows, self.cols, k)
 
@@ -62,13 +79,18 @@ class Player:
         """What the page needs to draw the game (or to say why it cannot)."""
         if not self.playable:
             return {"game": self.game_name, "playable": False,
-                    "message": f"The play page plays {' and '.join(PLAYABLE)}; this fleet trains "
-                               f"{self.game_name}. Start a fleet with --game tictactoe or --game connect4 "
-                               f"to play against its model."}
-        return {"game": self.game_name, "playable": True, "rows": self.rows, "cols": self.cols,
-                "num_actions": self.game.spec.num_actions,
-                "moves_by": "column" if self.game_name == "connect4" else "cell",
-                "simulations": self.simulations, "network": self.config.network}
+                    "message": f"The play page plays {', '.join(PLAYABLE[:-1])} and {PLAYABLE[-1]}; this "
+                               f"fleet trains {self.game_name}. Start a fleet with --game tictactoe, "
+                               f"--game connect4 or --game 2048 to play with its model."}
+        moves_by = "direction" if self.one_player else "column" if self.game_name == "connect4" else "cell"
+        info = {"game": self.game_name, "playable": True, "rows": self.rows, "cols": self.cols,
+                "num_actions": self.game.spec.num_actions, "moves_by": moves_by,
+                "simulations": self.simulations, "network": self.config.network,
+                "rate_per_s": self.config.play_rate_per_s}
+        if self.one_player:
+            info["directions"] = list(DIRECTIONS)
+            info["discount"] = self.game.spec.discount
+        return info
 
     # -- the network ------------------------------------------------------------------------------
 
@@ -91,11 +113,19 @@ class Player:
 
     # -- one request --------------------------------------------------------------------------------
 
-    def play(self, board: Any, move: Any, model_player: Any) -> dict[str, Any]:
+    def play(self, board: Any, move: Any, model_player: Any = None) -> dict[str, Any]:
         """Plays the person's `move` (None: none, e.g. the model opens) on `board`, then the
-        model's answer if it is the model's turn. PlayError for anything the rules refuse."""
+        model's answer if it is the model's turn (`model_player`, default 1: the model moves
+        second). 2048: `play_2048`. PlayError for anything the rules refuse."""
         if not self.playable:
             raise PlayError(400, self.info()["message"])
+        if self.one_player:
+            if model_player is not None:
+                raise PlayError(400, f"model_player has no meaning in {self.game_name} (one player): leave it "
+                                     f"out, got {_shown(model_player)}")
+            return self.play_2048(board, move)
+        if model_player is None:
+            model_player = 1
         if model_player not in (0, 1):
             raise PlayError(400, f"model_player must be 0 (the model moves first) or 1, got {_shown(model_player)}")
         state = self._state(board)
@@ -120,6 +150,81 @@ class Player:
         moves.append({"player": "model", "action": model["action"]})
         self.metrics.play_moves.labels("model").inc()
         return self._answer(state, moves, outcome, model)
+
+    def play_2048(self, board: Any, move: Any) -> dict[str, Any]:
+        """One move of 2048 on `board` (tile exponents [4, 4]; None: deal a new game, no move):
+        the person's `move` (0 up, 1 right, 2 down, 3 left), or the model's when `move` is None.
+        The spawn after the move is random (a server-side generator seeds the state's rng)."""
+        if board is None:
+            if move is not None:
+                raise PlayError(400, f"a new game (board null) takes no move, got {_shown(move)}")
+            state = self.game.reset(1, seed=self._seed())
+            return self._answer_2048(state, [], None)
+        state = self._state_2048(board)
+        if not self.game.legal_actions(state)[0].any():
+            raise PlayError(400, "the game is over (no move changes the board): start a new game")
+        if move is not None:
+            action, player, model = self._check_direction(state, move), "human", None
+        else:
+            model = self._model_move(state)
+            action, player = model["action"], "model"
+        state, reward, _terminated, _truncated = self.game.step(state, np.array([action], np.int32))
+        self.metrics.play_moves.labels(player).inc()
+        moves = [{"player": player, "action": action, "direction": DIRECTIONS[action],
+                  "reward": float(reward[0])}]
+        return self._answer_2048(state, moves, model)
+
+    def _seed(self) -> int:
+        with self._lock:
+            return int(self._rng.integers(2**63))
+
+    def _state_2048(self, board: Any):
+        """The state of a board of tile exponents, its rng freshly seeded; PlayError naming what
+        is wrong with the board otherwise."""
+        size, top = g2048.SIZE, g2048.MAX_EXPONENT
+        expected = f"expected a {size}x{size} grid of tile exponents 0..{top} (0 empty, e the tile 2^e)"
+        try:
+            positions = np.asarray(board)
+        except (ValueError, TypeError):  # ragged rows
+            raise PlayError(400, f"bad board: {expected}, got {_shown(board)}") from None
+        if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
+            raise PlayError(400, f"bad board: {expected}, got {_shown(board)}")
+        if positions.shape != (size, size):
+            raise PlayError(400, f"bad board: {expected}, got shape {list(positions.shape)}")
+        bad = np.argwhere((positions < 0) | (positions > top))
+        if len(bad):
+            r, c = (int(i) for i in bad[0])
+            raise PlayError(400, f"bad board: tile exponents must be in [0, {top}] (0 empty, e the tile 2^e), "
+                                 f"got {int(positions[r, c])} at row {r + 1}, column {c + 1}")
+        return self.game.state_from_positions(positions[None].astype(np.int64), seed=self._seed())
+
+    def _check_direction(self, state, move: Any) -> int:
+        if isinstance(move, bool) or not isinstance(move, (int, np.integer)) or not 0 <= move < len(DIRECTIONS):
+            raise PlayError(400, f"move must be an integer in [0, 4) (0 up, 1 right, 2 down, 3 left) "
+                                 f"or null (the model moves), got {_shown(move)}")
+        move = int(move)
+        if not self.game.legal_actions(state)[0, move]:
+            raise PlayError(400, f"illegal move: {DIRECTIONS[move]} changes nothing")
+        return move
+
+    def _answer_2048(self, state, moves: list[dict[str, Any]], model: dict[str, Any] | None) -> dict[str, Any]:
+        board = self.game.positions(state)[0]
+        legal = self.game.legal_actions(state)[0]
+        over = not legal.any()
+        max_tile = 2 ** int(board.max()) if board.max() > 0 else 0
+        return {
+            "game": self.game_name,
+            "board": board.astype(int).tolist(),
+            "to_play": 0,
+            "legal": legal.astype(bool).tolist(),
+            "moves": moves,
+            "reward": math.fsum(m["reward"] for m in moves),
+            "max_tile": max_tile,
+            "model": model,
+            "game_over": over,
+            "winner": None,
+            "message": f"Game over: largest tile {max_tile}." if over else None,
+        }
 
     def _state(self, board: Any):
         try:
@@ -164,7 +269,8 @@ class Player:
         settings = self.game.settings.replace(num_simulations=self.simulations)
         network = self.network()
         search = PipelinedSearch(network, SearchConfig.from_settings(settings), batch_size=1,
-                                 num_actions=self.game.spec.num_actions, groups=1, two_player=True,
+                                 num_actions=self.game.spec.num_actions, groups=1,
+                                 two_player=self.game.spec.num_players == 2,
                                  timeout_s=self.config.play_timeout_s)
         legal = self.game.legal_actions(state)
         started = time.perf_counter()

@@ -49,6 +49,8 @@ from services.replay import metrics as replay_metrics
 from services.trainer import metrics as trainer_metrics
 
 LOSS_KINDS = trainer_metrics.LOSS_KINDS
+# 2048: the tiles whose share of finished games the dashboard charts.
+MAX_TILE_SHARES = (512, 1024, 2048)
 # TensorFlow Serving's request counter (prometheus_client's parser adds `_total` to counters).
 TF_SERVING_REQUESTS = (":tensorflow:serving:request_count_total", ":tensorflow:serving:request_count")
 
@@ -187,8 +189,9 @@ class _Deltas:
             counts += ccount - pcount
         return sums / counts * scale if counts > 0 else None
 
-    def gauge(self, role: str, name: str, how: str = "sum") -> float | None:
-        values = [v for s in self._instances(role) if (v := s.samples.sum(name)) is not None]
+    def gauge(self, role: str, name: str, how: str = "sum", labels: dict[str, str] | None = None) -> float | None:
+        """The instances' values of a gauge (the samples matching `labels`), combined by `how`."""
+        values = [v for s in self._instances(role) if (v := s.samples.sum(name, labels)) is not None]
         if not values:
             return None
         return {"sum": math.fsum, "max": max, "min": min,
@@ -207,6 +210,22 @@ def _replay_size(d: _Deltas, field: str, metric: str) -> float | None:
 def _replay_recent(d: _Deltas, field: str) -> float | None:
     stats = d.cur.replay_stats
     return float(stats[field]) if stats and stats.get("recent_games", 0) > 0 else None
+
+
+def _max_tile_share(d: _Deltas, tile: int) -> float | None:
+    """The share of the agents' finished games (since each started) whose largest tile is at
+    least `tile` (a power of two), from the buckets of `mufleet_agent_episode_max_tile`: one
+    minus the count at le = tile / 2. None before any game ends (or for games without tiles)."""
+    name = agent_metrics.EPISODE_MAX_TILE
+    below = total = 0.0
+    for scrape in d._instances("agent"):
+        count = scrape.samples.sum(name + "_count")
+        buckets = {float(l.get("le", "nan")): v for l, v in scrape.samples.by_name.get(name + "_bucket", ())}
+        if not count or tile / 2 not in buckets:
+            continue
+        below += buckets[tile / 2]
+        total += count
+    return 1.0 - below / total if total > 0 else None
 
 
 def _version(value: float | None) -> float | None:
@@ -239,6 +258,12 @@ SERIES: tuple[Series, ...] = (
            lambda d: d.gauge("agent", agent_metrics.RECENT_MEAN_RETURN, "mean")),
     Series("agent_recent_length", "mean length, last 100 games (agents)", "moves",
            lambda d: d.gauge("agent", agent_metrics.RECENT_MEAN_LENGTH, "mean")),
+    # Games that declare episode statistics (services.agent.selfplay): 2048's largest tile.
+    Series("agent_recent_max_tile", "mean largest tile, last 100 games (agents)", "tile",
+           lambda d: d.gauge("agent", agent_metrics.RECENT_MEAN_EPISODE_STATISTIC, "mean",
+                             {"statistic": "max_tile"})),
+    *(Series(f"agent_max_tile_{tile}_share", f"games reaching {tile} (agents, since they started)", "",
+             lambda d, tile=tile: _max_tile_share(d, tile)) for tile in MAX_TILE_SHARES),
     Series("replay_recent_return", "mean return, last 100 stored games", "",
            lambda d: _replay_recent(d, "recent_mean_return")),
     Series("replay_recent_length", "mean length, last 100 stored games", "moves",
@@ -636,6 +661,7 @@ class Scraper:
                 "network_requests_per_s", "network_batch_size", "network_latency_ms", "agent_games_per_s")},
             "learning": {k: point.get(k) for k in (
                 "trainer_step", "agent_recent_return", "replay_recent_return", "agent_recent_length",
+                "agent_recent_max_tile",
                 "trainer_exported_version", "network_latest_version", "agent_model_version")},
             "replay": current.replay_stats,
             "replay_error": current.replay_error,

@@ -132,6 +132,13 @@ function buildCharts() {
     {key: "agent_recent_return", label: "agents", color: COLORS.green},
     {key: "replay_recent_return", label: "stored games", color: COLORS.blue},
   ], {zero: false, emptyText: "no finished games yet"});
+  // 2048 only (the page has this canvas when the fleet plays 2048).
+  lineChart("chart-max-tile", [
+    {key: "agent_recent_max_tile", label: "mean largest tile", color: COLORS.amber, fill: true},
+    {key: "agent_max_tile_512_share", label: "share ≥ 512", color: COLORS.teal, axis: "y2"},
+    {key: "agent_max_tile_1024_share", label: "share ≥ 1024", color: COLORS.blue, axis: "y2"},
+    {key: "agent_max_tile_2048_share", label: "share ≥ 2048", color: COLORS.pink, axis: "y2"},
+  ], {yTitle: "tile", y2Title: "share of games", emptyText: "no finished games yet"});
   lineChart("chart-lengths", [
     {key: "agent_recent_length", label: "agents", color: COLORS.amber},
     {key: "replay_recent_length", label: "stored games", color: COLORS.purple},

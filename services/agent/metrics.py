@@ -21,9 +21,13 @@ RECORDS_ACKED_TOTAL = "mufleet_agent_records_acked_total"
 RECORDS_PENDING = "mufleet_agent_records_pending"
 PEER_FAILURES_TOTAL = "mufleet_agent_peer_failures_total"
 REPLAY_WAITS_TOTAL = "mufleet_agent_replay_waits_total"
+RECENT_MEAN_EPISODE_STATISTIC = "mufleet_agent_recent_mean_episode_statistic"
+EPISODE_MAX_TILE = "mufleet_agent_episode_max_tile"
 
 RETURN_BUCKETS = (-1, -0.5, 0, 0.5, 1, 10, 50, 100, 200, 300, 400, 475, 500, 1000, 5000, 20000)
 LENGTH_BUCKETS = (5, 9, 20, 42, 60, 100, 200, 300, 400, 500, 1000, 5000)
+# 2048's largest tile of a game: every power of two it can be, 4 (a game's least) .. 2^17.
+MAX_TILE_BUCKETS = tuple(float(2 ** e) for e in range(2, 18))
 
 
 class AgentMetrics:
@@ -57,6 +61,15 @@ class AgentMetrics:
                                      registry=registry)
         self.peer_failures = Counter(PEER_FAILURES_TOTAL, "Failed calls to peers", ["peer", "code"],
                                      registry=registry)
+        # Game.episode_statistics of finished games (only games that declare some, e.g. 2048's
+        # max_tile): the mean of the last 100 per statistic, and a histogram for those listed in
+        # `statistic_histograms` (statistic name -> histogram).
+        self.recent_statistic = Gauge(
+            RECENT_MEAN_EPISODE_STATISTIC, "Mean of a per-game statistic (Game.episode_statistics) "
+            "over the last 100 finished games", ["statistic"], registry=registry)
+        self.episode_max_tile = Histogram(EPISODE_MAX_TILE, "Largest tile of each finished game (2048)",
+                                          buckets=MAX_TILE_BUCKETS, registry=registry)
+        self.statistic_histograms = {"max_tile": self.episode_max_tile}
         self.replay_waits = Counter(
             REPLAY_WAITS_TOTAL, "AddGames calls the replay's rate limiter held back (--block-inserts: "
             "self-play ahead of training; normal operation, not a failure)", registry=registry)

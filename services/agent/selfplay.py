@@ -89,6 +89,8 @@ class SelfPlay:
         self.rng = np.random.default_rng(config.seed)
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque[int] = collections.deque(maxlen=100)
+        # statistic name -> its values of the last 100 finished games (Game.episode_statistics)
+        self.recent_statistics: dict[str, collections.deque[float]] = {}
         self.moves = 0
         self.games_finished = 0
         self._session: str | None = None  # the open session, closed when run() ends
@@ -245,9 +247,32 @@ class SelfPlay:
         if finished:
             metrics.recent_return.set(float(np.mean(self.recent_returns)))
             metrics.recent_length.set(float(np.mean(self.recent_lengths)))
+            statistics = self._account_statistics(finished)
             self.log.info("games_finished", count=len(finished), total=self.games_finished,
                           recent_mean_return=round(float(np.mean(self.recent_returns)), 3),
-                          recent_mean_length=round(float(np.mean(self.recent_lengths)), 1))
+                          recent_mean_length=round(float(np.mean(self.recent_lengths)), 1),
+                          **{f"recent_mean_{name}": round(value, 3) for name, value in statistics.items()})
+
+    def _account_statistics(self, finished) -> dict[str, float]:
+        """Exports the game's `episode_statistics` of the `finished` games (the observation
+        before each one's last move and that move): per statistic, the mean of the last 100
+        games (`mufleet_agent_recent_mean_episode_statistic{statistic}`) and, for those with a
+        histogram (2048's max_tile), every game's value. Returns the recent means; {} for games
+        that declare no statistics (and no series appear for them)."""
+        statistics = self.game.episode_statistics(np.stack([g.last_observation for g in finished]),
+                                                  np.array([g.last_action for g in finished], np.int64))
+        means = {}
+        for name, values in statistics.items():
+            values = np.asarray(values, np.float64).reshape(-1)
+            recent = self.recent_statistics.setdefault(name, collections.deque(maxlen=100))
+            recent.extend(values.tolist())
+            means[name] = float(np.mean(recent))
+            self.metrics.recent_statistic.labels(name).set(means[name])
+            histogram = self.metrics.statistic_histograms.get(name)
+            if histogram is not None:
+                for value in values:
+                    histogram.observe(float(value))
+        return means
 
     def close(self, timeout_s: float | None = None) -> int:
         """Flushes unacknowledged records (for up to `timeout_s`, default the config's

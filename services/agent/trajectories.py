@@ -21,11 +21,14 @@ from services.replay.wire import make_game_record
 
 @dataclasses.dataclass
 class FinishedGame:
-    """What the agent reports about a game that ended: its return and length."""
+    """What the agent reports about a game that ended: its return and length, and its last
+    move with the observation before it (what `Game.episode_statistics` reads)."""
 
     episode_id: str
     total_reward: np.ndarray  # float32 [num_players]: each player's summed rewards
     length: int
+    last_observation: np.ndarray  # float32 [*observation_shape]: the position of the last move
+    last_action: int
 
 
 class TrajectoryRecorder:
@@ -97,8 +100,10 @@ class TrajectoryRecorder:
             if ended[b]:
                 records.append(self._record(b, self.cursor[b], num_sampleable=0,
                                             terminated=bool(terminated[b])))
+                last = self.cursor[b] - 1
                 finished.append(FinishedGame(self.episode_ids[b], self.returns[b].copy(),
-                                             int(self.first_move[b] + self.cursor[b])))
+                                             int(self.first_move[b] + self.cursor[b]),
+                                             self.observations[b, last].copy(), int(self.actions[b, last])))
                 self.episode_ids[b] = self._new_episode()
                 self.cursor[b] = self.first_move[b] = self.chunk_index[b] = 0
                 self.returns[b] = 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import games
+from games import g2048
 from monitor import metrics as monitor_metrics
 from monitor.app import create_app
 from monitor.config import MetricsTarget, MonitorConfig
@@ -118,6 +119,46 @@ def test_play_against_a_served_model(model_network, game):
     # The model opens.
     opened = client.post("/api/play", json={"board": board, "move": None, "model_player": 0}).get_json()
     assert [m["player"] for m in opened["moves"]] == ["model"] and np.count_nonzero(opened["board"]) == 1
+
+
+def test_2048_the_model_plays_and_a_person_takes_over(model_network):
+    """2048 against a served (randomly initialized) model: the model's moves come from a one-player
+    search, a person's move goes in between, an illegal one is refused by name."""
+    network = model_network("2048")
+    client, _ = monitor_client(game="2048", network=network.grpc_address, play_simulations=4)
+    info = client.get("/api/play").get_json()
+    assert info["playable"] and info["moves_by"] == "direction"
+    rules = games.make("2048")
+    dealt = client.post("/api/play", json={"board": None, "move": None}).get_json()
+    assert np.count_nonzero(dealt["board"]) == 2 and dealt["moves"] == []
+    body, score = dealt, 0.0
+    for _ in range(3):  # the model moves (no move in the request)
+        before = np.array(body["board"])
+        response = client.post("/api/play", json={"board": body["board"], "move": None})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        [move] = body["moves"]
+        assert move["player"] == "model" and move["action"] == body["model"]["action"]
+        assert rules.legal_actions(rules.state_from_positions(before[None]))[0, move["action"]]
+        slid, reward = g2048.slide(before[None].astype(np.int8), np.array([move["action"]]))
+        assert body["reward"] == move["reward"] == float(reward[0])
+        assert np.count_nonzero(np.array(body["board"]) - slid[0]) == 1  # one tile spawned
+        assert body["model"]["version"] == 1 and len(body["model"]["policy"]) == 4
+        assert body["model"]["simulations"] == 4 and body["model"]["seconds"] > 0
+        assert body["max_tile"] == 2 ** max(max(row) for row in body["board"])
+        score += body["reward"]
+    # A person takes over, then the model again.
+    move = body["legal"].index(True)
+    body = client.post("/api/play", json={"board": body["board"], "move": move}).get_json()
+    assert [m["player"] for m in body["moves"]] == ["human"] and body["model"] is None
+    again = client.post("/api/play", json={"board": body["board"], "move": None})
+    assert again.status_code == 200 and again.get_json()["moves"][0]["player"] == "model"
+    illegal = client.post("/api/play", json={"board": [[1, 2, 3, 4]] + [[0] * 4] * 3, "move": 0})
+    assert illegal.status_code == 400 and illegal.get_json()["error"] == "illegal move: up changes nothing"
+    bad = client.post("/api/play", json={"board": [[0] * 4] * 3, "move": None})
+    assert bad.status_code == 400 and "got shape [3, 4]" in bad.get_json()["error"]
+    refused = client.post("/api/play", json={"board": body["board"], "move": None, "model_player": 0})
+    assert refused.status_code == 400 and "model_player has no meaning" in refused.get_json()["error"]
 
 
 def test_monitor_process_reports_its_port_and_stops_on_sigterm(start_monitor, model_network):

@@ -132,6 +132,33 @@ def test_replay_series_prefer_get_stats_and_versions_skip_unset():
     assert SERIES_BY_KEY["trainer_exported_version"].compute(d) is None  # -1: nothing exported yet
 
 
+def agent_page(max_tiles: list[int]) -> str:
+    """An agent's /metrics text after finishing games with these largest tiles, from the
+    agent's own metrics (what services.agent.selfplay exports)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    metrics = agent_metrics.AgentMetrics(CollectorRegistry())
+    if max_tiles:
+        metrics.recent_statistic.labels("max_tile").set(float(np.mean(max_tiles)))
+    for tile in max_tiles:
+        metrics.episode_max_tile.observe(tile)
+    return generate_latest(metrics.registry).decode()
+
+
+def test_max_tile_series_from_the_agents_statistics():
+    cur = Round(1.0, {"agent-0": scrape("agent-0", 1.0, agent_page([256, 512, 512, 1024])),
+                      "agent-1": scrape("agent-1", 1.0, agent_page([128, 2048, 64, 256]))}, {}, None, None)
+    d = _Deltas(None, cur)
+    assert SERIES_BY_KEY["agent_recent_max_tile"].compute(d) == pytest.approx((576 + 624) / 2)
+    assert SERIES_BY_KEY["agent_max_tile_512_share"].compute(d) == pytest.approx(4 / 8)
+    assert SERIES_BY_KEY["agent_max_tile_1024_share"].compute(d) == pytest.approx(2 / 8)
+    assert SERIES_BY_KEY["agent_max_tile_2048_share"].compute(d) == pytest.approx(1 / 8)
+    # A game without statistics (or no finished game yet): no point, not a zero.
+    quiet = Round(1.0, {"agent-0": scrape("agent-0", 1.0, agent_page([]))}, {}, None, None)
+    for key in ("agent_recent_max_tile", "agent_max_tile_512_share", "agent_max_tile_2048_share"):
+        assert SERIES_BY_KEY[key].compute(_Deltas(None, quiet)) is None, key
+
+
 def test_thin_keeps_the_newest():
     assert _thin(list(range(10)), 20) == list(range(10))
     thinned = _thin(list(range(1000)), 100)
@@ -194,9 +221,91 @@ def test_a_legal_move_with_no_network_is_a_503():
 
 def test_games_the_page_cannot_play_say_so():
     info = player("cartpole").info()
-    assert info["playable"] is False and "tictactoe" in info["message"]
+    assert info["playable"] is False and "tictactoe" in info["message"] and "2048" in info["message"]
     with pytest.raises(PlayError, match="this fleet trains cartpole"):
         player("cartpole").play([[0]], 0, 1)
+
+
+def test_2048_a_persons_legal_move_slides_merges_and_spawns():
+    p = player("2048")  # no network configured: a person's move never asks the model
+    info = p.info()
+    assert info["playable"] and info["moves_by"] == "direction" and info["rows"] == info["cols"] == 4
+    assert info["directions"] == ["up", "right", "down", "left"]
+    board = [[1, 1, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3]]
+    answer = p.play(board, 3)  # left: 2 2 4 -> 4 4; 8 slides to the left wall
+    assert answer["moves"] == [{"player": "human", "action": 3, "direction": "left", "reward": 4.0}]
+    assert answer["reward"] == 4.0 and answer["model"] is None and answer["winner"] is None
+    after = np.array(answer["board"])
+    assert after[0, :2].tolist() == [2, 2] and after[3, 0] == 3
+    slid = np.zeros((4, 4), int)
+    slid[0, :2], slid[3, 0] = 2, 3
+    spawned = after - slid
+    assert np.count_nonzero(spawned) == 1 and spawned.max() in (1, 2) and (slid[spawned > 0] == 0).all()
+    assert answer["max_tile"] == 8 and not answer["game_over"] and answer["message"] is None
+    assert answer["legal"] == p.game.legal_actions(p.game.state_from_positions(after[None]))[0].tolist()
+    # The spawn is random: the same move on the same board lands somewhere else in some of 40 tries.
+    boards = {str(p.play(board, 3)["board"]) for _ in range(40)}
+    assert len(boards) > 1
+
+
+def test_2048_illegal_moves_and_bad_boards_are_refused_by_name():
+    p = player("2048")
+    board = [[1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    with pytest.raises(PlayError, match=r"^illegal move: left changes nothing$") as refused:
+        p.play(board, 3)
+    assert refused.value.status == 400
+    with pytest.raises(PlayError, match=r"illegal move: up changes nothing"):
+        p.play(board, 0)
+    with pytest.raises(PlayError, match=r"move must be an integer in \[0, 4\) \(0 up.*got 4"):
+        p.play(board, 4)
+    with pytest.raises(PlayError, match=r"move must be an integer .*got 'left'"):
+        p.play(board, "left")
+    with pytest.raises(PlayError, match=r"move must be an integer .*got True"):
+        p.play(board, True)
+    with pytest.raises(PlayError, match=r"bad board: expected a 4x4 grid .* got shape \[3, 3\]"):
+        p.play([[0] * 3] * 3, 0)
+    with pytest.raises(PlayError, match=r"bad board: expected a 4x4 grid .* got shape \[16\]"):
+        p.play([0] * 16, 0)
+    with pytest.raises(PlayError, match=r"bad board: expected a 4x4 grid"):
+        p.play([[0, 0, 0, 0], [0, 0, 0], [0] * 4, [0] * 4], 0)  # ragged
+    with pytest.raises(PlayError, match=r"bad board: expected a 4x4 grid"):
+        p.play([[0.5] * 4] * 4, 0)
+    with pytest.raises(PlayError, match=r"bad board: tile exponents must be in \[0, 17\] .*got 18 at row 2, column 3"):
+        p.play([[0] * 4, [0, 0, 18, 0], [0] * 4, [0] * 4], 0)
+    with pytest.raises(PlayError, match=r"got -1 at row 1, column 1"):
+        p.play([[-1, 0, 0, 0], [0] * 4, [0] * 4, [0] * 4], 0)
+    with pytest.raises(PlayError, match="model_player has no meaning in 2048"):
+        p.play(board, 1, 1)
+    with pytest.raises(PlayError, match="a new game .* takes no move"):
+        p.play(None, 1)
+
+
+def test_2048_game_over_names_the_largest_tile():
+    p = player("2048")
+    # One move left (right merges the 4 4 of the first row), and none after it: the spawn, a 2
+    # or a 4, fills the only empty cell, next to two 8s (exponents below).
+    board = [[2, 2, 4, 9], [3, 4, 5, 6], [6, 5, 4, 3], [7, 8, 7, 9]]
+    answer = p.play(board, 1)
+    assert answer["board"][0][1:] == [3, 4, 9] and answer["board"][0][0] in (1, 2)
+    assert answer["game_over"] and answer["legal"] == [False] * 4
+    assert answer["max_tile"] == 512 and answer["message"] == "Game over: largest tile 512."
+    assert answer["reward"] == 8.0 and answer["winner"] is None
+    with pytest.raises(PlayError, match=r"the game is over \(no move changes the board\)"):
+        p.play(answer["board"], None)  # not even the model is asked
+
+
+def test_2048_a_new_game_is_dealt_by_the_rules():
+    answer = player("2048").play(None, None)
+    board = np.array(answer["board"])
+    assert board.shape == (4, 4) and np.count_nonzero(board) == 2 and set(board[board > 0]) <= {1, 2}
+    assert answer["moves"] == [] and answer["reward"] == 0.0 and not answer["game_over"]
+    assert answer["max_tile"] == 2 ** board.max()
+
+
+def test_2048_a_model_move_with_no_network_is_a_503():
+    with pytest.raises(PlayError, match="no network service configured") as refused:
+        player("2048").play([[1, 0, 0, 0], [0] * 4, [0] * 4, [0] * 4], None)
+    assert refused.value.status == 503
 
 
 # -- the app with no service behind it -----------------------------------------------------------
@@ -212,6 +321,7 @@ def test_pages_render_with_no_services(client):
         response = client.get(path)
         assert response.status_code == 200, path
         assert b"MuFleet" in response.data
+    assert b"chart-max-tile" not in client.get("/").data  # 2048's chart only
     assert client.get("/static/vendor/chart.umd.min.js").status_code == 200
     assert client.get("/static/vendor/chart.js.LICENSE.md").status_code == 200
 
@@ -223,6 +333,8 @@ def test_api_errors_are_json(client):
     assert response.status_code == 400 and "expected a JSON object" in response.get_json()["error"]
     response = client.post("/api/play", json={"board": [[0, 0, 0], [0, 4, 0], [0, 0, 0]], "move": 1})
     assert response.status_code == 400 and "bad position" in response.get_json()["error"]
+    response = client.post("/api/play", json={"move": 1, "model_player": 1})
+    assert response.status_code == 400 and "the body has no board" in response.get_json()["error"]
     response = client.get("/api/replay")
     assert response.status_code == 503 and "no replay service configured" in response.get_json()["error"]
     assert client.get("/api/series?max_points=x").status_code == 400
