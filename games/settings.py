@@ -81,8 +81,10 @@ class SearchSettings:
       num_simulations: S >= 1 simulations per move; a tree holds N = S + 1 nodes.
       search: the policy: "gumbel" (Gumbel MuZero, learns with few simulations) or "puct"
         (MuZero's PUCT) for a plain MuZero model, or "stochastic" (Stochastic MuZero: PUCT
-        over decision nodes and chance nodes), which a search takes by itself for a model
-        with chance codes (`NetworkSettings.chance_codes`); naming it here needs such a model.
+        over decision nodes and chance nodes) and "stochastic_gumbel" (Gumbel's decision nodes
+        over chance nodes), which a search takes by itself for a model with chance codes
+        (`NetworkSettings.chance_codes`; "gumbel" becomes "stochastic_gumbel", "puct"
+        "stochastic"); naming one of those here needs such a model.
         `services.agent.search.policies.POLICIES` holds them.
       pb_c_base: PUCT's exploration base (> 0).
       pb_c_init: PUCT's exploration constant (>= 0).
@@ -340,7 +342,7 @@ class MuZeroSettings:
         require(not (self.stochastic and self.training.value_prefix),
                 "MuZeroSettings: network.chance_codes > 0 (Stochastic MuZero) and training.value_prefix "
                 "cannot be combined (the value-prefix LSTM would have to run through afterstates)")
-        require(self.search.search != "stochastic" or self.stochastic,
+        require(self.search.search not in ("stochastic", "stochastic_gumbel") or self.stochastic,
                 "MuZeroSettings: search 'stochastic' needs a model with chance codes: set "
                 "network.chance_codes (the search then turns stochastic by itself)")
 

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from services.agent.inference import ModelOutput
-from services.agent.search import BatchedSearch, SearchConfig, StochasticPolicy
+from services.agent.search import BatchedSearch, SearchConfig, StochasticGumbelPolicy, StochasticPolicy
 
 from tests.agent.search_fakes import TABLE_SIZE, PredictsFromMethods, child_id
 from tests.agent.test_search_puct import MinMaxStats  # the pseudocode's, one copy
@@ -313,13 +313,15 @@ def test_deep_tree_uses_both_kinds_of_inference():
 # ----------------------------------------------------------------------------- API
 
 
-def test_edges_kinds_rewards_and_factors():
+@pytest.mark.parametrize("policy", ["stochastic", "stochastic_gumbel"])
+def test_edges_kinds_rewards_and_factors(policy):
     B, A, C, S = 4, 3, 5, 40
-    config = SearchConfig(num_simulations=S, search="stochastic", discount=0.9, num_chance_codes=C)
+    config = SearchConfig(num_simulations=S, search=policy, discount=0.9, num_chance_codes=C,
+                          max_considered_actions=A)
     model = FakeStochasticModel(B, A, C, seed=2)
     legal = random_legal(np.random.default_rng(2), B, A, 0.7)
     search, result = run(config, model, legal, two_player=True, training=True)
-    assert isinstance(search.policy, StochasticPolicy)
+    assert isinstance(search.policy, {"stochastic": StochasticPolicy, "stochastic_gumbel": StochasticGumbelPolicy}[policy])
     assert search.num_edges == A + C and search.children_prior.shape == (B, S + 1, A + C)
     assert result.visit_counts.shape == result.policy.shape == result.qvalues.shape == (B, A)
     # The root: a decision node whose outcome edges are illegal, prior 0 (Dirichlet noise too).
@@ -350,6 +352,59 @@ def test_edges_kinds_rewards_and_factors():
         for a in np.flatnonzero(result.visit_counts[b]):
             child = search.children_index[b, 0, a]
             assert search.children_qvalues[b, 0, a] == search.node_value_sum[b, child] / search.node_visits[b, child]
+
+
+def test_gumbel_decision_nodes_over_chance_nodes():
+    """"stochastic_gumbel": Gumbel's root (Sequential Halving over the m considered actions,
+    one visit of the network's value to start) and improved-policy target over the A actions,
+    Gumbel's interior rule at decision nodes, the chance rule at chance nodes."""
+    B, A, C, S = 3, 4, 3, 32
+    config = SearchConfig(num_simulations=S, search="stochastic_gumbel", discount=0.95, num_chance_codes=C,
+                          max_considered_actions=2)
+    model = FakeStochasticModel(B, A, C, seed=8, logit_scale=2.0)
+    legal = np.ones((B, A), bool)
+    search, result = run(config, model, legal, two_player=False, training=True)
+    assert model.kinds_seen == {"afterstate_dynamics", "dynamics"}
+    assert search.node_visits[:, 0].tolist() == [S + 1] * B            # Gumbel's root visit + S
+    assert (search.considered[:, :A].sum(axis=1) == 2).all() and not search.considered[:, A:].any()
+    visited = search.children_visits[:, 0, :A] > 0
+    np.testing.assert_array_equal(visited, search.considered[:, :A])  # only considered actions searched
+    np.testing.assert_allclose(result.policy.sum(axis=1), 1.0, rtol=1e-6)
+    assert result.policy.shape == (B, A) and search.considered[np.arange(B), result.action].all()
+    # The target is Gumbel's improved policy of the root's A actions: softmax(logits + sigma(completed Q)).
+    tree, policy = search.tree, search.policy
+    rows = tree.game_rows
+    sigma_q = policy.qtransform(rows, tree.cvis_rows.take(rows, axis=0), tree.cq_rows.take(rows, axis=0),
+                                tree.cprior_rows.take(rows, axis=0), tree.nvis.take(rows))
+    logits = tree.children_logits[:, 0]
+    want = np.exp(logits[:, :A] + sigma_q[:, :A] - (logits[:, :A] + sigma_q[:, :A]).max(axis=1, keepdims=True))
+    np.testing.assert_allclose(result.policy, want / want.sum(axis=1, keepdims=True), rtol=1e-6)  # float32 result
+    # Below the root: each interior node chose by its kind's rule.
+    chance_rows = search.is_chance & (search.node_visits > 1)
+    assert chance_rows.any()
+    assert not search.children_visits[chance_rows][:, :A].any()   # chance nodes take codes only
+    decision_rows = ~search.is_chance & (search.node_visits > 1)
+    decision_rows[:, 0] = False
+    assert decision_rows.any() and not search.children_visits[decision_rows][:, A:].any()
+
+
+def test_a_clearly_better_move_under_chance_wins_the_gumbel_target():
+    """One action leads to an afterstate whose every code pays well: the improved policy puts
+    most of its mass there and greedy play takes it."""
+    B, A, C, S = 2, 3, 2, 24
+    model = FakeStochasticModel(B, A, C, seed=3, logit_scale=0.1)
+    model.values[:] = 0.0
+    model.rewards[:] = 0.0
+    roots = model.root_ids
+    for b in range(B):
+        after = child_id(np.int64(roots[b]), np.int64(1))              # action 1's afterstate
+        for code in range(C):
+            model.rewards[b, child_id(after, np.int64(A + code))] = 1.0  # every outcome pays 1
+    config = SearchConfig(num_simulations=S, search="stochastic_gumbel", discount=1.0, num_chance_codes=C,
+                          max_considered_actions=A, rescale_values=False)
+    _search, result = run(config, model, np.ones((B, A), bool), two_player=False, training=False)
+    assert result.greedy_action.tolist() == [1, 1] and result.action.tolist() == [1, 1]
+    assert (result.policy[:, 1] > 0.5).all()
 
 
 def test_chance_rule_step_by_step():
@@ -477,9 +532,10 @@ def test_a_model_that_says_its_chance_codes_picks_the_policy():
             return dataclasses.replace(super().initial_inference(ids), num_chance_codes=np.full(B, C, np.int32))
 
     speaking = SaysItsCodes(B, A, C, seed=6)
-    given = SearchConfig(num_simulations=S, search="gumbel", num_chance_codes=9)
+    given = SearchConfig(num_simulations=S, search="puct", num_chance_codes=9)
     search, got = run(given, speaking, legal, two_player=False)
-    assert search.config == configured and search.given_config == given and search.num_edges == A + C
+    assert search.config == configured.replace(search="stochastic") and search.given_config == given
+    assert search.num_edges == A + C
     np.testing.assert_array_equal(got.visit_counts, want.visit_counts)
     np.testing.assert_array_equal(got.policy, want.policy)
     # The next move's root says nothing: the given policy, with its A edges, again.
@@ -487,6 +543,9 @@ def test_a_model_that_says_its_chance_codes_picks_the_policy():
     search.start_move(dataclasses.replace(root, policy_logits=root.policy_logits[:, :A]), legal,
                       np.random.default_rng(0), training=False)
     assert search.config == given and search.num_edges == A and not hasattr(search.policy, "is_chance")
+    # Gumbel's decision rule asked for: Gumbel above chance nodes.
+    gumbel, _ = run(SearchConfig(num_simulations=S, search="gumbel"), speaking, legal, two_player=False)
+    assert gumbel.config.search == "stochastic_gumbel" and gumbel.config.num_chance_codes == C
     for bad in ([C, C, C + 1], [0, 0, 0], [C, C]):
         with pytest.raises(ValueError, match="root.num_chance_codes must be one C >= 1"):
             search.start_move(dataclasses.replace(root, num_chance_codes=np.array(bad, np.int32)), legal,

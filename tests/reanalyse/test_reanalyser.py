@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 import games
 from services.agent.inference import INITIAL_INFERENCE, Answered, ModelOutput, VersionedOutput
 from services.agent.pipeline import PipelinedSearch
-from services.agent.search import SearchConfig
+from services.agent.search import STOCHASTIC_OF, SearchConfig
 from services.common.failures import RetryPolicy
 from services.common.metrics import flat_metrics, sum_samples
 from services.reanalyse import metrics as reanalyse_metrics
@@ -294,12 +294,13 @@ def test_a_stochastic_model_is_reanalysed_with_chance_nodes(replay):
     assert worker.run_batch().games_updated == 1
     got = stored(client, "g1")
     settings = games.make(GAME).settings.replace(num_simulations=8)
+    chance_policy = STOCHASTIC_OF[settings.search.search]
     agent = PipelinedSearch(StochasticObservationModel(9, C),
-                            SearchConfig.from_settings(settings).replace(search="stochastic", num_chance_codes=C),
+                            SearchConfig.from_settings(settings).replace(search=chance_policy, num_chance_codes=C),
                             T, 9, two_player=True)
     expected = agent.search(got.game.observations.astype(np.float32), got.game.legal_actions,
                             np.random.default_rng(11), training=True)
-    assert agent._searches[0].policy.is_chance.any()
+    assert agent._searches[0].config.search == chance_policy and agent._searches[0].policy.is_chance.any()
     np.testing.assert_array_equal(got.game.root_values, expected.root_values)
     np.testing.assert_array_equal(got.game.policies, expected.policies)
     np.testing.assert_allclose(got.game.policies.sum(axis=1), 1.0, rtol=1e-5)

@@ -259,12 +259,12 @@ def test_the_network_server_serves_it_and_the_search_turns_stochastic(trained, b
                                   version=30)
             direct = load_version(root / "models", 30).recurrent_inference(root_answer.hidden_state, edge)
             np.testing.assert_allclose(served.hidden_state, direct["hidden_state"], rtol=1e-5, atol=1e-6)
-            # The agent's search asked for Gumbel: the model's chance codes turn it stochastic,
+            # The agent's search asked for Gumbel: the model's chance codes put chance nodes under it,
             # with one request per step for all games and both kinds of node.
             search = PipelinedSearch(client, SearchConfig.from_settings(TINY, num_simulations=12), 5, A)
             move = search.search(observation, np.ones((5, A), bool), np.random.default_rng(1))
             inner = search._searches[0]
-            assert inner.config.search == "stochastic" and inner.num_edges == A + C
+            assert inner.config.search == "stochastic_gumbel" and inner.num_edges == A + C
             assert inner.is_chance.any()
             assert move.versions.tolist() == [30] * 5
             np.testing.assert_allclose(move.policies.sum(axis=1), 1.0, rtol=1e-5)

@@ -65,6 +65,11 @@ The policies (`SearchConfig.search`):
     factor 1, the edge out of it the model's reward and discount * sign. The one recurrent
     request per step carries both kinds (edge < A: afterstate dynamics; >= A: dynamics).
 
+  * "stochastic_gumbel": the same chance nodes under Gumbel MuZero's decision nodes (Gumbel
+    root and interior rule, improved-policy target); not in mctx or the paper. A search
+    configured "gumbel" runs it for a model that says its chance codes ("puct" runs
+    "stochastic"): `BatchedSearch`, `STOCHASTIC_OF`.
+
 `tests/agent/test_search_mctx.py` checks "gumbel" and "puct" against mctx itself,
 `tests/agent/test_search_mctx_stochastic.py` "stochastic".
 """
@@ -72,9 +77,10 @@ The policies (`SearchConfig.search`):
 from services.agent.inference import Model, ModelOutput
 from services.agent.search.batched import BatchedSearch, SearchResult
 from services.agent.search.config import SearchConfig
-from services.agent.search.policies import (POLICIES, Choice, GumbelPolicy, Policy, PuctPolicy, StochasticPolicy,
-                                           select_actions)
+from services.agent.search.policies import (POLICIES, STOCHASTIC_OF, Choice, GumbelPolicy, Policy, PuctPolicy,
+                                           StochasticGumbelPolicy, StochasticPolicy, select_actions)
 from services.agent.search.tree import Tree
 
 __all__ = ["BatchedSearch", "Choice", "GumbelPolicy", "Model", "ModelOutput", "POLICIES", "Policy", "PuctPolicy",
-           "SearchConfig", "SearchResult", "StochasticPolicy", "Tree", "select_actions"]
+           "STOCHASTIC_OF", "SearchConfig", "SearchResult", "StochasticGumbelPolicy", "StochasticPolicy", "Tree",
+           "select_actions"]

@@ -22,7 +22,7 @@ from services.agent import gumbel as gumbel_lib
 from services.agent.inference import (INITIAL_INFERENCE, NUM_CHANCE_CODES, RECURRENT_INFERENCE,
                                       VALUE_PREFIX_HORIZON, VALUE_PREFIX_STATE, Model, ModelOutput)
 from services.agent.search.config import SearchConfig
-from services.agent.search.policies import POLICIES, Policy
+from services.agent.search.policies import POLICIES, STOCHASTIC_OF, Policy
 from services.agent.search.tree import Tree
 
 _NEG_INF = -np.inf
@@ -84,9 +84,10 @@ class BatchedSearch:
     same search with the equivalent per-step rewards does.
 
     The model picks the policy where it says so: a Stochastic MuZero model's root output
-    carries `num_chance_codes` (C), and `start_move` then searches with "stochastic" and that C
-    whatever the config names (the tree and the policy are rebuilt when they change, e.g. at
-    the first move); a root without it gets the config's own policy back. So the agent, the
+    carries `num_chance_codes` (C), and `start_move` then searches with chance nodes and that C
+    (`STOCHASTIC_OF`: "stochastic" for a config of "puct", "stochastic_gumbel" for "gumbel";
+    the tree and the policy are rebuilt when they change, e.g. at the first move); a root
+    without it gets the config's own policy back. So the agent, the
     reanalyser, the evaluator and the play page need no flag for a stochastic model.
     """
 
@@ -164,7 +165,8 @@ class BatchedSearch:
             if codes.size != self.batch_size or codes.min() < 1 or codes.min() != codes.max():
                 raise ValueError(f"root.{NUM_CHANCE_CODES} must be one C >= 1 for all {self.batch_size} "
                                  f"games, got {codes.tolist()[:8]}")
-            wanted = self.given_config.replace(search="stochastic", num_chance_codes=int(codes[0]))
+            wanted = self.given_config.replace(search=STOCHASTIC_OF[self.given_config.search],
+                                               num_chance_codes=int(codes[0]))
         if wanted != self.config:
             self._configure(wanted)
 

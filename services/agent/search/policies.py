@@ -364,5 +364,65 @@ class StochasticPolicy(PuctPolicy):
                       greedy_action=np.argmax(visits, axis=1).astype(np.int32))
 
 
-POLICIES: dict[str, type[Policy]] = {"puct": PuctPolicy, "gumbel": GumbelPolicy, "stochastic": StochasticPolicy}
+class StochasticGumbelPolicy(GumbelPolicy):
+    """Stochastic MuZero's chance nodes under Gumbel MuZero's decision nodes: the tree, edges,
+    node kinds, rewards and factors of `StochasticPolicy`, with Gumbel's root (Gumbel-top-k and
+    Sequential Halving over the actions, the root starting with one visit of the network's
+    value), Gumbel's deterministic rule at decision nodes below it and the chance rule
+    P(c) / (N(c) + 1) at chance nodes (`StochasticSelector` over `GumbelInterior`). The action
+    is Sequential Halving's choice and the policy target the improved policy over the A
+    actions, as `GumbelPolicy`'s. Not in mctx or the paper (which use PUCT); it is what a
+    search configured "gumbel" runs for a model with chance codes (`BatchedSearch`), because
+    PUCT's visit counts make a poor policy target with the few simulations Gumbel is for.
+
+    State: GumbelPolicy's root_gumbel and considered [B, E], and is_chance bool [B, N].
+    """
+
+    STATE = ("root_gumbel", "considered", "is_chance")
+
+    def __init__(self, tree: Tree, config: "SearchConfig") -> None:
+        super().__init__(tree, config)
+        self.num_game_actions = A = tree.num_actions - config.num_chance_codes
+        require(A >= 1, f"the tree's {tree.num_actions} edges leave no actions beside "
+                f"{config.num_chance_codes} chance codes")
+        self.is_chance = np.zeros((tree.batch_size, tree.num_nodes), bool)
+        self.select_interior = StochasticSelector(tree, A, self.interior, self.is_chance)
+        outcome = np.arange(tree.num_actions) >= A
+        self._keep = np.stack([~outcome, outcome])                         # bool [2, E]
+
+    @classmethod
+    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
+        return num_actions + config.num_chance_codes
+
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        super().start_move(rng, training)
+        self.is_chance[:, 0] = False
+
+    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
+                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        to_chance = edge < self.num_game_actions                            # bool [B]
+        reward = np.where(to_chance, 0.0, reward)
+        logits = np.where(self._keep.take(to_chance.astype(np.intp), axis=0), logits, _NEG_INF)
+        return reward, logits
+
+    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
+        super().on_expand(n, log_prior)
+        tree = self.tree
+        to_chance = tree.node_action[:, n] < self.num_game_actions
+        self.is_chance[:, n] = to_chance
+        tree.node_discount[:, n] = np.where(to_chance, 1.0, tree.discount_sign)
+
+    def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
+        choice = super().finish_move(rng, training, temperature)
+        A = self.num_game_actions
+        return Choice(action=choice.action, policy=choice.policy[:, :A], greedy_action=choice.greedy_action)
+
+
+POLICIES: dict[str, type[Policy]] = {"puct": PuctPolicy, "gumbel": GumbelPolicy, "stochastic": StochasticPolicy,
+                                     "stochastic_gumbel": StochasticGumbelPolicy}
 """`SearchConfig.search` -> the policy class."""
+
+STOCHASTIC_OF: dict[str, str] = {"puct": "stochastic", "stochastic": "stochastic", "gumbel": "stochastic_gumbel",
+                                 "stochastic_gumbel": "stochastic_gumbel"}
+"""The policy a search configured with each policy runs for a model with chance codes: the same
+rule at decision nodes, Stochastic MuZero's chance nodes between them."""

@@ -8,8 +8,8 @@ action index, as in mctx's `jnp.argmax`. Nodes are named by game (int64 [k]) and
   * `PuctSelector`: MuZero's PUCT at the root (with the root's mask) and below it.
   * `SequentialHalvingRoot`: Gumbel MuZero's root, Gumbel-top-k then Sequential Halving.
   * `GumbelInterior`: Gumbel MuZero's deterministic rule below the root.
-  * `StochasticSelector`: Stochastic MuZero below the root: PUCT at decision nodes, the chance
-    rule argmax P(c) / (N(c) + 1) at chance nodes (afterstates).
+  * `StochasticSelector`: Stochastic MuZero below the root: PUCT (or Gumbel's rule) at
+    decision nodes, the chance rule argmax P(c) / (N(c) + 1) at chance nodes (afterstates).
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ class StochasticSelector:
     """Stochastic MuZero (Antonoglou et al. 2022) below the root, as mctx's
     `_make_stochastic_action_selection_fn`, over a tree of E = A + C edges per node:
 
-      * decision node: `PuctSelector`'s score on the action edges 0..A-1 (-inf on the rest);
+      * decision node: `PuctSelector`'s score (or `GumbelInterior`'s) on the action edges
+        0..A-1 (-inf on the rest);
       * chance node (afterstate): P(c) / (N(c) + 1) on the outcome edges A..A+C-1 (-inf on the
         rest), mctx's deterministic stand-in for sampling c from the prior: the visits follow
         the prior (the next visit goes where N(c) lags P(c) most) without a random draw.
@@ -188,14 +189,16 @@ class StochasticSelector:
     no tie noise either).
     """
 
-    def __init__(self, tree: Tree, num_actions: int, puct: PuctSelector, is_chance: np.ndarray) -> None:
+    def __init__(self, tree: Tree, num_actions: int, decision: "PuctSelector | GumbelInterior",
+                 is_chance: np.ndarray) -> None:
         """Args:
           tree: the tree (E = tree.num_actions edges per node); num_actions: A < E.
-          puct: the decision nodes' selector (its min-max is the policy's).
+          decision: the decision nodes' selector: `PuctSelector` (its min-max is the policy's)
+            or `GumbelInterior` (Gumbel MuZero's rule at decision nodes).
           is_chance: bool [B, N], the policy's node kinds, read through its flat view.
         """
         self.tree = tree
-        self.puct = puct
+        self.decision = decision
         self._is_chance = is_chance.reshape(-1)
         outcome = np.arange(tree.num_actions) >= num_actions
         self.decision_mask = np.where(outcome, _NEG_INF, 0.0)     # float64 [E]: actions only
@@ -204,7 +207,10 @@ class StochasticSelector:
     def scores(self, games: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """float64 [k, E] at the interior nodes `rows` (-inf on the edges of the other kind)."""
         tree = self.tree
-        decision = self.puct.scores(games, rows, self.decision_mask)
+        if isinstance(self.decision, PuctSelector):
+            decision = self.decision.scores(games, rows, self.decision_mask)
+        else:
+            decision = self.decision.scores(games, rows) + self.decision_mask
         chance = tree.cprior_rows.take(rows, axis=0)
         chance /= tree.cvis_rows.take(rows, axis=0) + 1
         chance += self.chance_mask
