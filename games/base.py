@@ -248,6 +248,18 @@ class Game(abc.ABC):
         `to_play` (int [B]) is needed only where the board does not tell whose turn it is.
         """
 
+    def state_from_observation(self, observation: np.ndarray,
+                               seed: int | np.random.Generator | None = None) -> State:
+        """B games rebuilt from their observations, float32 [B, *spec.observation_shape]: the
+        mover's pieces become player 0's and the opponent's player 1's, with player 0 to move.
+
+        For opponents, which see only observations (services/agent/opponents.py). Only the
+        two-player board games implement it (their rules are the same for both players, so the
+        rebuilt games have the real ones' legal moves and outcomes); ValueError otherwise.
+        """
+        raise ValueError(f"{self.spec.name}: a state cannot be rebuilt from an observation "
+                         f"(only the two-player board games can)")
+
     @abc.abstractmethod
     def positions(self, state: State) -> np.ndarray:
         """The positions of B games: board int8 [B, rows, cols] with 0 empty, 1 and 2 the

@@ -82,6 +82,20 @@ def board_planes(board: np.ndarray, to_play: np.ndarray) -> np.ndarray:
     return np.stack([board == own, board == 3 - own], axis=-1).astype(np.float32)
 
 
+def mover_board(observation: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int8 [B, rows, cols] from mover-relative planes float [B, rows, cols, 2] (`board_planes`):
+    1 the mover's pieces (plane 0), 2 the opponent's (plane 1), 0 empty. ValueError unless the
+    shape fits, every value is 0 or 1 and no cell holds both."""
+    o = np.asarray(observation)
+    require(o.ndim == 4 and o.shape[1:] == (*shape, 2),
+            f"observation: expected shape [B, {shape[0]}, {shape[1]}, 2], got {list(o.shape)}")
+    bad = np.flatnonzero(((o != 0) & (o != 1)).any(axis=(1, 2, 3)))
+    require(bad.size == 0, f"observation: planes must hold 0 or 1, bad games {bad[:10].tolist()}")
+    both = np.flatnonzero(((o[..., 0] == 1) & (o[..., 1] == 1)).any(axis=(1, 2)))
+    require(both.size == 0, f"observation: a cell holds both players' pieces in games {both[:10].tolist()}")
+    return (o[..., 0] + 2 * o[..., 1]).astype(np.int8)
+
+
 def truncated_at(moves: np.ndarray, max_moves: int, terminated: np.ndarray) -> np.ndarray:
     """bool [B]: the move limit ends the game where the rules did not."""
     return (moves >= max_moves) & ~terminated
@@ -202,3 +216,15 @@ class LineGame(Game):
         to_play = check_to_play(to_play, len(board))
         moves = (board != 0).sum(axis=(1, 2)).astype(np.int32)
         return BoardState(board=board, to_play=to_play, moves=moves, rng=as_rng(seed))
+
+    def state_from_observation(self, observation: np.ndarray,
+                               seed: int | np.random.Generator | None = None) -> BoardState:
+        """The games of `observation` (mover-relative planes) with the mover as player 0, to play.
+
+        The rules do not depend on who is player 0, so the legal moves, the rewards and the
+        ends are the real games'. `moves` (the pieces on the board) is exact too, so the move
+        limit falls where it does in the real game. Only `to_play` (0 here) and which piece
+        value is whose differ, and neither shows in the observation.
+        """
+        board = mover_board(observation, (self.ROWS, self.COLS))
+        return self.state_from_positions(board, to_play=np.zeros(len(board), np.int8), seed=seed)

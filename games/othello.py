@@ -33,8 +33,8 @@ import numpy as np
 from games.settings import FleetSettings, NetworkSettings, ReplaySettings, SearchSettings, TrainingSettings
 from games.base import Game, GameSpec, MuZeroSettings, State
 from games.validation import require
-from games.boards import (as_rng, check_actions, check_board, check_to_play, reject_illegal,
-                          truncated_at)
+from games.boards import (as_rng, check_actions, check_board, check_to_play, mover_board,
+                          reject_illegal, truncated_at)
 from games.symmetry import Symmetries, dihedral_cells
 
 SIZE = 8
@@ -198,3 +198,16 @@ class Othello(Game):
         discs = np.stack([pack(flat == 1), pack(flat == 2)], axis=1)
         return OthelloState(discs=discs, to_play=to_play, moves=np.maximum(count - 4, 0).astype(np.int32),
                             rng=as_rng(seed))
+
+    def state_from_observation(self, observation: np.ndarray,
+                               seed: int | np.random.Generator | None = None) -> OthelloState:
+        """The games of `observation` (mover-relative planes) with the mover as player 0 (black
+        here, whatever their real colour), to play.
+
+        The rules are colour-blind, so the legal moves (pass included), flips, rewards and ends
+        are the real games'. `moves` is discs - 4, which misses the passes played so far; it
+        only matters for the move limit (120), which no game reaches (each of the at most 60
+        placements is preceded by at most one pass), so no outcome differs.
+        """
+        board = mover_board(observation, (SIZE, SIZE))
+        return self.state_from_positions(board, to_play=np.zeros(len(board), np.int8), seed=seed)

@@ -23,6 +23,7 @@ import sys
 
 import games
 from services.agent.config import AgentConfig, EvaluationConfig
+from services.agent.opponents import OPPONENT_GAMES, OPPONENTS
 from services.common.config_flags import add_config_flags, config_values
 from services.common.flags import config_or_exit
 from services.common.logs import get_logger
@@ -50,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = parser.add_argument_group("evaluation mode")
     evaluation.add_argument("--evaluate", type=int, default=0, metavar="M", dest="num_games",
                             help="play M games greedily, print the result, exit")
-    evaluation.add_argument("--opponent", choices=["random", "minimax"], default=None,
-                            help="two-player games: the opponent (default random; minimax: "
-                                 "tictactoe only)")
+    evaluation.add_argument("--opponent", choices=list(OPPONENTS), default=None,
+                            help="two-player games: the opponent (default random; "
+                                 + "; ".join(f"{name}: {', '.join(only)} only"
+                                             for name, only in OPPONENT_GAMES.items() if only) + ")")
     evaluation.add_argument("--version", type=int, default=None,
                             help="the model version to play (default: the newest at the start, "
                                  "kept for the whole evaluation)")

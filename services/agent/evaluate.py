@@ -1,8 +1,9 @@
 """Evaluation: greedy play of M games with one model version, the newest or a given one.
 
-One-player games report the mean return. Two-player games are played against an opponent
-(a uniformly random player, or tic-tac-toe's exact minimax player), the agent taking the first player's side in half of the games
-and the second's in the other half, and report wins, draws and losses from the agent's view.
+One-player games report the mean return. Two-player games are played against an opponent of
+`services.agent.opponents.OPPONENTS` (a uniformly random player by default), the agent taking
+the first player's side in half of the games and the second's in the other half, and report
+wins, draws and losses from the agent's view.
 """
 
 from __future__ import annotations
@@ -114,10 +115,14 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
             with _failures("network", "Predict", network_address, _PREDICT_HINTS):
                 result = search.search(step.observation, step.legal_actions, rng, training=False,
                                        temperature=0.0, version=pinned)
-            actions = result.greedy_actions
+            actions = np.array(result.greedy_actions, np.int32)
             if two_player:
-                actions = np.where(step.to_play == agent_side, actions,
-                                   opponent(step.observation, step.legal_actions, rng)).astype(np.int32)
+                # The opponent is asked only for its own moves in unfinished games: a searching
+                # opponent (rollout MCTS, alpha-beta) spends its time where it counts. Finished
+                # slots (auto-reset games nobody counts) play the agent's legal greedy move.
+                theirs = np.flatnonzero((step.to_play != agent_side) & ~done)
+                if theirs.size:
+                    actions[theirs] = opponent(step.observation[theirs], step.legal_actions[theirs], rng)
             mover, before = step.to_play, step.observation
             with _failures("environment", "Step", environment_address):
                 step = environment.step(session, actions, auto_reset=True)

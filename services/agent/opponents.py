@@ -1,14 +1,23 @@
-"""Opponents for evaluating two-player agents: a random player and an exact tic-tac-toe solver.
+"""Opponents for evaluating two-player agents, the rungs of an Elo ladder: a random player, an
+exact tic-tac-toe solver, UCT searches with random playouts (any board game) and a Connect Four
+alpha-beta player.
 
 An opponent maps (observation [B, *obs], legal bool [B, A], rng) to actions int32 [B], seeing
-the position from the view of the player to move, as the agent does.
+the position from the view of the player to move, as the agent does. The searching ones rebuild
+the game from the observation (`Game.state_from_observation`).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numpy as np
+
+from services.agent.alphabeta import connect4_alphabeta_opponent
+from services.agent.rollout_mcts import BOARD_GAMES, mcts_rollout_opponent
+
+Opponent = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 
 def random_opponent(observation: np.ndarray, legal_actions: np.ndarray,
@@ -66,6 +75,25 @@ def tictactoe_minimax(observation: np.ndarray, legal_actions: np.ndarray,
     return np.argmax(scores, axis=1).astype(np.int32)
 
 
-OPPONENTS = {"random": random_opponent, "minimax": tictactoe_minimax}
-# The games each opponent can play (None: any two-player game): minimax reads tic-tac-toe boards.
-OPPONENT_GAMES: dict[str, tuple[str, ...] | None] = {"random": None, "minimax": ("tictactoe",)}
+# The "alphabeta" opponent's search depth in plies. A Connect Four move takes it about 0.1 s
+# (opening and midgame) here, so an evaluation of a few hundred games stays in minutes; depth
+# 10 is the deepest that stayed under a second per move from the opening (alphabeta.py).
+ALPHABETA_DEPTH = 7
+
+OPPONENTS: dict[str, Opponent] = {
+    "random": random_opponent,
+    "minimax": tictactoe_minimax,
+    # UCT with random playouts; each picks its game from the observation's shape.
+    "mcts100": mcts_rollout_opponent(None, 100),
+    "mcts1000": mcts_rollout_opponent(None, 1000),
+    "alphabeta": connect4_alphabeta_opponent(ALPHABETA_DEPTH),
+}
+# The games each opponent can play (None: any two-player game): minimax reads tic-tac-toe
+# boards, the searches rebuild board games from their observations, alpha-beta Connect Four's.
+OPPONENT_GAMES: dict[str, tuple[str, ...] | None] = {
+    "random": None,
+    "minimax": ("tictactoe",),
+    "mcts100": tuple(BOARD_GAMES.values()),
+    "mcts1000": tuple(BOARD_GAMES.values()),
+    "alphabeta": ("connect4",),
+}

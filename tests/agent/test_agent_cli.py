@@ -52,3 +52,29 @@ def test_unsupported_evaluation_combinations_are_refused(capsys):
     assert "--evaluate must be >= 1, got -2" in refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "-2")
     assert "--version must be >= 0, got -1" in refused(
         capsys, "--game", "cartpole", *PEERS, "--evaluate", "2", "--version", "-1")
+
+
+def test_the_ladder_opponents_are_offered_and_refused_where_they_do_not_fit(capsys):
+    from services.agent.opponents import OPPONENTS
+    parser = build_parser()
+    opponent = next(a for a in parser._actions if a.dest == "opponent")
+    assert list(opponent.choices) == list(OPPONENTS)
+    assert {"random", "minimax", "mcts100", "mcts1000", "alphabeta"} <= set(OPPONENTS)
+    err = refused(capsys, "--game", "tictactoe", *PEERS, "--evaluate", "4", "--opponent", "alphabeta")
+    assert "error: --opponent 'alphabeta' plays connect4 only, got --game 'tictactoe'" in err
+    err = refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "4", "--opponent", "mcts100")
+    assert "--opponent 'mcts100' needs a two-player game" in err
+    err = refused(capsys, "--game", "2048", *PEERS, "--evaluate", "4", "--opponent", "mcts1000")
+    assert "--opponent 'mcts1000' needs a two-player game" in err
+    err = refused(capsys, "--game", "othello", *PEERS, "--evaluate", "4", "--opponent", "mcts10")
+    assert "argument --opponent: invalid choice: 'mcts10'" in err
+
+
+def test_the_ladder_opponents_are_accepted_where_they_fit():
+    from services.agent.__main__ import evaluation_config
+    parser = build_parser()
+    for game, opponent in (("othello", "mcts100"), ("tictactoe", "mcts1000"), ("connect4", "alphabeta"),
+                           ("connect4", "mcts100")):
+        args = parser.parse_args(["--game", game, *PEERS, "--evaluate", "4", "--opponent", opponent,
+                                  "--seed", "0"])
+        assert evaluation_config(parser, args).opponent_name == opponent

@@ -1,11 +1,11 @@
-"""The evaluation opponents, especially the exact tic-tac-toe player."""
+"""The evaluation opponents, especially the exact tic-tac-toe player, and the registry."""
 
 from __future__ import annotations
 
 import numpy as np
 
 import games
-from services.agent.opponents import random_opponent, tictactoe_minimax
+from services.agent.opponents import OPPONENT_GAMES, OPPONENTS, random_opponent, tictactoe_minimax
 
 
 def _state(board):
@@ -57,3 +57,32 @@ def test_minimax_never_loses_and_draws_against_itself():
     assert np.all(_play(random_opponent, tictactoe_minimax, 200, seed=3) <= 0)
     # Against a random player the solver wins most games as X.
     assert np.mean(_play(tictactoe_minimax, random_opponent, 200, seed=4) > 0) > 0.8
+
+
+def _near_the_end(name: str, n: int, seed: int):
+    """n games of `name` played at random until a few moves before the end of the longest rules
+    allow (none ended), so even the 1,000-simulation searches stay fast."""
+    game = games.make(name)
+    rng = np.random.default_rng(seed)
+    left = {"tictactoe": 3, "connect4": 5, "othello": 5}[name]
+    for _ in range(100):  # retry until no game ended on the way
+        state = game.reset(n, seed)
+        for _ in range(game.spec.num_actions - 1 - left if name != "othello" else 60 - left):
+            legal = game.legal_actions(state)
+            state, _, terminated, _ = game.step(state, np.argmax(legal * rng.random(legal.shape), axis=1))
+            if terminated.any():
+                break
+        else:
+            return game, state
+    raise AssertionError("no position found")
+
+
+def test_every_registered_opponent_plays_legal_moves_in_its_games():
+    for name, supported in OPPONENT_GAMES.items():
+        assert name in OPPONENTS
+        for game_name in supported or ("tictactoe", "connect4", "othello"):
+            game, state = _near_the_end(game_name, 2, seed=len(name))
+            legal = game.legal_actions(state)
+            actions = OPPONENTS[name](game.observation(state), legal, np.random.default_rng(0))
+            assert actions.dtype == np.int32 and actions.shape == (2,)
+            assert legal[np.arange(2), actions].all(), (name, game_name)
