@@ -299,7 +299,54 @@ class GumbelPolicy(Policy):
         return Choice(action=action, policy=policy, greedy_action=np.argmax(policy, axis=1).astype(np.int32))
 
 
-class StochasticPolicy(PuctPolicy):
+class _ChanceNodes:
+    """Stochastic MuZero's chance nodes, for a policy class that lists this first among its
+    bases (the module docstring): E = A + C edges, the node kinds `is_chance` bool [B, N], the
+    reward 0 and factor 1 into an afterstate and each node's half of the logits. The decision
+    rule is the other base's (PUCT or Gumbel); `_chance_selector(decision)` is the interior
+    selector over it."""
+
+    tree: Tree
+    config: "SearchConfig"
+
+    def _init_chance(self, decision: "PuctSelector | GumbelInterior") -> None:
+        tree, config = self.tree, self.config
+        self.num_game_actions = A = tree.num_actions - config.num_chance_codes
+        require(A >= 1, f"the tree's {tree.num_actions} edges leave no actions beside "
+                f"{config.num_chance_codes} chance codes")
+        self.is_chance = np.zeros((tree.batch_size, tree.num_nodes), bool)
+        self.select_interior = StochasticSelector(tree, A, decision, self.is_chance)
+        # Row 0: keep the action half (a state's logits); row 1: the outcome half (an afterstate's).
+        outcome = np.arange(tree.num_actions) >= A
+        self._keep = np.stack([~outcome, outcome])                         # bool [2, E]
+
+    @classmethod
+    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
+        return num_actions + config.num_chance_codes
+
+    def start_move(self, rng: np.random.Generator, training: bool) -> None:
+        super().start_move(rng, training)  # type: ignore[misc]
+        self.is_chance[:, 0] = False
+
+    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
+                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # An action edge (edge < A) leads to an afterstate: no reward, chance-code logits.
+        to_chance = edge < self.num_game_actions                            # bool [B]
+        reward = np.where(to_chance, 0.0, reward)
+        # np.where, not an added -inf mask: the unused half may hold anything (inf, nan).
+        logits = np.where(self._keep.take(to_chance.astype(np.intp), axis=0), logits, _NEG_INF)
+        return reward, logits
+
+    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
+        super().on_expand(n, log_prior)  # type: ignore[misc]
+        tree = self.tree
+        to_chance = tree.node_action[:, n] < self.num_game_actions
+        self.is_chance[:, n] = to_chance
+        # Tree.expand wrote discount * sign; an afterstate is the same player, no time later.
+        tree.node_discount[:, n] = np.where(to_chance, 1.0, tree.discount_sign)
+
+
+class StochasticPolicy(_ChanceNodes, PuctPolicy):
     """Stochastic MuZero (Antonoglou et al. 2022) as mctx's `stochastic_muzero_policy`, with
     PUCT at decision nodes exactly as `PuctPolicy` (the pseudocode's: the root starts with 0
     visits, one min-max per tree, Dirichlet noise on the legal root actions in training).
@@ -321,39 +368,8 @@ class StochasticPolicy(PuctPolicy):
 
     def __init__(self, tree: Tree, config: "SearchConfig") -> None:
         super().__init__(tree, config)
-        self.num_game_actions = A = tree.num_actions - config.num_chance_codes
-        require(A >= 1, f"the tree's {tree.num_actions} edges leave no actions beside "
-                f"{config.num_chance_codes} chance codes")
-        self.is_chance = np.zeros((tree.batch_size, tree.num_nodes), bool)
-        self.interior = StochasticSelector(tree, A, self.selector, self.is_chance)
-        self.select_interior = self.interior
-        # Row 0: keep the action half (a state's logits); row 1: the outcome half (an afterstate's).
-        outcome = np.arange(tree.num_actions) >= A
-        self._keep = np.stack([~outcome, outcome])                         # bool [2, E]
-
-    @classmethod
-    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
-        return num_actions + config.num_chance_codes
-
-    def start_move(self, rng: np.random.Generator, training: bool) -> None:
-        super().start_move(rng, training)
-        self.is_chance[:, 0] = False
-
-    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
-                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # An action edge (edge < A) leads to an afterstate: no reward, chance-code logits.
-        to_chance = edge < self.num_game_actions                            # bool [B]
-        reward = np.where(to_chance, 0.0, reward)
-        # np.where, not an added -inf mask: the unused half may hold anything (inf, nan).
-        logits = np.where(self._keep.take(to_chance.astype(np.intp), axis=0), logits, _NEG_INF)
-        return reward, logits
-
-    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
-        tree = self.tree
-        to_chance = tree.node_action[:, n] < self.num_game_actions
-        self.is_chance[:, n] = to_chance
-        # Tree.expand wrote discount * sign; an afterstate is the same player, no time later.
-        tree.node_discount[:, n] = np.where(to_chance, 1.0, tree.discount_sign)
+        self._init_chance(self.selector)
+        self.interior = self.select_interior
 
     def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
         visits = self.tree.children_visits[:, 0, :self.num_game_actions]
@@ -364,7 +380,7 @@ class StochasticPolicy(PuctPolicy):
                       greedy_action=np.argmax(visits, axis=1).astype(np.int32))
 
 
-class StochasticGumbelPolicy(GumbelPolicy):
+class StochasticGumbelPolicy(_ChanceNodes, GumbelPolicy):
     """Stochastic MuZero's chance nodes under Gumbel MuZero's decision nodes: the tree, edges,
     node kinds, rewards and factors of `StochasticPolicy`, with Gumbel's root (Gumbel-top-k and
     Sequential Halving over the actions, the root starting with one visit of the network's
@@ -382,35 +398,7 @@ class StochasticGumbelPolicy(GumbelPolicy):
 
     def __init__(self, tree: Tree, config: "SearchConfig") -> None:
         super().__init__(tree, config)
-        self.num_game_actions = A = tree.num_actions - config.num_chance_codes
-        require(A >= 1, f"the tree's {tree.num_actions} edges leave no actions beside "
-                f"{config.num_chance_codes} chance codes")
-        self.is_chance = np.zeros((tree.batch_size, tree.num_nodes), bool)
-        self.select_interior = StochasticSelector(tree, A, self.interior, self.is_chance)
-        outcome = np.arange(tree.num_actions) >= A
-        self._keep = np.stack([~outcome, outcome])                         # bool [2, E]
-
-    @classmethod
-    def num_edges(cls, num_actions: int, config: "SearchConfig") -> int:
-        return num_actions + config.num_chance_codes
-
-    def start_move(self, rng: np.random.Generator, training: bool) -> None:
-        super().start_move(rng, training)
-        self.is_chance[:, 0] = False
-
-    def adjust_expansion(self, edge: np.ndarray, reward: np.ndarray,
-                         logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        to_chance = edge < self.num_game_actions                            # bool [B]
-        reward = np.where(to_chance, 0.0, reward)
-        logits = np.where(self._keep.take(to_chance.astype(np.intp), axis=0), logits, _NEG_INF)
-        return reward, logits
-
-    def on_expand(self, n: int, log_prior: np.ndarray) -> None:
-        super().on_expand(n, log_prior)
-        tree = self.tree
-        to_chance = tree.node_action[:, n] < self.num_game_actions
-        self.is_chance[:, n] = to_chance
-        tree.node_discount[:, n] = np.where(to_chance, 1.0, tree.discount_sign)
+        self._init_chance(self.interior)
 
     def finish_move(self, rng: np.random.Generator, training: bool, temperature: float | None) -> Choice:
         choice = super().finish_move(rng, training, temperature)
