@@ -57,8 +57,8 @@ bench-learn: venv protos
 	$(PY) -m benchmarks.learn --game $(GAME) --seeds $(SEEDS) --budget-min $(BUDGET_MIN) \
 	  --preset "$(PRESET)" --env-steps-budget $(ENV_STEPS)
 
-# Ports of `make run`: the fixed defaults (gRPC 50000-50002, metrics 9100-9105, dashboard 5000),
-# PORT_BASE=P for the block P..P+20 (gRPC P..P+2, metrics P+10..P+15, dashboard P+20), or
+# Ports of `make run`: the fixed defaults (gRPC 50000-50002, metrics 9100-9106, dashboard 5000),
+# PORT_BASE=P for the block P..P+20 (gRPC P..P+2, metrics P+10..P+16, dashboard P+20), or
 # PORTS=free for free ports. The launcher names a taken port before it starts anything.
 PORT_BASE ?=
 PORTS ?= fixed

@@ -3,11 +3,12 @@
     python -m services.launcher --game cartpole --run-dir runs/cartpole
 
 Starts environment, replay, trainer, network, agent(s), reanalyse workers (`--reanalysers N`,
-none by default) and the monitor, each once the ones before it are healthy; shows one live status line; Ctrl-C stops everything cleanly. Launching
+none by default), the evaluator (`--evaluator`, off by default) and the monitor, each once the
+ones before it are healthy; shows one live status line; Ctrl-C stops everything cleanly. Launching
 again on the same run directory resumes the run (replay data, trainer checkpoint, model versions).
 
-Ports: by default the fixed ones of the README (gRPC 50000-50002, metrics 9100-9105, dashboard
-5000). `--port-base P` moves them to one block: gRPC P..P+2, metrics P+10..P+15, dashboard P+20;
+Ports: by default the fixed ones of the README (gRPC 50000-50002, metrics 9100-9106, dashboard
+5000). `--port-base P` moves them to one block: gRPC P..P+2, metrics P+10..P+16, dashboard P+20;
 `--free-ports` lets every service pick a free one. Every fixed port is checked before anything
 starts: a taken one stops the launcher (exit 1) with a message naming it.
 """
@@ -55,14 +56,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Fleet
     ports.add_argument("--free-ports", action="store_true",
                        help="let every service pick a free port instead of the fixed defaults")
     ports.add_argument("--port-base", type=int, default=0, metavar="P",
-                       help="fixed ports from P: gRPC P..P+2, metrics P+10..P+15, dashboard P+20 "
-                            "(default: the README's ports, 50000-50002, 9100-9105, 5000)")
+                       help="fixed ports from P: gRPC P..P+2, metrics P+10..P+16, dashboard P+20 "
+                            "(default: the README's ports, 50000-50002, 9100-9106, 5000)")
     parser.add_argument("--no-monitor", action="store_true", help="do not start the dashboard")
+    parser.add_argument("--evaluator", action="store_true",
+                        help="also run the evaluator: the newest version against the game's ladder, Elo "
+                             "ratings in <run-dir>/evaluator (docs/evaluator.md)")
     args = parser.parse_args(argv)
     config = config_or_exit(parser, lambda: FleetConfig(
         game=args.game, run_dir=args.run_dir or Path("runs") / args.game, num_agents=args.num_agents,
         num_reanalysers=args.num_reanalysers, preset=args.preset, games_per_batch=args.games_per_batch, simulations=args.simulations, train_steps=args.train_steps,
-        fixed_ports=not args.free_ports, port_base=args.port_base, monitor=not args.no_monitor))
+        fixed_ports=not args.free_ports, port_base=args.port_base, monitor=not args.no_monitor,
+        evaluator=args.evaluator))
     return args, config
 
 

@@ -28,7 +28,8 @@ from services.launcher.program import GRPC, HTTP
 
 # The modules whose `__main__` has `start(argv, registry, log) -> RunningService`.
 IN_PROCESS_MODULES = ("services.environment", "services.replay", "services.network",
-                      "services.trainer", "services.agent", "services.reanalyse")
+                      "services.trainer", "services.agent", "services.reanalyse",
+                      "services.evaluator")
 
 
 class InProcessFleet:

@@ -47,6 +47,6 @@ def taken_message(taken: list[tuple[str, int]], host: str = "127.0.0.1") -> str:
     base = free_base(host) or SUGGESTED_BASES[0]
     return (f"port{'s' if len(taken) > 1 else ''} {listed} {'are' if len(taken) > 1 else 'is'} taken on "
             f"{host}, so nothing was started. Choose other ports: `make run PORT_BASE={base}` "
-            f"(`--port-base {base}`: gRPC at {base}-{base + 2}, metrics at {base + 10}-{base + 14}, "
+            f"(`--port-base {base}`: gRPC at {base}-{base + 2}, metrics at {base + 10}-{base + 16}, "
             f"dashboard at {base + 20}), or `make run PORTS=free` (`--free-ports`: every service "
             f"picks a free port; the dashboard's address is printed)")

@@ -33,10 +33,11 @@ DEFAULT_PORTS = {
     "agent": (None, 9103),
     "trainer": (None, 9104),
     "reanalyse": (None, 9105),
+    "evaluator": (None, 9106),
     "monitor": (5000, None),
 }
 # With a port base P (`make run PORT_BASE=P`) the same ports are P + these offsets: gRPC at
-# P..P+2, metrics at P+10..P+15, the dashboard at P+20 (one block of PORT_SPAN ports).
+# P..P+2, metrics at P+10..P+16, the dashboard at P+20 (one block of PORT_SPAN ports).
 PORT_OFFSETS = {
     "environment": (0, 10),
     "replay": (1, 11),
@@ -44,6 +45,7 @@ PORT_OFFSETS = {
     "agent": (None, 13),
     "trainer": (None, 14),
     "reanalyse": (None, 15),
+    "evaluator": (None, 16),
     "monitor": (20, None),
 }
 PORT_SPAN = 21
@@ -75,6 +77,9 @@ class FleetConfig:
       port_base: 0 for DEFAULT_PORTS; else the first of PORT_SPAN ports that the fixed ports are
         taken from (PORT_OFFSETS), in [MIN_PORT_BASE, 65536 - PORT_SPAN]; only with fixed_ports.
       monitor: start the monitoring dashboard.
+      evaluator: run the evaluator (docs/evaluator.md): the newest version against the game's
+        ladder after every new version, Elo ratings in <run_dir>/evaluator (off: compose starts
+        it only under `--profile evaluator`).
       extra_args: per service name, flags appended to its command line.
     """
 
@@ -90,6 +95,7 @@ class FleetConfig:
     fixed_ports: bool = True
     port_base: int = 0
     monitor: bool = True
+    evaluator: bool = False
     extra_args: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
@@ -167,6 +173,7 @@ def build_program(config: FleetConfig) -> Program:
     checkpoints = program.volume("checkpoints", mount="/data/checkpoints")
     tensorboard = program.volume("tensorboard", mount="/data/tensorboard")
     prometheus_data = program.volume("prometheus", mount="/prometheus")
+    evaluator_data = program.volume("evaluator", mount="/data/evaluator")
     game = program.setting("GAME", config.game)
     model_dir = models / "muzero"  # models/models.config's base_path in containers
     sims = ("--simulations", str(config.simulations)) if config.simulations else ()
@@ -244,6 +251,15 @@ def build_program(config: FleetConfig) -> Program:
         doc="Searches stored positions again with the newest model and sends the new targets to the "
             "replay (MuZero Reanalyse). Optional: `--profile reanalyse` starts it, `--scale "
             "reanalyse=N` runs N (each with a fresh seed and the replay's oldest targets first)."))
+    program.add_node(Node(
+        "evaluator", "services.evaluator", kind=WORKER, ports=_ports("evaluator"), health=Health(start_period_s=60),
+        args=("--game", game, "--network", network.grpc_address, "--environment", environment.grpc_address,
+              "--state-dir", evaluator_data, "--models", model_dir, *sims),
+        profile=None if config.evaluator else "evaluator",
+        doc="Plays the newest model version against the game's ladder of opponents (and earlier "
+            "versions it keeps as anchors) after every new version; Elo ratings over every match in "
+            "/data/evaluator (results.jsonl, summary.json). Optional: `--profile evaluator` starts it. "
+            "docs/evaluator.md."))
     if config.monitor:
         scraped = (environment, replay, trainer, network, agent, reanalyse)
         program.add_node(Node(

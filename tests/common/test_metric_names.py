@@ -16,6 +16,7 @@ from services.common.metrics import PREFIX, flat_metrics, parse_metrics, sample_
 SERVICES = {
     "services.agent.metrics": lambda m: m.AgentMetrics(CollectorRegistry()),
     "services.environment.metrics": lambda m: m.EnvironmentMetrics(CollectorRegistry()),
+    "services.evaluator.metrics": lambda m: m.EvaluatorMetrics(CollectorRegistry()),
     "services.network.metrics": lambda m: m.NetworkMetrics(CollectorRegistry()),
     "services.replay.metrics": lambda m: m.ReplayMetrics(CollectorRegistry()),
     "services.trainer.metrics": lambda m: m.TrainerMetrics(CollectorRegistry()),

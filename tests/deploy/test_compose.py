@@ -22,8 +22,9 @@ COMPOSE = REPO_ROOT / "docker-compose.yml"
 GPU_OVERRIDE = REPO_ROOT / "docker-compose.gpu.yml"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 PROMETHEUS = REPO_ROOT / "docker" / "prometheus.yml"
-SERVICES = ("environment", "replay", "network", "trainer", "agent", "reanalyse", "monitor", "prometheus")
-PYTHON_SERVICES = ("environment", "replay", "trainer", "agent", "reanalyse", "monitor")
+SERVICES = ("environment", "replay", "network", "trainer", "agent", "reanalyse", "evaluator", "monitor",
+            "prometheus")
+PYTHON_SERVICES = ("environment", "replay", "trainer", "agent", "reanalyse", "evaluator", "monitor")
 _VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -114,6 +115,9 @@ def test_every_service_is_checked_and_bound_to_all_interfaces(compose):
     # Reanalyse is optional: `docker compose --profile reanalyse up` starts it; it scales like agents.
     assert services["reanalyse"]["profiles"] == ["reanalyse"]
     assert "container_name" not in services["reanalyse"] and "ports" not in services["reanalyse"]
+    # The evaluator is optional too: `docker compose --profile evaluator up`; its state on a volume.
+    assert services["evaluator"]["profiles"] == ["evaluator"]
+    assert "evaluator:/data/evaluator:rw" in services["evaluator"]["volumes"]
 
 
 def published(service: dict) -> list[tuple[str, str, str]]:

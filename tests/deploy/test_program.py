@@ -35,7 +35,7 @@ def test_the_program_holds_handles_not_addresses():
     assert not any(isinstance(a, str) and ("127.0.0.1" in a or ":500" in a) for a in agent.args)
     assert program.node("trainer").args[program.node("trainer").args.index("--models") + 1] == Dir("models", "muzero")
     assert [n.name for n in program.nodes] == ["environment", "replay", "trainer", "network", "agent", "reanalyse",
-                                              "monitor", "prometheus"]
+                                              "evaluator", "monitor", "prometheus"]
 
 
 def test_local_rendering_is_the_launchers_command_lines():
@@ -89,6 +89,32 @@ def test_reanalysers_run_only_when_asked_and_are_scraped_then():
     assert commands["reanalyse-1"][-2:] == ["--metrics-port", "0"]  # later replicas: free ports
     monitor = commands["monitor"]
     assert "reanalyse-0=127.0.0.1:7005" in monitor and "reanalyse-1=127.0.0.1:7006" in monitor
+
+
+def test_the_evaluator_runs_only_when_asked_with_its_state_in_the_run_directory():
+    off = build_program(FleetConfig(game="tictactoe", run_dir=Path("unused")))
+    assert off.node("evaluator").profile == "evaluator"  # compose: `--profile evaluator`
+    assert "evaluator" not in {s.name for s in build_topology(FleetConfig(game="tictactoe", run_dir=Path("r")))}
+
+    specs = build_topology(FleetConfig(game="tictactoe", run_dir=Path("runs/tictactoe"), evaluator=True,
+                                       simulations=12))
+    names = [s.name for s in specs]
+    assert names == ["environment", "replay", "trainer", "network", "agent-0", "evaluator", "monitor"]
+    fleet = fleet_of(specs)
+    started(fleet, ["environment", "replay", "network", "trainer", "agent-0", "evaluator"])
+    commands = {spec.name: [spec.module, *fleet.command(spec)] for spec in specs}
+    assert commands["evaluator"] == ["services.evaluator", "--game", "tictactoe", "--network", "127.0.0.1:6002",
+                                     "--environment", "127.0.0.1:6000",
+                                     "--state-dir", str(Path("runs/tictactoe") / "evaluator"),
+                                     "--models", str(Path("runs/tictactoe") / "models" / "muzero"),
+                                     "--simulations", "12", "--metrics-port", "9106"]
+    based = build_topology(FleetConfig(game="tictactoe", run_dir=Path("r"), evaluator=True, port_base=20000))
+    assert [port for _what, port in next(s for s in based if s.name == "evaluator").fixed_ports] == [20016]
+    # its flags are the evaluator's own: the command line parses into a config
+    from services.evaluator.__main__ import evaluator_config
+
+    config = evaluator_config(commands["evaluator"][1:])
+    assert config.keeps_anchors and config.opponents == ("random", "minimax", "mcts100")
 
 
 def test_replicas_are_numbered_and_each_is_scraped():
