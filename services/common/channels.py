@@ -1,5 +1,12 @@
-"""Client channels: retries of idempotent calls through gRPC's service config, large messages,
-and a readiness check through the standard health service."""
+"""Client channels: retries of idempotent calls and round-robin load balancing through gRPC's
+service config, large messages, and a readiness check through the standard health service.
+
+Load balancing: every channel asks for the `round_robin` policy. A target that names several
+addresses (`ipv4:10.0.0.1:50002,10.0.0.2:50002`, or `dns:///network:50002` where DNS answers
+with one address per pod, as a Kubernetes headless Service does) gets one subchannel per address
+and spreads its calls over them, instead of `pick_first`'s one connection for the channel's
+life (which pins a long-lived HTTP/2 channel to one pod). A target with one address behaves as
+before: the one subchannel takes every call."""
 
 from __future__ import annotations
 
@@ -12,6 +19,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_DEADLINE_S = 10.0
+
+
+LOAD_BALANCING_POLICY = "round_robin"
+
+
+def service_config(idempotent: dict[str, Iterable[str]] | None = None) -> str:
+    """The service config of every MuFleet channel (JSON): `round_robin` over the addresses the
+    target resolves to, and retries of the `idempotent` methods (see `retry_service_config`)."""
+    config: dict = {"loadBalancingConfig": [{LOAD_BALANCING_POLICY: {}}]}
+    if idempotent:
+        config.update(json.loads(retry_service_config(idempotent)))
+    return json.dumps(config)
 
 
 def retry_service_config(idempotent: dict[str, Iterable[str]], max_attempts: int = 5,
@@ -39,15 +58,16 @@ def retry_service_config(idempotent: dict[str, Iterable[str]], max_attempts: int
 
 
 def make_channel(address: str, idempotent: dict[str, Iterable[str]] | None = None) -> grpc.Channel:
-    """An insecure channel to `address` ("host:port") that retries the `idempotent` methods."""
+    """An insecure channel to `address` ("host:port", or any gRPC target: `dns:///name:port`,
+    `ipv4:a:p,b:q`) that retries the `idempotent` methods and balances calls round-robin over
+    every address the target resolves to."""
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
     ]
-    if idempotent:
-        options.append(("grpc.service_config", retry_service_config(idempotent)))
+    options.append(("grpc.service_config", service_config(idempotent)))
     return grpc.insecure_channel(address, options=options)
 
 
