@@ -3,11 +3,16 @@
     python -m benchmarks.learn --game cartpole --seeds 0 1 2 --budget-min 20
     make bench-learn GAME=tictactoe SEEDS="0 1 2"
 
-Every `--eval-interval-s` the newest model version plays greedily (no noise, temperature 0)
-in a separate environment session: cartpole 100 episodes (target: mean return >= 475);
-tictactoe 200 games against an exact minimax player, 100 as X and 100 as O (target: no
-losses); 2048 100 games (target: mean score >= 31,000 with the 2048 tile in at least half;
-each evaluation records the share of games reaching 256 ... 4096 and the mean game length). A seed's run stops at its target or at the budget. Each run writes
+One-player games: every `--eval-interval-s` the newest model version plays greedily (no noise,
+temperature 0) in a separate environment session of this process: cartpole 100 episodes
+(target: mean return >= 475); 2048 100 games (target: mean score >= 31,000 with the 2048 tile
+in at least half; each evaluation records the share of games reaching 256 ... 4096 and the mean
+game length). Two-player games are evaluated by the fleet's evaluator node
+(services/evaluator, docs/evaluator.md), which rates each new version as soon as it finished
+the previous one: tictactoe plays a ladder of random and an exact minimax player, 200 games a
+match, 100 as X and 100 as O (target: no losses against minimax); this process reads its
+results file and summary (<run-dir>/evaluator) and reports every rated version's games against
+minimax with its Elo (`evaluator_evaluations`). A seed's run stops at its target or at the budget. Each run writes
 docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) and a PNG
 curve; docs/learning/<game>.json summarizes the seeds. With --keep-going a run evaluates until
 the budget is spent, to show whether the target holds once reached; it writes
@@ -45,6 +50,7 @@ from services.agent.opponents import random_opponent, tictactoe_minimax  # noqa:
 from services.common.logs import get_logger  # noqa: E402
 from services.common.metrics import sum_samples  # noqa: E402
 from services.agent import metrics as agent_metrics  # noqa: E402
+from services.evaluator.store import RESULTS_FILE, SUMMARY_FILE  # noqa: E402
 from services.environment.client import EnvironmentClient  # noqa: E402
 from services.launcher.presets import PRESETS  # noqa: E402
 from services.launcher.local import LocalFleet  # noqa: E402
@@ -59,14 +65,25 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "learning"
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """What "learned" means for a game: evaluation games, opponent, and the pass test."""
+    """What "learned" means for a game: evaluation games, opponent, and the pass test.
+
+    Two-player games name their opponent (`opponent_name`, in services.agent.opponents) and
+    the evaluator's ladder (`ladder`, which holds it): the fleet's evaluator plays it with
+    `games` games a match, and the evaluations are its matches against that opponent."""
 
     games: int
     opponent: object
     description: str
+    opponent_name: str = ""
+    ladder: tuple[str, ...] = ()
 
     def reached(self, summary: dict) -> bool:
         raise NotImplementedError
+
+    @property
+    def by_evaluator(self) -> bool:
+        """Evaluated by the fleet's evaluator node (two-player games), not in this process."""
+        return bool(self.opponent_name)
 
 
 class ReturnTarget(Target):
@@ -89,9 +106,86 @@ class ScoreTarget(Target):
 
 TARGETS = {
     "cartpole": ReturnTarget(100, random_opponent, "mean greedy return >= 475 over 100 episodes"),
-    "tictactoe": NoLossTarget(200, tictactoe_minimax, "no losses in 200 games against minimax (100 as X, 100 as O)"),
+    # random is the evaluator's rating anchor (Elo 0); mcts100, of its default ladder, is left
+    # out: 200 games a match of rollout search would slow every round on a 2-core machine.
+    "tictactoe": NoLossTarget(200, tictactoe_minimax, "no losses in 200 games against minimax (100 as X, 100 as O)",
+                              opponent_name="minimax", ladder=("random", "minimax")),
     "2048": ScoreTarget(100, random_opponent, "mean score >= 31,000 over 100 greedy games, the 2048 tile in >= 50"),
 }
+
+
+def evaluator_args(target: Target, seed: int) -> tuple[str, ...]:
+    """The evaluator node's flags for `target` (appended to the fleet's: docs/evaluator.md): its
+    ladder, `target.games` games a match, the seed, and one anchor at most (an earlier version,
+    one more match a round)."""
+    if target.opponent_name not in target.ladder:
+        raise ValueError(f"the ladder {target.ladder} must hold the target's opponent {target.opponent_name!r}")
+    return ("--ladder", ",".join(target.ladder), "--games-per-match", str(target.games), "--seed", str(seed),
+            "--max-anchors", "1")
+
+
+def read_evaluator_state(state_dir: Path) -> tuple[list[dict], dict | None]:
+    """The evaluator's match records (results.jsonl) and summary.json (None while it has
+    none), read while it writes them: a last line not yet complete is left for the next read
+    (never cut off: the file is the evaluator's)."""
+    records: list[dict] = []
+    results = state_dir / RESULTS_FILE
+    if results.exists():
+        for line in results.read_text().split("\n")[:-1]:  # after the last newline: not complete yet
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    break  # torn by a kill: the evaluator drops it when it restarts
+    summary = None
+    try:
+        summary = json.loads((state_dir / SUMMARY_FILE).read_text())  # written atomically
+    except (OSError, ValueError):
+        pass
+    return records, summary
+
+
+def _at_version(progress: list[tuple[float, float, float, float]], version: int) -> tuple[int, int]:
+    """(trainer step, env steps) when the trainer had exported `version`: the first sample of
+    `progress` ((elapsed_s, exported version, trainer step, env steps), in time order) at or
+    past it, else the latest."""
+    for _, exported, step, env_steps in progress:
+        if exported >= version:
+            return int(step), int(env_steps)
+    return (int(progress[-1][2]), int(progress[-1][3])) if progress else (0, 0)
+
+
+def evaluator_evaluations(records: list[dict], summary: dict | None, game: str, opponent: str,
+                          progress: list[tuple[float, float, float, float]], elapsed_s: float,
+                          done: set[int] = frozenset(), extra: dict | None = None) -> list[dict]:
+    """The report's evaluations of the versions the evaluator has rated since: for every version
+    not in `done` whose round finished (at most summary.json's `version`: its ratings are refit)
+    and that has a match against `opponent`, in version order, the keys of an in-process
+    evaluation (services.agent.evaluate's summary, elapsed_s, trainer_step, env_steps) plus its
+    Elo in the summary's fit (`elo`, `elo_standard_error`; None if not rated). `trainer_step` and
+    `env_steps` are those when the trainer had exported the version (`progress`), `elapsed_s`
+    when its result was read: the stop rule's moment."""
+    if not summary or summary.get("version") is None:
+        return []
+    rated = int(summary["version"])
+    ratings = {r["player"]: r for r in summary.get("ratings") or ()}
+    matches = {}
+    for record in records:  # the last match of a version against the opponent (one a round)
+        if record.get("opponent") == opponent and record["version"] <= rated and record["version"] not in done:
+            matches[record["version"]] = record
+    out = []
+    for version in sorted(matches):
+        r = matches[version]
+        step, env_steps = _at_version(progress, version)
+        rating = ratings.get(f"v{version}", {})
+        out.append({"elapsed_s": round(elapsed_s, 1), "trainer_step": step, "env_steps": env_steps,
+                    "game": game, "version": version, "games": r["games"],
+                    "mean_return": round((r["wins"] - r["losses"]) / r["games"], 4), "mean_length": r["mean_length"],
+                    "wins": r["wins"], "draws": r["draws"], "losses": r["losses"],
+                    "losses_as_first": r["first"]["losses"], "losses_as_second": r["second"]["losses"],
+                    "elo": rating.get("elo"), "elo_standard_error": rating.get("standard_error"),
+                    "opponent": opponent, **(extra or {})})
+    return out
 
 
 def report_name(game: str, preset: str, label: str = "") -> str:
@@ -122,30 +216,61 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     stem = report_name(game, preset, label)
     run_dir = run_root / f"{stem}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
+    by_evaluator = target.by_evaluator
     config = FleetConfig(game=game, run_dir=run_dir, num_agents=agents, fixed_ports=False, monitor=False,
-                         preset=preset, preset_changes=changes,
+                         preset=preset, preset_changes=changes, evaluator=by_evaluator,
                          extra_args=(("trainer", ("--seed", str(seed))),
-                                     *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents))))
+                                     *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents)),
+                                     *((("evaluator", evaluator_args(target, seed)),) if by_evaluator else ())))
     fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
                        log=get_logger("bench-learn", stream=open(run_root / f"{stem}-seed{seed}.log", "w")))
     evaluations = []
-    reached_at = None
+    reached_at = reached = None
     started = time.monotonic()
     simulations = games.make(game).settings.search.num_simulations
+    progress: list[tuple[float, float, float, float]] = []  # (elapsed_s, exported version, step, env steps)
+
+    def record(summary: dict) -> bool:
+        """Adds one evaluation; True when the run stops at it (its target reached)."""
+        nonlocal reached_at, reached
+        evaluations.append(summary)
+        console.print(f"{stem} seed {seed}: {summary}")
+        within = not env_steps_budget or summary["env_steps"] <= env_steps_budget
+        if target.reached(summary) and within and reached_at is None:
+            reached_at, reached = summary["elapsed_s"], summary
+            return not keep_going
+        return False
+
     try:
         fleet.start()
         with EnvironmentClient(fleet.grpc_addresses["environment"], timeout_s=120) as environment, \
                 console.status(f"{game} seed {seed}") as status:
             next_eval = started + eval_interval_s
             steps_spent = False
-            while time.monotonic() - started < budget_s and not steps_spent:
+            while time.monotonic() - started < budget_s:
                 env_steps = _env_steps(fleet)
-                steps_spent = bool(env_steps_budget) and env_steps >= env_steps_budget
-                status.update(f"{stem} seed {seed}: {time.monotonic() - started:.0f}s, step "
-                              f"{sum_samples(fleet.scrape('trainer'), trainer_metrics.STEPS_TOTAL):.0f}, "
+                steps_spent = steps_spent or (bool(env_steps_budget) and env_steps >= env_steps_budget)
+                trainer = fleet.scrape("trainer")
+                step = sum_samples(trainer, trainer_metrics.STEPS_TOTAL)
+                progress.append((time.monotonic() - started, sum_samples(trainer, trainer_metrics.EXPORTED_VERSION),
+                                 step, env_steps))
+                status.update(f"{stem} seed {seed}: {time.monotonic() - started:.0f}s, step {step:.0f}, "
                               f"env steps {env_steps:,.0f}")
                 if fleet.exited():
                     raise RuntimeError(f"a service stopped: {fleet.exited()}")
+                if by_evaluator:
+                    # The evaluator rates version after version on its own; every version it has
+                    # rated since the last look becomes an evaluation. Once the env-step budget is
+                    # spent, the run waits for one evaluation past it (what the budget bought).
+                    new = evaluator_evaluations(*read_evaluator_state(run_dir / "evaluator"), game,
+                                                target.opponent_name, progress, time.monotonic() - started,
+                                                done={e["version"] for e in evaluations}, extra=_fleet_counts(fleet))
+                    if any(record(summary) for summary in new):
+                        break
+                    if steps_spent and any(e["env_steps"] >= env_steps_budget for e in evaluations):
+                        break
+                    time.sleep(1.0)
+                    continue
                 # The budget of environment steps spent: one last evaluation of what it bought.
                 if time.monotonic() < next_eval and not steps_spent:
                     time.sleep(1.0)
@@ -153,30 +278,27 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 # The newest exported version, loaded here: it stays the same for the whole
                 # evaluation, however many versions the trainer exports meanwhile.
                 model = _load_newest(run_dir / "models" / "muzero")
-                step = sum_samples(fleet.scrape("trainer"), trainer_metrics.STEPS_TOTAL)
                 result = evaluate(game, environment, LocalNetwork(model), target.games, simulations,
                                   seed=seed, opponent=target.opponent)
                 summary = {"elapsed_s": round(time.monotonic() - started, 1), "trainer_step": int(step),
                            "env_steps": int(env_steps), **result.summary(), **_fleet_counts(fleet)}
-                evaluations.append(summary)
-                console.print(f"{stem} seed {seed}: {summary}")
-                within = not env_steps_budget or env_steps <= env_steps_budget
-                if target.reached(summary) and within and reached_at is None:
-                    reached_at = summary["elapsed_s"]
-                    if not keep_going:
-                        break
+                if record(summary) or steps_spent:
+                    break
                 next_eval = time.monotonic() + eval_interval_s
     finally:
         fleet.stop()
     chosen = config.chosen_preset
     settings = dataclasses.asdict(chosen.game_settings(game))
-    reached_steps = next((e["env_steps"] for e in evaluations if e["elapsed_s"] == reached_at), None)
+    reached_steps = reached["env_steps"] if reached else None
     report = {"game": game, "seed": seed, "preset": preset, "label": label, "changes": dict(changes),
               "target": target.description, "budget_s": budget_s,
               "env_steps_budget": env_steps_budget, "reached": reached_at is not None,
               "time_to_target_s": reached_at, "env_steps_to_target": reached_steps, "agents": agents,
               "fleet": {"games_per_batch": config.agent_games_per_batch, "reanalysers": config.reanalysers,
                         "preset_flags": {k: list(v) for k, v in chosen.service_flags(game).items()}},
+              "evaluated_by": "evaluator" if by_evaluator else "benchmark",
+              **({"evaluator": {"ladder": list(target.ladder), "games_per_match": target.games,
+                                "opponent": target.opponent_name}} if by_evaluator else {}),
               "kept_going": keep_going, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,7 @@ def create_app(config: MonitorConfig, log: EventLogger, scraper: Scraper | None 
     @app.get("/")
     def dashboard():
         return render_template("dashboard.html", config=config, fleet=clean(scraper.fleet()),
-                               series=SERIES, active="dashboard")
+                               series=SERIES, active="dashboard", two_player=scraper.two_player)
 
     @app.get("/play")
     def play_page():

@@ -37,12 +37,15 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import games
+
 from monitor.config import GRPC_ROLES, MetricsTarget, MonitorConfig
 from monitor.metrics import MonitorMetrics
 from services.agent import metrics as agent_metrics
 from services.common.logs import EventLogger
 from services.common.metrics import Sample, parse_metrics
 from services.environment import metrics as environment_metrics
+from services.evaluator import metrics as evaluator_metrics
 from services.network import metrics as network_metrics
 from services.reanalyse import metrics as reanalyse_metrics
 from services.replay import metrics as replay_metrics
@@ -51,6 +54,8 @@ from services.trainer import metrics as trainer_metrics
 LOSS_KINDS = trainer_metrics.LOSS_KINDS
 # 2048: the tiles whose share of finished games the dashboard charts.
 MAX_TILE_SHARES = (512, 1024, 2048)
+# 2048: the tiles whose share of the evaluator's games the Strength panel charts.
+EVALUATOR_TILES = (512, 1024, 2048)
 # TensorFlow Serving's request counter (prometheus_client's parser adds `_total` to counters).
 TF_SERVING_REQUESTS = (":tensorflow:serving:request_count_total", ":tensorflow:serving:request_count")
 
@@ -146,8 +151,11 @@ class Series:
 class _Deltas:
     """Helpers over the previous and the current round, summed over the instances of a role."""
 
-    def __init__(self, prev: Round | None, cur: Round) -> None:
+    def __init__(self, prev: Round | None, cur: Round, two_player: bool | None = None) -> None:
+        """`two_player`: whether the fleet's game has two players (the evaluator's metrics mean
+        Elo ratings, else mean returns); None: two-player where the evaluator exports Elo."""
         self.prev, self.cur = prev, cur
+        self.two_player = two_player
 
     def _instances(self, role: str) -> list[InstanceScrape]:
         return [s for s in self.cur.instances.values() if s.role == role and s.ok]
@@ -232,6 +240,63 @@ def _version(value: float | None) -> float | None:
     return value if value is not None and value >= 0 else None
 
 
+# ---------------------------------------------------------------------------------------------
+# The evaluator's view (services/evaluator/metrics.py): the Strength panel.
+
+def evaluator_view(samples: Samples, two_player: bool) -> dict[str, Any] | None:
+    """What one evaluator's metrics say about the newest rated version, or None before it has
+    rated one. Two-player games: {"version", "elo", "standard_error", "opponents" (name -> Elo:
+    the ladder), "anchors" (version -> Elo: the kept earlier versions), "win_rates" (opponent ->
+    score per game, wins plus half the draws; anchors "v<n>" included)}. One-player games:
+    {"version", "mean_return", "max_tile" (tile -> share of games, 2048 only)}.
+
+    Rated means: two-player, `mufleet_evaluator_elo{player="v<rated_version>"}` exists (the
+    labelled gauge appears only once the version is rated); one-player, a round or a match
+    counted, or a rated version or mean return that is not the gauges' initial 0 (a restarted
+    evaluator sets them from its history without counting anything)."""
+    m = evaluator_metrics
+    version = samples.max(m.RATED_VERSION)
+    if version is None or not math.isfinite(version) or version < 0:
+        return None
+    version = int(version)
+    if two_player:
+        elos = samples.by_label(m.ELO, "player")
+        player = f"v{version}"
+        if player not in elos or not math.isfinite(elos[player]):
+            return None
+        errors = samples.by_label(m.ELO_STANDARD_ERROR, "player")
+        opponents = {p: e for p, e in elos.items() if not p.startswith("v") and math.isfinite(e)}
+        anchors = {int(p[1:]): e for p, e in elos.items()
+                   if p.startswith("v") and p[1:].isdigit() and p != player and math.isfinite(e)}
+        return {"version": version, "elo": elos[player], "standard_error": _finite(errors.get(player)),
+                "opponents": dict(sorted(opponents.items(), key=lambda item: item[1])),
+                "anchors": dict(sorted(anchors.items())),
+                "win_rates": {o: r for o, r in samples.by_label(m.WIN_RATE, "opponent").items() if math.isfinite(r)}}
+    mean_return = samples.sum(m.MEAN_RETURN)
+    counted = (samples.sum(m.ROUNDS_TOTAL) or 0) > 0 or samples.has(m.MATCHES_TOTAL) and bool(
+        samples.sum(m.MATCHES_TOTAL))
+    if mean_return is None or not math.isfinite(mean_return) or not (counted or version > 0 or mean_return != 0):
+        return None
+    tiles = {}
+    for label, share in samples.by_label(m.MAX_TILE_FRACTION, "tile").items():
+        if label.isdigit() and math.isfinite(share):
+            tiles[int(label)] = share
+    return {"version": version, "mean_return": mean_return, "max_tile": dict(sorted(tiles.items()))}
+
+
+def _evaluator(d: "_Deltas") -> dict[str, Any] | None:
+    """The view of the first evaluator scraped in the current round (a fleet has one)."""
+    for scrape in d._instances("evaluator"):
+        two_player = d.two_player if d.two_player is not None else scrape.samples.has(evaluator_metrics.ELO)
+        return evaluator_view(scrape.samples, two_player)
+    return None
+
+
+def _evaluator_value(d: "_Deltas", key: str) -> float | None:
+    view = _evaluator(d)
+    return float(view[key]) if view is not None and key in view else None
+
+
 SERIES: tuple[Series, ...] = (
     # Throughput.
     Series("agent_simulations_per_s", "simulations/s (all agents)", "1/s",
@@ -294,6 +359,13 @@ SERIES: tuple[Series, ...] = (
            lambda d: _version(d.gauge("agent", agent_metrics.MODEL_VERSION, "max"))),
     Series("agent_oldest_model_version", "agents: oldest used", "version",
            lambda d: _version(d.gauge("agent", agent_metrics.MODEL_VERSION, "min"))),
+    Series("evaluator_rated_version", "evaluator: newest rated", "version",
+           lambda d: _evaluator_value(d, "version")),
+    # Strength (the evaluator): the newest rated version's Elo, or its mean return (one player).
+    Series("evaluator_newest_elo", "Elo of the newest rated version", "Elo",
+           lambda d: _evaluator_value(d, "elo")),
+    Series("evaluator_mean_return", "mean return of the newest rated version (evaluator)", "",
+           lambda d: _evaluator_value(d, "mean_return")),
 )
 SERIES_BY_KEY = {s.key: s for s in SERIES}
 
@@ -374,6 +446,10 @@ class Scraper:
         self._cur: Round | None = None
         self._points: deque[tuple[float, dict[str, float | None]]] = deque(maxlen=config.history)
         self._losses: deque[tuple[float, dict[str, float | None]]] = deque(maxlen=config.history)
+        # The evaluator's rated versions, one entry per version (`evaluator_view` + "time").
+        self._strength: deque[dict[str, Any]] = deque(maxlen=config.history)
+        self._strength_latest: dict[str, Any] | None = None
+        self.two_player = games.make(config.game).spec.num_players == 2
         self._last_rates: dict[str, dict[str, float | None]] = {}
         self._network_versions: dict[int, str] | None = None
         self._network_versions_error: str | None = "not asked yet"
@@ -569,7 +645,8 @@ class Scraper:
             self.log.info("target_up", target=target)
 
     def _append_point(self, prev: Round | None, cur: Round) -> None:
-        deltas = _Deltas(prev, cur)
+        deltas = _Deltas(prev, cur, self.two_player)
+        self._append_strength(deltas)
         point = {s.key: _finite(s.compute(deltas)) for s in SERIES}
         if point["network_latest_version"] is None and self._network_versions:
             available = [v for v, state in self._network_versions.items() if state == "AVAILABLE"]
@@ -599,6 +676,45 @@ class Scraper:
                 "latency_ms": d.interval_mean(scrape.role, network_metrics.PREDICT_SECONDS, 1e3),
             }
 
+    def _append_strength(self, deltas: _Deltas) -> None:
+        """Keeps the evaluator's newest rated version: one entry per version (a version's entry
+        follows its refits while it is the newest); a version lower than the last kept one is a
+        new history (a new run, or an evaluator with a fresh state), which starts afresh."""
+        view = _evaluator(deltas)
+        if view is None:
+            return
+        entry = {**view, "time": deltas.cur.time}
+        self._strength_latest = entry
+        if self._strength and self._strength[-1]["version"] == view["version"]:
+            self._strength[-1] = entry
+            return
+        if self._strength and self._strength[-1]["version"] > view["version"]:
+            self._strength.clear()
+        self._strength.append(entry)
+
+    def strength(self, max_points: int = 400) -> dict[str, Any]:
+        """The Strength panel's data: the rated versions in order (parallel arrays) and the
+        newest one's ladder, anchors and scores per opponent (see docs/monitor.md)."""
+        with self._lock:
+            history = _thin(list(self._strength), max_points)
+            latest = self._strength_latest
+        tiles = sorted({t for e in history for t in e.get("max_tile", {})})
+        latest = latest or {}
+        anchors = latest.get("anchors", {})
+        rates = latest.get("win_rates", {})
+        return {
+            "two_player": self.two_player,
+            "version": [e["version"] for e in history],
+            "time": [round(e["time"], 3) for e in history],
+            "elo": [e.get("elo") for e in history],
+            "standard_error": [e.get("standard_error") for e in history],
+            "mean_return": [e.get("mean_return") for e in history],
+            "max_tile": {str(t): [e.get("max_tile", {}).get(t) for e in history] for t in tiles},
+            "opponents": latest.get("opponents", {}),
+            "anchors": {"version": list(anchors), "elo": list(anchors.values())},
+            "win_rates": {"opponent": list(rates), "win_rate": list(rates.values())},
+        }
+
     # -- views --------------------------------------------------------------------------------
 
     def latest(self) -> Round | None:
@@ -627,6 +743,7 @@ class Scraper:
                        **{kind: [v[kind] for _, v in losses] for kind in LOSS_KINDS}},
             "replay_versions": {"version": sorted(versions),
                                 "games": [versions[v] for v in sorted(versions)]},
+            "strength": self.strength(max_points),
         }
 
     def fleet(self) -> dict[str, Any]:
@@ -701,6 +818,9 @@ class Scraper:
         if metric:
             values = [v for s in samples if (v := s.max(metric[0])) is not None and v >= 0]
             model_version = int(metric[1](values)) if values else None
+        if role == "evaluator":  # the newest rated version (none before its first round)
+            views = [v for s in samples if (v := evaluator_view(s, self.two_player)) is not None]
+            model_version = max(v["version"] for v in views) if views else None
         versions = None
         if role == "network" and network_versions is not None:
             available = sorted(v for v, state in network_versions.items() if state == "AVAILABLE")
@@ -721,7 +841,7 @@ class Scraper:
                            "error": s.error} for s in scrapes],
             "model_version": model_version,
             "versions_available": versions,
-            "facts": _facts(role, samples, instance_rates, current.replay_stats),
+            "facts": _facts(role, samples, instance_rates, current.replay_stats, self.two_player),
             "messages": messages,
         }
 
@@ -737,7 +857,7 @@ def _mean_rates(rates: list[dict[str, float | None]], key: str) -> float | None:
 
 
 def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None]],
-           stats: dict[str, Any] | None) -> list[tuple[str, float | None, str]]:
+           stats: dict[str, Any] | None, two_player: bool = True) -> list[tuple[str, float | None, str]]:
     """A few (label, value, unit) facts for a service's card."""
     def gauge(name: str, how=sum) -> float | None:
         values = [v for s in samples if (v := s.sum(name)) is not None]
@@ -766,6 +886,12 @@ def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None
         return [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
                 ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
                 ("return", sum(returns) / len(returns) if returns else None, "")]
+    if role == "evaluator":
+        views = [v for s in samples if (v := evaluator_view(s, two_player)) is not None]
+        view = views[0] if views else {}
+        strength = (("Elo", view.get("elo"), "") if two_player else ("mean return", view.get("mean_return"), ""))
+        return [strength, ("rounds", gauge(evaluator_metrics.ROUNDS_TOTAL), ""),
+                ("matches", gauge(evaluator_metrics.MATCHES_TOTAL), "")]
     if role == "reanalyse":
         ages = [v for s in samples if (v := s.sum(reanalyse_metrics.MEAN_TARGET_AGE_VERSIONS)) is not None]
         return [("positions/s", _sum_rates(rates, "positions_per_s"), "/s"),

@@ -87,7 +87,7 @@ function lineChart(id, lines, opts = {}) {
       plugins: {
         emptyNote: {text: opts.emptyText},
         legend: {labels: {boxWidth: 14, boxHeight: 3}},
-        tooltip: {callbacks: {title: items => items.length ? (opts.xStep ? "step " + fmt(items[0].parsed.x) : clock(items[0].parsed.x)) : "",
+        tooltip: {callbacks: {title: items => items.length ? (opts.xStep ? (opts.xName || "step") + " " + fmt(items[0].parsed.x) : clock(items[0].parsed.x)) : "",
                               label: item => `${item.dataset.label}: ${fmt(item.parsed.y)}`}},
       },
       scales,
@@ -110,6 +110,88 @@ function barChart(id, label, color) {
                y: {beginAtZero: true, ticks: {maxTicksLimit: 5, callback: v => fmt(v)}}},
     },
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strength (the evaluator; the page has these canvases only when the fleet has one).
+
+const updaters = {};  // chart id -> function(chart, series): charts not drawn from data.series
+const LADDER_COLORS = [COLORS.grey, COLORS.amber, COLORS.red, COLORS.purple, COLORS.pink, COLORS.teal];
+
+function strengthCharts() {
+  // Elo of the newest rated version by version; the ladder's Elo as dashed reference lines and
+  // the kept anchors (earlier versions) as points.
+  lineChart("chart-strength-elo", [
+    {key: "elo", label: "newest rated version", color: COLORS.green, source: "strength"},
+  ], {xStep: true, xName: "version", xTitle: "model version", yTitle: "Elo (random = 0)", zero: false,
+      emptyText: "no version rated yet"});
+  updaters["chart-strength-elo"] = (chart, data) => {
+    const st = data.strength;
+    const points = [];
+    st.version.forEach((v, i) => { if (st.elo[i] !== null) points.push({x: v, y: st.elo[i]}); });
+    const datasets = [chart.data.datasets[0]];
+    datasets[0].data = points;
+    datasets[0].pointRadius = 2;
+    if (points.length) {
+      const x0 = points[0].x, x1 = points[points.length - 1].x;
+      Object.entries(st.opponents).forEach(([name, elo], i) => {
+        const color = LADDER_COLORS[i % LADDER_COLORS.length];
+        datasets.push({label: name, key: "opponent:" + name, source: "strength", data: [{x: x0, y: elo}, {x: x1, y: elo}],
+                       borderColor: color, backgroundColor: color, borderDash: [5, 4], borderWidth: 1.5,
+                       pointRadius: x0 === x1 ? 3 : 0, pointHitRadius: 6, fill: false});
+      });
+      if (st.anchors.version.length) {
+        datasets.push({label: "anchors (earlier versions)", key: "anchors", source: "strength", showLine: false,
+                       data: st.anchors.version.map((v, i) => ({x: v, y: st.anchors.elo[i]})),
+                       borderColor: COLORS.blue, backgroundColor: COLORS.blue, pointRadius: 4, pointStyle: "rectRot"});
+      }
+    }
+    chart.data.datasets = datasets;
+  };
+  // The newest version's score per opponent (wins plus half the draws, per game).
+  const canvas = document.getElementById("chart-strength-scores");
+  if (canvas) {
+    charts["chart-strength-scores"] = new Chart(canvas, {
+      type: "bar",
+      data: {labels: [], datasets: [{label: "score per game", data: [], backgroundColor: COLORS.teal, borderRadius: 3,
+                                     key: "win_rates"}]},
+      options: {
+        animation: false, responsive: true, maintainAspectRatio: false,
+        plugins: {legend: {display: false}, emptyNote: {text: "no version rated yet"},
+                  tooltip: {callbacks: {title: items => items.length ? "vs " + items[0].label : "",
+                                        label: item => `score ${fmt(item.parsed.y, 2)} per game`}}},
+        scales: {x: {title: {display: true, text: "opponent"}, grid: {display: false}},
+                 y: {min: 0, max: 1, ticks: {maxTicksLimit: 6}, title: {display: true, text: "score (win = 1, draw = ½)"}}},
+      },
+    });
+    updaters["chart-strength-scores"] = (chart, data) => {
+      chart.data.labels = data.strength.win_rates.opponent;
+      chart.data.datasets[0].data = data.strength.win_rates.win_rate;
+    };
+  }
+  // One-player games: the evaluator's mean return by version (2048: the shares of its games
+  // reaching 512, 1024, 2048 on the right axis).
+  const solo = document.getElementById("chart-strength-return");
+  const tiles = solo && solo.dataset.tiles ? [
+    {key: "512", label: "share ≥ 512", color: COLORS.teal, axis: "y2", source: "strength"},
+    {key: "1024", label: "share ≥ 1024", color: COLORS.blue, axis: "y2", source: "strength"},
+    {key: "2048", label: "share ≥ 2048", color: COLORS.pink, axis: "y2", source: "strength"},
+  ] : [];
+  lineChart("chart-strength-return", [
+    {key: "mean_return", label: "mean return (greedy)", color: COLORS.green, source: "strength"},
+    ...tiles,
+  ], {xStep: true, xName: "version", xTitle: "model version", yTitle: "return", y2Title: "share of games",
+      emptyText: "no version rated yet"});
+  updaters["chart-strength-return"] = (chart, data) => {
+    const st = data.strength;
+    for (const ds of chart.data.datasets) {
+      const ys = ds.key === "mean_return" ? st.mean_return : (st.max_tile[ds.key] || []);
+      const points = [];
+      st.version.forEach((v, i) => { if (ys[i] !== null && ys[i] !== undefined) points.push({x: v, y: ys[i]}); });
+      ds.data = points;
+      ds.pointRadius = 2;
+    }
+  };
 }
 
 function buildCharts() {
@@ -170,14 +252,18 @@ function buildCharts() {
     {key: "network_latest_version", label: "network: served", color: COLORS.purple},
     {key: "agent_model_version", label: "agents: newest used", color: COLORS.blue},
     {key: "agent_oldest_model_version", label: "agents: oldest used", color: COLORS.grey},
+    {key: "evaluator_rated_version", label: "evaluator: newest rated", color: COLORS.amber},
   ], {stepped: true, emptyText: "no model version yet"});
+  strengthCharts();
 }
 
 function updateCharts(data) {
   const t0 = data.time.length ? data.time[0] : undefined;
   const t1 = data.time.length ? data.time[data.time.length - 1] : undefined;
-  for (const chart of Object.values(charts)) {
-    if (chart.config.type === "bar") {
+  for (const [id, chart] of Object.entries(charts)) {
+    if (updaters[id]) {
+      if (data.strength) updaters[id](chart, data);
+    } else if (chart.config.type === "bar") {
       chart.data.labels = data.replay_versions.version.map(String);
       chart.data.datasets[0].data = data.replay_versions.games;
     } else {

@@ -344,8 +344,11 @@ class ComposeRenderer:
         for handle in node.after:
             conditions.setdefault(handle.name, STARTED)
         order = list(self.nodes)
+        # Neither a scalable node (its instances vary) nor one whose profile is off (it may not
+        # run: compose refuses a dependency on a service of a profile not started) is waited for.
         return [(name, [("condition", f"service_{conditions[name]}")])
-                for name in sorted(conditions, key=order.index) if not self.nodes[name].scalable]
+                for name in sorted(conditions, key=order.index)
+                if not self.nodes[name].scalable and not self.nodes[name].profile]
 
     def service(self, node: Node) -> _Map:
         """The compose service of `node`."""

@@ -251,7 +251,7 @@ def build_program(config: FleetConfig) -> Program:
         doc="Searches stored positions again with the newest model and sends the new targets to the "
             "replay (MuZero Reanalyse). Optional: `--profile reanalyse` starts it, `--scale "
             "reanalyse=N` runs N (each with a fresh seed and the replay's oldest targets first)."))
-    program.add_node(Node(
+    evaluator = program.add_node(Node(
         "evaluator", "services.evaluator", kind=WORKER, ports=_ports("evaluator"), health=Health(start_period_s=60),
         args=("--game", game, "--network", network.grpc_address, "--environment", environment.grpc_address,
               "--state-dir", evaluator_data, "--models", model_dir, *sims),
@@ -261,7 +261,9 @@ def build_program(config: FleetConfig) -> Program:
             "/data/evaluator (results.jsonl, summary.json). Optional: `--profile evaluator` starts it. "
             "docs/evaluator.md."))
     if config.monitor:
-        scraped = (environment, replay, trainer, network, agent, reanalyse)
+        # An optional node that is off (its profile) is named by no Each: the evaluator's
+        # metrics are scraped when FleetConfig.evaluator is on (the dashboard's Strength panel).
+        scraped = (environment, replay, trainer, network, agent, reanalyse, evaluator)
         program.add_node(Node(
             "monitor", "monitor", kind=HTTP, ports=_ports("monitor"),
             args=("--game", game, "--environment", environment.grpc_address, "--replay", replay.grpc_address,
