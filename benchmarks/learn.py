@@ -76,6 +76,7 @@ class Target:
     description: str
     opponent_name: str = ""
     ladder: tuple[str, ...] = ()
+    rate_every: int = 0
 
     def reached(self, summary: dict) -> bool:
         raise NotImplementedError
@@ -96,6 +97,14 @@ class NoLossTarget(Target):
         return summary["losses"] == 0
 
 
+class WinRateTarget(Target):
+    """Two-player games against a search opponent: at least 90% wins (draws do not count) over
+    the match, half the games as each side."""
+
+    def reached(self, summary: dict) -> bool:
+        return summary["wins"] >= 0.9 * summary["games"]
+
+
 class ScoreTarget(Target):
     """2048: LightZero's published Stochastic MuZero mean at 2M environment steps, with the
     2048 tile in at least half of the games."""
@@ -110,6 +119,14 @@ TARGETS = {
     # out: 200 games a match of rollout search would slow every round on a 2-core machine.
     "tictactoe": NoLossTarget(200, tictactoe_minimax, "no losses in 200 games against minimax (100 as X, 100 as O)",
                               opponent_name="minimax", ladder=("random", "minimax")),
+    # mcts1000 searches a few moves a second for 20 games at once on two cores: a version is
+    # rated every 400 trainer steps (rate_every) so that the ladder takes a share of a core.
+    "connect4": WinRateTarget(20, None, ">= 90% wins against MCTS with 1,000 random-rollout simulations "
+                                        "(10 games as first player, 10 as second)",
+                              opponent_name="mcts1000", ladder=("random", "mcts100", "mcts1000"), rate_every=400),
+    "othello": WinRateTarget(20, None, ">= 90% wins against MCTS with 1,000 random-rollout simulations "
+                                       "(10 games as black, 10 as white)",
+                             opponent_name="mcts1000", ladder=("random", "mcts100", "mcts1000"), rate_every=400),
     "2048": ScoreTarget(100, random_opponent, "mean score >= 31,000 over 100 greedy games, the 2048 tile in >= 50"),
 }
 
@@ -121,7 +138,7 @@ def evaluator_args(target: Target, seed: int) -> tuple[str, ...]:
     if target.opponent_name not in target.ladder:
         raise ValueError(f"the ladder {target.ladder} must hold the target's opponent {target.opponent_name!r}")
     return ("--ladder", ",".join(target.ladder), "--games-per-match", str(target.games), "--seed", str(seed),
-            "--max-anchors", "1")
+            "--max-anchors", "1", "--rate-every", str(target.rate_every))
 
 
 def read_evaluator_state(state_dir: Path) -> tuple[list[dict], dict | None]:
@@ -162,7 +179,8 @@ def evaluator_evaluations(records: list[dict], summary: dict | None, game: str, 
     not in `done` whose round finished (at most summary.json's `version`: its ratings are refit)
     and that has a match against `opponent`, in version order, the keys of an in-process
     evaluation (services.agent.evaluate's summary, elapsed_s, trainer_step, env_steps) plus its
-    Elo in the summary's fit (`elo`, `elo_standard_error`; None if not rated). `trainer_step` and
+    Elo in the summary's fit (`elo`, `elo_standard_error`; None if not rated) and the version's
+    counts against every opponent of its round (`ladder`: name -> games, wins, draws, losses). `trainer_step` and
     `env_steps` are those when the trainer had exported the version (`progress`), `elapsed_s`
     when its result was read: the stop rule's moment."""
     if not summary or summary.get("version") is None:
@@ -173,6 +191,11 @@ def evaluator_evaluations(records: list[dict], summary: dict | None, game: str, 
     for record in records:  # the last match of a version against the opponent (one a round)
         if record.get("opponent") == opponent and record["version"] <= rated and record["version"] not in done:
             matches[record["version"]] = record
+    ladder: dict[int, dict[str, dict]] = {}  # version -> opponent -> its last match's counts
+    for record in records:
+        if record["version"] in matches:
+            ladder.setdefault(record["version"], {})[record["opponent"]] = {
+                key: record[key] for key in ("games", "wins", "draws", "losses")}
     out = []
     for version in sorted(matches):
         r = matches[version]
@@ -184,7 +207,7 @@ def evaluator_evaluations(records: list[dict], summary: dict | None, game: str, 
                     "wins": r["wins"], "draws": r["draws"], "losses": r["losses"],
                     "losses_as_first": r["first"]["losses"], "losses_as_second": r["second"]["losses"],
                     "elo": rating.get("elo"), "elo_standard_error": rating.get("standard_error"),
-                    "opponent": opponent, **(extra or {})})
+                    "opponent": opponent, "ladder": ladder[version], **(extra or {})})
     return out
 
 
@@ -366,7 +389,14 @@ def _plot(report: dict, path: Path) -> None:
     else:
         for key in ("wins", "draws", "losses"):
             axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
-        axis.set_ylabel("games of 200 vs minimax")
+        games_per = evaluations[0]["games"] if evaluations else 0
+        axis.set_ylabel(f"games of {games_per} vs {evaluations[0]['opponent'] if evaluations else ''}")
+        rated = [(x, e["elo"]) for x, e in zip(minutes, evaluations) if e.get("elo") is not None]
+        if rated:
+            elo = axis.twinx()
+            elo.plot(*zip(*rated), color="tab:purple", linestyle="--", marker=".", label="Elo (random = 0)")
+            elo.set_ylabel("Elo")
+            elo.legend(loc="center right", fontsize=8)
     if by_steps:
         axis.axvline(report["env_steps_budget"], color="red", linestyle=":", label="env-step budget")
     axis.set_xlabel("self-play environment steps" if by_steps else "wall-clock minutes")

@@ -49,6 +49,9 @@ class EvaluatorConfig:
         games, which have no ladder).
       anchor_every: versions apart (in version numbers: the trainer's versions are its
         training steps) that two kept anchors are at least.
+      rate_every: versions apart (in version numbers) between rated versions: a version is
+        rated when it is at least this much newer than the last one rated (0 or 1: every new
+        version). A long match (mcts1000) then takes a share of the machine, not all of it.
       max_anchors: earlier versions kept as anchors at most; the oldest is dropped when a newer
         one is kept (its past matches stay in the ratings).
       seed: seeds the matches' random streams (with the version and the opponent).
@@ -70,6 +73,7 @@ class EvaluatorConfig:
     models: str = ""
     anchor_every: int = 1000
     max_anchors: int = 3
+    rate_every: int = 0
     seed: int = 0
     model_name: str = "muzero"
     request_timeout_s: float = 30.0
@@ -105,6 +109,7 @@ class EvaluatorConfig:
                     f"side), got {self.games_per_match}")
         require(self.simulations >= 0, f"EvaluatorConfig.simulations must be >= 0, got {self.simulations}")
         require(self.anchor_every >= 1, f"EvaluatorConfig.anchor_every must be >= 1, got {self.anchor_every}")
+        require(self.rate_every >= 0, f"EvaluatorConfig.rate_every must be >= 0, got {self.rate_every}")
         require(self.max_anchors >= 1, f"EvaluatorConfig.max_anchors must be >= 1, got {self.max_anchors}")
         require(self.request_timeout_s > 0,
                 f"EvaluatorConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")

@@ -134,12 +134,14 @@ class Evaluator:
         return [name for name in self.ladder_for(version) if name not in played]
 
     def due(self, version: int) -> bool:
-        """Whether `version` has a round to play: newer than every recorded one, or the newest
-        with matches missing (a round cut by a stop)."""
+        """Whether `version` has a round to play: at least `config.rate_every` versions newer
+        than every recorded one (any newer one when it is 0), or the newest with matches missing
+        (a round cut by a stop)."""
         last = self.last_version
         if version <= self._abandoned:
             return False
-        return last is None or version > last or (version == last and bool(self.missing(version)))
+        return (last is None or version >= last + max(self.config.rate_every, 1)
+                or (version == last and bool(self.missing(version))))
 
     # -- one match, one round ---------------------------------------------------------------------
 

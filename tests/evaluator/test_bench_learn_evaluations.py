@@ -42,6 +42,14 @@ def test_the_evaluators_ladder_holds_the_target_and_is_valid():
     assert "minimax" in flags["--ladder"].split(",") and flags["--games-per-match"] == "200"
     EvaluatorConfig(game="tictactoe", network="h:1", environment="h:2", state_dir="x", ladder=flags["--ladder"],
                     games_per_match=int(flags["--games-per-match"]), max_anchors=int(flags["--max-anchors"]))
+    for game in ("connect4", "othello"):  # the ladders with mcts1000 are valid and rated sparsely
+        target = learn.TARGETS[game]
+        flags = dict(zip(*[iter(learn.evaluator_args(target, seed=0))] * 2))
+        config = EvaluatorConfig(game=game, network="h:1", environment="h:2", state_dir="x",
+                                 ladder=flags["--ladder"], games_per_match=int(flags["--games-per-match"]),
+                                 rate_every=int(flags["--rate-every"]))
+        assert "mcts1000" in config.opponents and config.rate_every == 400
+        assert target.reached({"wins": 18, "games": 20}) and not target.reached({"wins": 17, "draws": 3, "games": 20})
     with pytest.raises(ValueError, match="minimax"):
         learn.evaluator_args(learn.NoLossTarget(200, None, "", opponent_name="minimax", ladder=("random",)), 0)
 
@@ -57,7 +65,9 @@ def test_evaluator_records_become_report_evaluations():
                                       extra={"replay_games_added": 9, "replay_positions_added": 77})
     assert [e["version"] for e in out] == [100, 200]
     first, second = out
-    assert set(first) == OLD_KEYS | {"elo", "elo_standard_error", "opponent"}
+    assert set(first) == OLD_KEYS | {"elo", "elo_standard_error", "opponent", "ladder"}
+    assert first["ladder"] == {"random": {"games": 200, "wins": 150, "draws": 20, "losses": 30},
+                               "minimax": {"games": 200, "wins": 0, "draws": 150, "losses": 50}}
     assert (first["wins"], first["draws"], first["losses"], first["games"]) == (0, 150, 50, 200)
     assert (first["losses_as_first"], first["losses_as_second"]) == (10, 40)
     assert first["mean_return"] == -0.25 and first["mean_length"] == 8.5

@@ -119,6 +119,15 @@ def test_a_round_cut_by_a_stop_is_completed_after_a_restart_without_replaying(tm
     assert [r["opponent"] for r in again.store.records] == ["random", "minimax"]
 
 
+def test_rate_every_skips_versions_too_close_to_the_last_rated_one(tmp_path):
+    evaluator = make_evaluator(tmp_path, ladder="random", rate_every=300)
+    assert evaluator.due(100), "nothing rated yet: the first version is due"
+    assert evaluator.run_round(100)
+    assert [evaluator.due(v) for v in (100, 200, 399, 400, 900)] == [False, False, False, True, True]
+    every = make_evaluator(tmp_path / "every", ladder="random")
+    assert every.run_round(100) and every.due(101) and not every.due(100)
+
+
 def test_a_peer_failure_is_waited_out_and_the_match_played_again(tmp_path):
     environment = FakeEnvironment("tictactoe")
     environment.step_failures = [(grpc.StatusCode.UNAVAILABLE, False)]
@@ -184,6 +193,7 @@ def test_config_refuses_bad_values_naming_them():
             ({"games_per_match": 5}, "games_per_match must be even .* got 5"),
             ({"games_per_match": 0}, "games_per_match must be >= 1, got 0"),
             ({"anchor_every": 0}, "anchor_every must be >= 1, got 0"),
+            ({"rate_every": -1}, "rate_every must be >= 0, got -1"),
             ({"max_anchors": 0}, "max_anchors must be >= 1, got 0"),
             ({"simulations": -1}, "simulations must be >= 0, got -1"),
             ({"poll_s": 0.0}, "poll_s must be > 0"),
