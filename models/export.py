@@ -62,6 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from games.validation import require
+from models.durable import fsync_directory, fsync_tree
 from models.networks import MuZeroNetwork
 
 INITIAL_INFERENCE = "initial_inference"
@@ -297,11 +298,11 @@ def _publish(base_dir: str | os.PathLike, version: int, keep: int | None,
     temporary = base / f"{TEMP_PREFIX}{int(version)}-{uuid.uuid4().hex}"
     try:
         write(temporary)
-        _fsync_tree(temporary)
+        fsync_tree(temporary)
         if target.exists():  # a concurrent exporter won; never replace a published version
             raise FileExistsError(f"{caller}: version {version} already exists at {target}")
         os.rename(temporary, target)
-        _fsync_directory(base)
+        fsync_directory(base)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -342,26 +343,6 @@ def remove_stale_temporaries(base_dir: str | os.PathLike) -> list[str]:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.name)
     return removed
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under `root`, so a rename publishes durable content."""
-    for directory, _subdirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_directory(Path(directory))
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LoadedModel:

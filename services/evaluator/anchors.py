@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import games
+from models.durable import fsync_directory, fsync_tree
 from services.agent.search import SearchConfig
 
 ANCHORS_DIR = "anchors"
@@ -96,7 +97,9 @@ class Anchors:
             temporary = self.dir / f".tmp-{version}"
             shutil.rmtree(temporary, ignore_errors=True)
             shutil.copytree(source, temporary)
+            fsync_tree(temporary)  # a crash must not leave a published anchor with torn files
             os.replace(temporary, target)
+            fsync_directory(self.dir)
         self.versions = sorted({*self.versions, version})
         removed = []
         while len(self.versions) > self.keep:

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from models.durable import fsync_directory, write_text_atomically
+
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"
 
@@ -74,7 +76,7 @@ class ResultsStore:
             file.flush()
             os.fsync(file.fileno())
         if new:
-            _fsync_directory(self.dir)
+            fsync_directory(self.dir)
         self.records.append(record)
 
     def played(self, version: int) -> set[str]:
@@ -83,19 +85,4 @@ class ResultsStore:
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """Writes `<state_dir>/summary.json` atomically (a temporary file renamed into place)."""
-        path = self.dir / SUMMARY_FILE
-        temporary = path.with_suffix(".json.tmp")
-        with open(temporary, "w") as file:
-            json.dump(summary, file, indent=1, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        return path
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return write_text_atomically(self.dir / SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True))
