@@ -6,7 +6,8 @@
     GET  /api/series    the scraped history as parallel arrays (?max_points=N, ?since=UNIX_TIME)
     GET  /api/replay    the replay's GetStats (503 with an error when the replay is unreachable)
     GET  /api/play      what the play page plays (game, board size) or why it cannot
-    POST /api/play      {"board": [[...]], "move": int | null, "model_player": 0 | 1}; 2048:
+    POST /api/play      {"board": [[...]], "move": int | null, "model_player": 0 | 1} (othello:
+                        and "to_play": 0 | 1, as the last answer said); 2048:
                         {"board": [[...]] | null, "move": 0..3 | null} (monitor.play); rate-limited
                         (MonitorConfig.play_rate_per_s, play_burst: 429 with Retry-After)
     GET  /metrics       the monitor's own Prometheus metrics (mufleet_monitor_*)
@@ -43,7 +44,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # The deepest JSON accepted: a play request is an object holding a list of lists (depth 3).
 MAX_JSON_DEPTH = 8
 PLAY_REQUEST = ('{"board": [[...]], "move": int | null, "model_player": 0 | 1} '
-                '(2048: {"board": [[...]] | null, "move": 0..3 | null})')
+                '(othello: and "to_play": 0 | 1; 2048: {"board": [[...]] | null, "move": 0..3 | null})')
 
 
 def clean(value: Any) -> Any:
@@ -239,7 +240,8 @@ def create_app(config: MonitorConfig, log: EventLogger, scraper: Scraper | None 
                                  400)
         try:
             # model_player absent: None (two-player games: the model moves second; 2048 has none)
-            return json_response(player.play(body["board"], body.get("move"), body.get("model_player")))
+            return json_response(player.play(body["board"], body.get("move"), body.get("model_player"),
+                                             body.get("to_play")))
         except PlayError as error:
             if error.status == 400:
                 metrics.play_errors.labels("invalid").inc()

@@ -62,7 +62,7 @@ class MonitorConfig:
 
     Attributes:
       game: the fleet's game (games.names()); the play page plays it if it is a two-player
-        board game (tictactoe, connect4).
+        board game (tictactoe, connect4, othello) or 2048.
       environment, replay, network: "host:port" of the gRPC services ("" = not watched).
       metrics: the Prometheus endpoints scraped every `scrape_interval_s`.
       scrape_interval_s: seconds between the monitor's scrapes (> 0); rates are counter deltas

@@ -6,9 +6,12 @@ the rules, plays it, and answers. The model's moves come from the agent's own ba
 (`services.agent.pipeline.PipelinedSearch`, B = 1, the game's MuZero settings, greedy) through
 the network service, exactly as an agent would search.
 
-Two-player board games (tictactoe, connect4): {"board": [[0 empty, 1 the first player's piece,
-2 the second's]], "move": the person's move or null, "model_player": 0 or 1}; the answer holds
-the person's move and the model's reply.
+Two-player board games (tictactoe, connect4, othello): {"board": [[0 empty, 1 the first player's
+piece, 2 the second's]], "move": the person's move or null, "model_player": 0 or 1}; the answer
+holds the person's move and the model's reply, and whose turn it is ("to_play"). Othello's board
+does not tell whose turn it is once a player has passed: its requests carry "to_play" too (the
+answer's; default: the parity of the discs), its pass is action 64 (legal only when the mover
+has no other move, as the rules say) and its answers count the discs ("discs": [black, white]).
 
 2048 (one player: the model plays, a person watches or takes over): {"board": [[tile exponents
 0..17, 0 empty, e the tile 2^e]] or null (a new game: the rules deal two tiles), "move": 0 up,
@@ -29,12 +32,12 @@ from typing import Any
 import numpy as np
 
 import games
-from games import g2048
+from games import g2048, othello
 from games.boards import line_windows
 from monitor.config import MonitorConfig
 from monitor.metrics import MonitorMetrics
 
-PLAYABLE = ("tictactoe", "connect4", "2048")
+PLAYABLE = ("tictactoe", "connect4", "othello", "2048")
 DIRECTIONS = ("up", "right", "down", "left")  # 2048's actions 0..3
 
 # Echoes a bad value in a message without echoing a megabyte of it.
@@ -71,6 +74,8 @@ class Player:
         self._rng = np.random.default_rng()  # 2048's spawns (a fresh seed for every request)
         if self.playable and self.one_player:
             self.rows = self.cols = g2048.SIZE
+        elif self.game_name == "othello":
+            self.rows = self.cols = othello.SIZE
         elif self.playable:
             self.rows, self.cols, k = self.game.ROWS, self.game.COLS, self.game.K
             self._windows = line_windows(self.rows, self.cols, k)
@@ -81,7 +86,7 @@ class Player:
             return {"game": self.game_name, "playable": False,
                     "message": f"The play page plays {', '.join(PLAYABLE[:-1])} and {PLAYABLE[-1]}; this "
                                f"fleet trains {self.game_name}. Start a fleet with --game tictactoe, "
-                               f"--game connect4 or --game 2048 to play with its model."}
+                               f"--game connect4, --game othello or --game 2048 to play with its model."}
         moves_by = "direction" if self.one_player else "column" if self.game_name == "connect4" else "cell"
         info = {"game": self.game_name, "playable": True, "rows": self.rows, "cols": self.cols,
                 "num_actions": self.game.spec.num_actions, "moves_by": moves_by,
@@ -90,6 +95,13 @@ class Player:
         if self.one_player:
             info["directions"] = list(DIRECTIONS)
             info["discount"] = self.game.spec.discount
+        if self.game_name == "othello":
+            info["pass_action"] = othello.PASS
+        if not self.one_player:  # the opening position, as the rules set it up
+            start = self.game.reset(1)
+            info["start"] = {"board": self.game.positions(start)[0].astype(int).tolist(),
+                             "to_play": int(self.game.to_play(start)[0]),
+                             "legal": self.game.legal_actions(start)[0].astype(bool).tolist()}
         return info
 
     # -- the network ------------------------------------------------------------------------------
@@ -113,10 +125,12 @@ class Player:
 
     # -- one request --------------------------------------------------------------------------------
 
-    def play(self, board: Any, move: Any, model_player: Any = None) -> dict[str, Any]:
+    def play(self, board: Any, move: Any, model_player: Any = None, to_play: Any = None) -> dict[str, Any]:
         """Plays the person's `move` (None: none, e.g. the model opens) on `board`, then the
         model's answer if it is the model's turn (`model_player`, default 1: the model moves
-        second). 2048: `play_2048`. PlayError for anything the rules refuse."""
+        second). `to_play`: whose turn it is, Othello only (a pass leaves the board silent on
+        it; default the discs' parity). 2048: `play_2048`. PlayError for anything the rules
+        refuse."""
         if not self.playable:
             raise PlayError(400, self.info()["message"])
         if self.one_player:
@@ -128,7 +142,12 @@ class Player:
             model_player = 1
         if model_player not in (0, 1):
             raise PlayError(400, f"model_player must be 0 (the model moves first) or 1, got {_shown(model_player)}")
-        state = self._state(board)
+        if to_play is not None and self.game_name != "othello":
+            raise PlayError(400, f"to_play is for othello only ({self.game_name}'s board tells whose turn it is), "
+                                 f"got {_shown(to_play)}")
+        if to_play is not None and (isinstance(to_play, bool) or to_play not in (0, 1)):
+            raise PlayError(400, f"to_play must be 0 (black) or 1 (white), got {_shown(to_play)}")
+        state = self._state(board, to_play)
         if self._over(state):
             raise PlayError(400, "the game is over: start a new game")
         moves: list[dict[str, Any]] = []
@@ -226,16 +245,24 @@ class Player:
             "message": f"Game over: largest tile {max_tile}." if over else None,
         }
 
-    def _state(self, board: Any):
+    def _state(self, board: Any, to_play: int | None = None):
         try:
             positions = np.asarray(board)
             if positions.dtype == object or not np.issubdtype(positions.dtype, np.integer):
                 raise ValueError(f"board: expected a {self.rows}x{self.cols} grid of 0, 1 and 2")
-            return self.game.state_from_positions(positions[None].astype(np.int64))
+            return self.game.state_from_positions(positions[None].astype(np.int64),
+                                                  to_play=None if to_play is None else np.array([to_play], np.int8))
         except (ValueError, TypeError) as error:
             raise PlayError(400, f"bad position: {error}") from None
 
     def _over(self, state) -> bool:
+        if self.game_name == "othello":  # over when neither side can place a disc
+            board = self.game.positions(state)
+            for side in (0, 1):
+                turned = self.game.state_from_positions(board, to_play=np.array([side], np.int8))
+                if self.game.legal_actions(turned)[0, :othello.PASS].any():
+                    return False
+            return True
         flat = self.game.positions(state)[0].reshape(-1)
         lines = flat[self._windows]
         won = ((lines == lines[:, :1]) & (lines[:, :1] != 0)).all(axis=1).any()
@@ -249,6 +276,12 @@ class Player:
         if not self.game.legal_actions(state)[0, move]:
             if self.game_name == "connect4":
                 raise PlayError(400, f"illegal move: column {move + 1} is full")
+            if self.game_name == "othello":
+                if move == othello.PASS:
+                    raise PlayError(400, "illegal move: you may pass only when you have no other move")
+                r, c = divmod(move, self.cols)
+                raise PlayError(400, f"illegal move: a disc at row {r + 1}, column {c + 1} flips nothing"
+                                     + (" (the cell is taken)" if self.game.positions(state)[0, r, c] else ""))
             r, c = divmod(move, self.cols)
             raise PlayError(400, f"illegal move: the cell at row {r + 1}, column {c + 1} is taken")
         return move
@@ -304,7 +337,7 @@ class Player:
             mover, other = moves[-1]["player"], {"human": "model", "model": "human"}[moves[-1]["player"]]
             winner = {1: mover, -1: other, 0: "draw"}[outcome["mover_result"]]
             message = {"human": "You win!", "model": "The model wins.", "draw": "Draw."}[winner]
-        return {
+        answer = {
             "game": self.game_name,
             "board": board.astype(int).tolist(),
             "to_play": int(self.game.to_play(state)[0]),
@@ -316,3 +349,8 @@ class Player:
             "winner": winner,
             "message": message,
         }
+        if self.game_name == "othello":
+            answer["discs"] = [int((board == 1).sum()), int((board == 2).sum())]
+            if over and winner != "draw":
+                answer["message"] += f" {answer['discs'][0]}–{answer['discs'][1]}"
+        return answer

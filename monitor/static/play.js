@@ -4,28 +4,29 @@
 
 const root = document.getElementById("play");
 const info = JSON.parse(root.dataset.info);
-const PIECES = info.game === "connect4" ? ["red", "yellow"] : ["X", "O"];
+const PIECES = {connect4: ["red", "yellow"], othello: ["black", "white"]}[info.game] || ["X", "O"];
+const PASS = info.pass_action === undefined ? null : info.pass_action;  // Othello's pass
 const el = id => document.getElementById(id);
 
 const game = {
-  board: [], modelPlayer: 1, over: false, busy: false, lastAction: null, policy: null, history: [],
+  board: [], toPlay: 0, legal: [], modelPlayer: 1, over: false, busy: false, lastAction: null, policy: null,
+  history: [],
 };
 window.playState = game;  // tests read it
 
-function emptyBoard() {
-  return Array.from({length: info.rows}, () => Array(info.cols).fill(0));
-}
-
-function toPlay(board) {
-  let ones = 0, twos = 0;
-  for (const row of board) for (const v of row) { if (v === 1) ones++; else if (v === 2) twos++; }
-  return ones > twos ? 1 : 0;
+function startBoard() {
+  return info.start.board.map(row => row.slice());
 }
 
 function moveName(action) {
+  if (action === PASS) return "pass";
   if (info.moves_by === "column") return "column " + (action + 1);
   const r = Math.floor(action / info.cols), c = action % info.cols;
-  return "abc"[c] + (r + 1);
+  return "abcdefgh"[c] + (r + 1);
+}
+
+function humanToPlay() {
+  return !game.over && game.toPlay !== game.modelPlayer;
 }
 
 function render() {
@@ -49,6 +50,7 @@ function render() {
         }
       }
       if (last) classes.push("last");
+      if (PASS !== null && !v && humanToPlay() && !game.busy && game.legal[action]) classes.push("legal");
       let prior = "";
       if (info.moves_by === "cell" && !v && game.policy && !game.over) {
         const p = game.policy[action];
@@ -59,12 +61,19 @@ function render() {
     }
   }
   board.innerHTML = cells.join("");
-  board.dataset.state = game.over ? "over" : game.busy ? "thinking" : (toPlay(game.board) === game.modelPlayer ? "model" : "human");
+  board.dataset.state = game.over ? "over" : game.busy ? "thinking" : (humanToPlay() ? "human" : "model");
   board.classList.toggle("thinking", game.busy);
   const human = 1 - game.modelPlayer;
   el("human-piece").textContent = PIECES[human] + (human === 0 ? " (first)" : " (second)");
   el("model-piece").textContent = PIECES[game.modelPlayer];
   el("history").textContent = game.history.length ? "Moves: " + game.history.join(" · ") : "";
+  if (PASS !== null) {
+    let black = 0, white = 0;
+    for (const row of game.board) for (const v of row) { if (v === 1) black++; else if (v === 2) white++; }
+    el("discs-black").textContent = black;
+    el("discs-white").textContent = white;
+    el("pass").disabled = !(humanToPlay() && !game.busy && game.legal[PASS]);
+  }
 }
 
 function showModel(model) {
@@ -77,7 +86,8 @@ function showModel(model) {
   el("model-seconds").textContent = `${(model.seconds * 1000).toFixed(0)} ms for ${model.simulations} simulations`;
   el("policy").innerHTML = model.policy.map((p, a) =>
     `<div class="${a === model.action ? "chosen" : ""}" style="height:${Math.max(2, p * 100)}%" title="${moveName(a)}: ${(p * 100).toFixed(1)}%"></div>`).join("");
-  el("policy-labels").innerHTML = model.policy.map((_, a) =>
+  // Othello's 65 moves are too many to label under the bars: the board shows them.
+  el("policy-labels").innerHTML = PASS !== null ? "" : model.policy.map((_, a) =>
     `<span>${info.moves_by === "column" ? a + 1 : moveName(a)}</span>`).join("");
 }
 
@@ -95,7 +105,8 @@ async function send(move) {
   try {
     response = await fetch("api/play", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({board: game.board, move, model_player: game.modelPlayer}),
+      body: JSON.stringify({board: game.board, move, model_player: game.modelPlayer,
+                            ...(PASS !== null ? {to_play: game.toPlay} : {})}),
     });
     body = await response.json();
   } catch (error) {
@@ -105,7 +116,7 @@ async function send(move) {
   game.busy = false;
   if (!response.ok) {
     el("play-error").textContent = body.error || "the move was refused";
-    setStatus(toPlay(game.board) === game.modelPlayer ? "The model could not move." : "Your move.");
+    setStatus(humanToPlay() ? yourMove() : "The model could not move.");
     render();
     return;
   }
@@ -114,18 +125,24 @@ async function send(move) {
     game.lastAction = m.action;
   }
   game.board = body.board;
+  game.toPlay = body.to_play;
+  game.legal = body.legal;
   game.over = body.game_over;
   if (body.model) { game.policy = body.model.policy; showModel(body.model); }
   if (body.game_over) setStatus(body.message, true);
-  else setStatus("Your move.");
+  else setStatus(yourMove());
   render();
+}
+
+function yourMove() {
+  return PASS !== null && game.legal[PASS] ? "You have no move: pass." : "Your move.";
 }
 
 function onClick(event) {
   const cell = event.target.closest(".cell");
   if (!cell || game.busy) return;
   if (game.over) { el("play-error").textContent = "The game is over: start a new game."; return; }
-  if (toPlay(game.board) === game.modelPlayer) { el("play-error").textContent = "Wait for the model's move."; return; }
+  if (!humanToPlay()) { el("play-error").textContent = "Wait for the model's move."; return; }
   send(Number(cell.dataset.action));
 }
 
@@ -138,8 +155,9 @@ function onHover(event) {
 }
 
 function newGame(modelFirst) {
-  Object.assign(game, {board: emptyBoard(), modelPlayer: modelFirst ? 0 : 1, over: false, busy: false,
-                       lastAction: null, policy: null, history: []});
+  Object.assign(game, {board: startBoard(), toPlay: info.start.to_play, legal: info.start.legal.slice(),
+                       modelPlayer: modelFirst ? 0 : 1, over: false, busy: false, lastAction: null, policy: null,
+                       history: []});
   el("play-error").textContent = "";
   el("model-value").textContent = "–";
   el("value-needle").style.left = "50%";
@@ -155,4 +173,5 @@ el("board").addEventListener("mouseover", onHover);
 el("board").addEventListener("mouseleave", onHover);
 el("new-human-first").addEventListener("click", () => newGame(false));
 el("new-model-first").addEventListener("click", () => newGame(true));
+if (PASS !== null) el("pass").addEventListener("click", () => { if (humanToPlay() && !game.busy) send(PASS); });
 newGame(false);

@@ -121,6 +121,55 @@ def test_play_against_a_served_model(model_network, game):
     assert [m["player"] for m in opened["moves"]] == ["model"] and np.count_nonzero(opened["board"]) == 1
 
 
+def test_othello_passes_turns_and_disc_counts(model_network):
+    """Othello against a served model: the opening comes from the rules, whose turn it is travels
+    with the board (a pass leaves the board silent on it), pass is legal only without a move."""
+    network = model_network("othello")
+    client, _ = monitor_client(game="othello", network=network.grpc_address, play_simulations=8)
+    info = client.get("/api/play").get_json()
+    assert info["playable"] and (info["rows"], info["cols"], info["pass_action"]) == (8, 8, 64)
+    start = info["start"]
+    assert start["to_play"] == 0 and np.count_nonzero(start["board"]) == 4
+    assert [a for a, ok in enumerate(start["legal"]) if ok] == [19, 26, 37, 44]  # d3, c4, f5, e6
+    rules = games.make("othello")
+    first = client.post("/api/play", json={"board": start["board"], "move": 19, "model_player": 1, "to_play": 0})
+    assert first.status_code == 200, first.get_json()
+    body = first.get_json()
+    assert [m["player"] for m in body["moves"]] == ["human", "model"] and body["to_play"] == 0
+    assert sum(body["discs"]) == 6 and body["discs"] == [int((np.array(body["board"]) == p).sum()) for p in (1, 2)]
+    after_human = rules.step(rules.state_from_positions(np.array([start["board"]])), np.array([19]))[0]
+    assert rules.legal_actions(after_human)[0, body["model"]["action"]]
+    assert len(body["model"]["policy"]) == 65
+    refused = client.post("/api/play", json={"board": body["board"], "move": 64, "model_player": 1, "to_play": 0})
+    assert refused.status_code == 400 and "pass only when you have no other move" in refused.get_json()["error"]
+    taken = client.post("/api/play", json={"board": body["board"], "move": 27, "model_player": 1, "to_play": 0})
+    assert taken.status_code == 400 and "flips nothing (the cell is taken)" in taken.get_json()["error"]
+    # White (the person) to move with no move of its own: it passes, the model (black) closes the
+    # only line and the game is over, neither side able to move: 3-0 to the model.
+    board = np.zeros((8, 8), int)
+    board[0, 0], board[0, 1] = 1, 2
+    flips_nothing = client.post("/api/play", json={"board": board.tolist(), "move": 2, "model_player": 0, "to_play": 1})
+    assert flips_nothing.status_code == 400 and "flips nothing" in flips_nothing.get_json()["error"]
+    passed = client.post("/api/play", json={"board": board.tolist(), "move": 64, "model_player": 0, "to_play": 1})
+    assert passed.status_code == 200, passed.get_json()
+    body = passed.get_json()
+    assert [(m["player"], m["action"]) for m in body["moves"]] == [("human", 64), ("model", 2)]
+    assert body["game_over"] and body["winner"] == "model" and body["discs"] == [3, 0]
+    assert body["message"] == "The model wins. 3–0"
+    over = client.post("/api/play", json={"board": body["board"], "move": None, "model_player": 0, "to_play": 0})
+    assert over.status_code == 400 and "game is over" in over.get_json()["error"]
+    # to_play is Othello's alone, and only 0 or 1
+    bad = client.post("/api/play", json={"board": start["board"], "move": 19, "model_player": 1, "to_play": 2})
+    assert bad.status_code == 400 and "to_play must be 0 (black) or 1 (white), got 2" in bad.get_json()["error"]
+
+
+def test_to_play_is_refused_where_the_board_tells_it(model_network):
+    network = model_network("tictactoe")
+    client, _ = monitor_client(game="tictactoe", network=network.grpc_address, play_simulations=2)
+    answer = client.post("/api/play", json={"board": [[0] * 3] * 3, "move": 4, "model_player": 1, "to_play": 0})
+    assert answer.status_code == 400 and "to_play is for othello only" in answer.get_json()["error"]
+
+
 def test_2048_the_model_plays_and_a_person_takes_over(model_network):
     """2048 against a served (randomly initialized) model: the model's moves come from a one-player
     search, a person's move goes in between, an illegal one is refused by name."""

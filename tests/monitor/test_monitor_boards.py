@@ -58,6 +58,30 @@ def test_connect4_board_in_the_browser(model_network, start_monitor, page, tmp_p
     assert page.errors() == []
 
 
+def test_othello_board_in_the_browser(model_network, start_monitor, page, tmp_path):
+    network = model_network("othello")
+    monitor = start_monitor(["--game", "othello", "--network", network.grpc_address, "--play-simulations", "8"])
+    page.page.goto(f"http://127.0.0.1:{monitor.ready['http_port']}/play")
+    page.page.wait_for_selector('#board[data-state="human"]')
+    assert page.page.locator(".cell").count() == 64
+    assert page.page.locator(".cell.p1").count() == 2 and page.page.locator(".cell.p2").count() == 2
+    assert page.page.locator(".cell.legal").count() == 4  # black's four opening moves, marked
+    assert page.page.is_disabled("#pass")  # black has moves: no pass
+    page.page.click('.cell[data-row="2"][data-col="3"]')  # d3
+    page.page.wait_for_function("() => window.playState.history.length >= 2 && !window.playState.busy",
+                                timeout=60_000)
+    state = page.page.evaluate("() => window.playState")
+    flat = [v for row in state["board"] for v in row]
+    assert flat.count(1) + flat.count(2) == 6 and state["board"][2][3] == 1 and state["toPlay"] == 0
+    assert int(page.page.inner_text("#discs-black")) == flat.count(1)
+    assert int(page.page.inner_text("#discs-white")) == flat.count(2)
+    assert page.page.locator(".cell.legal").count() == sum(state["legal"][:64]) > 0
+    assert page.page.locator(".cell .prior").count() >= 1  # the model's search policy on the board
+    assert page.page.inner_text("#model-version") == "v1"
+    screenshot(page.page, tmp_path, "play-othello")
+    assert page.errors() == []
+
+
 def test_2048_a_person_moves_and_the_model_plays(model_network, start_monitor, page, tmp_path):
     network = model_network("2048")
     monitor = start_monitor(["--game", "2048", "--network", network.grpc_address, "--play-simulations", "4"])
