@@ -293,6 +293,8 @@ class Evaluator:
                 rate = score_rate(r)
                 low, high = wilson_interval(r["wins"] + 0.5 * r["draws"], r["games"])
                 m.win_rate.labels(r["opponent"]).set(rate)
+                m.win_rate_interval.labels(r["opponent"], "low").set(low)
+                m.win_rate_interval.labels(r["opponent"], "high").set(high)
                 results.append({"opponent": r["opponent"], "games": r["games"], "wins": r["wins"],
                                 "draws": r["draws"], "losses": r["losses"], "win_rate": round(rate, 4),
                                 "win_rate_low": round(low, 4), "win_rate_high": round(high, 4)})

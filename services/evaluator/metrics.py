@@ -13,6 +13,7 @@ NEWEST_ELO = "mufleet_evaluator_newest_elo"
 ELO = "mufleet_evaluator_elo"
 ELO_STANDARD_ERROR = "mufleet_evaluator_elo_standard_error"
 WIN_RATE = "mufleet_evaluator_win_rate"
+WIN_RATE_INTERVAL = "mufleet_evaluator_win_rate_interval"
 MEAN_RETURN = "mufleet_evaluator_mean_return"
 MAX_TILE_FRACTION = "mufleet_evaluator_max_tile_fraction"
 ANCHORS = "mufleet_evaluator_anchors"
@@ -45,6 +46,9 @@ class EvaluatorMetrics:
                                registry=registry)
         self.win_rate = Gauge(WIN_RATE, "Score per game of the newest rated version by opponent: wins "
                               "plus half the draws, over games", ["opponent"], registry=registry)
+        self.win_rate_interval = Gauge(WIN_RATE_INTERVAL, "95% Wilson score interval of the newest rated "
+                                       "version's score per game, by opponent and bound (low, high)",
+                                       ["opponent", "bound"], registry=registry)
         self.mean_return = Gauge(MEAN_RETURN, "Mean return of the newest rated version's games "
                                  "(one-player games)", registry=registry)
         self.max_tile_fraction = Gauge(MAX_TILE_FRACTION, "Share of the newest rated version's 2048 games "

@@ -15,7 +15,7 @@ import pytest
 from services.evaluator import metrics as evaluator_metrics
 from services.evaluator.config import EvaluatorConfig, default_ladder, fitting_opponents
 from services.evaluator.evaluator import SOLO
-from services.evaluator.ratings import MatchResult, fit_ratings
+from services.evaluator.ratings import MatchResult, fit_ratings, wilson_interval
 from services.evaluator.store import RESULTS_FILE, SUMMARY_FILE, ResultsStore, StateError
 from tests.agent.agent_fakes import FakeEnvironment, FakeNetwork, LogSink
 from tests.evaluator.evaluator_fakes import ScriptedNetwork, make_evaluator, scraped
@@ -46,6 +46,10 @@ def test_a_round_plays_every_ladder_opponent_and_records_each_side(tmp_path):
     assert samples[evaluator_metrics.MATCH_SECONDS + "_count{opponent=random}"] == 1
     rate = (records[0]["wins"] + 0.5 * records[0]["draws"]) / 4
     assert samples[evaluator_metrics.WIN_RATE + "{opponent=random}"] == pytest.approx(rate)
+    low, high = wilson_interval(records[0]["wins"] + 0.5 * records[0]["draws"], 4)
+    assert samples[evaluator_metrics.WIN_RATE_INTERVAL + "{bound=low,opponent=random}"] == pytest.approx(low)
+    assert samples[evaluator_metrics.WIN_RATE_INTERVAL + "{bound=high,opponent=random}"] == pytest.approx(high)
+    assert 0.0 <= low <= rate <= high <= 1.0 and high - low > 0.3  # 4 games: a wide interval
     assert samples[evaluator_metrics.ELO + "{player=random}"] == 0.0
     summary = json.loads((tmp_path / "state" / SUMMARY_FILE).read_text())
     assert summary["version"] == 2 and summary["anchor"] == "random" and summary["matches"] == 2
