@@ -12,7 +12,9 @@ The monitor serves its own Prometheus metrics at /metrics on the same port (it h
 to /metrics; TensorFlow Serving's is /monitoring/prometheus/metrics); a NAME of the form
 "agent-3" has the role "agent". A HOST that resolves to several addresses (docker compose's name
 of a scaled service) is scraped at each, as replicas "agent#0", "agent#1", ... (numbers, not
-addresses, so replaced replicas add no series). `POST /api/play` is rate-limited
+addresses, so replaced replicas add no series). `--optional-metrics` names a service that may
+not run (compose's optional profiles): its card says "off" while it is unreachable, without an
+alert. `POST /api/play` is rate-limited
 (--play-rate-per-s, --play-burst: 429 with Retry-After past it). Port 0 picks a free port; the `ready` log event tells
 which (`http_port`, and `metrics_port`, the same). SIGTERM: stop accepting, finish the requests
 in flight, exit 0.
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Monit
                         help="network server or TensorFlow Serving (gRPC)")
     parser.add_argument("--metrics", action="append", default=[], metavar="NAME=HOST:PORT[/PATH]",
                         help="a Prometheus endpoint to scrape; repeat for every service")
+    parser.add_argument("--optional-metrics", action="append", default=[], metavar="NAME=HOST:PORT[/PATH]",
+                        help="the endpoint of a service that may not run (an optional compose profile): "
+                             "'off' while unreachable, not 'down'")
     parser.add_argument("--scrape-interval-s", type=float, default=2.0,
                         help="seconds between scrapes; rates are deltas between two (default: %(default)s)")
     parser.add_argument("--scrape-timeout-s", type=float, default=1.5,
@@ -62,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Monit
     args = parser.parse_args(argv)
     config = config_or_exit(parser, lambda: MonitorConfig(
         game=args.game, environment=args.environment, replay=args.replay, network=args.network,
-        metrics=tuple(MetricsTarget.parse(m) for m in args.metrics),
+        metrics=(*(MetricsTarget.parse(m) for m in args.metrics),
+                 *(MetricsTarget.parse(m, optional=True) for m in args.optional_metrics)),
         scrape_interval_s=args.scrape_interval_s, scrape_timeout_s=args.scrape_timeout_s,
         history=args.history, model_name=args.model_name, play_simulations=args.play_simulations,
         play_timeout_s=args.play_timeout_s, play_rate_per_s=args.play_rate_per_s, play_burst=args.play_burst))

@@ -30,25 +30,30 @@ class MetricsTarget:
         as a numbered replica (`scraper.ReplicaNames`).
       path: the HTTP path of the metrics ("/metrics"; TensorFlow Serving:
         "/monitoring/prometheus/metrics").
+      optional: a service that may not run (compose's optional profiles, a Kubernetes
+        Deployment at 0 replicas): while unreachable its card says "off", not "down", and no
+        alert is raised.
     """
 
     name: str
     address: str
     path: str = "/metrics"
+    optional: bool = False
 
     @property
     def role(self) -> str:
         return role_of(self.name)
 
     @classmethod
-    def parse(cls, text: str) -> "MetricsTarget":
+    def parse(cls, text: str, optional: bool = False) -> "MetricsTarget":
         """NAME=HOST:PORT[/path] -> MetricsTarget; ValueError naming what is wrong."""
+        flag = "--optional-metrics" if optional else "--metrics"
         name, sep, rest = text.partition("=")
         require(bool(sep) and bool(name) and bool(rest),
-                f"--metrics must be NAME=HOST:PORT[/path], got {text!r}")
+                f"{flag} must be NAME=HOST:PORT[/path], got {text!r}")
         address, slash, path = rest.partition("/")
-        require(_is_address(address), f"--metrics {name}: expected HOST:PORT, got {address!r}")
-        return cls(name=name, address=address, path="/" + path if slash else "/metrics")
+        require(_is_address(address), f"{flag} {name}: expected HOST:PORT, got {address!r}")
+        return cls(name=name, address=address, path="/" + path if slash else "/metrics", optional=optional)
 
 
 def _is_address(address: str) -> bool:

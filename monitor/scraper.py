@@ -600,7 +600,8 @@ class Scraper:
                 if kind == "metrics":
                     scrape = future.result()
                     instances[name] = scrape
-                    self._count(name, scrape.ok, scrape.error)
+                    self._count(name, scrape.ok, scrape.error,
+                                optional=any(t.optional for t in config.metrics if t.name == scrape.target))
                 elif kind == "health":
                     health[name] = future.result()
                     self._count(f"{name}:grpc", health[name].status != "UNREACHABLE", health[name].error)
@@ -632,14 +633,17 @@ class Scraper:
                     pass  # never failed: no error series
             self._failing.discard(name)
 
-    def _count(self, target: str, ok: bool, error: str | None) -> None:
+    def _count(self, target: str, ok: bool, error: str | None, optional: bool = False) -> None:
         self.metrics.scrapes.labels(target).inc()
         self.metrics.target_up.labels(target).set(1 if ok else 0)
         if not ok:
             self.metrics.scrape_errors.labels(target).inc()
             if target not in self._failing:
                 self._failing.add(target)
-                self.log.warning("target_down", target=target, error=error)
+                if optional:  # an optional service that is not started is no failure
+                    self.log.info("target_off", target=target, error=error)
+                else:
+                    self.log.warning("target_down", target=target, error=error)
         elif target in self._failing:
             self._failing.discard(target)
             self.log.info("target_up", target=target)
@@ -758,8 +762,13 @@ class Scraper:
         roles_listed = set()
         for target in config.metrics:
             scrapes = [s for s in current.instances.values() if s.target == target.name]
-            services.append(self._service(target.name, target.role, scrapes, current, rates,
-                                          network_versions, network_error))
+            service = self._service(target.name, target.role, scrapes, current, rates, network_versions,
+                                    network_error)
+            if target.optional and service["status"] == "down":
+                # Not started (an optional profile): no alarm, and not counted among the fleet.
+                service.update(status="off", messages=[],
+                               note=f"optional: not running ({target.name} metrics unreachable at {target.address})")
+            services.append(service)
             roles_listed.add(target.role)
         for role in GRPC_ROLES:  # a gRPC service whose metrics the monitor was not told about
             if config.grpc_address(role) and role not in roles_listed:
@@ -771,7 +780,7 @@ class Scraper:
             "scrape_interval_s": config.scrape_interval_s,
             "services": services,
             "up": sum(s["status"] == "up" for s in services),
-            "total": len(services),
+            "total": sum(s["status"] != "off" for s in services),
             "errors": errors,
             "throughput": {k: point.get(k) for k in (
                 "agent_simulations_per_s", "agent_moves_per_s", "environment_steps_per_s", "trainer_steps_per_s",

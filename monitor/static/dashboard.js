@@ -300,7 +300,8 @@ function serviceCard(s) {
     ? ` <span class="muted">(loaded ${s.versions_available.map(v => "v" + v).join(", ")})</span>` : "";
   if (s.role !== "environment") rows.push(`<dt>model</dt><dd>${version}${versions}</dd>`);
   const facts = s.facts.map(([label, value]) => `<div><b>${fmt(value)}</b><span>${esc(label)}</span></div>`).join("");
-  const messages = s.messages.map(m => `<p class="card-error">${esc(m)}</p>`).join("");
+  const messages = s.messages.map(m => `<p class="card-error">${esc(m)}</p>`).join("") +
+    (s.note ? `<p class="muted small card-note">${esc(s.note)}</p>` : "");
   return `<article class="card service status-${esc(s.status)}" data-service="${esc(s.name)}">
     <header><span class="dot"></span><h3>${esc(s.name)}</h3><span class="status-text">${esc(s.status)}</span></header>
     <dl class="addresses">${rows.join("")}</dl><div class="facts">${facts}</div>${messages}</article>`;

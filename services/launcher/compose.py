@@ -295,10 +295,12 @@ class ComposeRenderer:
         return resolved
 
     def _args(self, args: Iterable[Arg]) -> list[str]:
-        # A node whose profile is off may not run: nothing waits for it or names it (Prometheus
-        # still scrapes it, and finds nothing while it is off).
+        # A node whose profile is off may not run: nothing waits for it, and only an Each's
+        # `if_off` names it (the monitor's optional targets; Prometheus scrapes it too, and
+        # finds nothing while it is off).
         return [self._text(a) for a in expand_each(
-            list(args), lambda name: [] if self.nodes[name].profile else [name])]
+            list(args), lambda name: [] if self.nodes[name].profile else [name],
+            lambda name: [name] if self.nodes[name].profile else [])]
 
     # one service
     def _command(self, node: Node) -> list[str]:

@@ -273,8 +273,10 @@ class KubernetesRenderer:
         return resolved
 
     def _args(self, args: Iterable[Arg]) -> list[str]:
+        # An optional node (0 replicas) is named only by an Each's `if_off`: it may be scaled up.
         return [self._text(a) for a in expand_each(
-            list(args), lambda name: [] if self.nodes[name].profile else [name])]
+            list(args), lambda name: [] if self.nodes[name].profile else [name],
+            lambda name: [name] if self.nodes[name].profile else [])]
 
     def addressed(self) -> dict[tuple[str, str], list[str]]:
         """{(node, endpoint): the nodes that address it}, Prometheus on every metrics endpoint."""

@@ -150,10 +150,15 @@ class Each:
     Attributes:
       node: the node whose instances are enumerated.
       args: the arguments of one instance.
+      if_off: the arguments of one instance of a node whose profile is off (`Node.profile`):
+        compose and Kubernetes still define it, and a user may start it later (`--profile`, a
+        scaled Deployment), so it is named as an optional peer; the local launcher runs no such
+        node and gives nothing. Default: nothing either.
     """
 
     node: str
     args: tuple["Arg", ...]
+    if_off: tuple["Arg", ...] = ()
 
 
 Handle = Union[Address, InstanceName, Setting, Dir]
@@ -497,16 +502,20 @@ def _check_each(owner: str, args: Sequence[Arg], nodes: dict[str, Node], inside:
                     f"its instances vary, so name them with Each({arg.node!r}, ...)")
 
 
-def expand_each(args: Sequence[Arg], instances: Callable[[str], Sequence[str]]) -> list[Arg]:
+def expand_each(args: Sequence[Arg], instances: Callable[[str], Sequence[str]],
+                off_instances: Callable[[str], Sequence[str]] = lambda node: ()) -> list[Arg]:
     """`args` with every `Each` replaced by one copy of its arguments per instance of its node
-    (`instances(node)`), in which that node's handles name the instance."""
+    (`instances(node)`), in which that node's handles name the instance, then one copy of its
+    `if_off` arguments per instance the node has while its profile is off (`off_instances`)."""
     out: list[Arg] = []
     for arg in args:
         if isinstance(arg, Each):
             for instance in instances(arg.node):
-                out += _bind(expand_each(arg.args, instances), arg.node, instance)
+                out += _bind(expand_each(arg.args, instances, off_instances), arg.node, instance)
+            for instance in off_instances(arg.node):
+                out += _bind(expand_each(arg.if_off, instances, off_instances), arg.node, instance)
         elif isinstance(arg, Join):
-            out.append(Join(tuple(expand_each(arg.parts, instances))))
+            out.append(Join(tuple(expand_each(arg.parts, instances, off_instances))))
         else:
             out.append(arg)
     return out

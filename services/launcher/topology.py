@@ -261,14 +261,16 @@ def build_program(config: FleetConfig) -> Program:
             "/data/evaluator (results.jsonl, summary.json). Optional: `--profile evaluator` starts it. "
             "docs/evaluator.md."))
     if config.monitor:
-        # An optional node that is off (its profile) is named by no Each: the evaluator's
-        # metrics are scraped when FleetConfig.evaluator is on (the dashboard's Strength panel).
+        # An optional node that is off (its profile) runs nowhere locally; compose and
+        # Kubernetes may start it later, so the monitor watches it as optional ("off", no alarm,
+        # until it runs: the evaluator's metrics fill the Strength panel then).
         scraped = (environment, replay, trainer, network, agent, reanalyse, evaluator)
         program.add_node(Node(
             "monitor", "monitor", kind=HTTP, ports=_ports("monitor"),
             args=("--game", game, "--environment", environment.grpc_address, "--replay", replay.grpc_address,
                   "--network", network.grpc_address,
-                  *(Each(node.name, ("--metrics", join(node.instance_name, "=", node.metrics_address)))
+                  *(Each(node.name, ("--metrics", join(node.instance_name, "=", node.metrics_address)),
+                         if_off=("--optional-metrics", join(node.instance_name, "=", node.metrics_address)))
                     for node in scraped)),
             health=Health(path="/healthz"), waits_for=STARTED, publish=Setting("MONITOR_PORT", "5000"),
             doc="The dashboard. It starts once the others have started, not once they are healthy: "

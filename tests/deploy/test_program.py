@@ -12,8 +12,8 @@ import pytest
 
 from services.common.logs import get_logger
 from services.launcher.local import LocalFleet, PortPlan, plan, planned_ports
-from services.launcher.program import GRPC, HTTP, WORKER, Address, Container, Dir, Each, Health, Join, Mount, \
-    Node, Ports, Program, Setting, expand_each, join, resolve
+from services.launcher.program import GRPC, HTTP, WORKER, Address, Container, Dir, Each, Health, InstanceName, \
+    Join, Mount, Node, Ports, Program, Setting, expand_each, join, resolve
 from services.launcher.topology import FleetConfig, build_program, build_topology
 
 
@@ -166,6 +166,11 @@ def test_handles_resolve_only_when_a_launcher_asks():
     expanded = expand_each([Each("store", ("--m", join(store.instance_name, "=", store.metrics_address)))],
                            lambda name: ["store-a", "store-b"])
     assert resolve(expanded[3], lambda h: getattr(h, "instance", "?")) == "store-b=store-b"
+    # A node whose profile is off: its if_off arguments, once per instance it would have.
+    optional = Each("store", ("--m", store.instance_name), if_off=("--optional", store.instance_name))
+    off = expand_each([optional], lambda name: [], lambda name: ["store"])
+    assert [resolve(a, lambda h: getattr(h, "instance", "?")) for a in off] == ["--optional", "store"]
+    assert expand_each([optional], lambda name: ["store"]) == ["--m", InstanceName("store", "store")]
     with pytest.raises(ValueError, match="expand Each"):
         resolve(Each("store", ()), lambda h: None)
 

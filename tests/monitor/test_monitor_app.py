@@ -87,6 +87,30 @@ def test_unreachable_services_are_named_not_an_error_page(start_service):
     assert f"network unreachable at 127.0.0.1:{network_port}" in answer.get_json()["error"]
 
 
+def test_an_optional_service_not_running_is_off_not_down(start_service, tmp_path):
+    """compose's optional profiles (--optional-metrics): an evaluator that was never started is
+    "off", raises no alert and is not counted; once it answers it is a service like the others."""
+    environment = start_service("services.environment", ["--game", "tictactoe"])
+    evaluator_metrics_port = closed_port()
+    client, scraper = monitor_client(
+        game="tictactoe", environment=environment.grpc_address,
+        metrics=(MetricsTarget("environment", metrics_address(environment)),
+                 MetricsTarget.parse(f"evaluator=127.0.0.1:{evaluator_metrics_port}", optional=True),
+                 MetricsTarget.parse(f"reanalyse={metrics_address(environment)}", optional=True)),
+        scrape_timeout_s=1.0)
+    scraper.scrape_once()
+    body = client.get("/api/fleet").get_json()
+    by_name = {s["name"]: s for s in body["services"]}
+    assert by_name["evaluator"]["status"] == "off" and by_name["evaluator"]["messages"] == []
+    assert f"evaluator metrics unreachable at 127.0.0.1:{evaluator_metrics_port}" in by_name["evaluator"]["note"]
+    assert body["errors"] == [] and (body["up"], body["total"]) == (2, 2)
+    assert by_name["reanalyse"]["status"] == "up", "an optional service that answers is up"
+    page = client.get("/").data.decode()
+    assert 'data-service="evaluator"' in page and "optional: not running" in page
+    with pytest.raises(ValueError, match="--optional-metrics must be NAME=HOST:PORT"):
+        MetricsTarget.parse("evaluator", optional=True)
+
+
 @pytest.mark.parametrize("game", ["tictactoe", "connect4"])
 def test_play_against_a_served_model(model_network, game):
     network = model_network(game)

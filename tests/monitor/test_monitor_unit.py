@@ -504,7 +504,7 @@ def test_series_parameters_are_checked(client):
 
 
 class BrokenPlayer(Player):
-    def play(self, board, move, model_player):
+    def play(self, board, move, model_player, to_play=None):
         raise RuntimeError("secret detail /srv/internal/state.db")
 
 
