@@ -42,6 +42,7 @@ import games
 from monitor.config import GRPC_ROLES, MetricsTarget, MonitorConfig
 from monitor.metrics import MonitorMetrics
 from services.agent import metrics as agent_metrics
+from services.common.channels import service_config
 from services.common.logs import EventLogger
 from services.common.metrics import Sample, parse_metrics
 from services.environment import metrics as environment_metrics
@@ -519,9 +520,12 @@ class Scraper:
         """A probe channel that reconnects quickly once a service is back."""
         with self._lock:
             if address not in self._channels:
+                # round_robin like every MuFleet channel: a name with several replicas behind it
+                # is probed at one after another, not pinned to the first that answered.
                 self._channels[address] = grpc.insecure_channel(address, options=[
                     ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
-                    ("grpc.max_reconnect_backoff_ms", 2000), ("grpc.enable_retries", 0)])
+                    ("grpc.max_reconnect_backoff_ms", 2000), ("grpc.enable_retries", 0),
+                    ("grpc.service_config", service_config())])
             return self._channels[address]
 
     def _resolve(self, target: MetricsTarget) -> list[tuple[str, str]]:

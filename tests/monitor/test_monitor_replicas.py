@@ -128,3 +128,47 @@ def test_a_name_that_does_not_resolve_is_scraped_under_its_own_name():
     current = scraper.scrape_once()
     assert list(current.instances) == ["agent"] and not current.instances["agent"].ok
     assert f"127.0.0.1:{port}" in current.instances["agent"].error
+
+
+def test_health_probes_of_a_name_with_two_replicas_reach_both():
+    """The monitor's probe channel balances round-robin like every MuFleet channel: a target
+    naming two replicas (a headless Service in Kubernetes; here an `ipv4:` list of two servers
+    on loopback) has both probed, not the first that answered only."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    class CountingHealth(health.HealthServicer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.checks = 0
+
+        def Check(self, request, context):
+            self.checks += 1
+            return super().Check(request, context)
+
+    servers, servicers, ports = [], [], []
+    try:
+        for _ in range(2):
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            servicer = CountingHealth()
+            health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+            ports.append(server.add_insecure_port("127.0.0.1:0"))
+            server.start()
+            servers.append(server)
+            servicers.append(servicer)
+        config = MonitorConfig(game="tictactoe", scrape_timeout_s=5.0)
+        scraper = Scraper(config, get_logger("monitor", stream=io.StringIO()), MonitorMetrics())
+        target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        statuses = [scraper._health("replay", target).status for _ in range(12)]
+        assert statuses == ["SERVING"] * 12
+        assert sum(s.checks for s in servicers) == 12
+        # round_robin alternates over READY subchannels; the first probes may all go to the one
+        # that connected first, so both are asked for a share, not for exactly half.
+        assert all(s.checks >= 1 for s in servicers), [s.checks for s in servicers]
+    finally:
+        for server in servers:
+            server.stop(0)
+        for channel in getattr(locals().get("scraper"), "_channels", {}).values():
+            channel.close()
