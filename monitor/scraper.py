@@ -896,9 +896,14 @@ def _facts(role: str, samples: list[Samples], rates: list[dict[str, float | None
                 ("loss", loss[0] if loss else None, "")]
     if role == "agent":
         returns = [v for s in samples if (v := s.sum(agent_metrics.RECENT_MEAN_RETURN)) is not None]
-        return [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
-                ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
-                ("return", sum(returns) / len(returns) if returns else None, "")]
+        facts = [("sims/s", _sum_rates(rates, "simulations_per_s"), "/s"),
+                 ("moves/s", _sum_rates(rates, "moves_per_s"), "/s"),
+                 ("return", sum(returns) / len(returns) if returns else None, "")]
+        tiles = [v for s in samples
+                 if (v := s.sum(agent_metrics.RECENT_MEAN_EPISODE_STATISTIC, {"statistic": "max_tile"})) is not None]
+        if tiles:  # 2048: the mean largest tile of the last 100 games (of the agents' means)
+            facts.append(("largest tile", sum(tiles) / len(tiles), ""))
+        return facts
     if role == "evaluator":
         views = [v for s in samples if (v := evaluator_view(s, two_player)) is not None]
         view = views[0] if views else {}

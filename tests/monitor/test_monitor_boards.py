@@ -133,6 +133,8 @@ def test_2048_dashboard_charts_the_largest_tile(start_monitor, page, tmp_path):
             "() => window.monitorCharts['chart-max-tile'].data.datasets.map(d => [d.key, d.data.at(-1).y])")
         assert dict(datasets) == {"agent_recent_max_tile": 576, "agent_max_tile_512_share": 0.75,
                                   "agent_max_tile_1024_share": 0.25, "agent_max_tile_2048_share": 0}
+        card = page.page.locator('.card.service[data-service="agent-0"]')
+        assert "largest tile" in card.inner_text() and "576" in card.inner_text()
         screenshot(page.page, tmp_path, "dashboard-2048")
         assert page.errors() == []
     finally:
