@@ -12,7 +12,7 @@ import argparse
 import importlib
 import time
 
-BENCHMARKS = ["environment", "replay", "network", "search", "agent", "selfplay", "trainer", "opponents"]
+BENCHMARKS = ["environment", "replay", "network", "search", "agent", "selfplay", "scaling", "trainer", "opponents"]
 
 
 def main() -> None:

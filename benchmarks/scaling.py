@@ -1,0 +1,217 @@
+"""Scaling out: total simulations per second of 1, 2 and 4 agents against one network server,
+with the server's cross-request batching off and on, and a reanalyser beside self-play.
+
+Every service is its own process started from its command line, as the local fleet starts it
+(the network server's TensorFlow on one thread), on cartpole networks of the game's default
+size with random weights (no trainer: the work of acting alone). Each agent plays B games with
+S simulations per move. The numbers are counters the services export, read from their
+/metrics over a steady window after a warm-up: the agents' `mufleet_agent_simulations_total`,
+the network server's requests, model runs and rows per run, the reanalyser's positions; and
+each process's CPU time from /proc.
+
+From the network server's CPU time per request and per row, the last table estimates what N
+agents on N machines would get from one network server that does nothing else: a sketch from
+this machine's per-request costs, not a measurement of a GPU server (docs/kubernetes.md).
+
+On a 2-core machine the agents share the cores with the server: more agents cannot add
+simulations, only show whether merged requests (batching) cost the server less per row.
+
+    python -m benchmarks scaling
+    python -m benchmarks.scaling --seconds 20 --agents 1,2,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import games
+from benchmarks.selfplay import ONE_THREAD, _cpu_seconds
+from models.export import export_version
+from services.common.metrics import flat_metrics, sum_samples
+from services.common.processes import ServiceProcess
+
+GAME = "cartpole"
+BATCHING_CONFIG = Path(__file__).resolve().parents[1] / "models" / "batching.config"
+AGENT_SIMULATIONS = "mufleet_agent_simulations_total"
+NETWORK_REQUESTS = "mufleet_network_requests_total"
+NETWORK_RUNS = "mufleet_network_batch_size_count"  # one observation per model run
+NETWORK_ROWS = "mufleet_network_batch_size_sum"
+REANALYSE_POSITIONS = "mufleet_reanalyse_positions_total"
+REANALYSE_SIMULATIONS = "mufleet_reanalyse_simulations_total"
+
+
+def _scrape(url: str) -> dict[str, float]:
+    return flat_metrics(urllib.request.urlopen(url, timeout=10).read().decode())
+
+
+class Fleet:
+    """Environment, replay and network servers and `agents` agents (and `reanalysers`
+    reanalysers), each a process on loopback with free ports, stopped by `stop()`."""
+
+    def __init__(self, model_base: Path, tmp: Path, agents: int, batching: bool, batch: int,
+                 simulations: int, reanalysers: int = 0) -> None:
+        self.processes: dict[str, ServiceProcess] = {}
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(tmp, "environment", "services.environment",
+                        ["--port", "0", "--metrics-port", "0", "--max-games-per-session", str(max(batch, 1024))])
+            self._start(tmp, "replay", "services.replay",
+                        ["--game", GAME, "--data-dir", str(tmp / "replay"), "--port", "0", "--metrics-port", "0",
+                         "--capacity", "1000000", "--min-positions", "1"])
+            batching_flags = ["--enable_batching", "--batching_parameters_file", str(BATCHING_CONFIG)] if batching else []
+            self._start(tmp, "network", "services.network",
+                        ["--port", "0", "--metrics-port", "0", "--model_name", "muzero",
+                         "--model_base_path", str(model_base), *ONE_THREAD, *batching_flags])
+            for name in ("environment", "replay", "network"):
+                self.processes[name].wait_ready()
+            peers = ["--network", self.processes["network"].grpc_address]
+            for i in range(agents):
+                self._start(tmp, f"agent-{i}", "services.agent",
+                            ["--game", GAME, "--environment", self.processes["environment"].grpc_address,
+                             "--replay", self.processes["replay"].grpc_address, *peers,
+                             "--games-per-batch", str(batch), "--simulations", str(simulations),
+                             "--metrics-port", "0", "--seed", str(i)])
+            for i in range(reanalysers):
+                self._start(tmp, f"reanalyse-{i}", "services.reanalyse",
+                            ["--game", GAME, "--replay", self.processes["replay"].grpc_address, *peers,
+                             "--simulations", str(simulations), "--metrics-port", "0", "--seed", str(i)])
+            self.metrics_urls = {name: f"http://127.0.0.1:{p.wait_ready()['metrics_port']}/metrics"
+                                 for name, p in self.processes.items()}
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, tmp: Path, name: str, module: str, flags: list[str]) -> None:
+        self.processes[name] = ServiceProcess(module, flags, log_path=tmp / f"{name}.log").start()
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+    def scrape(self) -> dict[str, dict[str, float]]:
+        return {name: _scrape(url) for name, url in self.metrics_urls.items()}
+
+    def cpu(self) -> dict[str, float]:
+        return {name: _cpu_seconds(p.pid) for name, p in self.processes.items()}
+
+    def check_running(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{process.tail()}")
+
+
+def _total(scrapes: dict[str, dict[str, float]], prefix: str, metric: str) -> float:
+    return sum(sum_samples(s, metric) for name, s in scrapes.items() if name.startswith(prefix))
+
+
+def measure(fleet: Fleet, warmup_s: float, seconds: float) -> dict[str, float]:
+    """Rates over a window of `seconds` after every agent (and reanalyser) has started working
+    and `warmup_s` more."""
+    deadline = time.monotonic() + 180
+    while True:
+        scrapes = fleet.scrape()
+        agents = [s for n, s in scrapes.items() if n.startswith("agent-")]
+        reanalysers = [s for n, s in scrapes.items() if n.startswith("reanalyse-")]
+        if all(sum_samples(s, AGENT_SIMULATIONS) > 0 for s in agents) and \
+                all(sum_samples(s, REANALYSE_POSITIONS) > 0 for s in reanalysers):
+            break
+        fleet.check_running()
+        if time.monotonic() > deadline:
+            raise RuntimeError("the fleet did not start working within 180 s")
+        time.sleep(0.5)  # polling other processes' counters; nothing to wait on instead
+    time.sleep(warmup_s)
+    before, cpu_before, started = fleet.scrape(), fleet.cpu(), time.perf_counter()
+    time.sleep(seconds)
+    after, cpu_after, elapsed = fleet.scrape(), fleet.cpu(), time.perf_counter() - started
+    fleet.check_running()
+
+    def rate(prefix: str, metric: str) -> float:
+        return (_total(after, prefix, metric) - _total(before, prefix, metric)) / elapsed
+
+    cpu = {name: (cpu_after[name] - cpu_before[name]) / elapsed for name in cpu_after}
+    requests, runs, rows = rate("network", NETWORK_REQUESTS), rate("network", NETWORK_RUNS), rate("network", NETWORK_ROWS)
+    return {"simulations_per_s": rate("agent-", AGENT_SIMULATIONS),
+            "requests_per_s": requests, "runs_per_s": runs, "rows_per_run": rows / runs if runs else 0.0,
+            "network_cpu_ms_per_request": 1000 * cpu["network"] / requests if requests else 0.0,
+            "network_cpu_ms_per_row": 1000 * cpu["network"] / rows if rows else 0.0,
+            "network_cores": cpu["network"], "agents_cores": sum(v for n, v in cpu.items() if n.startswith("agent-")),
+            "total_cores": sum(cpu.values()),
+            "reanalysed_positions_per_s": rate("reanalyse-", REANALYSE_POSITIONS),
+            "reanalyse_simulations_per_s": rate("reanalyse-", REANALYSE_SIMULATIONS)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="1,2,4", help="comma-separated numbers of agents")
+    parser.add_argument("--batch", type=int, default=256, help="B, games per agent")
+    parser.add_argument("--simulations", type=int, default=32, help="S, simulations per move")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each row, s")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="warm-up before each window, s")
+    args = parser.parse_args(argv if argv is not None else [])
+    counts = [int(n) for n in args.agents.split(",") if n.strip()]
+    console = Console(width=160)
+    game = games.make(GAME)
+    B, S = args.batch, args.simulations
+    rows: list[tuple[str, dict[str, float]]] = []
+    from models.networks import MuZeroNetwork
+
+    with tempfile.TemporaryDirectory() as tmp_name, console.status("measuring") as status:
+        tmp = Path(tmp_name)
+        export_version(MuZeroNetwork(game.spec, game.settings, seed=0), tmp / "muzero", 1)
+        variants = [(n, batching, 0) for n in counts for batching in (False, True)] + [(1, False, 1)]
+        for agents, batching, reanalysers in variants:
+            label = (f"{agents} agent{'s' if agents > 1 else ''}, batching {'on' if batching else 'off'}"
+                     + (f", {reanalysers} reanalyser" if reanalysers else ""))
+            status.update(label)
+            fleet = Fleet(tmp / "muzero", tmp / label.replace(" ", "-").replace(",", ""), agents, batching, B, S,
+                          reanalysers)
+            try:
+                rows.append((label, measure(fleet, args.warmup_s, args.seconds)))
+            finally:
+                fleet.stop()
+            console.print(f"{label}: {rows[-1][1]}")
+    table = Table(title=f"scaling out on {os.cpu_count()} cores: {GAME} networks, B={B} per agent, S={S}, "
+                        f"one network server (TensorFlow on one thread)")
+    for column in ("fleet", "simulations/s (all agents)", "per agent", "requests/s", "rows per model run",
+                   "server CPU ms/request", "server CPU µs/row", "cores: server / agents / all",
+                   "reanalysed positions/s"):
+        table.add_column(column, justify="right")
+    for label, r in rows:
+        agents = int(label.split()[0])
+        table.add_row(label, f"{r['simulations_per_s']:,.0f}", f"{r['simulations_per_s'] / agents:,.0f}",
+                      f"{r['requests_per_s']:,.0f}", f"{r['rows_per_run']:,.0f}",
+                      f"{r['network_cpu_ms_per_request']:.2f}", f"{1000 * r['network_cpu_ms_per_row']:.1f}",
+                      f"{r['network_cores']:.2f} / {r['agents_cores']:.2f} / {r['total_cores']:.2f}",
+                      f"{r['reanalysed_positions_per_s']:,.0f}" if "reanalyser" in label else "-")
+    console.print(table)
+    # The sketch: one agent's requests per second when it has a machine of its own is the
+    # one-agent row's; a server doing only network work serves 1000 / (ms per request) of them
+    # per core at the best per-request cost measured (batching on or off).
+    one = next((r for label, r in rows if label.startswith("1 agent,") and "reanalyser" not in label), None)
+    if one and one["requests_per_s"]:
+        best = min((r for label, r in rows if "reanalyser" not in label), key=lambda r: r["network_cpu_ms_per_row"])
+        per_request_ms = best["network_cpu_ms_per_row"] * B
+        capacity = 1000.0 / per_request_ms if per_request_ms else float("inf")
+        sketch = Table(title="estimate: N agents on N machines against one network server of this machine's "
+                             "per-row cost (not measured: a sketch)")
+        for column in ("agents", "requests/s asked", "server cores needed", "simulations/s if served"):
+            sketch.add_column(column, justify="right")
+        for n in (1, 2, 4, 8, 16, 32):
+            asked = n * one["requests_per_s"]
+            sketch.add_row(str(n), f"{asked:,.0f}", f"{asked / capacity:.1f}", f"{n * one['simulations_per_s']:,.0f}")
+        console.print(sketch)
+        console.print(f"server cost: {1000 * best['network_cpu_ms_per_row']:.1f} µs of CPU per row "
+                      f"({per_request_ms:.1f} ms per request of {B} rows) -> {capacity:,.0f} requests/s per core")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
