@@ -2,6 +2,9 @@
 # the virtual environment, the pinned packages and the generated gRPC stubs.
 PYTHON ?= python3
 VENV := .venv
+# checkov (the Kubernetes manifests' security scan) lives in an environment of its own: its many
+# pinned dependencies would clash with the runtime's (requirements-scan.txt).
+SCAN_VENV := .venv-scan
 PY := $(VENV)/bin/python
 GAME ?= cartpole
 RUN_DIR ?= runs/$(GAME)
@@ -20,10 +23,16 @@ $(VENV)/.installed: requirements.txt
 
 # Test-only packages (google-deepmind/mctx and JAX, for the search cross-check): never in the
 # runtime requirements, installed by the test targets only.
-test-deps: $(VENV)/.crosscheck
+test-deps: $(VENV)/.crosscheck $(SCAN_VENV)/.installed
 
 $(VENV)/.crosscheck: requirements-crosscheck.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-crosscheck.txt
+	touch $@
+
+$(SCAN_VENV)/.installed: requirements-scan.txt
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
 	touch $@
 
 protos: $(PROTO_OUT)
