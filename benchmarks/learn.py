@@ -35,6 +35,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -386,24 +387,35 @@ def _plot(report: dict, path: Path) -> None:
         tiles.set_ylabel("games of 100")
         tiles.set_ylim(0, 100)
         tiles.legend(loc="center right", fontsize=8)
-    else:
-        for key in ("wins", "draws", "losses"):
-            axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
-        games_per = evaluations[0]["games"] if evaluations else 0
-        axis.set_ylabel(f"games of {games_per} vs {evaluations[0]['opponent'] if evaluations else ''}")
+    elif evaluations and "ladder" in evaluations[0]:
+        # The evaluator's reports: the score per game (wins + half the draws) against every
+        # fixed opponent of the ladder, and the version's Elo on the right.
+        opponents = [o for o in report.get("evaluator", {}).get("ladder", []) if o in evaluations[0]["ladder"]]
+        for opponent in opponents:
+            points = [(x, (r["wins"] + 0.5 * r["draws"]) / r["games"]) for x, e in zip(minutes, evaluations)
+                      if (r := e["ladder"].get(opponent))]
+            axis.plot(*zip(*points), marker="o", label=f"vs {opponent}")
+        axis.axhline(0.9, color="grey", linestyle="--", label="90%")
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_ylabel(f"score per game ({evaluations[0]['games']} games a match)")
         rated = [(x, e["elo"]) for x, e in zip(minutes, evaluations) if e.get("elo") is not None]
         if rated:
             elo = axis.twinx()
             elo.plot(*zip(*rated), color="tab:purple", linestyle="--", marker=".", label="Elo (random = 0)")
             elo.set_ylabel("Elo")
-            elo.legend(loc="center right", fontsize=8)
+            elo.legend(loc="lower right", fontsize=8)
+    else:
+        for key in ("wins", "draws", "losses"):
+            axis.plot(minutes, [e[key] for e in evaluations], marker="o", label=key)
+        axis.set_ylabel("games of 200 vs minimax")
     if by_steps:
         axis.axvline(report["env_steps_budget"], color="red", linestyle=":", label="env-step budget")
     axis.set_xlabel("self-play environment steps" if by_steps else "wall-clock minutes")
     preset = f" ({report['preset']})" if report.get("preset") else ""
-    axis.set_title(f"{report['game']}{preset} seed {report['seed']}\n{report['target']}", fontsize=10)
+    axis.set_title(f"{report['game']}{preset} seed {report['seed']}\n" + "\n".join(textwrap.wrap(report["target"], 80)),
+                   fontsize=9)
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
