@@ -17,7 +17,7 @@ On a 2-core machine the agents share the cores with the server: more agents cann
 simulations, only show whether merged requests (batching) cost the server less per row.
 
     python -m benchmarks scaling
-    python -m benchmarks.scaling --seconds 20 --agents 1,2,4
+    python -m benchmarks.scaling --seconds 20 --agents 1,2,4 --report docs/scaling.json
 """
 
 from __future__ import annotations
@@ -149,6 +149,39 @@ def measure(fleet: Fleet, warmup_s: float, seconds: float) -> dict[str, float]:
             "reanalyse_simulations_per_s": rate("reanalyse-", REANALYSE_SIMULATIONS)}
 
 
+def write_report(rows: list[tuple[str, dict[str, float]]], batch: int, simulations: int, path: Path) -> None:
+    """The rows as JSON (`path`) and a bar chart beside it (same name, .png): simulations/s of
+    every fleet, and the reanalyser's positions/s next to self-play."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.write_text(json.dumps({"game": GAME, "batch": batch, "simulations": simulations, "cores": os.cpu_count(),
+                                "rows": [{"fleet": label, **r} for label, r in rows]}, indent=2) + "\n")
+    figure, axis = plt.subplots(figsize=(8, 4), dpi=100)
+    labels = [label.replace(", ", "\n") for label, _ in rows]
+    bars = axis.bar(range(len(rows)), [r["simulations_per_s"] / 1000 for _, r in rows],
+                    color=["tab:blue" if "batching off" in label else "tab:orange" for label, _ in rows])
+    for bar, (label, r) in zip(bars, rows):
+        text = f"{r['simulations_per_s'] / 1000:.0f}k"
+        if r["reanalysed_positions_per_s"]:
+            text += f"\n+{r['reanalysed_positions_per_s']:.0f} reanalysed\npositions/s"
+        axis.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                      fontsize=8)
+    axis.set_xticks(range(len(rows)), labels, fontsize=8)
+    axis.set_ylabel("self-play simulations/s (thousands, all agents)")
+    axis.set_title(f"one network server, {GAME} networks, B={batch} per agent, S={simulations}, "
+                   f"{os.cpu_count()} cores (blue: batching off, orange: on)", fontsize=9)
+    axis.set_ylim(0, max(r["simulations_per_s"] for _, r in rows) / 1000 * 1.3)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".png"))
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="1,2,4", help="comma-separated numbers of agents")
@@ -156,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--simulations", type=int, default=32, help="S, simulations per move")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window of each row, s")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="warm-up before each window, s")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="also write the rows as JSON here and a chart beside it (.png), e.g. docs/scaling.json")
     args = parser.parse_args(argv if argv is not None else [])
     counts = [int(n) for n in args.agents.split(",") if n.strip()]
     console = Console(width=160)
@@ -193,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['network_cores']:.2f} / {r['agents_cores']:.2f} / {r['total_cores']:.2f}",
                       f"{r['reanalysed_positions_per_s']:,.0f}" if "reanalyser" in label else "-")
     console.print(table)
+    if args.report:
+        write_report(rows, B, S, args.report)
     # The sketch: one agent's requests per second when it has a machine of its own is the
     # one-agent row's; a server doing only network work serves 1000 / (ms per request) of them
     # per core at the best per-request cost measured (batching on or off).
