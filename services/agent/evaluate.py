@@ -71,7 +71,7 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
              simulations: int, version: int | None = None, seed: int = 0,
              opponent=random_opponent, groups: int = 1,
              stop: threading.Event | None = None,
-             metrics: AgentMetrics | None = None) -> EvaluationResult:
+             metrics: AgentMetrics | None = None, opening_moves: int = 0) -> EvaluationResult:
     """Plays `num_games` games greedily (no noise, temperature 0) and returns their results.
 
     The games are played at once in one environment session; each slot counts its first game.
@@ -82,7 +82,14 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
     Raises PermanentFailure naming the peer and call when the environment or the network
     fails (evaluation does not wait out failures: run it again), and TimeoutError when no
     version becomes available. The search counts in `metrics` (default: a registry of its own).
+
+    `opening_moves`: the first moves of every game (both sides' in two-player games) are
+    uniformly random legal moves (from `seed`), so that two deterministic players (greedy
+    searches of two model versions) play different games instead of one game `num_games / 2`
+    times. They count in the game's length; the result is the players' from there on.
     """
+    if opening_moves < 0:
+        raise ValueError(f"opening_moves must be >= 0, got {opening_moves}")
     game = games.make(game_name)
     spec = game.spec
     settings = game.settings.replace(num_simulations=simulations)
@@ -116,13 +123,17 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
                 result = search.search(step.observation, step.legal_actions, rng, training=False,
                                        temperature=0.0, version=pinned)
             actions = np.array(result.greedy_actions, np.int32)
+            opening = (lengths < opening_moves) & ~done
             if two_player:
                 # The opponent is asked only for its own moves in unfinished games: a searching
                 # opponent (rollout MCTS, alpha-beta) spends its time where it counts. Finished
                 # slots (auto-reset games nobody counts) play the agent's legal greedy move.
-                theirs = np.flatnonzero((step.to_play != agent_side) & ~done)
+                theirs = np.flatnonzero((step.to_play != agent_side) & ~done & ~opening)
                 if theirs.size:
                     actions[theirs] = opponent(step.observation[theirs], step.legal_actions[theirs], rng)
+            if opening.any():
+                random_moves = random_opponent(step.observation[opening], step.legal_actions[opening], rng)
+                actions[opening] = random_moves
             mover, before = step.to_play, step.observation
             with _failures("environment", "Step", environment_address):
                 step = environment.step(session, actions, auto_reset=True)

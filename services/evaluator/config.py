@@ -49,6 +49,10 @@ class EvaluatorConfig:
         games, which have no ladder).
       anchor_every: versions apart (in version numbers: the trainer's versions are its
         training steps) that two kept anchors are at least.
+      anchor_opening_moves: in a match against an earlier version (an anchor), the first moves
+        of every game (both sides') are uniformly random: both players search greedily and
+        deterministically, so without them a match is one game per side played again and again.
+        Matches against the fixed opponents start from the rules' position.
       rate_every: versions apart (in version numbers) between rated versions: a version is
         rated when it is at least this much newer than the last one rated (0 or 1: every new
         version). A long match (mcts1000) then takes a share of the machine, not all of it.
@@ -74,6 +78,7 @@ class EvaluatorConfig:
     anchor_every: int = 1000
     max_anchors: int = 3
     rate_every: int = 0
+    anchor_opening_moves: int = 2
     seed: int = 0
     model_name: str = "muzero"
     request_timeout_s: float = 30.0
@@ -109,6 +114,8 @@ class EvaluatorConfig:
                     f"side), got {self.games_per_match}")
         require(self.simulations >= 0, f"EvaluatorConfig.simulations must be >= 0, got {self.simulations}")
         require(self.anchor_every >= 1, f"EvaluatorConfig.anchor_every must be >= 1, got {self.anchor_every}")
+        require(self.anchor_opening_moves >= 0,
+                f"EvaluatorConfig.anchor_opening_moves must be >= 0, got {self.anchor_opening_moves}")
         require(self.rate_every >= 0, f"EvaluatorConfig.rate_every must be >= 0, got {self.rate_every}")
         require(self.max_anchors >= 1, f"EvaluatorConfig.max_anchors must be >= 1, got {self.max_anchors}")
         require(self.request_timeout_s > 0,

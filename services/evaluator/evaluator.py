@@ -48,11 +48,13 @@ def _counts(returns: np.ndarray) -> dict[str, int]:
 
 
 def match_record(result: EvaluationResult, opponent: str, simulations: int, seconds: float,
-                 two_player: bool) -> dict[str, Any]:
+                 two_player: bool, opening_moves: int = 0) -> dict[str, Any]:
     """The store's record of one match (services/evaluator/store.py)."""
     record: dict[str, Any] = {"version": int(result.version), "opponent": opponent, "games": len(result.returns),
                               "simulations": simulations, "mean_length": round(float(np.mean(result.lengths)), 2),
                               "seconds": round(seconds, 3), "time": _now()}
+    if opening_moves:
+        record["opening_moves"] = opening_moves
     if two_player:
         record.update(_counts(result.returns), first=_counts(result.returns[0::2]),
                       second=_counts(result.returns[1::2]))
@@ -164,6 +166,8 @@ class Evaluator:
         stop = stop if stop is not None else self.stop
         config = self.config
         play = self._opponent(opponent) if config.two_player else None
+        # Two greedy model versions would play one game again and again: random openings.
+        opening = config.anchor_opening_moves if opponent not in self.opponents else 0
         backoff = self.policy.backoff(stop)
         while True:
             started = time.perf_counter()
@@ -171,7 +175,7 @@ class Evaluator:
                 kwargs = {"opponent": play} if play is not None else {}
                 result = evaluate(config.game, self.environment, self.network, config.games_per_match,
                                   config.search_simulations, version=version, seed=self._seed(version, opponent),
-                                  stop=stop, **kwargs)
+                                  stop=stop, opening_moves=opening, **kwargs)
                 break
             except EvaluationStopped:
                 return None
@@ -191,7 +195,7 @@ class Evaluator:
                 if stop.wait(delay):
                     return None
         seconds = time.perf_counter() - started
-        record = match_record(result, opponent, config.search_simulations, seconds, config.two_player)
+        record = match_record(result, opponent, config.search_simulations, seconds, config.two_player, opening)
         self.store.append(record)
         self.matches += 1
         m = self.metrics

@@ -79,3 +79,39 @@ def test_a_2048_evaluation_reports_each_games_largest_tile():
     assert summary["max_tile_at_least"] == {str(t): int((tiles >= t).sum()) for t in (256, 512, 1024, 2048, 4096)}
     assert "max_tile_at_least" not in evaluate("cartpole", FakeEnvironment("cartpole"), FakeNetwork(num_actions=2),
                                                num_games=2, simulations=2).summary()
+
+
+class RecordingEnvironment(FakeEnvironment):
+    """Keeps every step's actions ([steps, B])."""
+
+    def __init__(self, game_name: str) -> None:
+        super().__init__(game_name)
+        self.actions: list[np.ndarray] = []
+
+    def step(self, session_id, actions, auto_reset=False, timeout_s=None, expected_num_steps=None):
+        self.actions.append(np.array(actions))
+        return super().step(session_id, actions, auto_reset, timeout_s, expected_num_steps)
+
+
+def first_legal(observation, legal_actions, rng):
+    """A deterministic opponent, as a greedy model version is."""
+    return np.argmax(legal_actions, axis=1).astype(np.int32)
+
+
+@pytest.mark.parametrize("opening_moves", [0, 2])
+def test_random_openings_make_two_deterministic_players_play_different_games(opening_moves):
+    environment = RecordingEnvironment("tictactoe")
+    evaluate("tictactoe", environment, FakeNetwork(num_actions=9), num_games=12, simulations=2, seed=3,
+             opponent=first_legal, opening_moves=opening_moves)
+    openings = {tuple(int(a) for a in np.stack(environment.actions)[:4, slot]) for slot in range(12)}
+    if opening_moves == 0:
+        # a deterministic search against a deterministic opponent: one game per side at most
+        # (here one: the fake network's uniform prior makes the search pick the first legal
+        # move too)
+        assert len(openings) <= 2, openings
+    else:
+        assert len(openings) >= 6, openings
+        firsts = {opening[:2] for opening in openings}
+        assert len(firsts) >= 6 and all(a != b for a, b in firsts)  # two random legal plies
+    with pytest.raises(ValueError, match="opening_moves must be >= 0, got -1"):
+        evaluate("tictactoe", environment, FakeNetwork(num_actions=9), num_games=2, simulations=2, opening_moves=-1)

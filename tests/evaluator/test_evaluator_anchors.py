@@ -47,6 +47,8 @@ def test_versions_are_kept_every_v_versions_and_later_versions_play_them(tmp_pat
     assert sorted(p.name for p in (tmp_path / "state" / "anchors").iterdir()) == ["2"]
     for r in evaluator.store.records:
         assert r["wins"] + r["draws"] + r["losses"] == 4
+        # model against model opens at random (both search deterministically); fixed opponents do not
+        assert r.get("opening_moves", 0) == (2 if r["opponent"].startswith("v") else 0)
     samples = scraped(evaluator)
     assert samples[evaluator_metrics.MATCHES_TOTAL + "{opponent=v0}"] == 2
     assert samples[evaluator_metrics.ANCHORS] == 1
