@@ -588,9 +588,12 @@ class Scraper:
             started = time.monotonic()
             config = self.config
             jobs: dict[concurrent.futures.Future, tuple[str, str]] = {}
+            optional: set[str] = set()  # instances of targets that may not run
             for target in config.metrics:
                 for instance, address in self._resolve(target):
                     jobs[self._pool.submit(self._scrape, target, instance, address)] = ("metrics", instance)
+                    if target.optional:
+                        optional.add(instance)
             for role in GRPC_ROLES:
                 if address := config.grpc_address(role):
                     jobs[self._pool.submit(self._health, role, address)] = ("health", role)
@@ -604,8 +607,7 @@ class Scraper:
                 if kind == "metrics":
                     scrape = future.result()
                     instances[name] = scrape
-                    self._count(name, scrape.ok, scrape.error,
-                                optional=any(t.optional for t in config.metrics if t.name == scrape.target))
+                    self._count(name, scrape.ok, scrape.error, optional=name in optional)
                 elif kind == "health":
                     health[name] = future.result()
                     self._count(f"{name}:grpc", health[name].status != "UNREACHABLE", health[name].error)
