@@ -27,86 +27,21 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 import games
-from benchmarks.selfplay import ONE_THREAD, _cpu_seconds
+from benchmarks.fleet import AGENT_SIMULATIONS, GAME, ONE_THREAD, REANALYSE_POSITIONS, Fleet
 from models.export import export_version
-from services.common.metrics import flat_metrics, sum_samples
-from services.common.processes import ServiceProcess
+from services.common.metrics import sum_samples
 
-GAME = "cartpole"
 BATCHING_CONFIG = Path(__file__).resolve().parents[1] / "models" / "batching.config"
-AGENT_SIMULATIONS = "mufleet_agent_simulations_total"
 NETWORK_REQUESTS = "mufleet_network_requests_total"
 NETWORK_RUNS = "mufleet_network_batch_size_count"  # one observation per model run
 NETWORK_ROWS = "mufleet_network_batch_size_sum"
-REANALYSE_POSITIONS = "mufleet_reanalyse_positions_total"
 REANALYSE_SIMULATIONS = "mufleet_reanalyse_simulations_total"
-
-
-def _scrape(url: str) -> dict[str, float]:
-    return flat_metrics(urllib.request.urlopen(url, timeout=10).read().decode())
-
-
-class Fleet:
-    """Environment, replay and network servers and `agents` agents (and `reanalysers`
-    reanalysers), each a process on loopback with free ports, stopped by `stop()`."""
-
-    def __init__(self, model_base: Path, tmp: Path, agents: int, batching: bool, batch: int,
-                 simulations: int, reanalysers: int = 0) -> None:
-        self.processes: dict[str, ServiceProcess] = {}
-        tmp.mkdir(parents=True, exist_ok=True)
-        try:
-            self._start(tmp, "environment", "services.environment",
-                        ["--port", "0", "--metrics-port", "0", "--max-games-per-session", str(max(batch, 1024))])
-            self._start(tmp, "replay", "services.replay",
-                        ["--game", GAME, "--data-dir", str(tmp / "replay"), "--port", "0", "--metrics-port", "0",
-                         "--capacity", "1000000", "--min-positions", "1"])
-            batching_flags = ["--enable_batching", "--batching_parameters_file", str(BATCHING_CONFIG)] if batching else []
-            self._start(tmp, "network", "services.network",
-                        ["--port", "0", "--metrics-port", "0", "--model_name", "muzero",
-                         "--model_base_path", str(model_base), *ONE_THREAD, *batching_flags])
-            for name in ("environment", "replay", "network"):
-                self.processes[name].wait_ready()
-            peers = ["--network", self.processes["network"].grpc_address]
-            for i in range(agents):
-                self._start(tmp, f"agent-{i}", "services.agent",
-                            ["--game", GAME, "--environment", self.processes["environment"].grpc_address,
-                             "--replay", self.processes["replay"].grpc_address, *peers,
-                             "--games-per-batch", str(batch), "--simulations", str(simulations),
-                             "--metrics-port", "0", "--seed", str(i)])
-            for i in range(reanalysers):
-                self._start(tmp, f"reanalyse-{i}", "services.reanalyse",
-                            ["--game", GAME, "--replay", self.processes["replay"].grpc_address, *peers,
-                             "--simulations", str(simulations), "--metrics-port", "0", "--seed", str(i)])
-            self.metrics_urls = {name: f"http://127.0.0.1:{p.wait_ready()['metrics_port']}/metrics"
-                                 for name, p in self.processes.items()}
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, tmp: Path, name: str, module: str, flags: list[str]) -> None:
-        self.processes[name] = ServiceProcess(module, flags, log_path=tmp / f"{name}.log").start()
-
-    def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop()
-
-    def scrape(self) -> dict[str, dict[str, float]]:
-        return {name: _scrape(url) for name, url in self.metrics_urls.items()}
-
-    def cpu(self) -> dict[str, float]:
-        return {name: _cpu_seconds(p.pid) for name, p in self.processes.items()}
-
-    def check_running(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited:\n{process.tail()}")
 
 
 def _total(scrapes: dict[str, dict[str, float]], prefix: str, metric: str) -> float:
@@ -116,18 +51,7 @@ def _total(scrapes: dict[str, dict[str, float]], prefix: str, metric: str) -> fl
 def measure(fleet: Fleet, warmup_s: float, seconds: float) -> dict[str, float]:
     """Rates over a window of `seconds` after every agent (and reanalyser) has started working
     and `warmup_s` more."""
-    deadline = time.monotonic() + 180
-    while True:
-        scrapes = fleet.scrape()
-        agents = [s for n, s in scrapes.items() if n.startswith("agent-")]
-        reanalysers = [s for n, s in scrapes.items() if n.startswith("reanalyse-")]
-        if all(sum_samples(s, AGENT_SIMULATIONS) > 0 for s in agents) and \
-                all(sum_samples(s, REANALYSE_POSITIONS) > 0 for s in reanalysers):
-            break
-        fleet.check_running()
-        if time.monotonic() > deadline:
-            raise RuntimeError("the fleet did not start working within 180 s")
-        time.sleep(0.5)  # polling other processes' counters; nothing to wait on instead
+    fleet.wait_working()
     time.sleep(warmup_s)
     before, cpu_before, started = fleet.scrape(), fleet.cpu(), time.perf_counter()
     time.sleep(seconds)
@@ -207,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
             label = (f"{agents} agent{'s' if agents > 1 else ''}, batching {'on' if batching else 'off'}"
                      + (f", {reanalysers} reanalyser" if reanalysers else ""))
             status.update(label)
-            fleet = Fleet(tmp / "muzero", tmp / label.replace(" ", "-").replace(",", ""), agents, batching, B, S,
-                          reanalysers)
+            batching_flags = ("--enable_batching", "--batching_parameters_file", str(BATCHING_CONFIG))
+            fleet = Fleet(tmp / "muzero", tmp / label.replace(" ", "-").replace(",", ""), agents, B, S,
+                          network_flags=ONE_THREAD + (batching_flags if batching else ()), reanalysers=reanalysers)
             try:
                 rows.append((label, measure(fleet, args.warmup_s, args.seconds)))
             finally:

@@ -33,7 +33,6 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -42,25 +41,22 @@ from rich.console import Console
 from rich.table import Table
 
 import games
+from benchmarks.fleet import AGENT_SIMULATIONS, GAME, ONE_THREAD, Fleet, scrape
 from benchmarks.search import measure as measure_search_alone
 from models.export import export_version, load_version
 from models.networks import MuZeroNetwork
 from services.agent.local_network import LocalNetwork
 from services.agent.pipeline import PipelinedSearch
 from services.agent.search import SearchConfig
-from services.common.metrics import flat_metrics, sum_samples
-from services.common.processes import ServiceProcess
+from services.common.metrics import sum_samples
 
-GAME = "cartpole"
 NAMES = ("environment", "replay", "network", "agent")
-ONE_THREAD = ("--tensorflow_intra_op_parallelism", "1", "--tensorflow_inter_op_parallelism", "1")
 # (label, the agent's --groups (None: its default), extra flags of the network server): both at
 # their defaults, then TensorFlow on one thread as the local fleet runs it
 # (services/launcher/topology.py) with 1 and with 2 groups.
 END_TO_END_VARIANTS = (("agent and network server defaults", None, ()),
                        ("1 group, network TF on one thread", 1, ONE_THREAD),
                        ("2 groups, network TF on one thread", 2, ONE_THREAD))
-SIMULATIONS_COUNTER = "mufleet_agent_simulations_total"
 
 
 def in_process_limit(model_dir: Path, game: games.Game, batch: int, simulations: int, groups: int,
@@ -83,67 +79,31 @@ def in_process_limit(model_dir: Path, game: games.Game, batch: int, simulations:
     return moves * batch * simulations / (time.perf_counter() - started)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far, s (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _simulations(metrics_url: str) -> float:
-    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    return sum_samples(flat_metrics(text), SIMULATIONS_COUNTER)
-
-
 def end_to_end(model_dir: Path, tmp: Path, batch: int, simulations: int, groups: int | None,
                warmup_s: float, seconds: float, network_flags: tuple[str, ...] = ()) -> tuple[float, dict[str, float]]:
     """Simulations per second of a real agent process against real servers, and each process's
     CPU time per simulation step of all B games (ms, by name in NAMES)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    services: list[ServiceProcess] = []
-
-    def start(module: str, flags: list[str]) -> ServiceProcess:
-        process = ServiceProcess(module, flags, log_path=tmp / f"{module.split('.')[-1]}.log").start()
-        services.append(process)
-        return process
-
+    fleet = Fleet(model_dir.parent, tmp, agents=1, batch=batch, simulations=simulations,
+                  network_flags=network_flags, agent_flags=("--groups", str(groups)) if groups is not None else ())
     try:
-        environment = start("services.environment", ["--port", "0", "--metrics-port", "0",
-                                                     "--max-games-per-session", str(max(batch, 1024))])
-        replay = start("services.replay", ["--game", GAME, "--data-dir", str(tmp / "replay"), "--port", "0",
-                                           "--metrics-port", "0", "--capacity", "1000000"])
-        network = start("services.network", ["--port", "0", "--metrics-port", "0", "--model_name", "muzero",
-                                              "--model_base_path", str(model_dir.parent), *network_flags])
-        for process in (environment, replay, network):
-            process.wait_ready()
-        agent_flags = ["--game", GAME, "--environment", environment.grpc_address,
-                       "--network", network.grpc_address, "--replay", replay.grpc_address,
-                       "--games-per-batch", str(batch), "--simulations", str(simulations),
-                       "--metrics-port", "0", "--seed", "0"]
-        if groups is not None:
-            agent_flags += ["--groups", str(groups)]
-        agent = start("services.agent", agent_flags)
-        ready = agent.wait_ready()
-        metrics_url = f"http://127.0.0.1:{ready['metrics_port']}/metrics"
         # Warm-up: until the agent has searched (the network answered, the trees exist), then a while.
-        deadline = time.monotonic() + 120
-        while _simulations(metrics_url) == 0:
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the agent did not start searching:\n{agent.tail()}")
-            time.sleep(0.2)  # polling a counter of another process; nothing to wait on instead
+        fleet.wait_working(120)
         time.sleep(warmup_s)
-        cpu_before = [_cpu_seconds(p.pid) for p in services]
-        first, started = _simulations(metrics_url), time.perf_counter()
+        cpu_before = fleet.cpu()
+        first, started = _simulations(fleet), time.perf_counter()
         time.sleep(seconds)
-        last, elapsed = _simulations(metrics_url), time.perf_counter() - started
-        cpu = {name: _cpu_seconds(p.pid) - before for name, p, before in zip(NAMES, services, cpu_before)}
-        if agent.poll() is not None:
-            raise RuntimeError(f"the agent exited during the measurement:\n{agent.tail()}")
+        last, elapsed = _simulations(fleet), time.perf_counter() - started
+        cpu = {name.split("-")[0]: used - cpu_before[name] for name, used in fleet.cpu().items()}
+        fleet.check_running()
         rate = (last - first) / elapsed
         steps = (last - first) / batch  # simulation steps of the whole batch
-        return rate, {name: 1000 * seconds_used / max(steps, 1) for name, seconds_used in cpu.items()}
+        return rate, {name: 1000 * cpu[name] / max(steps, 1) for name in NAMES}
     finally:
-        for process in reversed(services):
-            process.stop()
+        fleet.stop()
+
+
+def _simulations(fleet: Fleet) -> float:
+    return sum_samples(scrape(fleet.metrics_urls["agent-0"]), AGENT_SIMULATIONS)
 
 
 def main(argv: list[str] | None = None) -> None:
