@@ -35,16 +35,12 @@ from typing import Any, Mapping
 import games
 from games.settings import SECTION_OF_FIELD, MuZeroSettings
 from games.validation import require
+from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES
 
-# Training fields the trainer takes as flags (services/trainer/config.py SETTINGS_OVERRIDES,
-# imported lazily: the program needs no TensorFlow).
-_TRAINER_FLAGS = ("batch_size", "learning_rate", "export_interval", "num_unroll_steps", "optimizer",
-                  "weight_decay", "consistency_weight", "projection_hidden_size", "projection_size",
-                  "prediction_hidden_size", "value_prefix", "value_prefix_horizon", "value_prefix_lstm_size",
-                  "chance_loss_weight", "commitment_weight", "diversity_weight")
-# Network fields the trainer takes as flags (NETWORK_OVERRIDES there): the model's kind, which
-# every searcher reads from the model.
-_TRAINER_NETWORK_FLAGS = ("chance_codes",)
+# Training and network fields the trainer takes as flags (its config imports no TensorFlow).
+_TRAINER_FLAGS = SETTINGS_OVERRIDES
+# Network fields among them: the model's kind, which every searcher reads from the model.
+_TRAINER_NETWORK_FLAGS = NETWORK_OVERRIDES
 # Training fields the replay takes as flags too: each goes to both.
 _REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).

@@ -33,7 +33,9 @@ def test_a_bad_replay_address_names_the_flag(capsys):
 
 
 def test_flags_reach_the_config():
-    config = parse_args(BASE + ["--prefetch", "7", "--sample-timeout", "2.5", "--batch-size", "12"])
+    config = parse_args(BASE + ["--prefetch", "7", "--sample-timeout", "2.5", "--batch-size", "12",
+                                "--lr-decay-steps", "77", "--lr-decay-rate", "0.25"])
     assert config.prefetch_batches == 7 and config.sample_timeout_s == 2.5
+    assert (config.settings.training.lr_decay_steps, config.settings.training.lr_decay_rate) == (77, 0.25)
     assert config.settings.training.batch_size == 12 and config.replay_address == "127.0.0.1:1"
     assert config.models_dir == "m" and config.checkpoint_dir == "c"
