@@ -1,7 +1,9 @@
 """The ladder opponents' speed: the rollout-MCTS opponent's moves per second for B Connect Four
 games at once, and the time per move of the Connect Four alpha-beta player by depth.
 
-  * MCTS: one search of B = 50 games from the opening (B moves), at 100 and 1,000 simulations;
+  * MCTS: one search of B = 50 games from the opening (B moves), at 100 and 1,000 simulations,
+    with the bitboard playouts the opponent uses and with the generic `game.step` ones (the
+    same search, bit for bit: what the bitboards buy);
   * alpha-beta: one move of one game from the opening and from a 12-stone midgame (two random
     moves, then depth-3 play, seed 5), at depths 1, 2, ... until a move takes over a second.
 
@@ -45,15 +47,17 @@ def main() -> None:
     game = games.make("connect4")
     start = game.reset(MCTS_GAMES)
     table = Table(title=f"rollout MCTS, B = {MCTS_GAMES} Connect Four games ({os.cpu_count()} cores)")
-    for column in ("simulations", "s per search", "moves/s"):
-        table.add_column(column, justify="right")
-    for simulations in MCTS_SIMULATIONS:
-        search = RolloutMCTS("connect4", simulations)
-        started = time.perf_counter()
-        search.search(game.observation(start), game.legal_actions(start),
-                      np.arange(MCTS_GAMES, dtype=np.uint64))
-        elapsed = time.perf_counter() - started
-        table.add_row(str(simulations), f"{elapsed:.2f}", f"{MCTS_GAMES / elapsed:.1f}")
+    for column in ("playouts", "simulations", "s per search", "moves/s"):
+        table.add_column(column, justify="left" if column == "playouts" else "right")
+    for fast in (True, False):
+        for simulations in MCTS_SIMULATIONS:
+            search = RolloutMCTS("connect4", simulations, fast_playouts=fast)
+            started = time.perf_counter()
+            search.search(game.observation(start), game.legal_actions(start),
+                          np.arange(MCTS_GAMES, dtype=np.uint64))
+            elapsed = time.perf_counter() - started
+            table.add_row("bitboards" if fast else "generic step", str(simulations), f"{elapsed:.2f}",
+                          f"{MCTS_GAMES / elapsed:.1f}")
     console.print(table)
 
     table = Table(title="Connect Four alpha-beta, one move of one game")

@@ -40,49 +40,13 @@ import numpy as np
 import games
 from games.base import Game, State
 from games.validation import require
+from services.agent.playouts import draw_legal, playouts_for, stream_base, stream_keys
 
 # The board games an observation shape belongs to (an opponent sees only observations).
 BOARD_GAMES = {(3, 3, 2): "tictactoe", (6, 7, 2): "connect4", (8, 8, 2): "othello"}
 
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
 # Stream domains, so the expansion draws and the playout draws of one (simulation, ply) differ.
 _EXPAND, _PLAYOUT = 1, 2
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: uint64 [k] -> uint64 [k], wrapping arithmetic (a bijection)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _MIX1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _MIX2
-    return x ^ (x >> np.uint64(31))
-
-
-def _odd_multiple(n: int) -> np.uint64:
-    """n times the golden-ratio constant, modulo 2^64 (Python ints: NumPy scalars warn on wrapping)."""
-    return np.uint64((n * _GOLDEN) % (1 << 64))
-
-
-def stream_base(seeds: np.ndarray, domain: int, simulation: int) -> np.ndarray:
-    """uint64 [k]: each game's stream (`seeds` uint64 [k]) for one (domain, simulation), to be
-    drawn from with `stream_keys`."""
-    return _mix(_mix(seeds ^ _odd_multiple(domain)) + _odd_multiple(simulation + 1))
-
-
-def stream_keys(base: np.ndarray, ply: int) -> np.ndarray:
-    """uint64 [k]: the random number at `ply` of each stream of `stream_base`: a pure function
-    of (seed, domain, simulation, ply), per game."""
-    return _mix(base + _odd_multiple(ply + 1))
-
-
-def draw_legal(keys: np.ndarray, legal: np.ndarray) -> np.ndarray:
-    """int64 [k]: a uniformly random True column per row of `legal` (bool [k, A], each row with
-    at least one), chosen by `keys` (uint64 [k])."""
-    count = legal.sum(axis=1)
-    pick = (keys % count.astype(np.uint64)).astype(np.int64)  # in [0, count)
-    return np.argmax(np.cumsum(legal, axis=1) > pick[:, None], axis=1)
 
 
 def _write(store: State, rows: np.ndarray, games_: State) -> None:
@@ -119,9 +83,13 @@ class RolloutMCTS:
         UCB1's for rewards in [0, 1], a greedier search. Not tuned: at 100 simulations in
         Connect Four it beat c = 2 sqrt(2) by 15 to 9 and lost to c = 0.7 by 9 to 14 (one draw),
         24 games each, too few to tell.
+      fast_playouts: play Connect Four's playouts on bitboards (services/agent/playouts.py:
+        the same draws and results, several times faster); False plays every game's playouts
+        through its generic `step`.
     """
 
-    def __init__(self, game_name: str | None, simulations: int, exploration: float = math.sqrt(2.0)) -> None:
+    def __init__(self, game_name: str | None, simulations: int, exploration: float = math.sqrt(2.0),
+                 fast_playouts: bool = True) -> None:
         require(game_name is None or game_name in BOARD_GAMES.values(),
                 f"game_name must be one of {', '.join(BOARD_GAMES.values())} (or None), got {game_name!r}")
         require(simulations >= 1, f"simulations must be >= 1, got {simulations}")
@@ -129,6 +97,7 @@ class RolloutMCTS:
         self.game_name = game_name
         self.simulations = simulations
         self.exploration = exploration
+        self.fast_playouts = fast_playouts
 
     def __call__(self, observation: np.ndarray, legal_actions: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
@@ -172,6 +141,7 @@ class RolloutMCTS:
         require(seeds.shape == (B,), f"seeds: expected shape ({B},), got {seeds.shape}")
 
         # Node arrays are flat over the B trees of N nodes: row b * N + n.
+        playouts = playouts_for(game, self.fast_playouts)
         N = S + 1
         roots = np.arange(B, dtype=np.int64) * N
         store = root.take(np.repeat(np.arange(B), N))  # each node's game; rows filled on expansion
@@ -211,8 +181,8 @@ class RolloutMCTS:
                 going = np.flatnonzero(~done)
                 if going.size:
                     # A playout's result is from the view of the child's mover, the other player.
-                    results[grow[going]] = -self._playout(game, child.take(going), seeds[grow[going]],
-                                                          simulation)
+                    results[grow[going]] = -playouts(game, child.take(going),
+                                                     stream_base(seeds[grow[going]], _PLAYOUT, simulation))
                 leaves[grow] = new
             # Back up: every tree has a leaf (one it created or an ended node it reached).
             node, value, live = leaves, results, all_games
@@ -264,26 +234,6 @@ class RolloutMCTS:
             node, live = node[~stop], live[~stop]
             depth += 1
         return leaf_parent, leaf_action, hit
-
-    @staticmethod
-    def _playout(game: Game, state: State, seeds: np.ndarray, simulation: int) -> np.ndarray:
-        """float64 [k]: the result of one uniformly random game from each of `state`'s k games
-        (none ended) to its end, +1 / 0 / -1 from the view of the player to move in `state`."""
-        result = np.zeros(state.batch_size)
-        live = np.arange(state.batch_size)
-        base, ply = stream_base(seeds, _PLAYOUT, simulation), 0
-        while live.size:
-            actions = draw_legal(stream_keys(base[live], ply),
-                                 game.legal_actions(state))
-            state, reward, terminated, truncated = game.step(state, actions)
-            done = terminated | truncated
-            if done.any():
-                # The players alternate, so the mover of an even ply is the one to move at the start.
-                result[live[done]] = reward[done] * (1.0 if ply % 2 == 0 else -1.0)
-                keep = np.flatnonzero(~done)
-                state, live = state.take(keep), live[keep]
-            ply += 1
-        return result
 
 
 def mcts_rollout_opponent(game_name: str | None, simulations: int,

@@ -10,8 +10,8 @@ import pytest
 
 import games
 from services.agent.opponents import random_opponent
-from services.agent.rollout_mcts import (RolloutMCTS, draw_legal, mcts_rollout_opponent, stream_base,
-                                         stream_keys)
+from services.agent.playouts import draw_legal, stream_base, stream_keys
+from services.agent.rollout_mcts import RolloutMCTS, mcts_rollout_opponent
 
 
 def board(rows: list[str]) -> np.ndarray:
