@@ -214,6 +214,13 @@ class TrainingSettings:
       augment_symmetries: train each sampled position under a random one of the game's board
         symmetries (`Game.symmetries()`; games without symmetries ignore it).
       export_interval: trainer steps between exported model versions.
+      ema_decay: in [0, 1): exported versions hold an exponential moving average of the
+        network's variables (batch norm's statistics included) with this decay per training
+        step, warmed up as min(ema_decay, (1 + step) / (10 + step)), instead of the weights of
+        the step itself; the average is checkpointed too. 0 turns it off (versions are the
+        step's weights; nothing more is kept). Self-play, evaluation and reanalyse then see a
+        network averaged over about 1 / (1 - ema_decay) steps, which smooths the step-to-step
+        noise of the weights (docs/trainer.md).
       consistency_weight: factor (>= 0) of EfficientZero's self-supervised temporal
         consistency loss in the total loss; 0 turns it off (no projection heads, no unroll
         observations asked of the replay). EfficientZero uses 2.0. docs/trainer.md.
@@ -248,6 +255,7 @@ class TrainingSettings:
     optimizer: Literal["adam", "sgd"] = "adam"
     augment_symmetries: bool = False
     export_interval: int = 100
+    ema_decay: float = 0.0
     consistency_weight: float = 0.0
     projection_hidden_size: int = 256
     projection_size: int = 256
@@ -278,6 +286,9 @@ class TrainingSettings:
                 f"TrainingSettings.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         require(self.learning_rate > 0,
                 f"TrainingSettings.learning_rate must be > 0, got {self.learning_rate}")
+        require(isinstance(self.ema_decay, numbers.Real) and not isinstance(self.ema_decay, bool)
+                and 0.0 <= self.ema_decay < 1.0,  # NaN fails too
+                f"TrainingSettings.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay!r}")
         require(0.0 < self.lr_decay_rate <= 1.0,
                 f"TrainingSettings.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}")
 

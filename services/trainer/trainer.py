@@ -23,6 +23,10 @@ flight: when the next one is due before the previous has finished, the training 
 for it (`mufleet_trainer_snapshot_wait_seconds`), so every due checkpoint and version is written,
 each of exactly its step. `save_checkpoint()`, `export()` and the end of `train()` write
 synchronously: they return once the files are on disk.
+
+With `training.ema_decay` > 0 the trainer also keeps an exponential moving average of the
+network's variables, updated inside the compiled step; it is part of the checkpoint (and of the
+snapshot), and versions are exported from it instead of from the step's own weights.
 """
 
 from __future__ import annotations
@@ -206,23 +210,42 @@ class Trainer:
             self._snapshot_optimizer = make_optimizer(config.settings)
             self._snapshot_optimizer.build(self._snapshot_network.trainable_variables)
             self._snapshot_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        live = [*self.network.variables, *self.optimizer.variables, self.step]
+            # With ema_decay the exported network is a moving average of the live one (and its
+            # snapshot copy); built last, so nothing above draws other initial values.
+            self.ema_decay = float(config.settings.training.ema_decay)
+            self.average_network: MuZeroNetwork | None = None
+            self._snapshot_average: MuZeroNetwork | None = None
+            if self.ema_decay > 0:
+                self.average_network = MuZeroNetwork(config.spec, config.settings, seed=config.seed)
+                self._snapshot_average = MuZeroNetwork(config.spec, config.settings, seed=config.seed)
+        averaged = [] if self.average_network is None else list(self.average_network.variables)
+        live = [*self.network.variables, *self.optimizer.variables, self.step, *averaged]
         copies = [*self._snapshot_network.variables, *self._snapshot_optimizer.variables,
-                  self._snapshot_step]
+                  self._snapshot_step,
+                  *([] if self._snapshot_average is None else self._snapshot_average.variables)]
         if len(live) != len(copies) or any(a.shape != b.shape or a.dtype != b.dtype
                                             for a, b in zip(live, copies)):
             raise RuntimeError("the snapshot's variables do not match the trainer's")
         self._snapshot_pairs = list(zip(copies, live))
         self._copy_snapshot = tf.function(self._copy_snapshot_fn, autograph=False)
+        # (average, live) variable pairs of the moving average; empty without ema_decay.
+        self._average_pairs = list(zip(averaged, self.network.variables))
+        if any(a.shape != b.shape or a.dtype != b.dtype for a, b in self._average_pairs) or (
+                averaged and len(averaged) != len(self.network.variables)):
+            raise RuntimeError("the moving average's variables do not match the network's")
+        self._reset_average = tf.function(self._reset_average_fn, autograph=False)
+        average = {} if self.average_network is None else {"average": self.average_network}
         self.checkpoint = tf.train.Checkpoint(network=self.network, optimizer=self.optimizer,
-                                              step=self.step)
+                                              step=self.step, **average)
+        snapshot_average = {} if self._snapshot_average is None else {"average": self._snapshot_average}
         self._snapshot_checkpoint = tf.train.Checkpoint(
             network=self._snapshot_network, optimizer=self._snapshot_optimizer,
-            step=self._snapshot_step)
+            step=self._snapshot_step, **snapshot_average)
         self.manager = tf.train.CheckpointManager(self._snapshot_checkpoint, config.checkpoint_dir,
                                                   max_to_keep=config.keep_checkpoints,
                                                   checkpoint_name="ckpt")
-        self._exporter = VersionExporter(self._snapshot_network)
+        # Versions are the snapshot of the moving average where there is one.
+        self._exporter = VersionExporter(self._snapshot_average or self._snapshot_network)
         # One writer thread: at most one checkpoint/export in flight (the snapshot is one).
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="trainer-writer")
         self._writing: concurrent.futures.Future | None = None
@@ -278,6 +301,8 @@ class Trainer:
                 norm = tf.linalg.global_norm(gradients)
             self.optimizer.apply_gradients(zip(gradients, variables))
             self.step.assign_add(1)
+            if self._average_pairs:
+                self._update_average()
             # One tensor of scalars: a single device-to-host copy per step on a GPU.
             terms = [losses.total, losses.value, losses.reward, losses.policy, losses.l2, norm]
             if self.consistency_weight > 0:
@@ -287,6 +312,25 @@ class Trainer:
                               losses.code_perplexity])
             scalars = tf.stack(terms)
         return scalars, losses.priorities, losses.value_prediction
+
+    def _update_average(self) -> None:
+        """average <- d * average + (1 - d) * live for every network variable, with the
+        warmed-up decay d = min(ema_decay, (1 + step) / (10 + step)) of the step just done
+        (TensorFlow's ExponentialMovingAverage with num_updates); variables that are not
+        floating point are copied."""
+        step = tf.cast(self.step, tf.float32)
+        decay = tf.minimum(tf.constant(self.ema_decay, tf.float32), (1.0 + step) / (10.0 + step))
+        for average, live in self._average_pairs:
+            dtype = tf.as_dtype(live.dtype)  # Keras variables name theirs as a string
+            if dtype.is_floating:
+                average.assign(tf.cast(decay, dtype) * average + tf.cast(1.0 - decay, dtype) * live)
+            else:
+                average.assign(live)
+
+    def _reset_average_fn(self) -> None:
+        with tf.device(self.device):
+            for average, live in self._average_pairs:
+                average.assign(live)
 
     def _copy_snapshot_fn(self) -> None:
         with tf.device(self.device):
@@ -387,6 +431,9 @@ class Trainer:
             heads = (" (with consistency_weight > 0 the network has consistency heads, which a "
                      "checkpoint of a run without the consistency loss lacks)"
                      if self.network.consistency is not None else "")
+            if self.average_network is not None:
+                heads += (" (with ema_decay > 0 the checkpoint holds the weights' moving average, "
+                          "which a checkpoint of a run without ema_decay lacks)")
             raise CheckpointMismatch(
                 f"checkpoint {latest} does not fit the {self.settings.network.architecture} network of "
                 f"{config.spec.name} with these settings{heads}: run with the --game and network "
@@ -472,6 +519,8 @@ class Trainer:
         """Restores (with resume), removes leftovers of crashed exports, and exports the current
         step if that version does not exist yet; returns the step."""
         restored = self.restore()
+        if restored is None and self._average_pairs:
+            self._reset_average()  # a new run's average starts at its initial weights
         step = self.current_step
         removed = remove_stale_temporaries(self.models_dir)
         versions = list_versions(self.models_dir)
@@ -480,7 +529,8 @@ class Trainer:
                       removed_temporaries=removed, network=self.network.summary(),
                       batch_size=self.settings.training.batch_size, num_unroll_steps=self.config.num_unroll_steps,
                       learning_rate=self.learning_rate(), optimizer=self.settings.training.optimizer,
-                      **({"consistency_weight": self.consistency_weight} if self.consistency_weight > 0 else {}))
+                      **({"consistency_weight": self.consistency_weight} if self.consistency_weight > 0 else {}),
+                      **({"ema_decay": self.ema_decay} if self.ema_decay > 0 else {}))
         self.metrics.steps.inc(step)
         if versions:
             self.latest_version = versions[-1]
