@@ -103,6 +103,11 @@ class SearchSettings:
       temperature: >= 0, visit-count temperature of the action choice in self-play (N^(1/T);
         0 is greedy). Evaluation uses 0.
       temperature_moves: moves of a game played with `temperature`; later moves are greedy.
+      random_opening_moves: >= 0: self-play plays the first this many moves of every game
+        uniformly at random among the legal ones (the search still runs, and its policy stays
+        the move's policy target), so that the replay holds openings the network's own play
+        would rarely reach, such as an opponent's choice among equally good moves. 0: none.
+        Evaluation never does.
     """
 
     num_simulations: int = 16
@@ -118,16 +123,17 @@ class SearchSettings:
     rescale_values: bool = True
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
+    random_opening_moves: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("num_simulations", "max_considered_actions", "temperature_moves"):
+        for field in ("num_simulations", "max_considered_actions", "temperature_moves", "random_opening_moves"):
             value = getattr(self, field)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool),
                     f"{name}.{field} must be an int, got {value!r}")
         _at_least(self, 1, "num_simulations", "max_considered_actions")
         _at_least(self, 0, "pb_c_init", "gumbel_scale", "value_scale", "maxvisit_init",
-                  "temperature", "temperature_moves")
+                  "temperature", "temperature_moves", "random_opening_moves")
         require(self.pb_c_base > 0, f"{name}.pb_c_base must be > 0, got {self.pb_c_base}")
         require(self.root_dirichlet_alpha > 0,
                 f"{name}.root_dirichlet_alpha must be > 0, got {self.root_dirichlet_alpha}")

@@ -33,6 +33,7 @@ from services.common.shutdown import stop_event_on_signals
 DERIVED = {
     "games_per_batch": "the game's settings",
     "simulations": "the game's settings",
+    "random_opening_moves": "the game's search.random_opening_moves",
     "seed": "a fresh one, so scaled replicas play different games",
 }
 

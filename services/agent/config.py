@@ -30,6 +30,9 @@ class AgentConfig:
       request_timeout_s: deadline of each network and environment call.
       max_pending_records: self-play pauses while this many records await the replay's ack.
       max_moves: stop after this many moves of the whole batch (0 = run until stopped).
+      random_opening_moves: the first this many moves of every game are played uniformly at
+        random among the legal ones (the search's policy stays their policy target); None: the
+        game's search.random_opening_moves.
       stop_grace_s: on stop, how long pending records may take to reach the replay, seconds;
         the process exits within it (non-zero if some stayed unsent).
       host: interface of the metrics endpoint.
@@ -49,6 +52,7 @@ class AgentConfig:
     request_timeout_s: float = 30.0
     max_pending_records: int = 4096
     max_moves: int = 0
+    random_opening_moves: int | None = None
     stop_grace_s: float = 10.0
     host: str = "127.0.0.1"
     metrics_port: int = 9103
@@ -65,6 +69,8 @@ class AgentConfig:
         require(1 <= self.groups <= self.games_per_batch,
                 f"AgentConfig.groups must be in [1, games_per_batch={self.games_per_batch}], got {self.groups}")
         require(self.chunk_length >= 1, f"AgentConfig.chunk_length must be >= 1, got {self.chunk_length}")
+        require(self.random_opening_moves is None or self.random_opening_moves >= 0,
+                f"AgentConfig.random_opening_moves must be >= 0, got {self.random_opening_moves}")
         require(self.request_timeout_s > 0,
                 f"AgentConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
         require(self.max_pending_records >= 1,

@@ -11,6 +11,7 @@ import numpy as np
 
 import games
 from services.agent.metrics import AgentMetrics, private_metrics
+from services.agent.opponents import random_opponent
 from services.agent.config import AgentConfig
 from services.agent.pipeline import PipelinedSearch
 from services.agent.replay_writer import ReplayWriter
@@ -66,6 +67,8 @@ class SelfPlay:
         self.game = games.make(config.game)
         self.spec = self.game.spec
         self.settings = self.game.settings.replace(num_simulations=config.simulations)
+        if config.random_opening_moves is not None:
+            self.settings = self.settings.replace(random_opening_moves=config.random_opening_moves)
         self.policy = policy or RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0)
         self.stop = stop if stop is not None else threading.Event()
         self.env = environment or EnvironmentClient(config.environment, timeout_s=config.request_timeout_s)
@@ -209,6 +212,10 @@ class SelfPlay:
                 continue  # nothing was played: search the same positions again
             explore = move_index < self.settings.search.temperature_moves
             actions = np.where(explore, result.actions, result.greedy_actions).astype(np.int32)
+            opening = move_index < self.settings.search.random_opening_moves  # bool [B]
+            if opening.any():
+                actions = np.where(opening, random_opponent(time_step.observation, time_step.legal_actions, self.rng),
+                                   actions).astype(np.int32)
             next_step = self._step(session, actions, steps, stop)
             if next_step is None:
                 if stop.is_set():
