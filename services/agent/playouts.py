@@ -1,15 +1,19 @@
 """Uniformly random playouts for the rollout-MCTS opponent (services/agent/rollout_mcts.py):
 k games played to their ends at once, every move drawn from each game's own random stream.
 
-Two implementations with the same results, draw for draw:
+Implementations with the same results, draw for draw:
   * `random_playouts`: any game, through its own `legal_actions` and `step` (the rules as the
     fleet plays them);
   * `connect4_random_playouts`: Connect Four on bitboards (the 7 x (6 + 1) layout of
     services/agent/alphabeta.py, one uint64 per player and game): a move sets one bit and four
-    in a row is 4 shifts and ANDs, where the generic step gathers the 16 lines through the cell.
-    The legal columns come out in the same order and every game ends at the same move with the
-    same result, so a search's playouts, visits and move are bit for bit those of the generic
-    path (tests/agent/test_playouts.py checks it on random positions).
+    in a row is a few shifts and ANDs on [k, 4] arrays, where the generic step gathers the 16
+    lines through the cell;
+  * `othello_random_playouts`: Othello on its own bitboards (games/othello.py) without the
+    generic step's checks, and with two ray casts a move instead of five (the end test's cast
+    for the next player is that player's legal moves at the next ply).
+The legal moves come out in the same order and every game ends at the same move with the same
+result, so a search's playouts, visits and move are bit for bit those of the generic path
+(tests/agent/test_playouts.py checks it on random positions).
 
 `playouts_for(game)` gives the fast one where a game has it, else the generic one.
 
