@@ -45,7 +45,7 @@ def _negamax(board: tuple[int, ...]) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _optimal_moves_table() -> np.ndarray:
+def optimal_tictactoe_moves() -> np.ndarray:
     """bool [3^9, 9]: for every board (base-3 code, cells 0 empty / 1 mover / 2 opponent) the
     moves that keep the best game-theoretic value for the player to move."""
     table = np.zeros((3 ** 9, 9), bool)
@@ -70,7 +70,7 @@ def tictactoe_minimax(observation: np.ndarray, legal_actions: np.ndarray,
     cells = observation.reshape(len(observation), 9, 2)
     board = (cells[:, :, 0] + 2 * cells[:, :, 1]).astype(np.int64)  # 1 mover, 2 opponent
     codes = board @ (3 ** np.arange(9))
-    optimal = _optimal_moves_table()[codes] & legal_actions
+    optimal = optimal_tictactoe_moves()[codes] & legal_actions
     scores = rng.random(optimal.shape) * optimal
     return np.argmax(scores, axis=1).astype(np.int32)
 
