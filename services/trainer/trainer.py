@@ -187,6 +187,8 @@ class Trainer:
         resume restores into).
       manager: the CheckpointManager that writes checkpoints, of the snapshot (the same object
         graph as `checkpoint`, so either restores the other's files).
+      average_network: with training.ema_decay > 0, the moving average of `network`'s
+        variables that versions are exported from (in the checkpoint as "average"); else None.
     """
 
     def __init__(self, config: TrainerConfig, log: EventLogger | None = None,
