@@ -1,9 +1,10 @@
 """The ladder opponents' speed: the rollout-MCTS opponent's moves per second for B Connect Four
-games at once, and the time per move of the Connect Four alpha-beta player by depth.
+and Othello games at once, and the time per move of the Connect Four alpha-beta player by depth.
 
-  * MCTS: one search of B = 50 games from the opening (B moves), at 100 and 1,000 simulations,
-    with the bitboard playouts the opponent uses and with the generic `game.step` ones (the
-    same search, bit for bit: what the bitboards buy);
+  * MCTS: one search of B = 50 Connect Four games from the opening (B moves), at 100 and 1,000
+    simulations, and of B = 20 Othello games at 100, each with the game's own playouts that the
+    opponent uses (services/agent/playouts.py) and with the generic `game.step` ones (the same
+    search, bit for bit: what the own playouts buy);
   * alpha-beta: one move of one game from the opening and from a 12-stone midgame (two random
     moves, then depth-3 play, seed 5), at depths 1, 2, ... until a move takes over a second.
 
@@ -25,6 +26,7 @@ from services.agent.rollout_mcts import RolloutMCTS
 
 MCTS_GAMES = 50
 MCTS_SIMULATIONS = (100, 1000)
+OTHELLO_GAMES, OTHELLO_SIMULATIONS = 20, 100  # Othello's playouts are about 60 moves long
 ALPHABETA_LIMIT_S = 1.0
 
 
@@ -42,23 +44,31 @@ def midgame():
     return state
 
 
-def main() -> None:
-    console = Console()
-    game = games.make("connect4")
-    start = game.reset(MCTS_GAMES)
-    table = Table(title=f"rollout MCTS, B = {MCTS_GAMES} Connect Four games ({os.cpu_count()} cores)")
+def mcts_rows(name: str, simulations: tuple[int, ...], games_: int) -> Table:
+    """One search of `games_` games of `name` from the opening per row, with the game's own
+    playouts and with the generic ones (the same search, bit for bit)."""
+    game = games.make(name)
+    start = game.reset(games_)
+    table = Table(title=f"rollout MCTS, B = {games_} {name} games ({os.cpu_count()} cores)")
     for column in ("playouts", "simulations", "s per search", "moves/s"):
         table.add_column(column, justify="left" if column == "playouts" else "right")
     for fast in (True, False):
-        for simulations in MCTS_SIMULATIONS:
-            search = RolloutMCTS("connect4", simulations, fast_playouts=fast)
+        for count in simulations:
+            search = RolloutMCTS(name, count, fast_playouts=fast)
             started = time.perf_counter()
             search.search(game.observation(start), game.legal_actions(start),
-                          np.arange(MCTS_GAMES, dtype=np.uint64))
+                          np.arange(games_, dtype=np.uint64))
             elapsed = time.perf_counter() - started
-            table.add_row("bitboards" if fast else "generic step", str(simulations), f"{elapsed:.2f}",
-                          f"{MCTS_GAMES / elapsed:.1f}")
-    console.print(table)
+            table.add_row("own (playouts.py)" if fast else "generic step", str(count), f"{elapsed:.2f}",
+                          f"{games_ / elapsed:.1f}")
+    return table
+
+
+def main() -> None:
+    console = Console()
+    console.print(mcts_rows("connect4", MCTS_SIMULATIONS, MCTS_GAMES))
+    console.print(mcts_rows("othello", (OTHELLO_SIMULATIONS,), OTHELLO_GAMES))
+    game = games.make("connect4")
 
     table = Table(title="Connect Four alpha-beta, one move of one game")
     for column in ("position", "depth", "s per move", "nodes", "nodes/s"):

@@ -23,12 +23,12 @@ The search, per game of the batch (one at a time, in pure Python):
   * at the root, every column whose value equals the best is found (a null window just below
     the best) and one of them is played at random, so repeated games differ.
 
-Speed (`python -m benchmarks opponents`; 2-core machine, nice 10, while a learning run kept the
-load average at about 8, so about 40,000 to 170,000 nodes/s): the deepest search under a
-second per move was depth 10 from the opening (depth 11: 45,569 nodes, 1.1 s; depth 12: 86,603
-nodes, 1.9 s) and depth 14 from the benchmark's 12-stone midgame (119,752 nodes, 0.99 s;
-depth 15: 161,237 nodes, 1.2 s). Node counts do not depend on the machine; on an idle core
-(about 150,000 nodes/s) depth 12 from the opening would take about 0.6 s.
+Speed (`python -m benchmarks opponents`). On a quiet 2-core machine (2026-12-02, about 115,000
+to 170,000 nodes/s) the deepest search under a second per move is depth 12 from the opening
+(86,603 nodes, 0.60 s; depth 13: 155,942 nodes, 1.08 s) and depth 15 from the benchmark's
+12-stone midgame (161,237 nodes, 0.97 s; depth 16: 204,279 nodes, 1.2 s). Loaded (nice 10
+beside a learning run, load average about 8) it was depth 10 and depth 14. Node counts do not
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class AlphaBetaOpponent:
 def connect4_alphabeta_opponent(depth: int) -> AlphaBetaOpponent:
     """A Connect Four opponent searching `depth` plies (module docstring), ties at random.
 
-    Time per move of one game (module docstring): ~0.1 s at depth 7, under a second up to
-    depth 10 from the opening.
+    Time per move of one game (module docstring, quiet machine): ~0.02 s at depth 7, under a
+    second up to depth 12 from the opening.
     """
     return AlphaBetaOpponent(depth)

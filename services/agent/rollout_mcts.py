@@ -23,11 +23,15 @@ the opponent callable draws one per game from the evaluation's generator).
 The search rebuilds the games from the mover's view (`Game.state_from_observation`); their
 rules are the same for both players, so what it finds holds in the real games.
 
-Speed (`python -m benchmarks opponents`: one search of B = 50 Connect Four games from the
-opening; measured on a 2-core machine, nice 10, while a learning run kept the load average at
-about 8): 44 to 62 moves/s at 100 simulations and 3 to 7 moves/s at 1,000, over three runs. A
-simulation costs about one playout, some 35 `game.step` calls on the shrinking batch, which is
-most of the time; Othello's steps are several times dearer (its playouts ~60 moves of ray casts).
+Playouts are the game's own where it has them (services/agent/playouts.py: Connect Four on
+bitboards, Othello without the generic step's checks), with the generic step's results draw for
+draw; `fast_playouts=False` plays them through `game.step`.
+
+Speed (`python -m benchmarks opponents`, quiet 2-core machine, 2026-12-02): B = 50 Connect Four
+games from the opening, 259 moves/s at 100 simulations and 26.5 at 1,000 (generic step: 129
+and 13.4); B = 20 Othello games, 20.1 moves/s at 100 (generic 11.4). A simulation costs about
+one playout, some 35 plies of the shrinking batch for Connect Four and about 60 for Othello,
+which is most of the time.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from games.validation import require
 from services.agent.opponents import OPPONENT_GAMES, OPPONENTS
 
 # Opponents left out of the default ladder because a match against them takes long: rollout
-# UCT at 1,000 simulations searches 3 to 7 Connect Four moves a second on a 2-core machine
-# (services/agent/rollout_mcts.py), so a match of 20 games takes minutes (Othello several times
-# longer), more than a round against everything else. Name it in --ladder to play it.
+# UCT at 1,000 simulations searches about 26 Connect Four moves a second for 50 games at once on
+# a quiet 2-core machine (services/agent/rollout_mcts.py), so a match of 20 games takes a minute
+# or more (Othello several times longer), more than a round against everything else. Name it in --ladder to play it.
 SLOW_OPPONENTS = ("mcts1000",)
 
 
