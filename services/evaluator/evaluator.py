@@ -113,6 +113,10 @@ class Evaluator:
         self.matches = 0
         self.ratings: Ratings | None = None
         self._abandoned = -1  # a version whose round stopped because the network no longer serves it
+        # (version, LocalNetwork): the rated version loaded in process from `config.models` at
+        # the start of its round, played when the network server unloads it mid-round (a slow
+        # match, e.g. Othello against mcts1000, outlasts the few versions the server keeps).
+        self._pinned: tuple[int, Any] | None = None
         self._elo_players: set[str] = set()
 
     # -- what is due ------------------------------------------------------------------------------
@@ -169,11 +173,12 @@ class Evaluator:
         # Two greedy model versions would play one game again and again: random openings.
         opening = config.anchor_opening_moves if opponent not in self.opponents else 0
         backoff = self.policy.backoff(stop)
+        network = self.network
         while True:
             started = time.perf_counter()
             try:
                 kwargs = {"opponent": play} if play is not None else {}
-                result = evaluate(config.game, self.environment, self.network, config.games_per_match,
+                result = evaluate(config.game, self.environment, network, config.games_per_match,
                                   config.search_simulations, version=version, seed=self._seed(version, opponent),
                                   stop=stop, opening_moves=opening, **kwargs)
                 break
@@ -184,6 +189,14 @@ class Evaluator:
                 return None
             except PermanentFailure as failure:
                 if failure.peer == "network" and failure.code == "NOT_FOUND":
+                    local = self._pinned[1] if self._pinned and self._pinned[0] == version else None
+                    if local is not None and network is not local:
+                        self.log.info("version_played_in_process", version=version, opponent=opponent,
+                                      details=failure.details,
+                                      message="the network no longer serves the version: the match is "
+                                              "played again with the copy loaded at the round's start")
+                        network = local
+                        continue
                     self._give_up(version, opponent, failure.details)
                     return None
                 if failure.code not in WAIT_CODES:
@@ -205,6 +218,20 @@ class Evaluator:
         self.log.info("match", **{k: v for k, v in record.items() if k != "time"})
         return record
 
+    def _pin(self, version: int) -> None:
+        """Loads `version` in process from the trainer's model directory (`config.models`), if it
+        is still there, as the round's fallback when the network server unloads it."""
+        if not self.config.models or (self._pinned and self._pinned[0] == version):
+            return
+        from models.export import load_version
+        from services.agent.local_network import LocalNetwork
+
+        self._pinned = None  # the previous round's copy is let go
+        try:
+            self._pinned = (version, LocalNetwork(load_version(self.config.models, version)))
+        except (FileNotFoundError, OSError, ValueError) as error:  # pruned already: served only
+            self.log.warning("version_not_pinned", version=version, details=str(error))
+
     def _give_up(self, version: int, opponent: str, details: str) -> None:
         self._abandoned = max(self._abandoned, version)
         self.log.warning("version_unavailable", version=version, opponent=opponent, details=details,
@@ -217,6 +244,7 @@ class Evaluator:
         stop = stop if stop is not None else self.stop
         missing = self.missing(version)
         self.log.info("round", version=version, opponents=missing)
+        self._pin(version)
         for opponent in missing:
             if stop.is_set() or self.play_match(version, opponent, stop) is None:
                 return False

@@ -72,3 +72,28 @@ def test_a_model_opponent_plays_its_models_greedy_search_move_for_any_number_of_
     assert few.shape == (2,) and legal[np.arange(2), few].all()
     with pytest.raises(ValueError, match="7 games"):
         opponent(np.repeat(observation[:1], 7, axis=0), np.repeat(legal[:1], 7, axis=0), np.random.default_rng(0))
+
+
+def test_a_version_the_network_unloads_mid_round_is_played_from_its_copy_in_process(tmp_path, models):
+    import grpc
+
+    from tests.agent.agent_fakes import FakeNetwork
+    from tests.grpc_fakes import FakeRpcError
+
+    class Unloaded(FakeNetwork):
+        """Serves nothing: every Predict finds its pinned version unloaded."""
+
+        def predict_future(self, signature, inputs, version=None, timeout_s=None):
+            raise FakeRpcError(grpc.StatusCode.NOT_FOUND, f"version {version} is not loaded")
+
+    sink = LogSink("evaluator")
+    evaluator = make_evaluator(tmp_path, network=Unloaded(9, newest=2), sink=sink, ladder="random",
+                               models=str(models), max_anchors=1)
+    assert evaluator.run_round(2)  # version 2 is on disk: loaded at the round's start
+    [record] = evaluator.store.records
+    assert (record["version"], record["opponent"], record["games"]) == (2, "random", 4)
+    assert [e["version"] for e in sink.events("version_played_in_process")] == [2]
+    # Version 1 was pruned from the trainer's directory: nothing to fall back on, the round ends.
+    assert not evaluator.run_round(1)
+    assert sink.events("version_not_pinned")[0]["version"] == 1
+    assert sink.events("version_unavailable")[0]["version"] == 1
