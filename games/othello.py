@@ -94,6 +94,17 @@ def flips(mover: np.ndarray, opponent: np.ndarray, move: np.ndarray) -> np.ndarr
     return flipped
 
 
+def legal_action_mask(legal: np.ndarray) -> np.ndarray:
+    """bool [B, 65] of `Othello.legal_actions` from the legal cells uint64 [B] (`legal_moves`):
+    the cells, then pass where there is none."""
+    return np.concatenate([unpack(legal), (legal == _U64(0))[:, None]], axis=1)
+
+
+def action_bits(actions: np.ndarray) -> np.ndarray:
+    """uint64 [B]: the cell bit each action places (int [B] in [0, 65)), 0 for a pass."""
+    return np.where(actions == PASS, _U64(0), _U64(1) << np.minimum(actions, PASS - 1).astype(np.uint64))
+
+
 def unpack(bits: np.ndarray) -> np.ndarray:
     """bool [B, 64] from uint64 [B] (cell i = bit i)."""
     as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8).reshape(-1, 8)
@@ -159,10 +170,9 @@ class Othello(Game):
         actions = check_actions(actions, b, NUM_ACTIONS)
         mover, opponent = self._sides(state)
         legal = legal_moves(mover, opponent)
-        is_pass = actions == PASS
-        move = np.where(is_pass, _U64(0), _U64(1) << np.minimum(actions, PASS - 1).astype(np.uint64))
+        move = action_bits(actions)
         zero = _U64(0)
-        reject_illegal(actions, np.where(is_pass, legal == zero, (legal & move) != zero))
+        reject_illegal(actions, np.where(actions == PASS, legal == zero, (legal & move) != zero))
 
         flipped = flips(mover, opponent, move)
         mover = mover | move | flipped
@@ -187,8 +197,7 @@ class Othello(Game):
         return planes.reshape(-1, SIZE, SIZE, 2).astype(np.float32)
 
     def legal_actions(self, state: OthelloState) -> np.ndarray:
-        legal = legal_moves(*self._sides(state))
-        return np.concatenate([unpack(legal), (legal == _U64(0))[:, None]], axis=1)
+        return legal_action_mask(legal_moves(*self._sides(state)))
 
     def to_play(self, state: OthelloState) -> np.ndarray:
         return state.to_play.astype(np.int32)

@@ -32,9 +32,8 @@ from games.base import Game, State
 from games import othello
 from games.boards import BoardState
 from games.othello import OthelloState
+from services.agent.alphabeta import COLS, HEIGHT, ROWS
 
-ROWS, COLS = 6, 7
-HEIGHT = ROWS + 1  # bits per column, the always-empty guard bit included
 _GOLDEN = 0x9E3779B97F4A7C15
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -153,12 +152,8 @@ def othello_random_playouts(game: Game, state: OthelloState, base: np.ndarray) -
     live = np.arange(state.batch_size)
     zero, ply = np.uint64(0), 0
     while live.size:
-        # The legal actions as the game lists them: the cells, then pass where there is none.
-        cells = np.concatenate([othello.unpack(legal), (legal == zero)[:, None]], axis=1)
-        actions = draw_legal(stream_keys(base[live], ply), cells)
-        placed = actions != othello.PASS
-        move = np.where(placed, np.left_shift(np.uint64(1), np.minimum(actions, othello.PASS - 1).astype(np.uint64)),
-                        zero)
+        actions = draw_legal(stream_keys(base[live], ply), othello.legal_action_mask(legal))
+        move = othello.action_bits(actions)
         flipped = othello.flips(mover, other, move)
         mover, other = mover | move | flipped, other & ~flipped
         legal = othello.legal_moves(other, mover)  # the next player's
