@@ -37,10 +37,9 @@ from games.settings import SECTION_OF_FIELD, MuZeroSettings
 from games.validation import require
 from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES
 
-# Training and network fields the trainer takes as flags (its config imports no TensorFlow).
-_TRAINER_FLAGS = SETTINGS_OVERRIDES
-# Network fields among them: the model's kind, which every searcher reads from the model.
-_TRAINER_NETWORK_FLAGS = NETWORK_OVERRIDES
+# The trainer takes training fields (SETTINGS_OVERRIDES) and network fields (NETWORK_OVERRIDES,
+# the model's kind, which every searcher reads from the model) as flags; its config imports no
+# TensorFlow.
 # Training fields the replay takes as flags too: each goes to both.
 _REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).
@@ -76,9 +75,9 @@ class Preset:
             for name in fields:
                 require(name in SECTION_OF_FIELD, f"Preset {self.name!r}: no settings field {name!r}")
                 section = SECTION_OF_FIELD[name]
-                require(section == "replay" or (section == "training" and name in _TRAINER_FLAGS
+                require(section == "replay" or (section == "training" and name in SETTINGS_OVERRIDES
                                                 and name not in _SHARED)
-                        or (section == "network" and name in _TRAINER_NETWORK_FLAGS),
+                        or (section == "network" and name in NETWORK_OVERRIDES),
                         f"Preset {self.name!r}: {section}.{name} is not a flag of the replay or the "
                         f"trainer, so the fleet could not apply it")
         for game in self.per_game:
