@@ -11,15 +11,9 @@ import tensorflow as tf
 from games.cartpole import CartPole
 from models.export import INITIAL_INFERENCE, RECURRENT_INFERENCE, list_versions, load_version
 from services.trainer.config import TrainerConfig
-from services.trainer.metrics import TrainerMetrics
 from tests.models.tolerances import assert_decoded_matches_logits
-from services.trainer.trainer import CheckpointExists, Trainer, learning_rate_at, select_device
-from trainer_helpers import BOARD, SPEC, TINY, TINY_RESNET, LogSink, batch, config
-
-
-def make_trainer(tmp_path, **fields):
-    sink = LogSink()
-    return Trainer(config(tmp_path, **fields), log=sink.log, metrics=TrainerMetrics()), sink
+from services.trainer.trainer import CheckpointExists, learning_rate_at, select_device
+from trainer_helpers import BOARD, SPEC, TINY, TINY_RESNET, LogSink, batch, config, make_trainer
 
 
 def test_fitting_one_batch_lowers_the_loss(tmp_path):

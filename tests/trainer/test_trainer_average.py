@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 
 from models.export import list_versions, load_version
-from services.trainer.metrics import TrainerMetrics
-from services.trainer.trainer import CheckpointMismatch, Trainer
-from trainer_helpers import TINY, LogSink, batch, config
+from services.trainer.trainer import CheckpointMismatch
+import trainer_helpers as helpers
+from trainer_helpers import TINY, batch
 
 OBSERVATION = batch(B=3, seed=99)["observation"]
 DECAY = 0.9
 
 
 def make_trainer(tmp_path, ema_decay: float = DECAY, **fields):
-    sink = LogSink()
-    settings = TINY.replace(ema_decay=ema_decay)
-    return Trainer(config(tmp_path, settings=settings, **fields), log=sink.log, metrics=TrainerMetrics()), sink
+    return helpers.make_trainer(tmp_path, settings=TINY.replace(ema_decay=ema_decay), **fields)
 
 
 def weights(network) -> list[np.ndarray]:

@@ -18,17 +18,11 @@ import tensorflow as tf
 from models import export
 from models.export import VersionExporter, list_versions, load_version
 from models.networks import MuZeroNetwork
-from services.trainer.metrics import TrainerMetrics
 from services.trainer.trainer import Trainer
 from tests.models.tolerances import assert_decoded_matches_logits
-from trainer_helpers import SPEC, TINY, LogSink, batch, config
+from trainer_helpers import SPEC, TINY, LogSink, batch, config, make_trainer
 
 OBSERVATION = batch(B=3, seed=99)["observation"]
-
-
-def make_trainer(tmp_path, **fields):
-    sink = LogSink()
-    return Trainer(config(tmp_path, **fields), log=sink.log, metrics=TrainerMetrics()), sink
 
 
 def state(trainer: Trainer) -> dict:

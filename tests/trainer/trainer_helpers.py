@@ -61,6 +61,15 @@ def config(tmp_path, settings: MuZeroSettings = TINY, spec: GameSpec = SPEC, **f
                          checkpoint_dir=str(tmp_path / "checkpoints"), **fields)
 
 
+def make_trainer(tmp_path, **fields):
+    """A Trainer of `config(tmp_path, **fields)` with fresh metrics, and the LogSink it logs to."""
+    from services.trainer.metrics import TrainerMetrics
+    from services.trainer.trainer import Trainer
+
+    sink = LogSink()
+    return Trainer(config(tmp_path, **fields), log=sink.log, metrics=TrainerMetrics()), sink
+
+
 class LogSink:
     """A logger writing into memory; `events(name)` parses what was logged."""
 
