@@ -16,7 +16,9 @@ minimax with its Elo (`evaluator_evaluations`). A seed's run stops at its target
 docs/learning/<game>-seed<k>.json (settings, every evaluation, time to target) and a PNG
 curve; docs/learning/<game>.json summarizes the seeds. With --keep-going a run evaluates until
 the budget is spent, to show whether the target holds once reached; it writes
-<game>-seed<k>-full.json and .png, which the summary leaves out.
+<game>-seed<k>-full.json and .png, which the summary leaves out. Every evaluation, and the
+report at the run's end, records where the machine's time went: each service's CPU seconds
+since it started (`cpu_s`, from its process_cpu_seconds_total).
 
 With `--preset NAME` (services/launcher/presets.py) the fleet runs that regime and the reports
 are docs/learning/<game>-<preset>-seed<k>.json, summarized in <game>-<preset>.json. With
@@ -62,6 +64,8 @@ from models.export import list_versions, load_version  # noqa: E402
 from services.agent.local_network import LocalNetwork  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "learning"
+# prometheus_client's process collector, in every service's registry: the process's user + system CPU.
+CPU_SECONDS = "process_cpu_seconds_total"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,8 +292,9 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                     # spent, the run waits for one evaluation past it (what the budget bought).
                     new = evaluator_evaluations(*read_evaluator_state(run_dir / "evaluator"), game,
                                                 target.opponent_name, progress, time.monotonic() - started,
-                                                done={e["version"] for e in evaluations}, extra=_fleet_counts(fleet))
-                    if any(record(summary) for summary in new):
+                                                done={e["version"] for e in evaluations})
+                    counts = _fleet_counts(fleet) if new else {}
+                    if any(record({**summary, **counts}) for summary in new):
                         break
                     if steps_spent and any(e["env_steps"] >= env_steps_budget for e in evaluations):
                         break
@@ -309,6 +314,8 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                 if record(summary) or steps_spent:
                     break
                 next_eval = time.monotonic() + eval_interval_s
+        # What the run cost up to its end, before the services stop.
+        elapsed_s, cpu_s = round(time.monotonic() - started, 1), _fleet_counts(fleet)["cpu_s"]
     finally:
         fleet.stop()
     chosen = config.chosen_preset
@@ -323,6 +330,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
               "evaluated_by": "evaluator" if by_evaluator else "benchmark",
               **({"evaluator": {"ladder": list(target.ladder), "games_per_match": target.games,
                                 "opponent": target.opponent_name}} if by_evaluator else {}),
+              "elapsed_s": elapsed_s, "cpu_s": cpu_s,
               "kept_going": keep_going, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -348,11 +356,21 @@ def _env_steps(fleet: LocalFleet) -> float:
                for name in fleet.processes if name.startswith("agent-"))
 
 
-def _fleet_counts(fleet: LocalFleet) -> dict[str, int]:
-    """Games and positions the replay server has taken in so far."""
-    replay = fleet.scrape("replay")
+def _fleet_counts(fleet: LocalFleet) -> dict[str, object]:
+    """Games and positions the replay server has taken in so far, and where the machine's time
+    went: `cpu_s`, service name -> CPU seconds its process has used since it started (its
+    `process_cpu_seconds_total`; a service that does not answer is left out)."""
+    scrapes = {name: fleet.scrape(name) for name in fleet.processes}
+    replay = scrapes.get("replay", {})
     return {"replay_games_added": int(sum_samples(replay, replay_metrics.GAMES_ADDED_TOTAL)),
-            "replay_positions_added": int(sum_samples(replay, replay_metrics.POSITIONS_ADDED_TOTAL))}
+            "replay_positions_added": int(sum_samples(replay, replay_metrics.POSITIONS_ADDED_TOTAL)),
+            "cpu_s": cpu_seconds(scrapes)}
+
+
+def cpu_seconds(scrapes: dict[str, dict[str, float]]) -> dict[str, float]:
+    """service name -> `process_cpu_seconds_total` of its scrape (flat samples), to 0.1 s;
+    services whose scrape lacks it (unreachable) are left out."""
+    return {name: round(samples[CPU_SECONDS], 1) for name, samples in scrapes.items() if CPU_SECONDS in samples}
 
 
 def _load_newest(models: Path, attempts: int = 5):

@@ -104,7 +104,7 @@ class FakeFleet:
         evaluator = list(self.specs["evaluator"].args)
         self.state_dir = evaluator[evaluator.index("--state-dir") + 1]
         self.flags = evaluator
-        self.processes = {"agent-0": None}
+        self.processes = {"agent-0": None, "replay": None}
         self.grpc_addresses = {"environment": "127.0.0.1:1"}
         self.ticks = 0
 
@@ -129,8 +129,9 @@ class FakeFleet:
             return {"mufleet_trainer_steps_total": 50.0 * self.ticks,
                     "mufleet_trainer_exported_version": 100.0 * (self.ticks // 2)}
         if name == "agent-0":
-            return {"mufleet_agent_moves_total": 1000.0 * self.ticks}
-        return {"mufleet_replay_games_added_total": 10.0, "mufleet_replay_positions_added_total": 90.0}
+            return {"mufleet_agent_moves_total": 1000.0 * self.ticks, "process_cpu_seconds_total": 2.04 * self.ticks}
+        return {"mufleet_replay_games_added_total": 10.0, "mufleet_replay_positions_added_total": 90.0,
+                "process_cpu_seconds_total": 0.5}
 
 
 class FakeEnvironment:
@@ -165,6 +166,10 @@ def test_a_two_player_run_reports_the_evaluators_results(tmp_path, monkeypatch):
     # exported at the 4th look, when the agents had played 3,000 moves (they are scraped just before)
     assert report["env_steps_to_target"] == reached["env_steps"] == 3000
     assert reached["elo"] == 870.0
+    # where the machine's time went, by service: read when the evaluation was, and at the end
+    assert reached["replay_positions_added"] == 90
+    assert reached["cpu_s"] == {"agent-0": round(2.04 * 6, 1), "replay": 0.5}
+    assert report["cpu_s"] == reached["cpu_s"] and report["elapsed_s"] >= 0
     written = json.loads((tmp_path / "docs" / "tictactoe-seed3.json").read_text())
     assert written["evaluations"] == report["evaluations"]
     assert (tmp_path / "docs" / "tictactoe-seed3.png").exists()
