@@ -6,9 +6,10 @@ A preset changes fields of the game's `MuZeroSettings` by name (validated by the
 sections themselves) and the fleet's shape (reanalysers, games per agent). The program passes
 each changed field to the service that owns it, as that service's flag: replay settings to the
 replay (`--samples-per-insert`, ...), training settings that the trainer takes as flags to the
-trainer (`--consistency-weight`, ...), Stochastic MuZero's chance codes (`--chance-codes`) to
-the trainer, and value prefix (`--value-prefix`, `--value-prefix-horizon`) to both, since the
-replay's targets and the trainer's network must agree (searchers take the horizon and the
+trainer (`--consistency-weight`, ...), the network's size (`--hidden-size`, `--res-blocks`) and
+Stochastic MuZero's chance codes (`--chance-codes`) to the trainer, and value prefix
+(`--value-prefix`, `--value-prefix-horizon`) to both, since the replay's targets and the
+trainer's network must agree (searchers take the horizon, the hidden state's shape and the
 chance codes from the model itself). A field no service takes as a flag
 is refused when the preset is built, so a preset can never promise what the fleet does not do.
 
@@ -38,8 +39,8 @@ from games.validation import require
 from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES
 
 # The trainer takes training fields (SETTINGS_OVERRIDES) and network fields (NETWORK_OVERRIDES,
-# the model's kind, which every searcher reads from the model) as flags; its config imports no
-# TensorFlow.
+# the model's size and kind, which every searcher reads from the model) as flags; its config
+# imports no TensorFlow.
 # Training fields the replay takes as flags too: each goes to both.
 _REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).

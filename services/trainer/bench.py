@@ -3,12 +3,14 @@
 No replay server: one synthetic batch of the game's default batch size and K is fed again and
 again, so the numbers are the train step's own cost (forward over K+1 steps, backward, Adam
 update, the host round trip for losses and priorities), plus the time of the first step (tracing)
-and of one export. Rows: each game at its default MuZero settings, with and without XLA, and
-with each `--consistency-weight` (EfficientZero's consistency loss; default: the game's).
+and of one export. Rows: each game at its default MuZero settings, with and without XLA, with
+each `--consistency-weight` (EfficientZero's consistency loss; default: the game's) and each
+`--network-sizes` (hidden size x residual blocks; default: the game's).
 
     python -m services.trainer.bench                      # cartpole and tictactoe
     python -m services.trainer.bench --games cartpole --steps 50 --no-xla
     python -m services.trainer.bench --games cartpole --no-xla --consistency-weight 0 2
+    python -m services.trainer.bench --games connect4 --no-xla --steps 10 --network-sizes 64x2 32x2 32x1
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0
 
 
 def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
-            batch_size: int | None = None, consistency_weight: float | None = None) -> dict[str, float]:
+            batch_size: int | None = None, consistency_weight: float | None = None,
+            network_size: tuple[int, int] | None = None) -> dict[str, float]:
     """Trains `steps` steps (after 3 warm-up steps) on one synthetic batch; returns timings.
-    `consistency_weight`: the consistency loss's factor (None: the game's)."""
+    `consistency_weight`: the consistency loss's factor (None: the game's); `network_size`:
+    (hidden_size, res_blocks) instead of the game's."""
     from services.common.logs import get_logger
     from services.trainer.config import TrainerConfig
     from services.trainer.trainer import Trainer
@@ -61,6 +65,8 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
     settings = game.settings.replace(batch_size=batch_size) if batch_size else game.settings
     if consistency_weight is not None:
         settings = settings.replace(consistency_weight=consistency_weight)
+    if network_size is not None:
+        settings = settings.replace(hidden_size=network_size[0], res_blocks=network_size[1])
     with tempfile.TemporaryDirectory() as directory:
         config = TrainerConfig(spec=game.spec, settings=settings, models_dir=f"{directory}/models",
                                checkpoint_dir=f"{directory}/checkpoints", jit_compile=jit_compile, seed=0)
@@ -82,7 +88,16 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
     return {"steps_per_second": steps / seconds, "ms_per_step": 1000 * seconds / steps,
             "positions_per_second": steps * settings.training.batch_size / seconds, "first_step_s": first,
             "export_s": export, "batch_size": settings.training.batch_size, "device": trainer.device,
-            "consistency_weight": config.consistency_weight}
+            "consistency_weight": config.consistency_weight,
+            "network_size": f"{settings.network.hidden_size}x{settings.network.res_blocks}"}
+
+
+def parse_network_size(text: str) -> tuple[int, int]:
+    """"HIDDENxBLOCKS" ("32x1") -> (32, 1)."""
+    hidden, sep, blocks = text.partition("x")
+    if not sep or not hidden.isdigit() or not blocks.isdigit():
+        raise argparse.ArgumentTypeError(f"a network size is HIDDENxBLOCKS, e.g. 32x1; got {text!r}")
+    return int(hidden), int(blocks)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,19 +108,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA rows (each compiles ~20 s on CPU)")
     parser.add_argument("--consistency-weight", type=float, nargs="+", default=[None], metavar="W",
                         help="rows with each consistency loss weight (default: the game's, 0 = off)")
+    parser.add_argument("--network-sizes", type=parse_network_size, nargs="+", default=[None], metavar="HxB",
+                        help="rows with each network size: hidden size (channels of a resnet) x residual "
+                             "blocks, e.g. 64x2 32x2 32x1 (default: the game's)")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"trainer: train steps on synthetic batches ({args.steps} timed steps per row)")
-    for column in ("game", "device", "XLA", "consistency", "batch", "steps/s", "ms/step", "positions/s",
+    for column in ("game", "network", "device", "XLA", "consistency", "batch", "steps/s", "ms/step", "positions/s",
                    "first step (trace) s", "export s"):
         table.add_column(column, justify="right")
-    rows = [(name, jit, weight) for name in args.games for jit in ([False] if args.no_xla else [False, True])
-            for weight in args.consistency_weight]
-    for name, jit, weight in rows:
-        r = measure(name, args.steps, jit_compile=jit, consistency_weight=weight)
-        table.add_row(name, r["device"], "yes" if jit else "no", f"{r['consistency_weight']:g}",
+    rows = [(name, jit, weight, size) for name in args.games for jit in ([False] if args.no_xla else [False, True])
+            for weight in args.consistency_weight for size in args.network_sizes]
+    for name, jit, weight, size in rows:
+        r = measure(name, args.steps, jit_compile=jit, consistency_weight=weight, network_size=size)
+        table.add_row(name, r["network_size"], r["device"], "yes" if jit else "no", f"{r['consistency_weight']:g}",
                       str(r["batch_size"]), f"{r['steps_per_second']:.1f}", f"{r['ms_per_step']:.1f}",
                       f"{r['positions_per_second']:.0f}", f"{r['first_step_s']:.1f}",
                       f"{r['export_s']:.2f}")

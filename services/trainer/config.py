@@ -18,9 +18,10 @@ SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "lr_decay_steps", "lr_decay
                       "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
                       "projection_size", "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
                       "value_prefix_lstm_size", "chance_loss_weight", "commitment_weight", "diversity_weight")
-# Network settings a trainer flag may override: the model's kind, which every searcher then
-# reads from the model itself (Stochastic MuZero's chance codes).
-NETWORK_OVERRIDES = ("chance_codes",)
+# Network settings a trainer flag may override: what the exported model carries with it, so that
+# every searcher reads it from the model itself: its size (the hidden state's width or channels,
+# the residual blocks) and its kind (Stochastic MuZero's chance codes).
+NETWORK_OVERRIDES = ("hidden_size", "res_blocks", "chance_codes")
 
 
 @dataclasses.dataclass(frozen=True)

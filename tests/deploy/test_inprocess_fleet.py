@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from models.export import load_version
@@ -22,10 +23,13 @@ TRAIN_STEPS = 40
 @pytest.mark.parametrize("chance_codes", [0, 4], ids=["muzero", "stochastic-muzero"])
 def test_the_program_runs_in_one_process_and_trains(tmp_path, chance_codes):
     """With chance codes only the trainer is told: the agent's searches turn stochastic by the
-    model's own say, and the replay serves the chance encoder's observations on request."""
+    model's own say, and the replay serves the chance encoder's observations on request. The
+    plain model is also narrower than the game's (hidden_size, the trainer's alone too): the
+    agent sizes its trees by the model's hidden state."""
+    changes = (("chance_codes", chance_codes),) if chance_codes else (("hidden_size", 24),)
     config = FleetConfig(
         game="cartpole", run_dir=tmp_path / "run", games_per_batch=16, simulations=4,
-        fixed_ports=False, monitor=False, preset_changes=(("chance_codes", chance_codes),) if chance_codes else (),
+        fixed_ports=False, monitor=False, preset_changes=changes,
         extra_args=(("trainer", ("--export-interval", "10", "--log-interval", "10", "--batch-size", "32")),
                     ("replay", ("--min-positions", "100"))))
     log = get_logger("launcher", stream=open(tmp_path / "launcher.log", "w"))
@@ -47,7 +51,10 @@ def test_the_program_runs_in_one_process_and_trains(tmp_path, chance_codes):
         codes = fleet.stop()
     assert codes["agent-0"] == 0 and codes["trainer"] == 0, codes  # records flushed, checkpoint written
     assert (config.run_dir / "checkpoints" / "checkpoint").exists()
-    assert load_version(config.run_dir / "models" / "muzero").stochastic == bool(chance_codes)
+    model = load_version(config.run_dir / "models" / "muzero")
+    assert model.stochastic == bool(chance_codes)
+    hidden = model.initial_inference(np.zeros((1, 4), np.float32))["hidden_state"]
+    assert hidden.shape == (1, 64 if chance_codes else 24)  # cartpole's hidden_size is 64
 
 
 def test_nodes_without_an_in_process_entry_are_named(tmp_path):

@@ -102,5 +102,20 @@ def test_chance_codes_reach_the_trainer_alone(tmp_path):
                                                            preset_changes=(("chance_codes", 6),)))}
     assert "--chance-codes" in specs["trainer"].args
     assert all("--chance-codes" not in spec.args for name, spec in specs.items() if name != "trainer")
-    with pytest.raises(ValueError, match="network.hidden_size is not a flag"):
-        Preset("x", "", settings={"hidden_size": 8})
+    with pytest.raises(ValueError, match="network.support_size is not a flag"):
+        Preset("x", "", settings={"support_size": 8})
+
+
+def test_network_size_reaches_the_trainer_alone(tmp_path):
+    """A smaller network (an ablation of Connect Four's cost per step) is the trainer's to build:
+    the agents, evaluator and reanalysers take the hidden state's shape from the model."""
+    chosen = preset("").with_changes({"hidden_size": 32, "res_blocks": 1})
+    flags = chosen.service_flags("connect4")
+    assert flags == {"trainer": ("--hidden-size", "32", "--res-blocks", "1")}
+    trainer = trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                              "--checkpoint-dir", str(tmp_path / "c"), *flags["trainer"]])
+    network = trainer.settings.network
+    assert (network.hidden_size, network.res_blocks, network.architecture) == (32, 1, "resnet")
+    with pytest.raises(SystemExit):  # the section's own check, named as the flag
+        trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                        "--checkpoint-dir", str(tmp_path / "c"), "--hidden-size", "0"])
