@@ -337,7 +337,16 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     name = f"{stem}-seed{seed}" + ("-full" if keep_going else "")
     (DOCS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, DOCS / f"{name}.png")
+    console.print(f"{stem} seed {seed}: CPU by service over {elapsed_s:.0f} s: " + ", ".join(
+        f"{service} {share:.0%} of a core" for service, share in cpu_shares(cpu_s, elapsed_s).items()))
     return report
+
+
+def cpu_shares(cpu_s: dict[str, float], elapsed_s: float) -> dict[str, float]:
+    """service -> its CPU seconds over the run's wall-clock seconds (1.0 = one core busy the
+    whole run), most first."""
+    return {name: seconds / elapsed_s for name, seconds in sorted(cpu_s.items(), key=lambda item: -item[1])
+            if elapsed_s > 0}
 
 
 def _after_target(evaluations: list[dict], target: Target) -> dict[str, int]:

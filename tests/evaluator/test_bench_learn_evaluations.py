@@ -170,6 +170,7 @@ def test_a_two_player_run_reports_the_evaluators_results(tmp_path, monkeypatch):
     assert reached["replay_positions_added"] == 90
     assert reached["cpu_s"] == {"agent-0": round(2.04 * 6, 1), "replay": 0.5}
     assert report["cpu_s"] == reached["cpu_s"] and report["elapsed_s"] >= 0
+    assert learn.cpu_shares({"replay": 30.0, "trainer": 90.0}, 60.0) == {"trainer": 1.5, "replay": 0.5}
     written = json.loads((tmp_path / "docs" / "tictactoe-seed3.json").read_text())
     assert written["evaluations"] == report["evaluations"]
     assert (tmp_path / "docs" / "tictactoe-seed3.png").exists()
