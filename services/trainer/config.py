@@ -14,9 +14,10 @@ from games.validation import require
 from games.symmetry import Symmetries
 
 # Settings a trainer flag may override (the rest come from the game's MuZeroSettings).
-SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "lr_decay_steps", "lr_decay_rate", "export_interval", "ema_decay", "num_unroll_steps",
-                      "optimizer", "weight_decay", "consistency_weight", "projection_hidden_size",
-                      "projection_size", "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
+SETTINGS_OVERRIDES = ("batch_size", "learning_rate", "lr_decay_steps", "lr_decay_rate", "export_interval",
+                      "ema_decay", "num_unroll_steps", "augment_symmetries", "optimizer", "weight_decay",
+                      "consistency_weight", "projection_hidden_size", "projection_size",
+                      "prediction_hidden_size", "value_prefix", "value_prefix_horizon",
                       "value_prefix_lstm_size", "chance_loss_weight", "commitment_weight", "diversity_weight")
 # Network settings a trainer flag may override: what the exported model carries with it, so that
 # every searcher reads it from the model itself: its size (the hidden state's width or channels,

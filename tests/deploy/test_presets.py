@@ -108,14 +108,19 @@ def test_chance_codes_reach_the_trainer_alone(tmp_path):
 
 def test_network_size_reaches_the_trainer_alone(tmp_path):
     """A smaller network (an ablation of Connect Four's cost per step) is the trainer's to build:
-    the agents, evaluator and reanalysers take the hidden state's shape from the model."""
-    chosen = preset("").with_changes({"hidden_size": 32, "res_blocks": 1})
+    the agents, evaluator and reanalysers take the hidden state's shape from the model. So is
+    training under the board's symmetries."""
+    chosen = preset("").with_changes({"hidden_size": 32, "res_blocks": 1, "augment_symmetries": True})
     flags = chosen.service_flags("connect4")
-    assert flags == {"trainer": ("--hidden-size", "32", "--res-blocks", "1")}
+    assert flags == {"trainer": ("--hidden-size", "32", "--res-blocks", "1", "--augment-symmetries")}
     trainer = trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
                               "--checkpoint-dir", str(tmp_path / "c"), *flags["trainer"]])
     network = trainer.settings.network
     assert (network.hidden_size, network.res_blocks, network.architecture) == (32, 1, "resnet")
+    assert trainer.settings.training.augment_symmetries and len(trainer.symmetries.cells) == 2  # the mirror
+    plain = trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
+                            "--checkpoint-dir", str(tmp_path / "c")])
+    assert plain.symmetries is None
     with pytest.raises(SystemExit):  # the section's own check, named as the flag
         trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
                         "--checkpoint-dir", str(tmp_path / "c"), "--hidden-size", "0"])
