@@ -117,6 +117,9 @@ class Evaluator:
         # the start of its round, played when the network server unloads it mid-round (a slow
         # match, e.g. Othello against mcts1000, outlasts the few versions the server keeps).
         self._pinned: tuple[int, Any] | None = None
+        # The version whose copy in process plays the rest of its round: once the server has
+        # unloaded it, it does not come back, and asking again would wait out a timeout.
+        self._in_process: int | None = None
         self._elo_players: set[str] = set()
 
     # -- what is due ------------------------------------------------------------------------------
@@ -173,7 +176,8 @@ class Evaluator:
         # Two greedy model versions would play one game again and again: random openings.
         opening = config.anchor_opening_moves if opponent not in self.opponents else 0
         backoff = self.policy.backoff(stop)
-        network = self.network
+        local = self._pinned[1] if self._pinned and self._pinned[0] == version else None
+        network = local if local is not None and self._in_process == version else self.network
         while True:
             started = time.perf_counter()
             try:
@@ -185,28 +189,29 @@ class Evaluator:
             except EvaluationStopped:
                 return None
             except TimeoutError as error:  # evaluate() waited for the pinned version in vain
-                self._give_up(version, opponent, str(error))
-                return None
+                unserved = str(error)
             except PermanentFailure as failure:
-                if failure.peer == "network" and failure.code == "NOT_FOUND":
-                    local = self._pinned[1] if self._pinned and self._pinned[0] == version else None
-                    if local is not None and network is not local:
-                        self.log.info("version_played_in_process", version=version, opponent=opponent,
-                                      details=failure.details,
-                                      message="the network no longer serves the version: the match is "
-                                              "played again with the copy loaded at the round's start")
-                        network = local
-                        continue
-                    self._give_up(version, opponent, failure.details)
-                    return None
-                if failure.code not in WAIT_CODES:
-                    raise
-                delay = backoff.next_delay()
-                self.metrics.peer_failures.labels(failure.peer, failure.code).inc()
-                self.log.warning("peer_unavailable", peer=failure.peer, method=failure.method, code=failure.code,
-                                 details=failure.details, retry_in_s=round(delay, 2))
-                if stop.wait(delay):
-                    return None
+                if failure.peer != "network" or failure.code != "NOT_FOUND":
+                    if failure.code not in WAIT_CODES:
+                        raise
+                    delay = backoff.next_delay()
+                    self.metrics.peer_failures.labels(failure.peer, failure.code).inc()
+                    self.log.warning("peer_unavailable", peer=failure.peer, method=failure.method,
+                                     code=failure.code, details=failure.details, retry_in_s=round(delay, 2))
+                    if stop.wait(delay):
+                        return None
+                    continue
+                unserved = failure.details  # unloaded mid-match
+            # The server no longer serves the version (and will not again): its copy in process
+            # plays this match and the rest of the round, if it was loaded.
+            if local is None or network is local:
+                self._give_up(version, opponent, unserved)
+                return None
+            self.log.info("version_played_in_process", version=version, opponent=opponent, details=unserved,
+                          message="the network no longer serves the version: this match and the rest of "
+                                  "the round are played with the copy loaded at the round's start")
+            self._in_process = version
+            network = local
         seconds = time.perf_counter() - started
         record = match_record(result, opponent, config.search_simulations, seconds, config.two_player, opening)
         self.store.append(record)

@@ -97,3 +97,59 @@ def test_a_version_the_network_unloads_mid_round_is_played_from_its_copy_in_proc
     assert not evaluator.run_round(1)
     assert sink.events("version_not_pinned")[0]["version"] == 1
     assert sink.events("version_unavailable")[0]["version"] == 1
+
+
+def test_once_the_network_unloads_a_version_the_rest_of_its_round_plays_in_process(tmp_path, models):
+    """The real server does not load a version again once it has unloaded it: a later match of
+    the round waiting for it there would time out (the end of a Connect Four run's ratings, when
+    the anchor match came after the mcts1000 match that had fallen back)."""
+    import grpc
+
+    from tests.agent.agent_fakes import FakeNetwork
+    from tests.grpc_fakes import FakeRpcError
+
+    class UnloadsAfterOneMatch(FakeNetwork):
+        """Serves version 2 until the first match's last move, then has unloaded it: Predict
+        finds it NOT_FOUND and waiting for it times out, as NetworkClient's wait does."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.unloaded = False
+            self.waits = 0
+
+        def wait_until_available(self, version=None, timeout_s: float = 120.0, stop=None) -> int:
+            self.waits += 1
+            if self.unloaded:
+                raise TimeoutError(f"model 'muzero' has no version {version} available after {timeout_s}s")
+            return self.newest
+
+        def predict_future(self, signature, inputs, version=None, timeout_s=None):
+            if self.unloaded:
+                raise FakeRpcError(grpc.StatusCode.NOT_FOUND, f"version {version} is not loaded")
+            return super().predict_future(signature, inputs, version, timeout_s)
+
+    sink = LogSink("evaluator")
+    network = UnloadsAfterOneMatch(9, newest=2)
+    evaluator = make_evaluator(tmp_path, network=network, sink=sink, ladder="random,minimax,mcts100",
+                               models=str(models))
+    real_play = evaluator.play_match
+
+    def play_then_unload(version, opponent, stop=None):
+        record = real_play(version, opponent, stop)
+        network.unloaded = True  # between the round's matches, as a slow match lets it happen
+        return record
+
+    evaluator.play_match = play_then_unload
+    assert evaluator.run_round(2)
+    assert [(r["version"], r["opponent"], r["games"]) for r in evaluator.store.records] == [
+        (2, "random", 4), (2, "minimax", 4), (2, "mcts100", 4)]
+    [fallback] = sink.events("version_played_in_process")
+    assert (fallback["version"], fallback["opponent"]) == (2, "minimax")
+    assert "no version 2 available" in fallback["details"]
+    assert not sink.events("version_unavailable")
+    assert network.waits == 2  # mcts100 went straight to the copy: no second timeout
+    # The next round's version is asked of the server again.
+    network.unloaded, network.newest = False, 3
+    evaluator.play_match = real_play
+    assert evaluator.play_match(3, "random") is not None
+    assert network.waits == 3 and len(sink.events("version_played_in_process")) == 1
