@@ -34,6 +34,7 @@ DERIVED = {
     "games_per_batch": "the game's settings",
     "simulations": "the game's settings",
     "random_opening_moves": "the game's search.random_opening_moves",
+    "rescale_values": "the game's search.rescale_values",
     "seed": "a fresh one, so scaled replicas play different games",
 }
 

@@ -33,6 +33,9 @@ class AgentConfig:
       random_opening_moves: the first this many moves of every game are played uniformly at
         random among the legal ones (the search's policy stays their policy target); None: the
         game's search.random_opening_moves.
+      rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
+        game's search.rescale_values; docs/learning.md's tic-tac-toe section says why a board
+        game may not want it).
       stop_grace_s: on stop, how long pending records may take to reach the replay, seconds;
         the process exits within it (non-zero if some stayed unsent).
       host: interface of the metrics endpoint.
@@ -53,6 +56,7 @@ class AgentConfig:
     max_pending_records: int = 4096
     max_moves: int = 0
     random_opening_moves: int | None = None
+    rescale_values: bool | None = None
     stop_grace_s: float = 10.0
     host: str = "127.0.0.1"
     metrics_port: int = 9103

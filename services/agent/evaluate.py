@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -71,7 +71,8 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
              simulations: int, version: int | None = None, seed: int = 0,
              opponent=random_opponent, groups: int = 1,
              stop: threading.Event | None = None,
-             metrics: AgentMetrics | None = None, opening_moves: int = 0) -> EvaluationResult:
+             metrics: AgentMetrics | None = None, opening_moves: int = 0,
+             search_changes: Mapping[str, Any] | None = None) -> EvaluationResult:
     """Plays `num_games` games greedily (no noise, temperature 0) and returns their results.
 
     The games are played at once in one environment session; each slot counts its first game.
@@ -87,12 +88,15 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
     uniformly random legal moves (from `seed`), so that two deterministic players (greedy
     searches of two model versions) play different games instead of one game `num_games / 2`
     times. They count in the game's length; the result is the players' from there on.
+
+    `search_changes`: settings fields of the game's search to change (e.g. rescale_values), as a
+    searcher's flags do (`services.agent.search.config.SEARCHER_OVERRIDES`).
     """
     if opening_moves < 0:
         raise ValueError(f"opening_moves must be >= 0, got {opening_moves}")
     game = games.make(game_name)
     spec = game.spec
-    settings = game.settings.replace(num_simulations=simulations)
+    settings = game.settings.replace(num_simulations=simulations, **(search_changes or {}))
     two_player = spec.num_players == 2
     stop = stop if stop is not None else threading.Event()
     search = PipelinedSearch(network, SearchConfig.from_settings(settings), num_games, spec.num_actions,

@@ -16,6 +16,7 @@ from services.agent.config import AgentConfig
 from services.agent.pipeline import PipelinedSearch
 from services.agent.replay_writer import ReplayWriter
 from services.agent.search import SearchConfig
+from services.agent.search.config import searcher_changes
 from services.agent.trajectories import TrajectoryRecorder
 from services.common.failures import Backoff, RetryPolicy, retry_call
 from services.common.logs import EventLogger
@@ -69,6 +70,7 @@ class SelfPlay:
         self.settings = self.game.settings.replace(num_simulations=config.simulations)
         if config.random_opening_moves is not None:
             self.settings = self.settings.replace(random_opening_moves=config.random_opening_moves)
+        self.settings = self.settings.replace(**searcher_changes(config))
         self.policy = policy or RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0)
         self.stop = stop if stop is not None else threading.Event()
         self.env = environment or EnvironmentClient(config.environment, timeout_s=config.request_timeout_s)

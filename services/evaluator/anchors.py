@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -31,14 +32,15 @@ class ModelOpponent:
     copies of its first game, whose moves are dropped.
     """
 
-    def __init__(self, network, game_name: str, simulations: int, max_games: int) -> None:
+    def __init__(self, network, game_name: str, simulations: int, max_games: int,
+                 search_changes: Mapping[str, Any] | None = None) -> None:
         from services.agent.pipeline import PipelinedSearch
 
         game = games.make(game_name)
         self.network = network
         self.version = int(network.wait_until_available())
         self.max_games = max_games
-        settings = game.settings.replace(num_simulations=simulations)
+        settings = game.settings.replace(num_simulations=simulations, **(search_changes or {}))
         self.search = PipelinedSearch(network, SearchConfig.from_settings(settings), max_games,
                                       game.spec.num_actions, two_player=game.spec.num_players == 2)
 
@@ -109,12 +111,14 @@ class Anchors:
             removed.append(oldest)
         return removed
 
-    def opponent(self, version: int, game: str, simulations: int, max_games: int) -> ModelOpponent:
-        """The kept version `version` as an opponent (loaded once, then reused)."""
+    def opponent(self, version: int, game: str, simulations: int, max_games: int,
+                 search_changes: Mapping[str, Any] | None = None) -> ModelOpponent:
+        """The kept version `version` as an opponent (loaded once, then reused), searching with
+        the game's settings and `search_changes`."""
         if version not in self._opponents:
             from models.export import load_version
             from services.agent.local_network import LocalNetwork
 
             network = LocalNetwork(load_version(self.dir, version))
-            self._opponents[version] = ModelOpponent(network, game, simulations, max_games)
+            self._opponents[version] = ModelOpponent(network, game, simulations, max_games, search_changes)
         return self._opponents[version]

@@ -43,6 +43,9 @@ class EvaluatorConfig:
       games_per_match: games per match, half with the model moving first and half second (even
         in two-player games); in one-player games the games whose mean return is recorded.
       simulations: MCTS simulations per move of the model (0 = the game's num_simulations).
+      rescale_values: min-max rescale each node's completed Q before Gumbel's sigma, in the
+        searches of the rated version and of the anchors (None: the game's
+        search.rescale_values); rate with the search the agents train with.
       models: the trainer's model base path (<run>/models/muzero); when given, every
         anchor_every versions the rated version is copied into state_dir/anchors and later
         versions also play it ("" = no earlier versions as anchors; ignored in one-player
@@ -74,6 +77,7 @@ class EvaluatorConfig:
     ladder: str = ""
     games_per_match: int = 20
     simulations: int = 0
+    rescale_values: bool | None = None
     models: str = ""
     anchor_every: int = 1000
     max_anchors: int = 3

@@ -23,6 +23,7 @@ import numpy as np
 
 from services.agent.evaluate import EvaluationResult, EvaluationStopped, evaluate
 from services.agent.opponents import OPPONENTS
+from services.agent.search.config import searcher_changes
 from services.common.failures import PermanentFailure, RetryPolicy
 from services.common.logs import EventLogger
 from services.evaluator.anchors import Anchors, anchor_name
@@ -160,7 +161,7 @@ class Evaluator:
         if self.anchors is None or not name.startswith("v"):
             raise KeyError(f"no opponent {name!r}")
         return self.anchors.opponent(int(name[1:]), self.config.game, self.config.search_simulations,
-                                     self.config.games_per_match)
+                                     self.config.games_per_match, searcher_changes(self.config))
 
     def _seed(self, version: int, opponent: str) -> int:
         words = [self.config.seed, version, *opponent.encode()]
@@ -184,7 +185,8 @@ class Evaluator:
                 kwargs = {"opponent": play} if play is not None else {}
                 result = evaluate(config.game, self.environment, network, config.games_per_match,
                                   config.search_simulations, version=version, seed=self._seed(version, opponent),
-                                  stop=stop, opening_moves=opening, **kwargs)
+                                  stop=stop, opening_moves=opening, search_changes=searcher_changes(config),
+                                  **kwargs)
                 break
             except EvaluationStopped:
                 return None

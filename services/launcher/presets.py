@@ -10,7 +10,9 @@ trainer (`--consistency-weight`, ...), the network's size (`--hidden-size`, `--r
 Stochastic MuZero's chance codes (`--chance-codes`) to the trainer, and value prefix
 (`--value-prefix`, `--value-prefix-horizon`) to both, since the replay's targets and the
 trainer's network must agree (searchers take the horizon, the hidden state's shape and the
-chance codes from the model itself). A field no service takes as a flag
+chance codes from the model itself), and the search fields the searchers take as flags
+(`--rescale-values`) to every agent, reanalyser and the evaluator, so that the targets and the
+ratings come from one search. A field no service takes as a flag
 is refused when the preset is built, so a preset can never promise what the fleet does not do.
 
 The presets (docs/learning.md has what they reached):
@@ -36,6 +38,7 @@ from typing import Any, Mapping
 import games
 from games.settings import SECTION_OF_FIELD, MuZeroSettings
 from games.validation import require
+from services.agent.search.config import SEARCHER_OVERRIDES
 from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES
 
 # The trainer takes training fields (SETTINGS_OVERRIDES) and network fields (NETWORK_OVERRIDES,
@@ -46,6 +49,9 @@ _REPLAY_AND_TRAINER = ("value_prefix", "value_prefix_horizon")
 # Replay fields the replay takes as flags: every ReplaySettings field (ReplayConfig extends it).
 # Training fields that both read are refused: the two would have to change together.
 _SHARED = ("num_unroll_steps",)
+# The searchers take search fields (SEARCHER_OVERRIDES) as flags: each goes to all three, so that
+# self-play, reanalysis and ratings search alike.
+_SEARCHERS = ("agent", "reanalyse", "evaluator")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +84,10 @@ class Preset:
                 section = SECTION_OF_FIELD[name]
                 require(section == "replay" or (section == "training" and name in SETTINGS_OVERRIDES
                                                 and name not in _SHARED)
-                        or (section == "network" and name in NETWORK_OVERRIDES),
-                        f"Preset {self.name!r}: {section}.{name} is not a flag of the replay or the "
-                        f"trainer, so the fleet could not apply it")
+                        or (section == "network" and name in NETWORK_OVERRIDES)
+                        or (section == "search" and name in SEARCHER_OVERRIDES),
+                        f"Preset {self.name!r}: {section}.{name} is not a flag of the replay, the "
+                        f"trainer or the searchers, so the fleet could not apply it")
         for game in self.per_game:
             require(game in games.names(), f"Preset {self.name!r}: per_game names no game {game!r}")
         require(self.reanalysers >= 0, f"Preset {self.name!r}: reanalysers must be >= 0")
@@ -104,12 +111,15 @@ class Preset:
         return games.make(game).settings.replace(**self.changes(game))
 
     def service_flags(self, game: str) -> dict[str, tuple[str, ...]]:
-        """node name ("replay", "trainer") -> the flags that apply the preset there."""
+        """node name ("replay", "trainer", "agent", "reanalyse", "evaluator") -> the flags that
+        apply the preset there."""
         self.game_settings(game)  # every value is checked where the settings check it
         flags: dict[str, list[str]] = {}
         for name, value in self.changes(game).items():
+            section = SECTION_OF_FIELD[name]
             nodes = (("replay", "trainer") if name in _REPLAY_AND_TRAINER
-                     else ("replay",) if SECTION_OF_FIELD[name] == "replay" else ("trainer",))
+                     else ("replay",) if section == "replay" else _SEARCHERS if section == "search"
+                     else ("trainer",))
             flag = "--" + name.replace("_", "-")
             for node in nodes:
                 if isinstance(value, bool):

@@ -236,7 +236,8 @@ def build_program(config: FleetConfig) -> Program:
     agent = program.add_node(Node(
         "agent", "services.agent", kind=WORKER, ports=_ports("agent"), health=Health(start_period_s=60),
         args=("--game", game, "--environment", environment.grpc_address, "--network", network.grpc_address,
-              "--replay", replay.grpc_address, *batch, *sims, *chosen.agent_args),
+              "--replay", replay.grpc_address, *batch, *sims, *chosen.agent_args,
+              *preset_flags.get("agent", ())),
         replicas=config.num_agents, scalable=True,
         doc="Batched MCTS self-play. Scale with `--scale agent=N`: no container name, no host port; "
             "every replica registers under the name `agent`, which Prometheus and the monitor "
@@ -245,7 +246,7 @@ def build_program(config: FleetConfig) -> Program:
     reanalyse = program.add_node(Node(
         "reanalyse", "services.reanalyse", kind=WORKER, ports=_ports("reanalyse"), health=Health(start_period_s=60),
         args=("--game", game, "--replay", replay.grpc_address, "--network", network.grpc_address, *sims,
-              *chosen.reanalyse_args),
+              *chosen.reanalyse_args, *preset_flags.get("reanalyse", ())),
         replicas=max(config.reanalysers, 1), scalable=True,
         profile=None if config.reanalysers else "reanalyse",
         doc="Searches stored positions again with the newest model and sends the new targets to the "
@@ -254,7 +255,8 @@ def build_program(config: FleetConfig) -> Program:
     evaluator = program.add_node(Node(
         "evaluator", "services.evaluator", kind=WORKER, ports=_ports("evaluator"), health=Health(start_period_s=60),
         args=("--game", game, "--network", network.grpc_address, "--environment", environment.grpc_address,
-              "--state-dir", evaluator_data, "--models", model_dir, *sims),
+              "--state-dir", evaluator_data, "--models", model_dir, *sims,
+              *preset_flags.get("evaluator", ())),
         profile=None if config.evaluator else "evaluator",
         doc="Plays the newest model version against the game's ladder of opponents (and earlier "
             "versions it keeps as anchors) after every new version; Elo ratings over every match in "

@@ -35,6 +35,8 @@ class ReanalyseConfig:
       exploration: search with the self-play training search's exploration (Gumbel noise or
         Dirichlet root noise), as the agent does for the targets it records; False searches
         without it.
+      rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
+        game's search.rescale_values); the agents' self-play search should agree.
       groups: the P positions are searched as this many pipelined groups (see AgentConfig.groups).
       max_positions_per_s: caps the rate (0 = as fast as the network answers): on a machine the
         fleet shares, this leaves CPU for self-play and training.
@@ -54,6 +56,7 @@ class ReanalyseConfig:
     games_per_request: int = 16
     order: Order = "oldest_targets_first"
     exploration: bool = True
+    rescale_values: bool | None = None
     groups: int = 1
     max_positions_per_s: float = 0.0
     seed: int = 0

@@ -29,6 +29,7 @@ import numpy as np
 import games
 from services.agent.pipeline import MoveResult, PipelinedSearch
 from services.agent.search import SearchConfig
+from services.agent.search.config import searcher_changes
 from services.common.failures import RetryPolicy, retry_call
 from services.common.logs import EventLogger
 from services.reanalyse.config import ReanalyseConfig
@@ -103,7 +104,7 @@ class Reanalyser:
         self.stop = stop if stop is not None else threading.Event()
         game = games.make(config.game)
         self.spec = game.spec
-        settings = game.settings.replace(num_simulations=config.search_simulations)
+        settings = game.settings.replace(num_simulations=config.search_simulations, **searcher_changes(config))
         self.search = PipelinedSearch(network, SearchConfig.from_settings(settings), config.batch_size,
                                       self.spec.num_actions, groups=config.groups,
                                       two_player=self.spec.num_players == 2,

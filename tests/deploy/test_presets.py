@@ -51,7 +51,7 @@ def test_the_sample_efficient_fleet_runs_its_reanalyser_and_small_batches():
 def test_bad_presets_are_refused_naming_what_is_wrong():
     with pytest.raises(ValueError, match="no settings field 'samples_per_inserts'"):
         Preset("x", "", settings={"samples_per_inserts": 2.0})
-    with pytest.raises(ValueError, match="search.num_simulations is not a flag of the replay or the trainer"):
+    with pytest.raises(ValueError, match="search.num_simulations is not a flag of the replay, the trainer or the searchers"):
         Preset("x", "", settings={"num_simulations": 4})
     with pytest.raises(ValueError, match="training.num_unroll_steps is not a flag"):
         Preset("x", "", settings={"num_unroll_steps": 3})  # the replay and the trainer would disagree
@@ -124,3 +124,38 @@ def test_network_size_reaches_the_trainer_alone(tmp_path):
     with pytest.raises(SystemExit):  # the section's own check, named as the flag
         trainer_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--models", str(tmp_path / "m"),
                         "--checkpoint-dir", str(tmp_path / "c"), "--hidden-size", "0"])
+
+
+def test_search_fields_reach_every_searcher_and_their_searches(tmp_path):
+    """rescale_values changes the targets (self-play, reanalysis) and the ratings (evaluator):
+    all three are told, and each one's search runs with it."""
+    from services.agent.__main__ import agent_config, parse_command_line
+    from services.agent.search.config import SEARCHER_OVERRIDES
+    from services.evaluator.__main__ import build_parser as evaluator_parser
+    from services.evaluator.config import EvaluatorConfig
+    from services.reanalyse.config import ReanalyseConfig
+
+    assert SEARCHER_OVERRIDES == ("rescale_values",)
+    assert games.make("connect4").settings.search.rescale_values  # the default the change turns off
+    chosen = preset("").with_changes({"rescale_values": False})
+    flags = chosen.service_flags("connect4")
+    assert flags == {node: ("--no-rescale-values",) for node in ("agent", "reanalyse", "evaluator")}
+    specs = {s.name: s for s in build_topology(FleetConfig(game="connect4", run_dir=Path("r"), num_reanalysers=1,
+                                                           evaluator=True, preset_changes=(("rescale_values", False),)))}
+    for name in ("agent-0", "reanalyse-0", "evaluator"):
+        assert "--no-rescale-values" in specs[name].args, name
+    assert all("--no-rescale-values" not in spec.args for name, spec in specs.items()
+               if name not in ("agent-0", "reanalyse-0", "evaluator"))
+
+    parser, args = parse_command_line(["--game", "connect4", "--environment", "127.0.0.1:1", "--network",
+                                       "127.0.0.1:2", "--replay", "127.0.0.1:3", *flags["agent"]])
+    assert agent_config(parser, args).rescale_values is False
+    parser, args = parse_command_line(["--game", "connect4", "--environment", "127.0.0.1:1", "--network",
+                                       "127.0.0.1:2", "--replay", "127.0.0.1:3"])
+    assert agent_config(parser, args).rescale_values is None  # unset: the game's
+    evaluator = evaluator_parser().parse_args(["--game", "connect4", "--network", "127.0.0.1:2", "--environment",
+                                               "127.0.0.1:1", "--state-dir", str(tmp_path), *flags["evaluator"]])
+    assert evaluator.rescale_values is False
+    assert EvaluatorConfig(game="connect4", network="a:1", environment="b:2", state_dir=str(tmp_path),
+                           rescale_values=False).rescale_values is False
+    assert ReanalyseConfig(game="connect4", replay="a:1", network="b:2", rescale_values=False).rescale_values is False

@@ -72,6 +72,10 @@ def test_a_model_opponent_plays_its_models_greedy_search_move_for_any_number_of_
     assert few.shape == (2,) and legal[np.arange(2), few].all()
     with pytest.raises(ValueError, match="7 games"):
         opponent(np.repeat(observation[:1], 7, axis=0), np.repeat(legal[:1], 7, axis=0), np.random.default_rng(0))
+    # It searches with the evaluator's search changes (the rated version's search), else the game's.
+    assert opponent.search.config.rescale_values is game.settings.search.rescale_values is False
+    changed = ModelOpponent(network, GAME, simulations=4, max_games=6, search_changes={"rescale_values": True})
+    assert changed.search.config.rescale_values is True
 
 
 def test_a_version_the_network_unloads_mid_round_is_played_from_its_copy_in_process(tmp_path, models):

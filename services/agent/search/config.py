@@ -10,6 +10,17 @@ from games.settings import MuZeroSettings, SearchSettings
 from games.validation import require
 from services.agent.search.policies import POLICIES
 
+# Search settings that each searcher (the agent's self-play, the reanalyser, the evaluator) takes
+# as a flag: its config has a field of the same name, None meaning the game's. Training targets
+# come from the first two and ratings from the third, so a change goes to all three (presets).
+SEARCHER_OVERRIDES = ("rescale_values",)
+
+
+def searcher_changes(config: Any) -> dict[str, Any]:
+    """The SEARCHER_OVERRIDES fields that a searcher's `config` sets (not None): the changes to
+    pass to `SearchConfig.from_settings`."""
+    return {name: getattr(config, name) for name in SEARCHER_OVERRIDES if getattr(config, name) is not None}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchConfig(SearchSettings):
