@@ -132,7 +132,9 @@ def test_search_fields_reach_every_searcher_and_their_searches(tmp_path):
     from services.agent.__main__ import agent_config, parse_command_line
     from services.agent.search.config import SEARCHER_OVERRIDES
     from services.evaluator.__main__ import build_parser as evaluator_parser
+    from services.evaluator.__main__ import evaluator_config
     from services.evaluator.config import EvaluatorConfig
+    from services.reanalyse.__main__ import reanalyse_config
     from services.reanalyse.config import ReanalyseConfig
 
     assert SEARCHER_OVERRIDES == ("rescale_values",)
@@ -156,6 +158,12 @@ def test_search_fields_reach_every_searcher_and_their_searches(tmp_path):
     evaluator = evaluator_parser().parse_args(["--game", "connect4", "--network", "127.0.0.1:2", "--environment",
                                                "127.0.0.1:1", "--state-dir", str(tmp_path), *flags["evaluator"]])
     assert evaluator.rescale_values is False
+    assert evaluator_config(["--game", "connect4", "--network", "127.0.0.1:2", "--environment", "127.0.0.1:1",
+                             "--state-dir", str(tmp_path), *flags["evaluator"]]).rescale_values is False
+    assert reanalyse_config(["--game", "connect4", "--replay", "127.0.0.1:1", "--network", "127.0.0.1:2",
+                             *flags["reanalyse"]]).rescale_values is False
+    assert reanalyse_config(["--game", "connect4", "--replay", "127.0.0.1:1",
+                             "--network", "127.0.0.1:2"]).rescale_values is None
     assert EvaluatorConfig(game="connect4", network="a:1", environment="b:2", state_dir=str(tmp_path),
                            rescale_values=False).rescale_values is False
     assert ReanalyseConfig(game="connect4", replay="a:1", network="b:2", rescale_values=False).rescale_values is False

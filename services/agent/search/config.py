@@ -18,7 +18,7 @@ SEARCHER_OVERRIDES = ("rescale_values",)
 
 def searcher_changes(config: Any) -> dict[str, Any]:
     """The SEARCHER_OVERRIDES fields that a searcher's `config` sets (not None): the changes to
-    pass to `SearchConfig.from_settings`."""
+    apply to the game's settings (`MuZeroSettings.replace`) before its search is built."""
     return {name: getattr(config, name) for name in SEARCHER_OVERRIDES if getattr(config, name) is not None}
 
 
