@@ -35,6 +35,7 @@ DERIVED = {
     "simulations": "the game's settings",
     "random_opening_moves": "the game's search.random_opening_moves",
     "rescale_values": "the game's search.rescale_values",
+    "gumbel_scale": "the game's search.gumbel_scale",
     "seed": "a fresh one, so scaled replicas play different games",
 }
 
@@ -101,7 +102,7 @@ def evaluation_config(parser: argparse.ArgumentParser, args: argparse.Namespace)
         game=args.game, environment=args.environment, network=args.network,
         num_games=args.num_games, simulations=args.simulations or settings.search.num_simulations,
         opponent=args.opponent, version=args.version, seed=args.seed, model_name=args.model_name,
-        request_timeout_s=args.request_timeout_s))
+        request_timeout_s=args.request_timeout_s, rescale_values=args.rescale_values))
 
 
 def start(argv: list[str], registry=None, log=None):

@@ -36,6 +36,9 @@ class AgentConfig:
       rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
         game's search.rescale_values; docs/learning.md's tic-tac-toe section says why a board
         game may not want it).
+      gumbel_scale: >= 0, scale of the root Gumbel noise that picks self-play's moves (None:
+        the game's search.gumbel_scale; larger spreads self-play over moves of near-equal value
+        that the network's policy ranks low, 0 plays the search's choice).
       stop_grace_s: on stop, how long pending records may take to reach the replay, seconds;
         the process exits within it (non-zero if some stayed unsent).
       host: interface of the metrics endpoint.
@@ -57,6 +60,7 @@ class AgentConfig:
     max_moves: int = 0
     random_opening_moves: int | None = None
     rescale_values: bool | None = None
+    gumbel_scale: float | None = None
     stop_grace_s: float = 10.0
     host: str = "127.0.0.1"
     metrics_port: int = 9103
@@ -75,6 +79,8 @@ class AgentConfig:
         require(self.chunk_length >= 1, f"AgentConfig.chunk_length must be >= 1, got {self.chunk_length}")
         require(self.random_opening_moves is None or self.random_opening_moves >= 0,
                 f"AgentConfig.random_opening_moves must be >= 0, got {self.random_opening_moves}")
+        require(self.gumbel_scale is None or self.gumbel_scale >= 0,
+                f"AgentConfig.gumbel_scale must be >= 0, got {self.gumbel_scale}")
         require(self.request_timeout_s > 0,
                 f"AgentConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
         require(self.max_pending_records >= 1,
@@ -102,6 +108,9 @@ class EvaluationConfig:
       seed: seeds the environment session, the search and the opponent.
       model_name: the served model's name.
       request_timeout_s: deadline of each network and environment call.
+      rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
+        game's search.rescale_values); set it as the self-play that trained the model had it,
+        so the evaluation searches the way the fleet's evaluator rates.
     """
 
     game: str
@@ -114,6 +123,7 @@ class EvaluationConfig:
     seed: int = 0
     model_name: str = "muzero"
     request_timeout_s: float = 30.0
+    rescale_values: bool | None = None
 
     def __post_init__(self) -> None:
         require(self.game in games.names(),

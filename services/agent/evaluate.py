@@ -21,6 +21,7 @@ from services.agent.metrics import AgentMetrics
 from services.agent.opponents import random_opponent
 from services.agent.pipeline import PipelinedSearch
 from services.agent.search import SearchConfig
+from services.agent.search.config import SEARCHER_OVERRIDES
 from services.common.failures import PermanentFailure
 from services.environment.client import EnvironmentClient
 from services.network.client import NetworkClient
@@ -35,13 +36,16 @@ class EvaluationResult:
     """Per game: returns float32 [M] from the agent's view (one-player: the game's return;
     two-player: +1 win, 0 draw, -1 loss) and lengths int [M]. In two-player games the agent
     moves first in the even games and second in the odd ones. `statistics`: the game's own
-    per-game numbers (`Game.episode_statistics`, e.g. 2048's "max_tile" int [M])."""
+    per-game numbers (`Game.episode_statistics`, e.g. 2048's "max_tile" int [M]). `search`: the
+    settings a searcher may change (SEARCHER_OVERRIDES, e.g. rescale_values) as the agent's
+    search had them, so a result says how it was searched."""
 
     game: str
     version: int
     returns: np.ndarray
     lengths: np.ndarray
     statistics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    search: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def mean_return(self) -> float:
@@ -60,6 +64,7 @@ class EvaluationResult:
         if tiles is not None:  # 2048: games whose largest tile is at least each threshold
             out["max_tile_at_least"] = {str(t): int(np.sum(tiles >= t)) for t in TILE_THRESHOLDS}
             out["max_tile_largest"] = int(np.max(tiles))
+        out.update(self.search)
         return out
 
 
@@ -155,7 +160,8 @@ def evaluate(game_name: str, environment: EnvironmentClient, network: NetworkCli
             pass  # the session expires on its own
     if two_player:
         returns = np.sign(returns)
-    return EvaluationResult(game_name, pinned, returns, lengths, game.episode_statistics(last_observation, last_action))
+    return EvaluationResult(game_name, pinned, returns, lengths, game.episode_statistics(last_observation, last_action),
+                            search={name: getattr(search.config, name) for name in SEARCHER_OVERRIDES})
 
 
 _PREDICT_HINTS = {

@@ -16,7 +16,7 @@ from services.agent.config import AgentConfig
 from services.agent.pipeline import PipelinedSearch
 from services.agent.replay_writer import ReplayWriter
 from services.agent.search import SearchConfig
-from services.agent.search.config import searcher_changes
+from services.agent.search.config import SEARCHER_OVERRIDES, SELF_PLAY_OVERRIDES, searcher_changes
 from services.agent.trajectories import TrajectoryRecorder
 from services.common.failures import Backoff, RetryPolicy, retry_call
 from services.common.logs import EventLogger
@@ -68,9 +68,8 @@ class SelfPlay:
         self.game = games.make(config.game)
         self.spec = self.game.spec
         self.settings = self.game.settings.replace(num_simulations=config.simulations)
-        if config.random_opening_moves is not None:
-            self.settings = self.settings.replace(random_opening_moves=config.random_opening_moves)
-        self.settings = self.settings.replace(**searcher_changes(config))
+        self.settings = self.settings.replace(
+            **searcher_changes(config, SEARCHER_OVERRIDES + SELF_PLAY_OVERRIDES))
         self.policy = policy or RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0)
         self.stop = stop if stop is not None else threading.Event()
         self.env = environment or EnvironmentClient(config.environment, timeout_s=config.request_timeout_s)

@@ -58,6 +58,7 @@ def evaluate_once(config: EvaluationConfig, stop: threading.Event, log: EventLog
     came up in time)."""
     from services.agent.evaluate import EvaluationStopped, evaluate
     from services.agent.opponents import OPPONENTS
+    from services.agent.search.config import searcher_changes
     from services.environment.client import EnvironmentClient
     from services.network.client import NetworkClient
 
@@ -67,7 +68,8 @@ def evaluate_once(config: EvaluationConfig, stop: threading.Event, log: EventLog
                               timeout_s=config.request_timeout_s) as network:
             result = evaluate(config.game, environment, network, config.num_games, config.simulations,
                               version=config.version, seed=config.seed, groups=1,
-                              opponent=OPPONENTS[config.opponent_name], stop=stop)
+                              opponent=OPPONENTS[config.opponent_name], stop=stop,
+                              search_changes=searcher_changes(config))
     except EvaluationStopped:
         log.info("stopped", evaluated=False)
         return 0

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import games
 from games.settings import SECTION_OF_FIELD, MuZeroSettings
 from games.validation import require
-from services.agent.search.config import SEARCHER_OVERRIDES
+from services.agent.search.config import SEARCHER_OVERRIDES, SELF_PLAY_OVERRIDES
 from services.trainer.config import NETWORK_OVERRIDES, SETTINGS_OVERRIDES
 
 # The trainer takes training fields (SETTINGS_OVERRIDES) and network fields (NETWORK_OVERRIDES,
@@ -52,6 +52,8 @@ _SHARED = ("num_unroll_steps",)
 # The searchers take search fields (SEARCHER_OVERRIDES) as flags: each goes to all three, so that
 # self-play, reanalysis and ratings search alike.
 _SEARCHERS = ("agent", "reanalyse", "evaluator")
+# Self-play's exploration (SELF_PLAY_OVERRIDES) goes to the agents alone.
+_SELF_PLAY = ("agent",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Preset:
                 require(section == "replay" or (section == "training" and name in SETTINGS_OVERRIDES
                                                 and name not in _SHARED)
                         or (section == "network" and name in NETWORK_OVERRIDES)
-                        or (section == "search" and name in SEARCHER_OVERRIDES),
+                        or (section == "search" and name in SEARCHER_OVERRIDES + SELF_PLAY_OVERRIDES),
                         f"Preset {self.name!r}: {section}.{name} is not a flag of the replay, the "
                         f"trainer or the searchers, so the fleet could not apply it")
         for game in self.per_game:
@@ -118,7 +120,9 @@ class Preset:
         for name, value in self.changes(game).items():
             section = SECTION_OF_FIELD[name]
             nodes = (("replay", "trainer") if name in _REPLAY_AND_TRAINER
-                     else ("replay",) if section == "replay" else _SEARCHERS if section == "search"
+                     else ("replay",) if section == "replay"
+                     else _SELF_PLAY if name in SELF_PLAY_OVERRIDES
+                     else _SEARCHERS if section == "search"
                      else ("trainer",))
             flag = "--" + name.replace("_", "-")
             for node in nodes:

@@ -83,11 +83,14 @@ def test_agent_evaluation_mode_prints_results_against_a_random_player(start_serv
     completed = subprocess.run(
         [sys.executable, "-m", "services.agent", "--game", "tictactoe", "--environment",
          environment.grpc_address, "--network", network.grpc_address, "--simulations", "4",
-         "--evaluate", "10", "--version", "0"],
+         "--evaluate", "10", "--version", "0", "--rescale-values"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["games"] == 10 and summary["version"] == 0
+    # tic-tac-toe's search does not rescale; the flag makes this evaluation's search rescale
+    assert games.make("tictactoe").settings.search.rescale_values is False
+    assert summary["rescale_values"] is True
     assert summary["wins"] + summary["draws"] + summary["losses"] == 10
     assert summary["losses_as_first"] + summary["losses_as_second"] == summary["losses"]
 

@@ -14,12 +14,16 @@ from services.agent.search.policies import POLICIES
 # as a flag: its config has a field of the same name, None meaning the game's. Training targets
 # come from the first two and ratings from the third, so a change goes to all three (presets).
 SEARCHER_OVERRIDES = ("rescale_values",)
+# Search settings of self-play's exploration, which only the agent takes as a flag (same
+# convention): they choose which games are played, so reanalysis and ratings must not take them.
+SELF_PLAY_OVERRIDES = ("random_opening_moves", "gumbel_scale")
 
 
-def searcher_changes(config: Any) -> dict[str, Any]:
-    """The SEARCHER_OVERRIDES fields that a searcher's `config` sets (not None): the changes to
-    apply to the game's settings (`MuZeroSettings.replace`) before its search is built."""
-    return {name: getattr(config, name) for name in SEARCHER_OVERRIDES if getattr(config, name) is not None}
+def searcher_changes(config: Any, names: tuple[str, ...] = SEARCHER_OVERRIDES) -> dict[str, Any]:
+    """The `names` fields (default SEARCHER_OVERRIDES) that a searcher's `config` sets (not
+    None): the changes to apply to the game's settings (`MuZeroSettings.replace`) before its
+    search is built. The agent passes SEARCHER_OVERRIDES + SELF_PLAY_OVERRIDES."""
+    return {name: getattr(config, name) for name in names if getattr(config, name) is not None}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
