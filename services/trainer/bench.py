@@ -53,10 +53,12 @@ def synthetic_batch(game_name: str, batch_size: int | None = None, seed: int = 0
 
 def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
             batch_size: int | None = None, consistency_weight: float | None = None,
-            network_size: tuple[int, int] | None = None) -> dict[str, float]:
+            network_size: tuple[int, int] | None = None,
+            ema_decay: float | None = None) -> dict[str, float]:
     """Trains `steps` steps (after 3 warm-up steps) on one synthetic batch; returns timings.
     `consistency_weight`: the consistency loss's factor (None: the game's); `network_size`:
-    (hidden_size, res_blocks) instead of the game's."""
+    (hidden_size, res_blocks) instead of the game's; `ema_decay`: the decay of the weights'
+    moving average updated after every step (None: the game's, 0 = none)."""
     from services.common.logs import get_logger
     from services.trainer.config import TrainerConfig
     from services.trainer.trainer import Trainer
@@ -67,6 +69,8 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
         settings = settings.replace(consistency_weight=consistency_weight)
     if network_size is not None:
         settings = settings.replace(hidden_size=network_size[0], res_blocks=network_size[1])
+    if ema_decay is not None:
+        settings = settings.replace(ema_decay=ema_decay)
     with tempfile.TemporaryDirectory() as directory:
         config = TrainerConfig(spec=game.spec, settings=settings, models_dir=f"{directory}/models",
                                checkpoint_dir=f"{directory}/checkpoints", jit_compile=jit_compile, seed=0)
@@ -88,7 +92,7 @@ def measure(game_name: str, steps: int = 100, jit_compile: bool = False,
     return {"steps_per_second": steps / seconds, "ms_per_step": 1000 * seconds / steps,
             "positions_per_second": steps * settings.training.batch_size / seconds, "first_step_s": first,
             "export_s": export, "batch_size": settings.training.batch_size, "device": trainer.device,
-            "consistency_weight": config.consistency_weight,
+            "consistency_weight": config.consistency_weight, "ema_decay": settings.training.ema_decay,
             "network_size": f"{settings.network.hidden_size}x{settings.network.res_blocks}"}
 
 
@@ -111,19 +115,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--network-sizes", type=parse_network_size, nargs="+", default=[None], metavar="HxB",
                         help="rows with each network size: hidden size (channels of a resnet) x residual "
                              "blocks, e.g. 64x2 32x2 32x1 (default: the game's)")
+    parser.add_argument("--ema-decay", type=float, nargs="+", default=[None], metavar="D",
+                        help="rows with each decay of the weights' moving average, e.g. 0 0.998 "
+                             "(default: the game's, 0 = none)")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"trainer: train steps on synthetic batches ({args.steps} timed steps per row)")
-    for column in ("game", "network", "device", "XLA", "consistency", "batch", "steps/s", "ms/step", "positions/s",
+    for column in ("game", "network", "device", "XLA", "consistency", "EMA", "batch", "steps/s", "ms/step",
+                   "positions/s",
                    "first step (trace) s", "export s"):
         table.add_column(column, justify="right")
-    rows = [(name, jit, weight, size) for name in args.games for jit in ([False] if args.no_xla else [False, True])
-            for weight in args.consistency_weight for size in args.network_sizes]
-    for name, jit, weight, size in rows:
-        r = measure(name, args.steps, jit_compile=jit, consistency_weight=weight, network_size=size)
+    rows = [(name, jit, weight, size, decay) for name in args.games
+            for jit in ([False] if args.no_xla else [False, True])
+            for weight in args.consistency_weight for size in args.network_sizes for decay in args.ema_decay]
+    for name, jit, weight, size, decay in rows:
+        r = measure(name, args.steps, jit_compile=jit, consistency_weight=weight, network_size=size,
+                    ema_decay=decay)
         table.add_row(name, r["network_size"], r["device"], "yes" if jit else "no", f"{r['consistency_weight']:g}",
+                      f"{r['ema_decay']:g}",
                       str(r["batch_size"]), f"{r['steps_per_second']:.1f}", f"{r['ms_per_step']:.1f}",
                       f"{r['positions_per_second']:.0f}", f"{r['first_step_s']:.1f}",
                       f"{r['export_s']:.2f}")
