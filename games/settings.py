@@ -108,6 +108,16 @@ class SearchSettings:
         the move's policy target), so that the replay holds openings the network's own play
         would rarely reach, such as an opponent's choice among equally good moves. 0: none.
         Evaluation never does.
+      random_branch_fraction: in [0, 1], the fraction of self-play games that branch: each
+        such game plays one move uniformly at random at a ply drawn uniformly from
+        [0, random_branch_plies), and is recorded only from the position after that move.
+        The moves before the branch would carry value targets that the random move decided,
+        so they are dropped rather than learned from (KataGo's branching); what the replay
+        gets is a game from a position the network's own play would rarely reach, played out
+        by the search. 0: no game branches. Evaluation never does.
+      random_branch_plies: >= 1 when games branch: the branch's ply is drawn from
+        [0, random_branch_plies) (both players' moves count; a game that ends first does not
+        branch).
     """
 
     num_simulations: int = 16
@@ -124,16 +134,24 @@ class SearchSettings:
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
     random_opening_moves: int = 0
+    random_branch_fraction: float = 0.0
+    random_branch_plies: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("num_simulations", "max_considered_actions", "temperature_moves", "random_opening_moves"):
+        for field in ("num_simulations", "max_considered_actions", "temperature_moves", "random_opening_moves",
+                      "random_branch_plies"):
             value = getattr(self, field)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool),
                     f"{name}.{field} must be an int, got {value!r}")
         _at_least(self, 1, "num_simulations", "max_considered_actions")
         _at_least(self, 0, "pb_c_init", "gumbel_scale", "value_scale", "maxvisit_init",
-                  "temperature", "temperature_moves", "random_opening_moves")
+                  "temperature", "temperature_moves", "random_opening_moves", "random_branch_plies")
+        require(0.0 <= self.random_branch_fraction <= 1.0,
+                f"{name}.random_branch_fraction must be in [0, 1], got {self.random_branch_fraction}")
+        require(self.random_branch_fraction == 0 or self.random_branch_plies >= 1,
+                f"{name}.random_branch_plies must be >= 1 when random_branch_fraction > 0 "
+                f"(it is {self.random_branch_fraction}), got {self.random_branch_plies}")
         require(self.pb_c_base > 0, f"{name}.pb_c_base must be > 0, got {self.pb_c_base}")
         require(self.root_dirichlet_alpha > 0,
                 f"{name}.root_dirichlet_alpha must be > 0, got {self.root_dirichlet_alpha}")

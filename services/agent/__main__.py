@@ -24,6 +24,7 @@ import sys
 import games
 from services.agent.config import AgentConfig, EvaluationConfig
 from services.agent.opponents import OPPONENT_GAMES, OPPONENTS
+from services.agent.search.config import SELF_PLAY_OVERRIDES
 from services.common.config_flags import add_config_flags, config_values
 from services.common.flags import config_or_exit
 from services.common.logs import get_logger
@@ -34,6 +35,8 @@ DERIVED = {
     "games_per_batch": "the game's settings",
     "simulations": "the game's settings",
     "random_opening_moves": "the game's search.random_opening_moves",
+    "random_branch_fraction": "the game's search.random_branch_fraction",
+    "random_branch_plies": "the game's search.random_branch_plies",
     "rescale_values": "the game's search.rescale_values",
     "gumbel_scale": "the game's search.gumbel_scale",
     "seed": "a fresh one, so scaled replicas play different games",
@@ -97,6 +100,9 @@ def agent_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> A
 def evaluation_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EvaluationConfig:
     """The evaluation config of `args`; argparse's error (exit 2) naming the flag otherwise,
     before any peer is contacted."""
+    for name in SELF_PLAY_OVERRIDES:  # evaluation plays greedily: self-play's exploration has no say
+        if getattr(args, name) is not None:
+            parser.error(f"--{name.replace('_', '-')} applies to self-play only, not to --evaluate")
     settings = games.make(args.game).settings
     return config_or_exit(parser, lambda: EvaluationConfig(
         game=args.game, environment=args.environment, network=args.network,

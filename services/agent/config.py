@@ -33,6 +33,11 @@ class AgentConfig:
       random_opening_moves: the first this many moves of every game are played uniformly at
         random among the legal ones (the search's policy stays their policy target); None: the
         game's search.random_opening_moves.
+      random_branch_fraction: in [0, 1], the fraction of self-play games that play one random
+        move at a ply drawn from [0, random_branch_plies) and are recorded only from the
+        position after it (games/settings.py's SearchSettings says why); None: the game's
+        search.random_branch_fraction.
+      random_branch_plies: >= 1 when games branch; None: the game's search.random_branch_plies.
       rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
         game's search.rescale_values; docs/learning.md's tic-tac-toe section says why a board
         game may not want it).
@@ -59,6 +64,8 @@ class AgentConfig:
     max_pending_records: int = 4096
     max_moves: int = 0
     random_opening_moves: int | None = None
+    random_branch_fraction: float | None = None
+    random_branch_plies: int | None = None
     rescale_values: bool | None = None
     gumbel_scale: float | None = None
     stop_grace_s: float = 10.0
@@ -79,6 +86,7 @@ class AgentConfig:
         require(self.chunk_length >= 1, f"AgentConfig.chunk_length must be >= 1, got {self.chunk_length}")
         require(self.random_opening_moves is None or self.random_opening_moves >= 0,
                 f"AgentConfig.random_opening_moves must be >= 0, got {self.random_opening_moves}")
+        self._check_branching()
         require(self.gumbel_scale is None or self.gumbel_scale >= 0,
                 f"AgentConfig.gumbel_scale must be >= 0, got {self.gumbel_scale}")
         require(self.request_timeout_s > 0,
@@ -90,6 +98,18 @@ class AgentConfig:
         require(bool(self.host), f"AgentConfig.host must be non-empty, got {self.host!r}")
         require(0 <= self.metrics_port <= 65535,
                 f"AgentConfig.metrics_port must be in [0, 65535], got {self.metrics_port}")
+
+    def _check_branching(self) -> None:
+        require(self.random_branch_fraction is None or 0.0 <= self.random_branch_fraction <= 1.0,
+                f"AgentConfig.random_branch_fraction must be in [0, 1], got {self.random_branch_fraction}")
+        require(self.random_branch_plies is None or self.random_branch_plies >= 0,
+                f"AgentConfig.random_branch_plies must be >= 0, got {self.random_branch_plies}")
+        search = games.make(self.game).settings.search
+        fraction = search.random_branch_fraction if self.random_branch_fraction is None else self.random_branch_fraction
+        plies = search.random_branch_plies if self.random_branch_plies is None else self.random_branch_plies
+        require(fraction == 0 or plies >= 1,
+                f"AgentConfig.random_branch_plies must be >= 1 when games branch (random_branch_fraction "
+                f"{fraction}), got {plies}" + (f" ({self.game}'s)" if self.random_branch_plies is None else ""))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,12 +75,18 @@ class TrajectoryRecorder:
     def record_move(self, observation: np.ndarray, legal: np.ndarray, to_play: np.ndarray,
                     actions: np.ndarray, root_values: np.ndarray, policies: np.ndarray,
                     version: np.ndarray | int, rewards: np.ndarray, terminated: np.ndarray,
-                    truncated: np.ndarray) -> tuple[list[replay_pb2.GameRecord], list[FinishedGame]]:
+                    truncated: np.ndarray, restart: np.ndarray | None = None,
+                    ) -> tuple[list[replay_pb2.GameRecord], list[FinishedGame]]:
         """Appends one move of every game; returns (records to send, games that ended).
 
         All arrays lead with [B]: the position before the move (observation, legal, to_play),
         the search's output (actions, root_values, policies), and what the environment
         answered (rewards, terminated, truncated). Slots whose game ended start a new game.
+        `restart` (bool [B], default none) marks games whose record starts over after this
+        move: the moves the slot holds, this one included, are dropped unsent (a game that ends
+        at this move sends no record, though it still counts as finished), and its next record
+        starts at the next move (`first_move`) under the same episode id. Moves of the game
+        already sent stay sent.
         """
         rows, cursor = self._rows, self.cursor
         self.observations[rows, cursor] = observation
@@ -94,12 +100,17 @@ class TrajectoryRecorder:
         self.returns[rows, to_play] += rewards
         self.cursor += 1
         ended = terminated | truncated
-        full = ~ended & (self.cursor >= self.capacity)
+        restart = np.zeros_like(ended) if restart is None else np.asarray(restart, bool)
+        full = ~ended & ~restart & (self.cursor >= self.capacity)
         records, finished = [], []
-        for b in np.flatnonzero(ended | full):  # only slots that emit a record this move
-            if ended[b]:
-                records.append(self._record(b, self.cursor[b], num_sampleable=0,
-                                            terminated=bool(terminated[b])))
+        for b in np.flatnonzero(ended | full | restart):  # only slots that emit or drop this move
+            if restart[b] and not ended[b]:
+                self.first_move[b] += self.cursor[b]
+                self.cursor[b] = 0
+            elif ended[b]:
+                if not restart[b]:
+                    records.append(self._record(b, self.cursor[b], num_sampleable=0,
+                                                terminated=bool(terminated[b])))
                 last = self.cursor[b] - 1
                 finished.append(FinishedGame(self.episode_ids[b], self.returns[b].copy(),
                                              int(self.first_move[b] + self.cursor[b]),

@@ -1,5 +1,7 @@
 """Random openings in self-play (`random_opening_moves`): the first N moves of every game are
-uniform among the legal moves and later moves are the search's. Fakes for the peers (an in-process environment session, a
+uniform among the legal moves and later moves are the search's. Branching
+(`random_branch_fraction`/`_plies`): a game plays one random move at a random ply and is
+recorded from the position after it. Fakes for the peers (an in-process environment session, a
 network whose policy all but forces the centre cell)."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from services.agent.config import AgentConfig
 from services.agent.metrics import AgentMetrics
 from services.agent.selfplay import SelfPlay
 from services.common.failures import RetryPolicy
+from services.common.tensors import from_tensor
 from tests.agent.agent_fakes import FakeEnvironment, FakeNetwork, FakeReplay, LogSink
 
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
@@ -40,16 +43,40 @@ class MoveRecorder(FakeEnvironment):
         return super().step(session_id, actions, auto_reset, **kwargs)
 
 
-def play(random_opening_moves: int) -> tuple[MoveRecorder, FakeReplay]:
-    environment, replay = MoveRecorder("tictactoe"), FakeReplay()
+class RecordKeeper(FakeReplay):
+    """Keeps every record it acknowledges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = []
+
+    def add_games(self, records, timeout_s=None):
+        super().add_games(records, timeout_s)
+        self.records.extend(records)
+
+
+def play(random_opening_moves: int = 0, **branching) -> tuple[MoveRecorder, RecordKeeper]:
+    environment, replay = MoveRecorder("tictactoe"), RecordKeeper()
     config = AgentConfig(game="tictactoe", environment=environment.address, network=FakeNetwork.address,
                          replay="127.0.0.1:3", games_per_batch=16, simulations=4, groups=1, seed=0,
-                         max_moves=60, random_opening_moves=random_opening_moves)
+                         max_moves=60, random_opening_moves=random_opening_moves, **branching)
+    metrics = AgentMetrics(CollectorRegistry())
     selfplay = SelfPlay(config, LogSink().log, environment=environment, network=CentreNetwork(9),
-                        replay=replay, policy=FAST, metrics=AgentMetrics(CollectorRegistry()))
+                        replay=replay, policy=FAST, metrics=metrics)
     selfplay.run()
     selfplay.close(timeout_s=1.0)
+    environment.branched = metrics.registry.get_sample_value("mufleet_agent_branched_games_total")
+    environment.finished = selfplay.games_finished
     return environment, replay
+
+
+def first_moves(replay: RecordKeeper) -> np.ndarray:
+    """Each record's first move, checked against the stones of its first position (a
+    tic-tac-toe position's stone count is its move index)."""
+    firsts = np.array([record.first_move for record in replay.records])
+    stones = np.array([(from_tensor(record.observations)[0] != 0).sum() for record in replay.records])
+    np.testing.assert_array_equal(firsts, stones)
+    return firsts
 
 
 def by_index(moves: list[tuple[int, int]], index: int) -> np.ndarray:
@@ -80,3 +107,44 @@ def test_a_bad_random_opening_moves_is_refused_by_name():
     with pytest.raises(ValueError, match="AgentConfig.random_opening_moves must be >= 0, got -1"):
         AgentConfig(game="tictactoe", environment="h:1", network="h:2", replay="h:3", games_per_batch=1,
                     simulations=1, random_opening_moves=-1)
+
+
+def test_without_branching_every_record_starts_at_the_first_move():
+    environment, replay = play()
+    assert replay.records and set(first_moves(replay).tolist()) == {0}
+    assert environment.branched == 0
+
+
+def test_a_game_branching_at_the_first_ply_plays_it_at_random_and_is_recorded_after_it():
+    environment, replay = play(random_branch_fraction=1.0, random_branch_plies=1)
+    # Every game's first move is uniform, the second the search's (the centre where free).
+    counts = np.bincount(by_index(environment.moves, 0), minlength=9)
+    assert counts.sum() >= 100 and (counts > 0).all() and counts.max() < 3 * counts.sum() / 9, counts
+    second = by_index(environment.moves, 1)
+    assert np.mean(second == CENTRE) > 0.6
+    # Every record starts after the branch: the random move and what came before are not sent.
+    assert replay.records and set(first_moves(replay).tolist()) == {1}
+    assert environment.branched >= environment.finished >= 100
+
+
+def test_a_fraction_of_the_games_branches_at_a_ply_drawn_below_the_limit():
+    environment, replay = play(random_branch_fraction=0.5, random_branch_plies=3)
+    firsts = first_moves(replay)
+    assert set(firsts.tolist()) == {0, 1, 2, 3}, np.bincount(firsts)
+    unbranched = np.mean(firsts == 0)
+    assert 0.3 < unbranched < 0.7, np.bincount(firsts)
+    # Each branched game is counted once; about half of the games started branched.
+    started = environment.finished + 16  # the 16 slots' unfinished games started too
+    assert 0.3 * started < environment.branched < 0.7 * started
+
+
+def test_branching_is_refused_without_plies_and_out_of_range_by_name():
+    fields = dict(game="tictactoe", environment="h:1", network="h:2", replay="h:3", games_per_batch=1,
+                  simulations=1)
+    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_plies must be >= 1 when games branch "
+                                         r"\(random_branch_fraction 0.5\), got 0 \(tictactoe's\)"):
+        AgentConfig(**fields, random_branch_fraction=0.5)
+    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_fraction must be in \[0, 1\], got 1.5"):
+        AgentConfig(**fields, random_branch_fraction=1.5, random_branch_plies=2)
+    with pytest.raises(ValueError, match="AgentConfig.random_branch_plies must be >= 0, got -1"):
+        AgentConfig(**fields, random_branch_plies=-1)

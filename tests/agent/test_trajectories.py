@@ -105,3 +105,52 @@ def test_replay_writer_blocks_producers_when_too_much_is_pending():
     blocked.join(30)
     assert not blocked.is_alive()
     assert writer.close(timeout_s=30) == 0 and writer.acked == 4
+
+
+def _move_restarting(recorder, spec, t, ended, restart):
+    B, A = recorder.batch_size, spec.num_actions
+    return recorder.record_move(
+        np.full((B, *spec.observation_shape), t, np.float32), np.ones((B, A), bool),
+        np.zeros(B, np.int32), np.full(B, t % A, np.int32), np.full(B, 0.5 * t, np.float32),
+        np.full((B, A), 1.0 / A, np.float32), 7, np.ones(B, np.float32), ended, np.zeros(B, bool),
+        restart=restart)
+
+
+def test_a_restart_drops_the_moves_held_and_the_record_starts_at_the_next_move():
+    spec = games.make("cartpole").spec
+    recorder = TrajectoryRecorder(spec, batch_size=2, chunk_length=100, lookahead=10, agent_id="a")
+    emitted, finished = [], []
+    for t in range(6):
+        # Slot 0 restarts after its move 2; slot 1 restarts at move 5, the move that ends it.
+        records, done = _move_restarting(recorder, spec, t, ended=np.array([t == 5, t == 5]),
+                                         restart=np.array([t == 2, t == 5]))
+        emitted, finished = emitted + records, finished + done
+        if t == 2:
+            assert recorder.cursor.tolist() == [0, 3] and recorder.first_move.tolist() == [3, 0]
+    # Slot 0 sends moves 3..5 alone, as its episode's first record; slot 1 sends nothing.
+    assert len(emitted) == 1
+    record = emitted[0]
+    assert record.id == "a-1-0" and record.episode_id == "a-1" and record.first_move == 3
+    assert record.terminated and record.num_sampleable == 0
+    np.testing.assert_array_equal(from_tensor(record.observations)[:, 0], [3, 4, 5])
+    np.testing.assert_array_equal(from_tensor(record.actions), [3 % spec.num_actions, 4 % spec.num_actions,
+                                                                 5 % spec.num_actions])
+    # Both games still count as finished, with their whole length and return.
+    assert [(g.episode_id, g.length, float(g.total_reward[0])) for g in finished] == [
+        ("a-1", 6, 6.0), ("a-2", 6, 6.0)]
+    assert recorder.cursor.tolist() == [0, 0] and recorder.first_move.tolist() == [0, 0]
+
+
+def test_a_restart_after_a_chunk_keeps_what_was_sent_and_drops_the_rest():
+    spec = games.make("cartpole").spec
+    recorder = TrajectoryRecorder(spec, batch_size=1, chunk_length=5, lookahead=3, agent_id="a")
+    emitted = []
+    for t in range(12):
+        records, _ = _move_restarting(recorder, spec, t, ended=np.array([t == 11]),
+                                      restart=np.array([t == 8]))
+        emitted += records
+    # Chunk 0 (moves 0..7) was sent at move 7; the restart at move 8 drops moves 5..8 (the
+    # kept look-ahead and move 8); the last record holds moves 9..11.
+    assert [r.id for r in emitted] == ["a-1-0", "a-1-1"]
+    assert [r.first_move for r in emitted] == [0, 9]
+    assert from_tensor(emitted[1].observations)[:, 0].tolist() == [9, 10, 11]
