@@ -108,16 +108,16 @@ class SearchSettings:
         the move's policy target), so that the replay holds openings the network's own play
         would rarely reach, such as an opponent's choice among equally good moves. 0: none.
         Evaluation never does.
-      random_branch_fraction: in [0, 1], the fraction of self-play games that branch: each
-        such game plays one move uniformly at random at a ply drawn uniformly from
-        [0, random_branch_plies), and is recorded only from the position after that move.
-        The moves before the branch would carry value targets that the random move decided,
-        so they are dropped rather than learned from (KataGo's branching); what the replay
-        gets is a game from a position the network's own play would rarely reach, played out
-        by the search. 0: no game branches. Evaluation never does.
-      random_branch_plies: >= 1 when games branch: the branch's ply is drawn from
-        [0, random_branch_plies) (both players' moves count; a game that ends first does not
-        branch).
+      random_branch_probability: in [0, 1], the probability that a self-play move at a ply
+        below random_branch_plies (both players' moves count) is played uniformly at random
+        instead of the search's choice, each such ply drawn on its own. After each random move
+        the game's record starts over from the position that follows: the moves before it
+        would carry value targets that a random move decided, so they are dropped rather than
+        learned from (KataGo's branching). What the replay gets is positions the network's own
+        play would rarely reach, including ones two unusual moves deep, played out by the
+        search from there. 0: none. Evaluation never branches.
+      random_branch_plies: >= 1 when games branch: the plies [0, random_branch_plies) that may
+        be played at random.
     """
 
     num_simulations: int = 16
@@ -134,7 +134,7 @@ class SearchSettings:
     temperature: float = 1.0
     temperature_moves: int = 1_000_000
     random_opening_moves: int = 0
-    random_branch_fraction: float = 0.0
+    random_branch_probability: float = 0.0
     random_branch_plies: int = 0
 
     def __post_init__(self) -> None:
@@ -147,11 +147,11 @@ class SearchSettings:
         _at_least(self, 1, "num_simulations", "max_considered_actions")
         _at_least(self, 0, "pb_c_init", "gumbel_scale", "value_scale", "maxvisit_init",
                   "temperature", "temperature_moves", "random_opening_moves", "random_branch_plies")
-        require(0.0 <= self.random_branch_fraction <= 1.0,
-                f"{name}.random_branch_fraction must be in [0, 1], got {self.random_branch_fraction}")
-        require(self.random_branch_fraction == 0 or self.random_branch_plies >= 1,
-                f"{name}.random_branch_plies must be >= 1 when random_branch_fraction > 0 "
-                f"(it is {self.random_branch_fraction}), got {self.random_branch_plies}")
+        require(0.0 <= self.random_branch_probability <= 1.0,
+                f"{name}.random_branch_probability must be in [0, 1], got {self.random_branch_probability}")
+        require(self.random_branch_probability == 0 or self.random_branch_plies >= 1,
+                f"{name}.random_branch_plies must be >= 1 when random_branch_probability > 0 "
+                f"(it is {self.random_branch_probability}), got {self.random_branch_plies}")
         require(self.pb_c_base > 0, f"{name}.pb_c_base must be > 0, got {self.pb_c_base}")
         require(self.root_dirichlet_alpha > 0,
                 f"{name}.root_dirichlet_alpha must be > 0, got {self.root_dirichlet_alpha}")

@@ -35,7 +35,7 @@ DERIVED = {
     "games_per_batch": "the game's settings",
     "simulations": "the game's settings",
     "random_opening_moves": "the game's search.random_opening_moves",
-    "random_branch_fraction": "the game's search.random_branch_fraction",
+    "random_branch_probability": "the game's search.random_branch_probability",
     "random_branch_plies": "the game's search.random_branch_plies",
     "rescale_values": "the game's search.rescale_values",
     "gumbel_scale": "the game's search.gumbel_scale",

@@ -33,10 +33,10 @@ class AgentConfig:
       random_opening_moves: the first this many moves of every game are played uniformly at
         random among the legal ones (the search's policy stays their policy target); None: the
         game's search.random_opening_moves.
-      random_branch_fraction: in [0, 1], the fraction of self-play games that play one random
-        move at a ply drawn from [0, random_branch_plies) and are recorded only from the
+      random_branch_probability: in [0, 1], the probability that a self-play move at a ply
+        below random_branch_plies is played at random, the game then recorded only from the
         position after it (games/settings.py's SearchSettings says why); None: the game's
-        search.random_branch_fraction.
+        search.random_branch_probability.
       random_branch_plies: >= 1 when games branch; None: the game's search.random_branch_plies.
       rescale_values: min-max rescale each node's completed Q before Gumbel's sigma (None: the
         game's search.rescale_values; docs/learning.md's tic-tac-toe section says why a board
@@ -64,7 +64,7 @@ class AgentConfig:
     max_pending_records: int = 4096
     max_moves: int = 0
     random_opening_moves: int | None = None
-    random_branch_fraction: float | None = None
+    random_branch_probability: float | None = None
     random_branch_plies: int | None = None
     rescale_values: bool | None = None
     gumbel_scale: float | None = None
@@ -100,16 +100,17 @@ class AgentConfig:
                 f"AgentConfig.metrics_port must be in [0, 65535], got {self.metrics_port}")
 
     def _check_branching(self) -> None:
-        require(self.random_branch_fraction is None or 0.0 <= self.random_branch_fraction <= 1.0,
-                f"AgentConfig.random_branch_fraction must be in [0, 1], got {self.random_branch_fraction}")
+        require(self.random_branch_probability is None or 0.0 <= self.random_branch_probability <= 1.0,
+                f"AgentConfig.random_branch_probability must be in [0, 1], got {self.random_branch_probability}")
         require(self.random_branch_plies is None or self.random_branch_plies >= 0,
                 f"AgentConfig.random_branch_plies must be >= 0, got {self.random_branch_plies}")
         search = games.make(self.game).settings.search
-        fraction = search.random_branch_fraction if self.random_branch_fraction is None else self.random_branch_fraction
+        probability = (search.random_branch_probability if self.random_branch_probability is None
+                       else self.random_branch_probability)
         plies = search.random_branch_plies if self.random_branch_plies is None else self.random_branch_plies
-        require(fraction == 0 or plies >= 1,
-                f"AgentConfig.random_branch_plies must be >= 1 when games branch (random_branch_fraction "
-                f"{fraction}), got {plies}" + (f" ({self.game}'s)" if self.random_branch_plies is None else ""))
+        require(probability == 0 or plies >= 1,
+                f"AgentConfig.random_branch_plies must be >= 1 when games branch (random_branch_probability "
+                f"{probability}), got {plies}" + (f" ({self.game}'s)" if self.random_branch_plies is None else ""))
 
 
 @dataclasses.dataclass(frozen=True)

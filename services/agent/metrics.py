@@ -10,7 +10,7 @@ from services.common.metrics import LATENCY_BUCKETS_S
 SIMULATIONS_TOTAL = "mufleet_agent_simulations_total"
 MOVES_TOTAL = "mufleet_agent_moves_total"
 GAMES_FINISHED_TOTAL = "mufleet_agent_games_finished_total"
-BRANCHED_GAMES_TOTAL = "mufleet_agent_branched_games_total"
+BRANCH_MOVES_TOTAL = "mufleet_agent_branch_moves_total"
 EPISODE_RETURN = "mufleet_agent_episode_return"
 EPISODE_LENGTH = "mufleet_agent_episode_length"
 RECENT_MEAN_RETURN = "mufleet_agent_recent_mean_return"
@@ -43,9 +43,9 @@ class AgentMetrics:
                                    registry=registry)
         self.moves = Counter(MOVES_TOTAL, "Moves played, summed over games", registry=registry)
         self.games_finished = Counter(GAMES_FINISHED_TOTAL, "Games played to their end", registry=registry)
-        self.branched_games = Counter(
-            BRANCHED_GAMES_TOTAL, "Games that played a random move at a random ply and are recorded "
-            "from the position after it (random_branch_fraction)", registry=registry)
+        self.branch_moves = Counter(
+            BRANCH_MOVES_TOTAL, "Self-play moves played at random, after which the game's record "
+            "starts over (random_branch_probability)", registry=registry)
         self.episode_return = Histogram(EPISODE_RETURN, "Return of each finished game (player 0's)",
                                         buckets=RETURN_BUCKETS, registry=registry)
         self.episode_length = Histogram(EPISODE_LENGTH, "Moves of each finished game",

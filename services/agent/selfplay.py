@@ -91,8 +91,6 @@ class SelfPlay:
             stop=self.stop, policy=self.policy, call_timeout_s=config.request_timeout_s,
             address=config.replay)
         self.rng = np.random.default_rng(config.seed)
-        # Per game slot, the ply at which its game branches (random_branch_fraction); -1: none.
-        self.branch_ply = np.full(config.games_per_batch, -1, np.int64)
         self.recent_returns: collections.deque[float] = collections.deque(maxlen=100)
         self.recent_lengths: collections.deque[int] = collections.deque(maxlen=100)
         # statistic name -> its values of the last 100 finished games (Game.episode_statistics)
@@ -193,19 +191,14 @@ class SelfPlay:
                 except grpc.RpcError:
                     pass  # the session expires on its own
 
-    def _draw_branches(self, new_games: np.ndarray) -> None:
-        """Draws, for the slots of `new_games` (bool [B]: slots whose game has not started),
-        whether each game branches and at which ply (random_branch_fraction/_plies)."""
+    def _branching(self, move_index: np.ndarray) -> np.ndarray:
+        """bool [B]: the games whose move at `move_index` (int [B], plies into each game) is
+        played at random and their record started over after it (random_branch_*)."""
         search = self.settings.search
-        count = int(np.count_nonzero(new_games))
-        if count == 0:
-            return
-        if search.random_branch_fraction == 0:
-            self.branch_ply[new_games] = -1
-            return
-        branches = self.rng.random(count) < search.random_branch_fraction
-        plies = self.rng.integers(0, search.random_branch_plies, size=count)
-        self.branch_ply[new_games] = np.where(branches, plies, -1)
+        if search.random_branch_probability == 0:
+            return np.zeros(len(move_index), bool)
+        return (move_index < search.random_branch_plies) & (
+            self.rng.random(len(move_index)) < search.random_branch_probability)
 
     def _play(self, session: str | None, time_step: TimeStep | None, stop: threading.Event) -> None:
         self._session = session
@@ -216,7 +209,6 @@ class SelfPlay:
                 break
             started = time.perf_counter()
             move_index = self.recorder.first_move + self.recorder.cursor
-            self._draw_branches(move_index == 0)
             try:
                 result = self.search.search(time_step.observation, time_step.legal_actions, self.rng,
                                             training=True)
@@ -231,7 +223,7 @@ class SelfPlay:
             explore = move_index < self.settings.search.temperature_moves
             actions = np.where(explore, result.actions, result.greedy_actions).astype(np.int32)
             opening = move_index < self.settings.search.random_opening_moves  # bool [B]
-            branching = move_index == self.branch_ply  # bool [B]
+            branching = self._branching(move_index)  # bool [B]
             if opening.any() or branching.any():
                 actions = np.where(opening | branching,
                                    random_opponent(time_step.observation, time_step.legal_actions, self.rng),
@@ -252,7 +244,7 @@ class SelfPlay:
                 time_step.observation, time_step.legal_actions, time_step.to_play, actions,
                 result.root_values, result.policies, result.versions, next_step.reward,
                 next_step.terminated, next_step.truncated, restart=branching)
-            self.metrics.branched_games.inc(int(np.count_nonzero(branching)))
+            self.metrics.branch_moves.inc(int(np.count_nonzero(branching)))
             self.writer.put(records, stop=stop)
             self._account(finished, time.perf_counter() - started)
             time_step = next_step

@@ -50,7 +50,7 @@ def test_unsupported_evaluation_combinations_are_refused(capsys):
     err = refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "4", "--opponent", "random")
     assert "--opponent 'random' needs a two-player game" in err
     for flag, value in (("--gumbel-scale", "2"), ("--random-opening-moves", "1"),
-                        ("--random-branch-fraction", "0.5"), ("--random-branch-plies", "3")):
+                        ("--random-branch-probability", "0.5"), ("--random-branch-plies", "3")):
         err = refused(capsys, "--game", "tictactoe", *PEERS, "--evaluate", "4", flag, value)
         assert f"error: {flag} applies to self-play only, not to --evaluate" in err
     assert "--evaluate must be >= 1, got -2" in refused(capsys, "--game", "cartpole", *PEERS, "--evaluate", "-2")

@@ -58,7 +58,7 @@ def test_self_play_and_reanalysis_search_with_the_configs_value(rescale_values, 
 
 
 def test_self_plays_exploration_comes_from_the_agents_config_and_reaches_no_other_searcher():
-    assert SELF_PLAY_OVERRIDES == ("random_opening_moves", "random_branch_fraction", "random_branch_plies",
+    assert SELF_PLAY_OVERRIDES == ("random_opening_moves", "random_branch_probability", "random_branch_plies",
                                    "gumbel_scale")
     search = games.make(GAME).settings.search
     assert (search.gumbel_scale, search.random_opening_moves) == (1.0, 0)  # what the configs change

@@ -1,7 +1,7 @@
 """Random openings in self-play (`random_opening_moves`): the first N moves of every game are
 uniform among the legal moves and later moves are the search's. Branching
-(`random_branch_fraction`/`_plies`): a game plays one random move at a random ply and is
-recorded from the position after it. Fakes for the peers (an in-process environment session, a
+(`random_branch_probability`/`_plies`): each early ply is played at random with some
+probability, and the game is recorded from the position after its last random move. Fakes for the peers (an in-process environment session, a
 network whose policy all but forces the centre cell)."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def play(random_opening_moves: int = 0, **branching) -> tuple[MoveRecorder, Reco
                         replay=replay, policy=FAST, metrics=metrics)
     selfplay.run()
     selfplay.close(timeout_s=1.0)
-    environment.branched = metrics.registry.get_sample_value("mufleet_agent_branched_games_total")
+    environment.branched = metrics.registry.get_sample_value("mufleet_agent_branch_moves_total")
     environment.finished = selfplay.games_finished
     return environment, replay
 
@@ -116,7 +116,7 @@ def test_without_branching_every_record_starts_at_the_first_move():
 
 
 def test_a_game_branching_at_the_first_ply_plays_it_at_random_and_is_recorded_after_it():
-    environment, replay = play(random_branch_fraction=1.0, random_branch_plies=1)
+    environment, replay = play(random_branch_probability=1.0, random_branch_plies=1)
     # Every game's first move is uniform, the second the search's (the centre where free).
     counts = np.bincount(by_index(environment.moves, 0), minlength=9)
     assert counts.sum() >= 100 and (counts > 0).all() and counts.max() < 3 * counts.sum() / 9, counts
@@ -127,24 +127,26 @@ def test_a_game_branching_at_the_first_ply_plays_it_at_random_and_is_recorded_af
     assert environment.branched >= environment.finished >= 100
 
 
-def test_a_fraction_of_the_games_branches_at_a_ply_drawn_below_the_limit():
-    environment, replay = play(random_branch_fraction=0.5, random_branch_plies=3)
-    firsts = first_moves(replay)
-    assert set(firsts.tolist()) == {0, 1, 2, 3}, np.bincount(firsts)
-    unbranched = np.mean(firsts == 0)
-    assert 0.3 < unbranched < 0.7, np.bincount(firsts)
-    # Each branched game is counted once; about half of the games started branched.
+def test_each_early_ply_is_played_at_random_on_its_own_and_the_record_follows_the_last():
+    environment, replay = play(random_branch_probability=0.5, random_branch_plies=3)
+    # A record starts after its game's last random move: after ply 2 for half of the games, ply
+    # 1 for a quarter, ply 0 for an eighth; an eighth play no random move and start at 0.
+    shares = np.bincount(first_moves(replay), minlength=4) / len(replay.records)
+    assert len(shares) == 4 and len(replay.records) >= 100, shares
+    assert 0.35 < shares[3] < 0.65 and 0.12 < shares[2] < 0.38, shares
+    assert 0.03 < shares[1] < 0.25 and 0.03 < shares[0] < 0.25, shares
+    # Every random move is counted: 1.5 per game on average (3 plies, each at 0.5).
     started = environment.finished + 16  # the 16 slots' unfinished games started too
-    assert 0.3 * started < environment.branched < 0.7 * started
+    assert 1.1 * environment.finished < environment.branched < 1.9 * started
 
 
 def test_branching_is_refused_without_plies_and_out_of_range_by_name():
     fields = dict(game="tictactoe", environment="h:1", network="h:2", replay="h:3", games_per_batch=1,
                   simulations=1)
     with pytest.raises(ValueError, match=r"AgentConfig.random_branch_plies must be >= 1 when games branch "
-                                         r"\(random_branch_fraction 0.5\), got 0 \(tictactoe's\)"):
-        AgentConfig(**fields, random_branch_fraction=0.5)
-    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_fraction must be in \[0, 1\], got 1.5"):
-        AgentConfig(**fields, random_branch_fraction=1.5, random_branch_plies=2)
+                                         r"\(random_branch_probability 0.5\), got 0 \(tictactoe's\)"):
+        AgentConfig(**fields, random_branch_probability=0.5)
+    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_probability must be in \[0, 1\], got 1.5"):
+        AgentConfig(**fields, random_branch_probability=1.5, random_branch_plies=2)
     with pytest.raises(ValueError, match="AgentConfig.random_branch_plies must be >= 0, got -1"):
         AgentConfig(**fields, random_branch_plies=-1)

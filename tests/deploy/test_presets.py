@@ -170,26 +170,26 @@ def test_search_fields_reach_every_searcher_and_their_searches(tmp_path):
 
 
 def test_self_play_exploration_reaches_the_agents_alone():
-    """random_opening_moves, random_branch_fraction/_plies and gumbel_scale choose which games
+    """random_opening_moves, random_branch_probability/_plies and gumbel_scale choose which games
     self-play plays: the agent is told, and neither the reanalyser nor the evaluator (whose
     searches make targets and ratings)."""
     from services.agent.__main__ import agent_config, parse_command_line
 
-    changes = {"gumbel_scale": 2.0, "random_opening_moves": 1, "random_branch_fraction": 0.5,
+    changes = {"gumbel_scale": 2.0, "random_opening_moves": 1, "random_branch_probability": 0.5,
                "random_branch_plies": 4}
     chosen = preset("").with_changes(changes)
     flags = chosen.service_flags("tictactoe")
     assert flags == {"agent": ("--gumbel-scale", "2.0", "--random-opening-moves", "1",
-                               "--random-branch-fraction", "0.5", "--random-branch-plies", "4")}
+                               "--random-branch-probability", "0.5", "--random-branch-plies", "4")}
     specs = {s.name: s for s in build_topology(FleetConfig(
         game="tictactoe", run_dir=Path("r"), num_reanalysers=1, evaluator=True,
         preset_changes=tuple(changes.items())))}
     assert "--gumbel-scale" in specs["agent-0"].args and "--random-branch-plies" in specs["agent-0"].args
     assert all(flag not in spec.args for name, spec in specs.items() if name != "agent-0"
-               for flag in ("--gumbel-scale", "--random-opening-moves", "--random-branch-fraction",
+               for flag in ("--gumbel-scale", "--random-opening-moves", "--random-branch-probability",
                             "--random-branch-plies"))
     parser, args = parse_command_line(["--game", "tictactoe", "--environment", "127.0.0.1:1", "--network",
                                        "127.0.0.1:2", "--replay", "127.0.0.1:3", *flags["agent"]])
     config = agent_config(parser, args)
     assert (config.gumbel_scale, config.random_opening_moves) == (2.0, 1)
-    assert (config.random_branch_fraction, config.random_branch_plies) == (0.5, 4)
+    assert (config.random_branch_probability, config.random_branch_plies) == (0.5, 4)

@@ -16,7 +16,7 @@ from services.agent.search.policies import POLICIES
 SEARCHER_OVERRIDES = ("rescale_values",)
 # Search settings of self-play's exploration, which only the agent takes as a flag (same
 # convention): they choose which games are played, so reanalysis and ratings must not take them.
-SELF_PLAY_OVERRIDES = ("random_opening_moves", "random_branch_fraction", "random_branch_plies", "gumbel_scale")
+SELF_PLAY_OVERRIDES = ("random_opening_moves", "random_branch_probability", "random_branch_plies", "gumbel_scale")
 
 
 def searcher_changes(config: Any, names: tuple[str, ...] = SEARCHER_OVERRIDES) -> dict[str, Any]:
