@@ -24,7 +24,10 @@ With `--preset NAME` (services/launcher/presets.py) the fleet runs that regime a
 are docs/learning/<game>-<preset>-seed<k>.json, summarized in <game>-<preset>.json. With
 `--env-steps-budget N` a run also stops once the environment has played N steps (every
 evaluation records the steps played so far), and the target counts as reached only at an
-evaluation within those N steps: the sample-efficiency measure.
+evaluation within those N steps: the sample-efficiency measure. With `--eval-simulations N`
+the model's searches in the evaluations (the evaluator's, or this process's) run N simulations
+a move instead of the game's `num_simulations`, which self-play keeps: how strong the same
+network is under a larger search budget at play time (the report records `eval_simulations`).
 
     python -m benchmarks.learn --game cartpole --preset sample-efficient --env-steps-budget 50000 \
         --budget-min 30 --eval-interval-s 30 --seeds 0 1 2
@@ -136,14 +139,15 @@ TARGETS = {
 }
 
 
-def evaluator_args(target: Target, seed: int) -> tuple[str, ...]:
+def evaluator_args(target: Target, seed: int, simulations: int = 0) -> tuple[str, ...]:
     """The evaluator node's flags for `target` (appended to the fleet's: docs/evaluator.md): its
     ladder, `target.games` games a match, the seed, and one anchor at most (an earlier version,
-    one more match a round)."""
+    one more match a round); with `simulations` > 0, the model's simulations a move."""
     if target.opponent_name not in target.ladder:
         raise ValueError(f"the ladder {target.ladder} must hold the target's opponent {target.opponent_name!r}")
     return ("--ladder", ",".join(target.ladder), "--games-per-match", str(target.games), "--seed", str(seed),
-            "--max-anchors", "1", "--rate-every", str(target.rate_every))
+            "--max-anchors", "1", "--rate-every", str(target.rate_every),
+            *(("--simulations", str(simulations)) if simulations else ()))
 
 
 def read_evaluator_state(state_dir: Path) -> tuple[list[dict], dict | None]:
@@ -239,7 +243,8 @@ def parse_change(text: str) -> tuple[str, object]:
 
 def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
              console: Console, agents: int, keep_going: bool = False, preset: str = "",
-             env_steps_budget: int = 0, changes: tuple[tuple[str, object], ...] = (), label: str = "") -> dict:
+             env_steps_budget: int = 0, changes: tuple[tuple[str, object], ...] = (), label: str = "",
+             eval_simulations: int = 0) -> dict:
     target = TARGETS[game]
     stem = report_name(game, preset, label)
     run_dir = run_root / f"{stem}-seed{seed}"
@@ -249,13 +254,13 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
                          preset=preset, preset_changes=changes, evaluator=by_evaluator,
                          extra_args=(("trainer", ("--seed", str(seed))),
                                      *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents)),
-                                     *((("evaluator", evaluator_args(target, seed)),) if by_evaluator else ())))
+                                     *((("evaluator", evaluator_args(target, seed, eval_simulations)),) if by_evaluator else ())))
     fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
                        log=get_logger("bench-learn", stream=open(run_root / f"{stem}-seed{seed}.log", "w")))
     evaluations = []
     reached_at = reached = None
     started = time.monotonic()
-    simulations = games.make(game).settings.search.num_simulations
+    simulations = eval_simulations or games.make(game).settings.search.num_simulations
     progress: list[tuple[float, float, float, float]] = []  # (elapsed_s, exported version, step, env steps)
 
     def record(summary: dict) -> bool:
@@ -327,7 +332,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
               "time_to_target_s": reached_at, "env_steps_to_target": reached_steps, "agents": agents,
               "fleet": {"games_per_batch": config.agent_games_per_batch, "reanalysers": config.reanalysers,
                         "preset_flags": {k: list(v) for k, v in chosen.service_flags(game).items()}},
-              "evaluated_by": "evaluator" if by_evaluator else "benchmark",
+              "evaluated_by": "evaluator" if by_evaluator else "benchmark", "eval_simulations": simulations,
               **({"evaluator": {"ladder": list(target.ladder), "games_per_match": target.games,
                                 "opponent": target.opponent_name}} if by_evaluator else {}),
               "elapsed_s": elapsed_s, "cpu_s": cpu_s,
@@ -468,16 +473,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="a change to the preset (a settings field, or reanalysers / games_per_batch), "
                              "e.g. --change consistency_weight=0 for an ablation; repeatable")
     parser.add_argument("--label", default="", help="names the reports: <game>-<preset>-<label>-seed<k>")
+    parser.add_argument("--eval-simulations", type=int, default=0, metavar="N",
+                        help="simulations a move of the model in the evaluations (default: the game's "
+                             "num_simulations, what self-play uses)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
+    if args.eval_simulations < 0:
+        parser.error(f"--eval-simulations must be >= 0, got {args.eval_simulations}")
     console = Console()
     args.run_root.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for seed in args.seeds:
             run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
                      args.agents, args.keep_going, args.preset, args.env_steps_budget, tuple(args.change),
-                     args.label)
+                     args.label, args.eval_simulations)
     console.print(write_summary(args.game, args.preset, args.label))
 
 

@@ -54,6 +54,16 @@ def test_the_evaluators_ladder_holds_the_target_and_is_valid():
         learn.evaluator_args(learn.NoLossTarget(200, None, "", opponent_name="minimax", ladder=("random",)), 0)
 
 
+def test_eval_simulations_reach_the_evaluator_alone():
+    target = learn.TARGETS["tictactoe"]
+    assert "--simulations" not in learn.evaluator_args(target, seed=0)  # the game's, like self-play
+    args = learn.evaluator_args(target, seed=0, simulations=64)
+    assert args[args.index("--simulations") + 1] == "64"
+    config = EvaluatorConfig(game="tictactoe", network="h:1", environment="h:2", state_dir="x",
+                             simulations=int(args[args.index("--simulations") + 1]))
+    assert config.search_simulations == 64
+
+
 def test_evaluator_records_become_report_evaluations():
     records = [match(100, "random", 150, 20, 30), match(100, "minimax", 0, 150, 50, first_losses=10),
                match(200, "random", 190, 10, 0), match(200, "minimax", 0, 200, 0),
@@ -154,8 +164,10 @@ def test_a_two_player_run_reports_the_evaluators_results(tmp_path, monkeypatch):
     monkeypatch.setattr(learn, "DOCS", tmp_path / "docs")
     (tmp_path / "runs").mkdir()  # main() makes the run root
     report = learn.run_seed("tictactoe", 3, budget_s=600, eval_interval_s=60, run_root=tmp_path / "runs",
-                            console=Console(file=io.StringIO()), agents=1, env_steps_budget=50_000)
+                            console=Console(file=io.StringIO()), agents=1, env_steps_budget=50_000,
+                            eval_simulations=64)
     fleet = fleets[0]
+    assert fleet.flags[fleet.flags.index("--simulations") + 1] == "64" and report["eval_simulations"] == 64
     assert fleet.state_dir == str(tmp_path / "runs" / "tictactoe-seed3" / "evaluator")
     assert fleet.flags[fleet.flags.index("--ladder") + 1] == "random,minimax"
     assert [e["version"] for e in report["evaluations"]] == [100, 200]  # stopped at the target
