@@ -28,6 +28,9 @@ evaluation within those N steps: the sample-efficiency measure. With `--eval-sim
 the model's searches in the evaluations (the evaluator's, or this process's) run N simulations
 a move instead of the game's `num_simulations`, which self-play keeps: how strong the same
 network is under a larger search budget at play time (the report records `eval_simulations`).
+With `--keep-versions` the trainer prunes none of its exported versions, so that a tic-tac-toe
+run's every version can be audited exactly afterwards (`python -m benchmarks.audit --models
+<run-root>/<stem>-seed<k>/models/muzero`), not only sampled by the evaluator's 200 games.
 
     python -m benchmarks.learn --game cartpole --preset sample-efficient --env-steps-budget 50000 \
         --budget-min 30 --eval-interval-s 30 --seeds 0 1 2
@@ -220,6 +223,17 @@ def evaluator_evaluations(records: list[dict], summary: dict | None, game: str, 
     return out
 
 
+# The trainer's --keep-versions under bench-learn --keep-versions: more versions than any run
+# here exports (tic-tac-toe exports about 4 a minute).
+KEEP_ALL_VERSIONS = 1_000_000
+
+
+def trainer_args(seed: int, keep_versions: bool = False) -> tuple[str, ...]:
+    """The trainer's extra flags: its seed, and with `keep_versions` no pruning of the model
+    directory, so that every exported version is there to audit after the run."""
+    return ("--seed", str(seed), *(("--keep-versions", str(KEEP_ALL_VERSIONS)) if keep_versions else ()))
+
+
 def report_name(game: str, preset: str, label: str = "") -> str:
     """The reports' stem: "<game>", "<game>-<preset>", then "-<label>" if given."""
     return "-".join(part for part in (game, preset, label) if part)
@@ -244,7 +258,7 @@ def parse_change(text: str) -> tuple[str, object]:
 def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_root: Path,
              console: Console, agents: int, keep_going: bool = False, preset: str = "",
              env_steps_budget: int = 0, changes: tuple[tuple[str, object], ...] = (), label: str = "",
-             eval_simulations: int = 0) -> dict:
+             eval_simulations: int = 0, keep_versions: bool = False) -> dict:
     target = TARGETS[game]
     stem = report_name(game, preset, label)
     run_dir = run_root / f"{stem}-seed{seed}"
@@ -252,7 +266,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
     by_evaluator = target.by_evaluator
     config = FleetConfig(game=game, run_dir=run_dir, num_agents=agents, fixed_ports=False, monitor=False,
                          preset=preset, preset_changes=changes, evaluator=by_evaluator,
-                         extra_args=(("trainer", ("--seed", str(seed))),
+                         extra_args=(("trainer", trainer_args(seed, keep_versions)),
                                      *((f"agent-{i}", ("--seed", str(seed * 100 + i))) for i in range(agents)),
                                      *((("evaluator", evaluator_args(target, seed, eval_simulations)),) if by_evaluator else ())))
     fleet = LocalFleet(build_topology(config), log_dir=run_dir / "logs",
@@ -336,7 +350,7 @@ def run_seed(game: str, seed: int, budget_s: float, eval_interval_s: float, run_
               **({"evaluator": {"ladder": list(target.ladder), "games_per_match": target.games,
                                 "opponent": target.opponent_name}} if by_evaluator else {}),
               "elapsed_s": elapsed_s, "cpu_s": cpu_s,
-              "kept_going": keep_going, "after_target": _after_target(evaluations, target),
+              "kept_going": keep_going, "kept_versions": keep_versions, "after_target": _after_target(evaluations, target),
               "settings": settings, "evaluations": evaluations}
     DOCS.mkdir(parents=True, exist_ok=True)
     name = f"{stem}-seed{seed}" + ("-full" if keep_going else "")
@@ -476,6 +490,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-simulations", type=int, default=0, metavar="N",
                         help="simulations a move of the model in the evaluations (default: the game's "
                              "num_simulations, what self-play uses)")
+    parser.add_argument("--keep-versions", action="store_true",
+                        help="the trainer prunes no exported version: all stay in "
+                             "<run-root>/<stem>-seed<k>/models/muzero for an audit afterwards "
+                             "(python -m benchmarks.audit; a tic-tac-toe version is about 1 MB)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite docs/learning/<game>.json from the seed reports there")
     args = parser.parse_args(argv)
@@ -487,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             run_seed(args.game, seed, args.budget_min * 60, args.eval_interval_s, args.run_root, console,
                      args.agents, args.keep_going, args.preset, args.env_steps_budget, tuple(args.change),
-                     args.label, args.eval_simulations)
+                     args.label, args.eval_simulations, args.keep_versions)
     console.print(write_summary(args.game, args.preset, args.label))
 
 

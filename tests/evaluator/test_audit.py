@@ -56,3 +56,12 @@ def test_a_blunder_as_x_is_found_as_x():
     np.testing.assert_array_equal(audit.mistakes[0].board, blunder)
     # Without the blunder the same forced path has none.
     assert audit_tictactoe(planted(opening, opposite)).mistakes == []
+
+
+def test_an_audit_record_lists_every_mistake_by_side():
+    from benchmarks.audit import audit_record
+    record = audit_record(7, 32, audit_tictactoe(planted((TRAP, 8))))
+    assert record["version"] == 7 and record["simulations"] == 32
+    assert (record["mistakes_as_x"], record["mistakes_as_o"]) == (0, 1)
+    assert record["mistakes"] == [{"side": "O", "board": TRAP.reshape(-1).tolist(), "played": 8,
+                                   "optimal": [1, 3, 5, 7]}]

@@ -64,6 +64,15 @@ def test_eval_simulations_reach_the_evaluator_alone():
     assert config.search_simulations == 64
 
 
+def test_keep_versions_turns_the_trainers_pruning_off():
+    from services.trainer.__main__ import parse_args
+    required = ["--game", "tictactoe", "--replay", "h:1", "--models", "m", "--checkpoint-dir", "c"]
+    assert learn.trainer_args(3) == ("--seed", "3")
+    assert parse_args(required + list(learn.trainer_args(3))).keep_versions == 5  # the default prunes
+    config = parse_args(required + list(learn.trainer_args(3, keep_versions=True)))
+    assert config.keep_versions == learn.KEEP_ALL_VERSIONS and config.seed == 3
+
+
 def test_evaluator_records_become_report_evaluations():
     records = [match(100, "random", 150, 20, 30), match(100, "minimax", 0, 150, 50, first_losses=10),
                match(200, "random", 190, 10, 0), match(200, "minimax", 0, 200, 0),
@@ -165,8 +174,11 @@ def test_a_two_player_run_reports_the_evaluators_results(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()  # main() makes the run root
     report = learn.run_seed("tictactoe", 3, budget_s=600, eval_interval_s=60, run_root=tmp_path / "runs",
                             console=Console(file=io.StringIO()), agents=1, env_steps_budget=50_000,
-                            eval_simulations=64)
+                            eval_simulations=64, keep_versions=True)
     fleet = fleets[0]
+    trainer = list(fleet.specs["trainer"].args)
+    assert trainer[trainer.index("--keep-versions") + 1] == str(learn.KEEP_ALL_VERSIONS) and report["kept_versions"]
+    assert "--keep-versions" not in fleet.flags
     assert fleet.flags[fleet.flags.index("--simulations") + 1] == "64" and report["eval_simulations"] == 64
     assert fleet.state_dir == str(tmp_path / "runs" / "tictactoe-seed3" / "evaluator")
     assert fleet.flags[fleet.flags.index("--ladder") + 1] == "random,minimax"
