@@ -7,6 +7,7 @@ import dataclasses
 import games
 from games.validation import require
 from services.agent.opponents import OPPONENT_GAMES
+from services.agent.search.config import SEARCHER_OVERRIDES, SELF_PLAY_OVERRIDES, searcher_changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +85,7 @@ class AgentConfig:
         require(1 <= self.groups <= self.games_per_batch,
                 f"AgentConfig.groups must be in [1, games_per_batch={self.games_per_batch}], got {self.groups}")
         require(self.chunk_length >= 1, f"AgentConfig.chunk_length must be >= 1, got {self.chunk_length}")
-        require(self.random_opening_moves is None or self.random_opening_moves >= 0,
-                f"AgentConfig.random_opening_moves must be >= 0, got {self.random_opening_moves}")
-        self._check_branching()
-        require(self.gumbel_scale is None or self.gumbel_scale >= 0,
-                f"AgentConfig.gumbel_scale must be >= 0, got {self.gumbel_scale}")
+        self._check_search_overrides()
         require(self.request_timeout_s > 0,
                 f"AgentConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
         require(self.max_pending_records >= 1,
@@ -99,18 +96,18 @@ class AgentConfig:
         require(0 <= self.metrics_port <= 65535,
                 f"AgentConfig.metrics_port must be in [0, 65535], got {self.metrics_port}")
 
-    def _check_branching(self) -> None:
-        require(self.random_branch_probability is None or 0.0 <= self.random_branch_probability <= 1.0,
-                f"AgentConfig.random_branch_probability must be in [0, 1], got {self.random_branch_probability}")
-        require(self.random_branch_plies is None or self.random_branch_plies >= 0,
-                f"AgentConfig.random_branch_plies must be >= 0, got {self.random_branch_plies}")
-        search = games.make(self.game).settings.search
-        probability = (search.random_branch_probability if self.random_branch_probability is None
-                       else self.random_branch_probability)
-        plies = search.random_branch_plies if self.random_branch_plies is None else self.random_branch_plies
-        require(probability == 0 or plies >= 1,
-                f"AgentConfig.random_branch_plies must be >= 1 when games branch (random_branch_probability "
-                f"{probability}), got {plies}" + (f" ({self.game}'s)" if self.random_branch_plies is None else ""))
+    def _check_search_overrides(self) -> None:
+        """The game's search settings with this config's overrides, validated by SearchSettings
+        itself (one place holds the rules, cross-field ones included); its message is re-raised
+        naming this config's field, and the game when a field it checks against is the game's."""
+        changes = searcher_changes(self, SEARCHER_OVERRIDES + SELF_PLAY_OVERRIDES)
+        try:
+            dataclasses.replace(games.make(self.game).settings.search, **changes)
+        except ValueError as error:
+            message = str(error).replace("SearchSettings.", "AgentConfig.")
+            kept = [name for name in SEARCHER_OVERRIDES + SELF_PLAY_OVERRIDES
+                    if name not in changes and name in message]
+            raise ValueError(message + (f" ({self.game}'s {', '.join(kept)})" if kept else "")) from None
 
 
 @dataclasses.dataclass(frozen=True)

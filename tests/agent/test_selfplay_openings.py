@@ -143,10 +143,12 @@ def test_each_early_ply_is_played_at_random_on_its_own_and_the_record_follows_th
 def test_branching_is_refused_without_plies_and_out_of_range_by_name():
     fields = dict(game="tictactoe", environment="h:1", network="h:2", replay="h:3", games_per_batch=1,
                   simulations=1)
-    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_plies must be >= 1 when games branch "
-                                         r"\(random_branch_probability 0.5\), got 0 \(tictactoe's\)"):
+    with pytest.raises(ValueError, match=r"AgentConfig.random_branch_plies must be >= 1 when random_branch_probability "
+                                         r"> 0 \(it is 0.5\), got 0 \(tictactoe's random_branch_plies\)$"):
         AgentConfig(**fields, random_branch_probability=0.5)
     with pytest.raises(ValueError, match=r"AgentConfig.random_branch_probability must be in \[0, 1\], got 1.5"):
         AgentConfig(**fields, random_branch_probability=1.5, random_branch_plies=2)
-    with pytest.raises(ValueError, match="AgentConfig.random_branch_plies must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="AgentConfig.random_branch_plies must be >= 0, got -1$"):
         AgentConfig(**fields, random_branch_plies=-1)
+    with pytest.raises(ValueError, match="AgentConfig.random_branch_plies must be an int, got 2.5$"):
+        AgentConfig(**fields, random_branch_probability=0.5, random_branch_plies=2.5)
